@@ -1,0 +1,179 @@
+//! The command line: `serve` and `migrate`, and the database each of them
+//! uses (an existing server from `DATABASE_URL`, or the embedded one).
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use sqlx::{Connection, PgConnection};
+
+use crate::config::{Layer, LogFormat, Settings};
+use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+
+/// privacy-records: consent, privacy requests, retention and audit, over gRPC.
+#[derive(Debug, Parser)]
+#[command(name = "privacy-records", version)]
+pub struct Cli {
+    /// A TOML file of settings (also PRIVACY_RECORDS_CONFIG).
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server.
+    Serve(ServeArgs),
+    /// Apply the database migrations and exit.
+    Migrate(DatabaseArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// Where the embedded PostgreSQL keeps its data (ignored with DATABASE_URL).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of the PostgreSQL server binaries for the embedded database.
+    #[arg(long)]
+    pub pg_bin_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// gRPC listen address [default: 127.0.0.1:50051].
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Do not apply migrations at start (health stays NOT_SERVING until the
+    /// schema is at head).
+    #[arg(long)]
+    pub no_migrate: bool,
+    /// Milliseconds calls in flight may take to finish after SIGTERM.
+    #[arg(long)]
+    pub shutdown_grace_ms: Option<u64>,
+    /// Calls handled at once before shedding with RESOURCE_EXHAUSTED.
+    #[arg(long)]
+    pub max_concurrent_calls: Option<usize>,
+}
+
+/// The name of the database the service uses inside the embedded cluster.
+const EMBEDDED_DATABASE: &str = "privacy_records";
+
+impl Cli {
+    fn layer(&self) -> Layer {
+        let db = match &self.command {
+            Command::Serve(s) => &s.database,
+            Command::Migrate(d) => d,
+        };
+        let mut layer = Layer {
+            data_dir: db.data_dir.clone(),
+            pg_bin_dir: db.pg_bin_dir.clone(),
+            log_format: db.log_format,
+            ..Layer::default()
+        };
+        if let Command::Serve(s) = &self.command {
+            layer.listen = s.listen;
+            layer.migrate_on_start = s.no_migrate.then_some(false);
+            layer.shutdown_grace_ms = s.shutdown_grace_ms;
+            layer.max_concurrent_calls = s.max_concurrent_calls;
+        }
+        layer
+    }
+}
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs the command; the embedded database, if started, is stopped whatever
+/// the outcome.
+pub async fn run(cli: Cli) -> Result<(), BoxError> {
+    let settings = Settings::load(cli.config.as_deref(), |k| std::env::var(k).ok(), cli.layer())?;
+    crate::telemetry::init(settings.log_format, &settings.log_filter);
+    tracing::debug!(?settings, "effective settings");
+
+    let (url, embedded) = match &settings.database_url {
+        Some(url) => (url.expose().to_owned(), None),
+        None => {
+            let pg = EmbeddedPostgres::start(EmbeddedOptions {
+                data_dir: settings.data_dir.clone(),
+                bin_dir: settings.pg_bin_dir.clone(),
+                port: 5432,
+            })
+            .await?;
+            (pg.database_url(EMBEDDED_DATABASE), Some(pg))
+        }
+    };
+    let outcome = async {
+        if let Some(pg) = &embedded {
+            ensure_database(&pg.database_url("postgres"), EMBEDDED_DATABASE).await?;
+        }
+        match cli.command {
+            Command::Serve(_) => serve(settings, &url).await,
+            Command::Migrate(_) => migrate(&settings, &url).await,
+        }
+    }
+    .await;
+    if let Some(pg) = embedded
+        && let Err(e) = pg.stop().await
+    {
+        tracing::error!(error = %e, "could not stop the embedded PostgreSQL");
+    }
+    outcome
+}
+
+async fn serve(settings: Settings, url: &str) -> Result<(), BoxError> {
+    let pool = crate::db::pool(url, &settings)?;
+    let app = crate::server::Application::build(settings, pool).await?;
+    app.run_until(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn migrate(settings: &Settings, url: &str) -> Result<(), BoxError> {
+    let pool = crate::db::pool(url, settings)?;
+    crate::db::migrate(&pool).await?;
+    tracing::info!(version = crate::db::head_version(), "schema at head");
+    pool.close().await;
+    Ok(())
+}
+
+/// Creates the service's database in the embedded cluster on first start.
+async fn ensure_database(admin_url: &str, name: &str) -> Result<(), BoxError> {
+    let mut conn = PgConnection::connect(admin_url).await?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await?;
+    if !exists {
+        // A name we chose (a constant), never caller input.
+        let sql = format!("CREATE DATABASE \"{name}\"");
+        match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+            Ok(_) => tracing::info!(database = name, "created the database"),
+            // Another replica created it at the same moment.
+            Err(e) if crate::error::sqlstate(&e).as_deref() == Some("42P04") => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    conn.close().await?;
+    Ok(())
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,0 +1,378 @@
+//! All configuration in one place, layered: defaults, then an optional TOML
+//! file, then `PRIVACY_RECORDS_*` environment variables (and `DATABASE_URL`),
+//! then command-line flags. Secrets are wrapped so they never print.
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A value that must never reach a log: Debug and Display print a redaction.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines for a terminal.
+    Plain,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// The effective settings of a `serve` or `migrate` run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Where the embedded PostgreSQL keeps its cluster (unused with a database URL).
+    pub data_dir: PathBuf,
+    /// An existing PostgreSQL server; without it the embedded one is used.
+    pub database_url: Option<Secret>,
+    /// Directory of the PostgreSQL server binaries for the embedded database.
+    pub pg_bin_dir: Option<PathBuf>,
+    /// Apply migrations when `serve` starts.
+    pub migrate_on_start: bool,
+    pub log_format: LogFormat,
+    /// A `tracing` filter, e.g. `info` or `privacy_records=debug,info`.
+    pub log_filter: String,
+    /// How long in-flight calls may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// Pause between reporting NOT_SERVING and closing the listener, so load
+    /// balancers stop sending new calls first.
+    pub shutdown_delay: Duration,
+    /// Calls handled at once; calls beyond it are shed with RESOURCE_EXHAUSTED.
+    pub max_concurrent_calls: usize,
+    /// Largest request or response message, in bytes.
+    pub max_message_bytes: usize,
+    /// Connections in the database pool.
+    pub db_max_connections: u32,
+    /// How long a call waits for a pooled connection before UNAVAILABLE.
+    pub db_acquire_timeout: Duration,
+    /// How often the health monitor probes the database.
+    pub health_interval: Duration,
+    /// How often an idle watch stream polls the change feed.
+    pub watch_poll_interval: Duration,
+    /// How often an idle watch stream sends a heartbeat with a fresh token.
+    pub watch_heartbeat: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: crate::embedded_pg::default_data_dir(),
+            database_url: None,
+            pg_bin_dir: None,
+            migrate_on_start: true,
+            log_format: LogFormat::Plain,
+            log_filter: "info".into(),
+            shutdown_grace: Duration::from_secs(20),
+            shutdown_delay: Duration::ZERO,
+            max_concurrent_calls: 1024,
+            max_message_bytes: 4 * 1024 * 1024,
+            db_max_connections: 32,
+            db_acquire_timeout: Duration::from_secs(3),
+            health_interval: Duration::from_secs(1),
+            watch_poll_interval: Duration::from_millis(100),
+            watch_heartbeat: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One layer of settings: every field optional, so layers can be merged.
+/// The file and the environment use these names (env: upper case with the
+/// `PRIVACY_RECORDS_` prefix).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<Secret>,
+    pub pg_bin_dir: Option<PathBuf>,
+    pub migrate_on_start: Option<bool>,
+    pub log_format: Option<LogFormat>,
+    pub log_filter: Option<String>,
+    pub shutdown_grace_ms: Option<u64>,
+    pub shutdown_delay_ms: Option<u64>,
+    pub max_concurrent_calls: Option<usize>,
+    pub max_message_bytes: Option<usize>,
+    pub db_max_connections: Option<u32>,
+    pub db_acquire_timeout_ms: Option<u64>,
+    pub health_interval_ms: Option<u64>,
+    pub watch_poll_interval_ms: Option<u64>,
+    pub watch_heartbeat_ms: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid environment variable {name}: {reason}")]
+    Env { name: String, reason: String },
+    #[error("invalid setting {name}: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+const ENV_PREFIX: &str = "PRIVACY_RECORDS_";
+
+impl Layer {
+    /// Reads a TOML file of settings.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Reads `PRIVACY_RECORDS_*` variables and `DATABASE_URL` through `get`
+    /// (the process environment in production, a map in tests).
+    pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        fn parse<T: std::str::FromStr>(
+            get: &impl Fn(&str) -> Option<String>,
+            key: &str,
+        ) -> Result<Option<T>, ConfigError>
+        where
+            T::Err: fmt::Display,
+        {
+            let name = format!("{ENV_PREFIX}{key}");
+            match get(&name) {
+                None => Ok(None),
+                Some(raw) if raw.is_empty() => Ok(None),
+                Some(raw) => raw.parse().map(Some).map_err(|e: T::Err| ConfigError::Env {
+                    name,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        let log_format = match get(&format!("{ENV_PREFIX}LOG_FORMAT")).as_deref() {
+            None | Some("") => None,
+            Some("plain") => Some(LogFormat::Plain),
+            Some("json") => Some(LogFormat::Json),
+            Some(other) => {
+                return Err(ConfigError::Env {
+                    name: format!("{ENV_PREFIX}LOG_FORMAT"),
+                    reason: format!("{other:?} is not one of plain, json"),
+                });
+            }
+        };
+        let database_url = get(&format!("{ENV_PREFIX}DATABASE_URL"))
+            .or_else(|| get("DATABASE_URL"))
+            .filter(|s| !s.is_empty())
+            .map(Secret::new);
+        Ok(Self {
+            listen: parse(&get, "LISTEN")?,
+            data_dir: parse(&get, "DATA_DIR")?,
+            database_url,
+            pg_bin_dir: parse(&get, "PG_BIN_DIR")?,
+            migrate_on_start: parse(&get, "MIGRATE_ON_START")?,
+            log_format,
+            log_filter: parse(&get, "LOG_FILTER")?,
+            shutdown_grace_ms: parse(&get, "SHUTDOWN_GRACE_MS")?,
+            shutdown_delay_ms: parse(&get, "SHUTDOWN_DELAY_MS")?,
+            max_concurrent_calls: parse(&get, "MAX_CONCURRENT_CALLS")?,
+            max_message_bytes: parse(&get, "MAX_MESSAGE_BYTES")?,
+            db_max_connections: parse(&get, "DB_MAX_CONNECTIONS")?,
+            db_acquire_timeout_ms: parse(&get, "DB_ACQUIRE_TIMEOUT_MS")?,
+            health_interval_ms: parse(&get, "HEALTH_INTERVAL_MS")?,
+            watch_poll_interval_ms: parse(&get, "WATCH_POLL_INTERVAL_MS")?,
+            watch_heartbeat_ms: parse(&get, "WATCH_HEARTBEAT_MS")?,
+        })
+    }
+}
+
+impl Settings {
+    /// Applies a layer on top of these settings.
+    pub fn apply(&mut self, layer: Layer) {
+        let ms = Duration::from_millis;
+        if let Some(v) = layer.listen {
+            self.listen = v;
+        }
+        if let Some(v) = layer.data_dir {
+            self.data_dir = v;
+        }
+        if let Some(v) = layer.database_url {
+            self.database_url = Some(v);
+        }
+        if let Some(v) = layer.pg_bin_dir {
+            self.pg_bin_dir = Some(v);
+        }
+        if let Some(v) = layer.migrate_on_start {
+            self.migrate_on_start = v;
+        }
+        if let Some(v) = layer.log_format {
+            self.log_format = v;
+        }
+        if let Some(v) = layer.log_filter {
+            self.log_filter = v;
+        }
+        if let Some(v) = layer.shutdown_grace_ms {
+            self.shutdown_grace = ms(v);
+        }
+        if let Some(v) = layer.shutdown_delay_ms {
+            self.shutdown_delay = ms(v);
+        }
+        if let Some(v) = layer.max_concurrent_calls {
+            self.max_concurrent_calls = v;
+        }
+        if let Some(v) = layer.max_message_bytes {
+            self.max_message_bytes = v;
+        }
+        if let Some(v) = layer.db_max_connections {
+            self.db_max_connections = v;
+        }
+        if let Some(v) = layer.db_acquire_timeout_ms {
+            self.db_acquire_timeout = ms(v);
+        }
+        if let Some(v) = layer.health_interval_ms {
+            self.health_interval = ms(v);
+        }
+        if let Some(v) = layer.watch_poll_interval_ms {
+            self.watch_poll_interval = ms(v);
+        }
+        if let Some(v) = layer.watch_heartbeat_ms {
+            self.watch_heartbeat = ms(v);
+        }
+    }
+
+    /// Defaults < file < environment < flags.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl Fn(&str) -> Option<String>,
+        flags: Layer,
+    ) -> Result<Self, ConfigError> {
+        let mut settings = Settings::default();
+        let file = file
+            .map(Path::to_owned)
+            .or_else(|| env(&format!("{ENV_PREFIX}CONFIG")).filter(|s| !s.is_empty()).map(PathBuf::from));
+        if let Some(path) = file {
+            settings.apply(Layer::from_file(&path)?);
+        }
+        settings.apply(Layer::from_env(env)?);
+        settings.apply(flags);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let positive = |name: &'static str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::Invalid {
+                    name,
+                    reason: "must be greater than zero".into(),
+                })
+            } else {
+                Ok(())
+            }
+        };
+        positive("max_concurrent_calls", self.max_concurrent_calls as u64)?;
+        positive("max_message_bytes", self.max_message_bytes as u64)?;
+        positive("db_max_connections", u64::from(self.db_max_connections))?;
+        positive("health_interval_ms", self.health_interval.as_millis() as u64)?;
+        positive("watch_poll_interval_ms", self.watch_poll_interval.as_millis() as u64)?;
+        positive("watch_heartbeat_ms", self.watch_heartbeat.as_millis() as u64)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn flags_beat_environment_which_beats_the_file_which_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\nmax_concurrent_calls = 7\nlog_filter = \"warn\"\n",
+        )
+        .unwrap();
+        let flags = Layer {
+            listen: Some("127.0.0.1:3".parse().unwrap()),
+            ..Layer::default()
+        };
+        let s = Settings::load(
+            Some(&file),
+            env(&[
+                ("PRIVACY_RECORDS_LISTEN", "127.0.0.1:2"),
+                ("PRIVACY_RECORDS_MAX_CONCURRENT_CALLS", "9"),
+            ]),
+            flags,
+        )
+        .unwrap();
+        assert_eq!(s.listen.port(), 3);
+        assert_eq!(s.max_concurrent_calls, 9);
+        assert_eq!(s.log_filter, "warn");
+        assert_eq!(s.db_max_connections, Settings::default().db_max_connections);
+    }
+
+    #[test]
+    fn the_database_url_never_prints() {
+        let s = Settings::load(
+            None,
+            env(&[("DATABASE_URL", "postgres://u:hunter2@h/db")]),
+            Layer::default(),
+        )
+        .unwrap();
+        assert_eq!(s.database_url.as_ref().unwrap().expose(), "postgres://u:hunter2@h/db");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_variable() {
+        let err = Settings::load(
+            None,
+            env(&[("PRIVACY_RECORDS_MAX_CONCURRENT_CALLS", "many")]),
+            Layer::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("PRIVACY_RECORDS_MAX_CONCURRENT_CALLS"));
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "lsiten = \"127.0.0.1:1\"\n").unwrap();
+        assert!(Settings::load(Some(&file), env(&[]), Layer::default()).is_err());
+    }
+}

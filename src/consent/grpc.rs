@@ -1,0 +1,1006 @@
+//! `privacy.v1.ConsentService`: decode, validate into domain types, call the
+//! use case, encode. Nothing else happens here.
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use sqlx::PgPool;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::decision::Outcome;
+use super::model::{
+    self as m, ConsentModel, ConsentRecord, Decision, Evidence, EvidenceKind, Jurisdiction,
+    NewConsent, PolicyVersion, Purpose, PurposeFields, PurposeKey, Source, Subject, SubjectId,
+};
+use super::service::{self, CheckQuery, Context, PurposeMask};
+use super::store;
+use crate::caller::Caller;
+use crate::changefeed;
+use crate::convert::{opt_timestamp, parse_opt_timestamp, parse_timestamp, timestamp};
+use crate::error::{Error, Result, Violations};
+use crate::idempotency::{self, RequestId};
+use crate::journal::ChangeKind;
+use crate::proto;
+use crate::proto::consent_service_server::ConsentService;
+use crate::tokens::{ConsistencyToken, FeedPosition, PageToken, page_size};
+
+/// Clock skew tolerated between a caller and this server for "not in the
+/// future" checks.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
+/// The response header that carries a write's consistency token.
+pub const CONSISTENCY_HEADER: &str = "x-consistency-token";
+const MAX_BATCH: usize = 1000;
+
+/// How watch streams behave.
+#[derive(Debug, Clone)]
+pub struct WatchSettings {
+    pub poll_interval: Duration,
+    pub heartbeat: Duration,
+}
+
+pub struct ConsentApi {
+    pool: PgPool,
+    watch: WatchSettings,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl ConsentApi {
+    pub fn new(pool: PgPool, watch: WatchSettings, shutdown: watch::Receiver<bool>) -> Self {
+        Self {
+            pool,
+            watch,
+            shutdown,
+        }
+    }
+}
+
+// ---- conversions ----------------------------------------------------------
+
+fn model_to_proto(v: ConsentModel) -> i32 {
+    proto::ConsentModel::from_str_name(v.as_str()).map_or(0, |e| e as i32)
+}
+
+fn parse_model(v: i32) -> Result<ConsentModel, String> {
+    proto::ConsentModel::try_from(v)
+        .ok()
+        .and_then(|e| ConsentModel::from_db(e.as_str_name()))
+        .ok_or_else(|| "must be one of OPT_IN, OPT_OUT, NOT_CONSENT_BASED, PROHIBITED".into())
+}
+
+fn evidence_kind_to_proto(v: Option<EvidenceKind>) -> i32 {
+    v.and_then(|k| proto::EvidenceKind::from_str_name(k.as_str()))
+        .map_or(0, |e| e as i32)
+}
+
+/// EVIDENCE_KIND_UNSPECIFIED means none.
+fn parse_evidence_kind(v: i32) -> Result<Option<EvidenceKind>, String> {
+    match proto::EvidenceKind::try_from(v) {
+        Ok(proto::EvidenceKind::Unspecified) => Ok(None),
+        Ok(e) => Ok(EvidenceKind::from_db(e.as_str_name())),
+        Err(_) => Err("is not a known evidence kind".into()),
+    }
+}
+
+fn parse_decision(v: i32) -> Result<Decision, String> {
+    proto::ConsentDecision::try_from(v)
+        .ok()
+        .and_then(|e| Decision::from_db(e.as_str_name()))
+        .ok_or_else(|| "must be GRANTED or REFUSED".into())
+}
+
+fn parse_source(v: i32) -> Result<Source, String> {
+    proto::ConsentSource::try_from(v)
+        .ok()
+        .and_then(|e| Source::from_db(e.as_str_name()))
+        .ok_or_else(|| "must be a known consent source (WEB_FORM, API, ...)".into())
+}
+
+fn enum_by_name<T>(name: &str, parse: fn(&str) -> Option<T>, into: fn(T) -> i32) -> i32 {
+    parse(name).map_or(0, into)
+}
+
+fn purpose_to_proto(p: &Purpose) -> proto::Purpose {
+    proto::Purpose {
+        name: p.key.name(),
+        key: p.key.as_str().to_owned(),
+        display_name: p.display_name.clone(),
+        description: p.description.clone(),
+        consent_model: model_to_proto(p.consent_model),
+        jurisdiction_models: p
+            .jurisdiction_models
+            .iter()
+            .map(|(j, model)| proto::JurisdictionModel {
+                jurisdiction: j.clone(),
+                consent_model: model_to_proto(*model),
+            })
+            .collect(),
+        required_evidence: evidence_kind_to_proto(p.required_evidence),
+        honors_gpc: p.honors_gpc,
+        reconsent_on_material_change: p.reconsent_on_material_change,
+        create_time: Some(timestamp(p.create_time)),
+        update_time: Some(timestamp(p.update_time)),
+        etag: p.etag(),
+    }
+}
+
+fn record_to_proto(r: &ConsentRecord) -> proto::ConsentRecord {
+    proto::ConsentRecord {
+        name: format!("subjects/{}/consentRecords/{}", r.subject_id, r.id),
+        id: r.id,
+        subject_id: r.subject_id.clone(),
+        purpose: r.purpose.clone(),
+        decision: enum_by_name(r.decision.as_str(), proto::ConsentDecision::from_str_name, |e| e as i32),
+        source: enum_by_name(r.source.as_str(), proto::ConsentSource::from_str_name, |e| e as i32),
+        policy_version: r.policy_version.clone().unwrap_or_default(),
+        jurisdiction: r.jurisdiction.clone().unwrap_or_default(),
+        evidence: r.evidence.as_ref().map(|e| proto::Evidence {
+            kind: evidence_kind_to_proto(Some(e.kind)),
+            reference: e.reference.clone(),
+            description: e.description.clone(),
+        }),
+        effective_time: Some(timestamp(r.effective_time)),
+        expire_time: opt_timestamp(r.expire_time),
+        record_time: Some(timestamp(r.record_time)),
+        request_id: r.request_id.clone(),
+        actor: r.actor.clone(),
+    }
+}
+
+fn result_to_proto(q: &CheckQuery, o: &Outcome) -> proto::ConsentCheckResult {
+    proto::ConsentCheckResult {
+        subject_id: q.subject.as_str().to_owned(),
+        purpose: q.purpose.as_str().to_owned(),
+        verdict: verdict(o),
+        reason: reason(o),
+        deciding_record: o.record.as_ref().map(record_to_proto),
+        consent_model: model_to_proto(o.model),
+    }
+}
+
+fn verdict(o: &Outcome) -> i32 {
+    if o.allowed {
+        proto::Verdict::Allowed as i32
+    } else {
+        proto::Verdict::Denied as i32
+    }
+}
+
+fn reason(o: &Outcome) -> i32 {
+    enum_by_name(o.reason.as_str(), proto::DecisionReason::from_str_name, |e| e as i32)
+}
+
+fn policy_to_proto(v: &PolicyVersion) -> proto::PolicyVersion {
+    proto::PolicyVersion {
+        name: format!("policyVersions/{}", v.version_id),
+        version_id: v.version_id.clone(),
+        effective_time: Some(timestamp(v.effective_time)),
+        text_sha256: v.text_sha256.clone(),
+        material: v.material,
+        summary: v.summary.clone(),
+        publish_time: Some(timestamp(v.publish_time)),
+    }
+}
+
+fn subject_to_proto(s: &Subject) -> proto::Subject {
+    proto::Subject {
+        name: format!("subjects/{}", s.subject_id),
+        subject_id: s.subject_id.clone(),
+        minor: s.minor_since.is_some(),
+        minor_since: opt_timestamp(s.minor_since),
+        create_time: Some(timestamp(s.create_time)),
+        update_time: Some(timestamp(s.update_time)),
+    }
+}
+
+/// A response carrying a write's consistency token in its header.
+fn with_token<T>(message: T, token: ConsistencyToken) -> Response<T> {
+    let mut response = Response::new(message);
+    if let Ok(value) = token.encode().parse() {
+        response.metadata_mut().insert(CONSISTENCY_HEADER, value);
+    }
+    response
+}
+
+fn note_request_id(request_id: &RequestId) {
+    tracing::Span::current().record("request_id", request_id.as_str());
+}
+
+// ---- parsing --------------------------------------------------------------
+
+fn not_in_future(t: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if t > Utc::now() + CLOCK_SKEW {
+        Err("must not be in the future".into())
+    } else {
+        Ok(t)
+    }
+}
+
+fn parse_purpose_fields(v: &mut Violations, p: &proto::Purpose, mask: &PurposeMask) -> Option<PurposeFields> {
+    let display_name = if mask.display_name {
+        v.check(
+            "purpose.display_name",
+            m::parse_text(&p.display_name, 200).and_then(|s| {
+                if s.trim().is_empty() { Err("is required".into()) } else { Ok(s) }
+            }),
+        )
+    } else {
+        Some(String::new())
+    };
+    let description = if mask.description {
+        v.check("purpose.description", m::parse_text(&p.description, 2000))
+    } else {
+        Some(String::new())
+    };
+    let consent_model = if mask.consent_model {
+        v.check("purpose.consent_model", parse_model(p.consent_model))
+    } else {
+        Some(ConsentModel::OptIn)
+    };
+    let mut jurisdiction_models = BTreeMap::new();
+    if mask.jurisdiction_models {
+        if p.jurisdiction_models.len() > 300 {
+            v.add("purpose.jurisdiction_models", "must have at most 300 entries");
+        }
+        for (i, jm) in p.jurisdiction_models.iter().enumerate() {
+            let field = format!("purpose.jurisdiction_models[{i}]");
+            let j = v.check(&format!("{field}.jurisdiction"), Jurisdiction::parse(&jm.jurisdiction));
+            let model = v.check(&format!("{field}.consent_model"), parse_model(jm.consent_model));
+            if let (Some(j), Some(model)) = (j, model)
+                && jurisdiction_models.insert(j.as_str().to_owned(), model).is_some()
+            {
+                v.add(format!("{field}.jurisdiction"), "appears more than once");
+            }
+        }
+    }
+    let required_evidence = if mask.required_evidence {
+        v.check("purpose.required_evidence", parse_evidence_kind(p.required_evidence))
+    } else {
+        Some(None)
+    };
+    Some(PurposeFields {
+        display_name: display_name?,
+        description: description?,
+        consent_model: consent_model?,
+        jurisdiction_models,
+        required_evidence: required_evidence?,
+        honors_gpc: p.honors_gpc,
+        reconsent_on_material_change: p.reconsent_on_material_change,
+    })
+}
+
+fn parse_mask(v: &mut Violations, mask: Option<&prost_types::FieldMask>) -> PurposeMask {
+    let paths = mask.map(|m| m.paths.as_slice()).unwrap_or_default();
+    if paths.is_empty() || paths.iter().any(|p| p == "*") {
+        return PurposeMask::all();
+    }
+    let mut out = PurposeMask::default();
+    for path in paths {
+        match path.as_str() {
+            "display_name" => out.display_name = true,
+            "description" => out.description = true,
+            "consent_model" => out.consent_model = true,
+            "jurisdiction_models" => out.jurisdiction_models = true,
+            "required_evidence" => out.required_evidence = true,
+            "honors_gpc" => out.honors_gpc = true,
+            "reconsent_on_material_change" => out.reconsent_on_material_change = true,
+            other => v.add("update_mask", format!("{other:?} is not an updatable field")),
+        }
+    }
+    out
+}
+
+fn parse_evidence(v: &mut Violations, e: Option<&proto::Evidence>) -> Option<Option<Evidence>> {
+    let Some(e) = e else { return Some(None) };
+    let kind = v.check("evidence.kind", parse_evidence_kind(e.kind).and_then(|k| k.ok_or_else(|| "is required when evidence is given".into())));
+    let reference = v.check("evidence.reference", m::parse_text(&e.reference, 512));
+    let description = v.check("evidence.description", m::parse_text(&e.description, 2000));
+    Some(Some(Evidence {
+        kind: kind?,
+        reference: reference?,
+        description: description?,
+    }))
+}
+
+fn parse_new_consent(req: &proto::RecordConsentRequest) -> Result<(RequestId, NewConsent)> {
+    let mut v = Violations::new();
+    let request_id = v.check("request_id", RequestId::parse(&req.request_id));
+    let subject_id = v.check("subject_id", SubjectId::parse(&req.subject_id));
+    let purpose = v.check("purpose", PurposeKey::parse(&req.purpose));
+    let decision = v.check("decision", parse_decision(req.decision));
+    let source = v.check("source", parse_source(req.source));
+    let policy_version = if req.policy_version.is_empty() {
+        Some(None)
+    } else {
+        v.check("policy_version", m::parse_version_id(&req.policy_version).map(Some))
+    };
+    let jurisdiction = v.check("jurisdiction", Jurisdiction::parse_optional(&req.jurisdiction));
+    let evidence = parse_evidence(&mut v, req.evidence.as_ref());
+    let effective_time = v.check(
+        "effective_time",
+        parse_opt_timestamp(req.effective_time.as_ref()).and_then(|t| t.map(not_in_future).transpose()),
+    );
+    let expire_time = v.check("expire_time", parse_opt_timestamp(req.expire_time.as_ref()));
+    if source == Some(Source::GpcSignal) && decision == Some(Decision::Granted) {
+        v.add("source", "GPC_SIGNAL is always a refusal");
+    }
+    if let (Some(Some(expire)), Some(decision)) = (expire_time, decision) {
+        if decision == Decision::Refused {
+            v.add("expire_time", "only grants expire");
+        }
+        let from = effective_time.flatten().unwrap_or_else(Utc::now);
+        if expire <= from {
+            v.add("expire_time", "must be after effective_time");
+        }
+    }
+    let (
+        Some(request_id),
+        Some(subject_id),
+        Some(purpose),
+        Some(decision),
+        Some(source),
+        Some(policy_version),
+        Some(jurisdiction),
+        Some(evidence),
+        Some(effective_time),
+        Some(expire_time),
+    ) = (
+        request_id,
+        subject_id,
+        purpose,
+        decision,
+        source,
+        policy_version,
+        jurisdiction,
+        evidence,
+        effective_time,
+        expire_time,
+    )
+    else {
+        return Err(v.into_error());
+    };
+    v.finish()?;
+    Ok((
+        request_id,
+        NewConsent {
+            subject_id,
+            purpose,
+            decision,
+            source,
+            policy_version,
+            jurisdiction,
+            evidence,
+            effective_time,
+            expire_time,
+        },
+    ))
+}
+
+fn parse_check(v: &mut Violations, prefix: &str, c: &proto::ConsentCheck) -> Option<CheckQuery> {
+    let subject = v.check(&format!("{prefix}subject_id"), SubjectId::parse(&c.subject_id));
+    let purpose = v.check(&format!("{prefix}purpose"), PurposeKey::parse(&c.purpose));
+    let jurisdiction = v.check(&format!("{prefix}jurisdiction"), Jurisdiction::parse_optional(&c.jurisdiction));
+    Some(CheckQuery {
+        subject: subject?,
+        purpose: purpose?,
+        jurisdiction: jurisdiction?,
+        gpc_signal: c.gpc_signal,
+    })
+}
+
+fn parse_as_of(v: &mut Violations, t: Option<&prost_types::Timestamp>) -> Option<Option<DateTime<Utc>>> {
+    v.check(
+        "as_of_time",
+        parse_opt_timestamp(t).and_then(|t| t.map(not_in_future).transpose()),
+    )
+}
+
+fn parse_token(v: &mut Violations, token: &str) -> Option<Option<ConsistencyToken>> {
+    v.check("consistency_token", ConsistencyToken::parse_optional(token))
+}
+
+// ---- the service ----------------------------------------------------------
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchConsentChangesResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ConsentService for ConsentApi {
+    async fn create_purpose(
+        &self,
+        request: Request<proto::CreatePurposeRequest>,
+    ) -> Result<Response<proto::Purpose>, Status> {
+        const METHOD: &str = "privacy.v1.ConsentService/CreatePurpose";
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let request_id = v.check("request_id", RequestId::parse(&req.request_id));
+        let parsed = match req.purpose.as_ref() {
+            None => {
+                v.add("purpose", "is required");
+                None
+            }
+            Some(p) => {
+                let key = v.check("purpose.key", PurposeKey::parse(&p.key));
+                let fields = parse_purpose_fields(&mut v, p, &PurposeMask::all());
+                key.zip(fields)
+            }
+        };
+        let (Some(request_id), Some((key, fields))) = (request_id, parsed) else {
+            return Err(v.into_error().into());
+        };
+        v.finish()?;
+        note_request_id(&request_id);
+        let ctx = Context {
+            actor: caller.0,
+            method: METHOD,
+            request_id: request_id.as_str().to_owned(),
+        };
+        let fingerprint = idempotency::fingerprint(METHOD, &req);
+        let (purpose, token) = idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
+            let (ctx, key, fields) = (ctx.clone(), key.clone(), fields.clone());
+            Box::pin(async move {
+                let (p, token) = service::create_purpose(conn, &ctx, &key, &fields).await?;
+                Ok((purpose_to_proto(&p), token))
+            })
+        })
+        .await?;
+        Ok(with_token(purpose, token))
+    }
+
+    async fn get_purpose(
+        &self,
+        request: Request<proto::GetPurposeRequest>,
+    ) -> Result<Response<proto::Purpose>, Status> {
+        let req = request.into_inner();
+        let key = PurposeKey::parse_name(&req.name).map_err(|e| Error::invalid("name", e))?;
+        let mut conn = self.pool.acquire().await.map_err(Error::from)?;
+        let purpose = store::get_purpose(&mut conn, &key, false)
+            .await?
+            .ok_or_else(|| Error::NotFound(key.name()))?;
+        Ok(Response::new(purpose_to_proto(&purpose)))
+    }
+
+    async fn list_purposes(
+        &self,
+        request: Request<proto::ListPurposesRequest>,
+    ) -> Result<Response<proto::ListPurposesResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let limit = v.check("page_size", page_size(req.page_size));
+        let after = v.check("page_token", PageToken::decode::<String>("purposes", &req.page_token));
+        let (Some(limit), Some(after)) = (limit, after) else {
+            return Err(v.into_error().into());
+        };
+        let purposes = store::list_purposes(&self.pool, after.as_deref(), limit + 1).await?;
+        let (page, next) = paginate(purposes, limit, |p| PageToken::encode("purposes", &p.key.as_str()));
+        Ok(Response::new(proto::ListPurposesResponse {
+            purposes: page.iter().map(purpose_to_proto).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn update_purpose(
+        &self,
+        request: Request<proto::UpdatePurposeRequest>,
+    ) -> Result<Response<proto::Purpose>, Status> {
+        const METHOD: &str = "privacy.v1.ConsentService/UpdatePurpose";
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let request_id = v.check("request_id", RequestId::parse(&req.request_id));
+        let mask = parse_mask(&mut v, req.update_mask.as_ref());
+        let parsed = match req.purpose.as_ref() {
+            None => {
+                v.add("purpose", "is required");
+                None
+            }
+            Some(p) => {
+                let key = v.check("purpose.name", PurposeKey::parse_name(&p.name));
+                let fields = parse_purpose_fields(&mut v, p, &mask);
+                let etag = (!p.etag.is_empty()).then(|| p.etag.clone());
+                key.zip(fields).map(|(k, f)| (k, f, etag))
+            }
+        };
+        let (Some(request_id), Some((key, fields, etag))) = (request_id, parsed) else {
+            return Err(v.into_error().into());
+        };
+        v.finish()?;
+        note_request_id(&request_id);
+        let ctx = Context {
+            actor: caller.0,
+            method: METHOD,
+            request_id: request_id.as_str().to_owned(),
+        };
+        let fingerprint = idempotency::fingerprint(METHOD, &req);
+        let (purpose, token) = idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
+            let (ctx, key, fields, mask, etag) = (ctx.clone(), key.clone(), fields.clone(), mask.clone(), etag.clone());
+            Box::pin(async move {
+                let (p, token) = service::update_purpose(conn, &ctx, &key, &fields, &mask, etag.as_deref()).await?;
+                Ok((purpose_to_proto(&p), token))
+            })
+        })
+        .await?;
+        Ok(with_token(purpose, token))
+    }
+
+    async fn record_consent(
+        &self,
+        request: Request<proto::RecordConsentRequest>,
+    ) -> Result<Response<proto::RecordConsentResponse>, Status> {
+        const METHOD: &str = "privacy.v1.ConsentService/RecordConsent";
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let (request_id, new) = parse_new_consent(&req)?;
+        note_request_id(&request_id);
+        let ctx = Context {
+            actor: caller.0,
+            method: METHOD,
+            request_id: request_id.as_str().to_owned(),
+        };
+        let fingerprint = idempotency::fingerprint(METHOD, &req);
+        let (response, token) = idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
+            let (ctx, new) = (ctx.clone(), new.clone());
+            Box::pin(async move {
+                let (record, token) = service::record_consent(conn, &ctx, &new).await?;
+                let response = proto::RecordConsentResponse {
+                    record: Some(record_to_proto(&record)),
+                    consistency_token: token.encode(),
+                };
+                Ok((response, token))
+            })
+        })
+        .await?;
+        Ok(with_token(response, token))
+    }
+
+    async fn check_consent(
+        &self,
+        request: Request<proto::CheckConsentRequest>,
+    ) -> Result<Response<proto::CheckConsentResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let query = parse_check(
+            &mut v,
+            "",
+            &proto::ConsentCheck {
+                subject_id: req.subject_id.clone(),
+                purpose: req.purpose.clone(),
+                jurisdiction: req.jurisdiction.clone(),
+                gpc_signal: req.gpc_signal,
+            },
+        );
+        let as_of = parse_as_of(&mut v, req.as_of_time.as_ref());
+        let token = parse_token(&mut v, &req.consistency_token);
+        let (Some(query), Some(as_of), Some(_token)) = (query, as_of, token) else {
+            return Err(v.into_error().into());
+        };
+        // Every read goes to the primary, which already reflects every
+        // acknowledged write: a valid token is satisfied by construction.
+        let answers = service::check(&self.pool, std::slice::from_ref(&query), as_of).await?;
+        let outcome = answers
+            .outcomes
+            .first()
+            .ok_or_else(|| Error::Internal("a check returned no outcome".into()))?;
+        Ok(Response::new(proto::CheckConsentResponse {
+            verdict: verdict(outcome),
+            reason: reason(outcome),
+            deciding_record: outcome.record.as_ref().map(record_to_proto),
+            consent_model: model_to_proto(outcome.model),
+            consistency_token: answers.token.encode(),
+        }))
+    }
+
+    async fn batch_check_consent(
+        &self,
+        request: Request<proto::BatchCheckConsentRequest>,
+    ) -> Result<Response<proto::BatchCheckConsentResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if req.checks.is_empty() || req.checks.len() > MAX_BATCH {
+            v.add("checks", format!("must have 1 to {MAX_BATCH} entries"));
+            return Err(v.into_error().into());
+        }
+        let queries: Vec<Option<CheckQuery>> = req
+            .checks
+            .iter()
+            .enumerate()
+            .map(|(i, c)| parse_check(&mut v, &format!("checks[{i}]."), c))
+            .collect();
+        let as_of = parse_as_of(&mut v, req.as_of_time.as_ref());
+        let token = parse_token(&mut v, &req.consistency_token);
+        if !v.is_empty() {
+            return Err(v.into_error().into());
+        }
+        let (Some(queries), Some(as_of), Some(_token)) =
+            (queries.into_iter().collect::<Option<Vec<_>>>(), as_of, token)
+        else {
+            return Err(v.into_error().into());
+        };
+        let answers = service::check(&self.pool, &queries, as_of).await?;
+        Ok(Response::new(proto::BatchCheckConsentResponse {
+            results: queries
+                .iter()
+                .zip(&answers.outcomes)
+                .map(|(q, o)| result_to_proto(q, o))
+                .collect(),
+            consistency_token: answers.token.encode(),
+        }))
+    }
+
+    async fn get_consent_state(
+        &self,
+        request: Request<proto::GetConsentStateRequest>,
+    ) -> Result<Response<proto::ConsentState>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let subject = v.check("subject_id", SubjectId::parse(&req.subject_id));
+        let jurisdiction = v.check("jurisdiction", Jurisdiction::parse_optional(&req.jurisdiction));
+        let as_of = parse_as_of(&mut v, req.as_of_time.as_ref());
+        let token = parse_token(&mut v, &req.consistency_token);
+        let (Some(subject), Some(jurisdiction), Some(as_of), Some(_token)) = (subject, jurisdiction, as_of, token)
+        else {
+            return Err(v.into_error().into());
+        };
+        let (queries, answers) =
+            service::consent_state(&self.pool, &subject, jurisdiction.as_ref(), req.gpc_signal, as_of).await?;
+        Ok(Response::new(proto::ConsentState {
+            subject_id: subject.as_str().to_owned(),
+            decisions: queries
+                .iter()
+                .zip(&answers.outcomes)
+                .map(|(q, o)| result_to_proto(q, o))
+                .collect(),
+            consistency_token: answers.token.encode(),
+        }))
+    }
+
+    async fn list_consent_records(
+        &self,
+        request: Request<proto::ListConsentRecordsRequest>,
+    ) -> Result<Response<proto::ListConsentRecordsResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let subject = if req.subject_id.is_empty() {
+            Some(None)
+        } else {
+            v.check("subject_id", SubjectId::parse(&req.subject_id).map(Some))
+        };
+        let purpose = if req.purpose.is_empty() {
+            Some(None)
+        } else {
+            v.check("purpose", PurposeKey::parse(&req.purpose).map(Some))
+        };
+        let limit = v.check("page_size", page_size(req.page_size));
+        let filters = format!("records:{}:{}", req.subject_id, req.purpose);
+        let after = v.check("page_token", PageToken::decode::<i64>(&filters, &req.page_token));
+        let token = parse_token(&mut v, &req.consistency_token);
+        let (Some(subject), Some(purpose), Some(limit), Some(after), Some(_token)) = (subject, purpose, limit, after, token)
+        else {
+            return Err(v.into_error().into());
+        };
+        let records = store::list_records(&self.pool, subject.as_ref(), purpose.as_ref(), after, limit + 1).await?;
+        let (page, next) = paginate(records, limit, |r| PageToken::encode(&filters, &r.id));
+        Ok(Response::new(proto::ListConsentRecordsResponse {
+            records: page.iter().map(record_to_proto).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    type WatchConsentChangesStream = WatchStream;
+
+    async fn watch_consent_changes(
+        &self,
+        request: Request<proto::WatchConsentChangesRequest>,
+    ) -> Result<Response<Self::WatchConsentChangesStream>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let resume = if req.resume_token.is_empty() {
+            Some(None)
+        } else {
+            v.check("resume_token", FeedPosition::parse(&req.resume_token).map(Some))
+        };
+        let subject = if req.subject_id.is_empty() {
+            Some(None)
+        } else {
+            v.check("subject_id", SubjectId::parse(&req.subject_id).map(Some))
+        };
+        if !req.resume_token.is_empty() && req.start_from_beginning {
+            v.add("start_from_beginning", "must not be set together with resume_token");
+        }
+        let (Some(resume), Some(subject)) = (resume, subject) else {
+            return Err(v.into_error().into());
+        };
+        v.finish()?;
+        let start = match resume {
+            Some(position) => position,
+            None if req.start_from_beginning => FeedPosition::BEGINNING,
+            None => changefeed::head(&self.pool).await?,
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let pool = self.pool.clone();
+        let settings = self.watch.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(watch_loop(pool, settings, shutdown, start, subject, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn publish_policy_version(
+        &self,
+        request: Request<proto::PublishPolicyVersionRequest>,
+    ) -> Result<Response<proto::PolicyVersion>, Status> {
+        const METHOD: &str = "privacy.v1.ConsentService/PublishPolicyVersion";
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let request_id = v.check("request_id", RequestId::parse(&req.request_id));
+        let version = match req.policy_version.as_ref() {
+            None => {
+                v.add("policy_version", "is required");
+                None
+            }
+            Some(p) => {
+                let id = v.check("policy_version.version_id", m::parse_version_id(&p.version_id));
+                let effective = v.check(
+                    "policy_version.effective_time",
+                    p.effective_time
+                        .as_ref()
+                        .ok_or_else(|| "is required".to_string())
+                        .and_then(parse_timestamp),
+                );
+                let sha = v.check("policy_version.text_sha256", parse_sha256(&p.text_sha256));
+                let summary = v.check("policy_version.summary", m::parse_text(&p.summary, 2000));
+                match (id, effective, sha, summary) {
+                    (Some(version_id), Some(effective_time), Some(text_sha256), Some(summary)) => Some(PolicyVersion {
+                        version_id,
+                        effective_time,
+                        text_sha256,
+                        material: p.material,
+                        summary,
+                        publish_time: Utc::now(),
+                    }),
+                    _ => None,
+                }
+            }
+        };
+        let (Some(request_id), Some(version)) = (request_id, version) else {
+            return Err(v.into_error().into());
+        };
+        v.finish()?;
+        note_request_id(&request_id);
+        let ctx = Context {
+            actor: caller.0,
+            method: METHOD,
+            request_id: request_id.as_str().to_owned(),
+        };
+        let fingerprint = idempotency::fingerprint(METHOD, &req);
+        let (published, token) = idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
+            let (ctx, version) = (ctx.clone(), version.clone());
+            Box::pin(async move {
+                let (p, token) = service::publish_policy_version(conn, &ctx, &version).await?;
+                Ok((policy_to_proto(&p), token))
+            })
+        })
+        .await?;
+        Ok(with_token(published, token))
+    }
+
+    async fn list_policy_versions(
+        &self,
+        request: Request<proto::ListPolicyVersionsRequest>,
+    ) -> Result<Response<proto::ListPolicyVersionsResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let limit = v.check("page_size", page_size(req.page_size));
+        let after = v.check(
+            "page_token",
+            PageToken::decode::<(DateTime<Utc>, String)>("policy_versions", &req.page_token),
+        );
+        let (Some(limit), Some(after)) = (limit, after) else {
+            return Err(v.into_error().into());
+        };
+        let versions = store::list_policy_versions(&self.pool, after, limit + 1).await?;
+        let (page, next) = paginate(versions, limit, |p| {
+            PageToken::encode("policy_versions", &(p.effective_time, &p.version_id))
+        });
+        Ok(Response::new(proto::ListPolicyVersionsResponse {
+            policy_versions: page.iter().map(policy_to_proto).collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn list_subjects_to_reconsent(
+        &self,
+        request: Request<proto::ListSubjectsToReconsentRequest>,
+    ) -> Result<Response<proto::ListSubjectsToReconsentResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let version_id = if req.policy_version.is_empty() {
+            Some(None)
+        } else {
+            v.check("policy_version", m::parse_version_id(&req.policy_version).map(Some))
+        };
+        let limit = v.check("page_size", page_size(req.page_size));
+        let filters = format!("reconsent:{}", req.policy_version);
+        let after = v.check("page_token", PageToken::decode::<(String, String)>(&filters, &req.page_token));
+        let (Some(version_id), Some(limit), Some(after)) = (version_id, limit, after) else {
+            return Err(v.into_error().into());
+        };
+        let version = service::reconsent_version(&self.pool, version_id.as_deref()).await?;
+        let grants = store::grants_predating(&self.pool, &version, after, limit + 1).await?;
+        let (page, next) = paginate(grants, limit, |r| PageToken::encode(&filters, &(&r.subject_id, &r.purpose)));
+        Ok(Response::new(proto::ListSubjectsToReconsentResponse {
+            policy_version: version.version_id,
+            subjects: page
+                .iter()
+                .map(|r| proto::SubjectToReconsent {
+                    subject_id: r.subject_id.clone(),
+                    purpose: r.purpose.clone(),
+                    grant: Some(record_to_proto(r)),
+                })
+                .collect(),
+            next_page_token: next,
+        }))
+    }
+
+    async fn get_subject(
+        &self,
+        request: Request<proto::GetSubjectRequest>,
+    ) -> Result<Response<proto::Subject>, Status> {
+        let req = request.into_inner();
+        let subject = SubjectId::parse_name(&req.name).map_err(|e| Error::invalid("name", e))?;
+        let found = store::get_subject(&self.pool, &subject)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("subjects/{}", subject.as_str())))?;
+        Ok(Response::new(subject_to_proto(&found)))
+    }
+
+    async fn set_subject_minor_status(
+        &self,
+        request: Request<proto::SetSubjectMinorStatusRequest>,
+    ) -> Result<Response<proto::Subject>, Status> {
+        const METHOD: &str = "privacy.v1.ConsentService/SetSubjectMinorStatus";
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let request_id = v.check("request_id", RequestId::parse(&req.request_id));
+        let subject = v.check("subject_id", SubjectId::parse(&req.subject_id));
+        let reason = v.check("reason", m::parse_text(&req.reason, 2000));
+        let (Some(request_id), Some(subject), Some(reason)) = (request_id, subject, reason) else {
+            return Err(v.into_error().into());
+        };
+        note_request_id(&request_id);
+        let ctx = Context {
+            actor: caller.0,
+            method: METHOD,
+            request_id: request_id.as_str().to_owned(),
+        };
+        let fingerprint = idempotency::fingerprint(METHOD, &req);
+        let minor = req.minor;
+        let (updated, token) = idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
+            let (ctx, subject, reason) = (ctx.clone(), subject.clone(), reason.clone());
+            Box::pin(async move {
+                let (s, token) = service::set_minor_status(conn, &ctx, &subject, minor, &reason).await?;
+                Ok((subject_to_proto(&s), token))
+            })
+        })
+        .await?;
+        Ok(with_token(updated, token))
+    }
+}
+
+fn parse_sha256(raw: &str) -> Result<String, String> {
+    if raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(raw.to_owned())
+    } else {
+        Err("must be 64 lowercase hex characters (the SHA-256 of the policy text)".into())
+    }
+}
+
+/// Splits a fetch of `limit + 1` items into the page and the next token.
+fn paginate<T>(mut items: Vec<T>, limit: i64, token_of: impl Fn(&T) -> String) -> (Vec<T>, String) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if items.len() > limit {
+        items.truncate(limit);
+        let next = items.last().map(&token_of).unwrap_or_default();
+        (items, next)
+    } else {
+        (items, String::new())
+    }
+}
+
+/// Feeds one watch stream until the client goes away, the server shuts
+/// down, or the database fails (the stream then ends with UNAVAILABLE and
+/// the client resumes from its last token).
+async fn watch_loop(
+    pool: PgPool,
+    settings: WatchSettings,
+    mut shutdown: watch::Receiver<bool>,
+    start: FeedPosition,
+    subject: Option<SubjectId>,
+    tx: mpsc::Sender<Result<proto::WatchConsentChangesResponse, Status>>,
+) {
+    const BATCH: i64 = 500;
+    let mut position = start;
+    // The first message confirms the stream and hands out its start token.
+    let first = proto::WatchConsentChangesResponse {
+        changes: vec![],
+        resume_token: position.encode(),
+    };
+    if tx.send(Ok(first)).await.is_err() {
+        return;
+    }
+    let mut last_sent = Instant::now();
+    loop {
+        if *shutdown.borrow() {
+            let _ = tx.send(Err(Error::ShuttingDown.into())).await;
+            return;
+        }
+        let batch = match changefeed::read(&pool, position, subject.as_ref().map(|s| s.as_str()), BATCH).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                let _ = tx.send(Err(e.into())).await;
+                return;
+            }
+        };
+        let full = batch.events.len() as i64 >= BATCH;
+        if !batch.events.is_empty() {
+            let ids: Vec<i64> = batch.events.iter().filter_map(|e| e.consent_record_id).collect();
+            let records = match store::records_by_id(&pool, &ids).await {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            let changes = batch
+                .events
+                .iter()
+                .map(|e| proto::ConsentChange {
+                    kind: match e.kind {
+                        ChangeKind::ConsentRecorded => proto::ConsentChangeKind::ConsentRecorded,
+                        ChangeKind::PurposeChanged => proto::ConsentChangeKind::PurposeChanged,
+                        ChangeKind::PolicyVersionPublished => proto::ConsentChangeKind::PolicyVersionPublished,
+                        ChangeKind::SubjectChanged => proto::ConsentChangeKind::SubjectChanged,
+                    } as i32,
+                    subject_id: e.subject_id.clone().unwrap_or_default(),
+                    purpose: e.purpose_key.clone().unwrap_or_default(),
+                    record: e
+                        .consent_record_id
+                        .and_then(|id| records.get(&id))
+                        .map(record_to_proto),
+                    policy_version: e.policy_version.clone().unwrap_or_default(),
+                    change_time: Some(timestamp(e.change_time)),
+                })
+                .collect();
+            let response = proto::WatchConsentChangesResponse {
+                changes,
+                resume_token: batch.next.encode(),
+            };
+            if tx.send(Ok(response)).await.is_err() {
+                return;
+            }
+            last_sent = Instant::now();
+        } else if last_sent.elapsed() >= settings.heartbeat {
+            let heartbeat = proto::WatchConsentChangesResponse {
+                changes: vec![],
+                resume_token: batch.next.encode(),
+            };
+            if tx.send(Ok(heartbeat)).await.is_err() {
+                return;
+            }
+            last_sent = Instant::now();
+        }
+        position = batch.next;
+        if full {
+            continue;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(settings.poll_interval) => {}
+            _ = shutdown.changed() => {}
+            _ = tx.closed() => return,
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Consent: the purposes catalogue, the append-only ledger of grants and
+//! refusals, policy versions, and the decision "may this subject's data be
+//! used for this purpose?".
+pub mod decision;
+pub mod grpc;
+pub mod model;
+pub mod service;
+pub mod store;

@@ -1,0 +1,368 @@
+//! The consent use cases: the rules of what may be recorded and how a check
+//! is decided. They know neither gRPC nor SQL; writes run inside the
+//! caller's transaction and write their audit and change events there.
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+
+use super::decision::{self, Inputs, Outcome};
+use super::model::{
+    ConsentModel, ConsentRecord, Decision, Jurisdiction, NewConsent, PolicyVersion, Purpose,
+    PurposeFields, PurposeKey, Subject, SubjectId,
+};
+use super::store;
+use crate::error::{Error, Result};
+use crate::journal::{self, AuditEntry, ChangeEntry, ChangeKind};
+use crate::proto::ErrorReason;
+use crate::tokens::ConsistencyToken;
+
+/// Who is making a change, through which method, under which request id.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub actor: String,
+    pub method: &'static str,
+    pub request_id: String,
+}
+
+impl Context {
+    fn audit<'a>(&'a self, target: &'a str, subject: Option<&'a str>, details: serde_json::Value) -> AuditEntry<'a> {
+        AuditEntry {
+            actor: &self.actor,
+            method: self.method,
+            target,
+            subject_id: subject,
+            request_id: &self.request_id,
+            details,
+        }
+    }
+}
+
+pub async fn create_purpose(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    key: &PurposeKey,
+    fields: &PurposeFields,
+) -> Result<(Purpose, ConsistencyToken)> {
+    let purpose = store::create_purpose(conn, key, fields).await?;
+    let name = key.name();
+    let token = journal::record(
+        conn,
+        ctx.audit(&name, None, json!({ "consent_model": fields.consent_model.as_str() })),
+        ChangeEntry {
+            kind: ChangeKind::PurposeChanged,
+            subject_id: None,
+            purpose_key: Some(key.as_str()),
+            consent_record_id: None,
+            policy_version: None,
+        },
+    )
+    .await?;
+    Ok((purpose, token))
+}
+
+/// Which fields of a purpose an update changes.
+#[derive(Debug, Clone, Default)]
+pub struct PurposeMask {
+    pub display_name: bool,
+    pub description: bool,
+    pub consent_model: bool,
+    pub jurisdiction_models: bool,
+    pub required_evidence: bool,
+    pub honors_gpc: bool,
+    pub reconsent_on_material_change: bool,
+}
+
+impl PurposeMask {
+    pub fn all() -> Self {
+        Self {
+            display_name: true,
+            description: true,
+            consent_model: true,
+            jurisdiction_models: true,
+            required_evidence: true,
+            honors_gpc: true,
+            reconsent_on_material_change: true,
+        }
+    }
+}
+
+pub async fn update_purpose(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    key: &PurposeKey,
+    new: &PurposeFields,
+    mask: &PurposeMask,
+    etag: Option<&str>,
+) -> Result<(Purpose, ConsistencyToken)> {
+    let current = store::get_purpose(conn, key, true)
+        .await?
+        .ok_or_else(|| Error::NotFound(key.name()))?;
+    if let Some(etag) = etag
+        && etag != current.etag()
+    {
+        return Err(Error::EtagMismatch(key.name()));
+    }
+    let fields = PurposeFields {
+        display_name: if mask.display_name { new.display_name.clone() } else { current.display_name.clone() },
+        description: if mask.description { new.description.clone() } else { current.description.clone() },
+        consent_model: if mask.consent_model { new.consent_model } else { current.consent_model },
+        jurisdiction_models: if mask.jurisdiction_models {
+            new.jurisdiction_models.clone()
+        } else {
+            current.jurisdiction_models.clone()
+        },
+        required_evidence: if mask.required_evidence { new.required_evidence } else { current.required_evidence },
+        honors_gpc: if mask.honors_gpc { new.honors_gpc } else { current.honors_gpc },
+        reconsent_on_material_change: if mask.reconsent_on_material_change {
+            new.reconsent_on_material_change
+        } else {
+            current.reconsent_on_material_change
+        },
+    };
+    let purpose = store::update_purpose(conn, key, &fields).await?;
+    let name = key.name();
+    let token = journal::record(
+        conn,
+        ctx.audit(
+            &name,
+            None,
+            json!({
+                "consent_model": { "from": current.consent_model.as_str(), "to": fields.consent_model.as_str() },
+                "revision": purpose.revision,
+            }),
+        ),
+        ChangeEntry {
+            kind: ChangeKind::PurposeChanged,
+            subject_id: None,
+            purpose_key: Some(key.as_str()),
+            consent_record_id: None,
+            policy_version: None,
+        },
+    )
+    .await?;
+    Ok((purpose, token))
+}
+
+/// Appends a decision, after the rules: a PROHIBITED purpose cannot be
+/// granted, a NOT_CONSENT_BASED one takes no decisions, and a purpose that
+/// requires evidence for a grant gets it.
+pub async fn record_consent(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    new: &NewConsent,
+) -> Result<(ConsentRecord, ConsistencyToken)> {
+    let purpose = store::get_purpose(conn, &new.purpose, false)
+        .await?
+        .ok_or_else(|| Error::NotFound(new.purpose.name()))?;
+    let name = new.purpose.name();
+    match purpose.model_in(new.jurisdiction.as_ref()) {
+        ConsentModel::Prohibited if new.decision == Decision::Granted => {
+            return Err(Error::precondition(
+                ErrorReason::PurposeProhibited,
+                name,
+                format!(
+                    "purpose {} is PROHIBITED: the organisation never does it, so it cannot be granted",
+                    new.purpose.as_str()
+                ),
+            ));
+        }
+        ConsentModel::NotConsentBased => {
+            return Err(Error::precondition(
+                ErrorReason::PurposeNotConsentBased,
+                name,
+                format!(
+                    "purpose {} is NOT_CONSENT_BASED: it rests on another legal basis, so consent is not recorded for it",
+                    new.purpose.as_str()
+                ),
+            ));
+        }
+        _ => {}
+    }
+    if new.decision == Decision::Granted
+        && let Some(required) = purpose.required_evidence
+        && new.evidence.as_ref().map(|e| e.kind) != Some(required)
+    {
+        return Err(Error::precondition(
+            ErrorReason::EvidenceRequired,
+            "evidence",
+            format!(
+                "a grant of {} requires evidence of kind {}",
+                new.purpose.as_str(),
+                required.as_str()
+            ),
+        ));
+    }
+    let record = store::append_consent(conn, new, &ctx.request_id, &ctx.actor).await?;
+    let target = format!("subjects/{}/consentRecords/{}", record.subject_id, record.id);
+    let token = journal::record(
+        conn,
+        ctx.audit(
+            &target,
+            Some(new.subject_id.as_str()),
+            json!({
+                "purpose": record.purpose,
+                "decision": record.decision.as_str(),
+                "source": record.source.as_str(),
+            }),
+        ),
+        ChangeEntry {
+            kind: ChangeKind::ConsentRecorded,
+            subject_id: Some(new.subject_id.as_str()),
+            purpose_key: Some(new.purpose.as_str()),
+            consent_record_id: Some(record.id),
+            policy_version: None,
+        },
+    )
+    .await?;
+    Ok((record, token))
+}
+
+/// One question of a check.
+#[derive(Debug, Clone)]
+pub struct CheckQuery {
+    pub subject: SubjectId,
+    pub purpose: PurposeKey,
+    pub jurisdiction: Option<Jurisdiction>,
+    pub gpc_signal: bool,
+}
+
+/// The answers, in the order asked, and the token of the state read.
+#[derive(Debug)]
+pub struct CheckAnswers {
+    pub outcomes: Vec<Outcome>,
+    pub token: ConsistencyToken,
+}
+
+/// Decides many questions in one read. An unknown purpose is NOT_FOUND.
+pub async fn check(
+    pool: &PgPool,
+    queries: &[CheckQuery],
+    as_of: Option<DateTime<Utc>>,
+) -> Result<CheckAnswers> {
+    let pairs: Vec<(SubjectId, PurposeKey)> = queries
+        .iter()
+        .map(|q| (q.subject.clone(), q.purpose.clone()))
+        .collect();
+    let (rows, snapshot) = store::decision_inputs(pool, &pairs, as_of).await?;
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for (query, row) in queries.iter().zip(&rows) {
+        let purpose = row
+            .purpose
+            .as_ref()
+            .ok_or_else(|| Error::NotFound(query.purpose.name()))?;
+        outcomes.push(decision::decide(&Inputs {
+            purpose,
+            jurisdiction: query.jurisdiction.as_ref(),
+            gpc_signal: query.gpc_signal,
+            minor: row.minor,
+            latest: row.latest.as_ref(),
+            material_change: snapshot.material_change.as_ref(),
+            at: snapshot.at,
+        }));
+    }
+    Ok(CheckAnswers {
+        outcomes,
+        token: ConsistencyToken {
+            xid: (snapshot.xmin - 1).max(0),
+        },
+    })
+}
+
+/// Every purpose's decision for one subject.
+pub async fn consent_state(
+    pool: &PgPool,
+    subject: &SubjectId,
+    jurisdiction: Option<&Jurisdiction>,
+    gpc_signal: bool,
+    as_of: Option<DateTime<Utc>>,
+) -> Result<(Vec<CheckQuery>, CheckAnswers)> {
+    let queries: Vec<CheckQuery> = store::all_purpose_keys(pool)
+        .await?
+        .into_iter()
+        .map(|purpose| CheckQuery {
+            subject: subject.clone(),
+            purpose,
+            jurisdiction: jurisdiction.cloned(),
+            gpc_signal,
+        })
+        .collect();
+    if queries.is_empty() {
+        let token = ConsistencyToken { xid: 0 };
+        return Ok((queries, CheckAnswers { outcomes: vec![], token }));
+    }
+    let answers = check(pool, &queries, as_of).await?;
+    Ok((queries, answers))
+}
+
+pub async fn publish_policy_version(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    version: &PolicyVersion,
+) -> Result<(PolicyVersion, ConsistencyToken)> {
+    let published = store::publish_policy_version(
+        conn,
+        &version.version_id,
+        version.effective_time,
+        &version.text_sha256,
+        version.material,
+        &version.summary,
+    )
+    .await?;
+    let target = format!("policyVersions/{}", version.version_id);
+    let token = journal::record(
+        conn,
+        ctx.audit(&target, None, json!({ "material": version.material })),
+        ChangeEntry {
+            kind: ChangeKind::PolicyVersionPublished,
+            subject_id: None,
+            purpose_key: None,
+            consent_record_id: None,
+            policy_version: Some(&version.version_id),
+        },
+    )
+    .await?;
+    Ok((published, token))
+}
+
+pub async fn set_minor_status(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    subject: &SubjectId,
+    minor: bool,
+    reason: &str,
+) -> Result<(Subject, ConsistencyToken)> {
+    let updated = store::set_minor(conn, subject, minor).await?;
+    let target = format!("subjects/{}", subject.as_str());
+    let token = journal::record(
+        conn,
+        ctx.audit(&target, Some(subject.as_str()), json!({ "minor": minor, "reason": reason })),
+        ChangeEntry {
+            kind: ChangeKind::SubjectChanged,
+            subject_id: Some(subject.as_str()),
+            purpose_key: None,
+            consent_record_id: None,
+            policy_version: None,
+        },
+    )
+    .await?;
+    Ok((updated, token))
+}
+
+/// The material version to list re-consent for: the named one (which must
+/// be material), or the latest material one in effect.
+pub async fn reconsent_version(pool: &PgPool, version_id: Option<&str>) -> Result<PolicyVersion> {
+    match version_id {
+        Some(id) => {
+            let version = store::get_policy_version(pool, id)
+                .await?
+                .ok_or_else(|| Error::NotFound(format!("policyVersions/{id}")))?;
+            if !version.material {
+                return Err(Error::invalid("policy_version", "is not a material version"));
+            }
+            Ok(version)
+        }
+        None => store::latest_material_version(pool)
+            .await?
+            .ok_or_else(|| Error::NotFound("a material policy version in effect".into())),
+    }
+}

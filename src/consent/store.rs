@@ -1,0 +1,565 @@
+//! The consent domain's SQL. Writers take the transaction's connection;
+//! readers take the pool. No gRPC types here.
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, PgPool, Row};
+
+use super::decision::MaterialChange;
+use super::model::{
+    ConsentModel, ConsentRecord, Decision, Evidence, EvidenceKind, NewConsent, PolicyVersion,
+    Purpose, PurposeFields, PurposeKey, Source, Subject, SubjectId,
+};
+use crate::error::{Error, Result};
+
+const PURPOSE_COLUMNS: &str = "key, display_name, description, consent_model, jurisdiction_models, \
+     required_evidence, honors_gpc, reconsent_on_material_change, create_time, update_time, revision";
+
+const RECORD_COLUMNS: &str = "id, subject_id, purpose_key, decision, source, policy_version, jurisdiction, \
+     evidence_kind, evidence_reference, evidence_description, effective_time, expire_time, \
+     record_time, request_id, actor";
+
+fn corrupt(what: &str, value: &str) -> Error {
+    Error::Internal(format!("unexpected {what} in the database: {value:?}"))
+}
+
+fn purpose_from_row(row: &PgRow, prefix: &str) -> Result<Option<Purpose>> {
+    let col = |c: &str| format!("{prefix}{c}");
+    let Some(key): Option<String> = row.try_get(col("key").as_str())? else {
+        return Ok(None);
+    };
+    let model: String = row.try_get(col("consent_model").as_str())?;
+    let overrides: serde_json::Value = row.try_get(col("jurisdiction_models").as_str())?;
+    let overrides: BTreeMap<String, String> = serde_json::from_value(overrides)
+        .map_err(|e| corrupt("jurisdiction_models", &e.to_string()))?;
+    let mut jurisdiction_models = BTreeMap::new();
+    for (j, m) in overrides {
+        let m = ConsentModel::from_db(&m).ok_or_else(|| corrupt("consent model", &m))?;
+        jurisdiction_models.insert(j, m);
+    }
+    let evidence: Option<String> = row.try_get(col("required_evidence").as_str())?;
+    let required_evidence = match evidence {
+        Some(e) => Some(EvidenceKind::from_db(&e).ok_or_else(|| corrupt("evidence kind", &e))?),
+        None => None,
+    };
+    Ok(Some(Purpose {
+        key: PurposeKey::parse(&key).map_err(|_| corrupt("purpose key", &key))?,
+        display_name: row.try_get(col("display_name").as_str())?,
+        description: row.try_get(col("description").as_str())?,
+        consent_model: ConsentModel::from_db(&model).ok_or_else(|| corrupt("consent model", &model))?,
+        jurisdiction_models,
+        required_evidence,
+        honors_gpc: row.try_get(col("honors_gpc").as_str())?,
+        reconsent_on_material_change: row.try_get(col("reconsent_on_material_change").as_str())?,
+        create_time: row.try_get(col("create_time").as_str())?,
+        update_time: row.try_get(col("update_time").as_str())?,
+        revision: row.try_get(col("revision").as_str())?,
+    }))
+}
+
+fn record_from_row(row: &PgRow, prefix: &str) -> Result<Option<ConsentRecord>> {
+    let col = |c: &str| format!("{prefix}{c}");
+    let Some(id): Option<i64> = row.try_get(col("id").as_str())? else {
+        return Ok(None);
+    };
+    let decision: String = row.try_get(col("decision").as_str())?;
+    let source: String = row.try_get(col("source").as_str())?;
+    let evidence_kind: Option<String> = row.try_get(col("evidence_kind").as_str())?;
+    let evidence = match evidence_kind {
+        Some(kind) => Some(Evidence {
+            kind: EvidenceKind::from_db(&kind).ok_or_else(|| corrupt("evidence kind", &kind))?,
+            reference: row
+                .try_get::<Option<String>, _>(col("evidence_reference").as_str())?
+                .unwrap_or_default(),
+            description: row
+                .try_get::<Option<String>, _>(col("evidence_description").as_str())?
+                .unwrap_or_default(),
+        }),
+        None => None,
+    };
+    Ok(Some(ConsentRecord {
+        id,
+        subject_id: row.try_get(col("subject_id").as_str())?,
+        purpose: row.try_get(col("purpose_key").as_str())?,
+        decision: Decision::from_db(&decision).ok_or_else(|| corrupt("decision", &decision))?,
+        source: Source::from_db(&source).ok_or_else(|| corrupt("source", &source))?,
+        policy_version: row.try_get(col("policy_version").as_str())?,
+        jurisdiction: row.try_get(col("jurisdiction").as_str())?,
+        evidence,
+        effective_time: row.try_get(col("effective_time").as_str())?,
+        expire_time: row.try_get(col("expire_time").as_str())?,
+        record_time: row.try_get(col("record_time").as_str())?,
+        request_id: row.try_get(col("request_id").as_str())?,
+        actor: row.try_get(col("actor").as_str())?,
+    }))
+}
+
+fn overrides_json(fields: &PurposeFields) -> serde_json::Value {
+    serde_json::Value::Object(
+        fields
+            .jurisdiction_models
+            .iter()
+            .map(|(j, m)| (j.clone(), serde_json::Value::from(m.as_str())))
+            .collect(),
+    )
+}
+
+// ---- purposes -------------------------------------------------------------
+
+pub async fn create_purpose(
+    conn: &mut PgConnection,
+    key: &PurposeKey,
+    fields: &PurposeFields,
+) -> Result<Purpose> {
+    let sql = format!(
+        "INSERT INTO purposes (key, display_name, description, consent_model, jurisdiction_models,
+                               required_evidence, honors_gpc, reconsent_on_material_change)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         ON CONFLICT (key) DO NOTHING
+         RETURNING {PURPOSE_COLUMNS}"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key.as_str())
+        .bind(&fields.display_name)
+        .bind(&fields.description)
+        .bind(fields.consent_model.as_str())
+        .bind(overrides_json(fields))
+        .bind(fields.required_evidence.map(|e| e.as_str()))
+        .bind(fields.honors_gpc)
+        .bind(fields.reconsent_on_material_change)
+        .fetch_optional(conn)
+        .await?;
+    match row {
+        Some(row) => purpose_from_row(&row, "")?.ok_or_else(|| corrupt("purpose", key.as_str())),
+        None => Err(Error::AlreadyExists(key.name())),
+    }
+}
+
+pub async fn get_purpose(conn: &mut PgConnection, key: &PurposeKey, lock: bool) -> Result<Option<Purpose>> {
+    let lock = if lock { " FOR UPDATE" } else { "" };
+    let sql = format!("SELECT {PURPOSE_COLUMNS} FROM purposes WHERE key = $1{lock}");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key.as_str())
+        .fetch_optional(conn)
+        .await?;
+    match row {
+        Some(row) => purpose_from_row(&row, ""),
+        None => Ok(None),
+    }
+}
+
+pub async fn list_purposes(pool: &PgPool, after: Option<&str>, limit: i64) -> Result<Vec<Purpose>> {
+    let sql = format!(
+        "SELECT {PURPOSE_COLUMNS} FROM purposes
+         WHERE $1::text IS NULL OR key > $1 ORDER BY key LIMIT $2"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| purpose_from_row(r, "").and_then(|p| p.ok_or_else(|| corrupt("purpose", "null"))))
+        .collect()
+}
+
+pub async fn update_purpose(
+    conn: &mut PgConnection,
+    key: &PurposeKey,
+    fields: &PurposeFields,
+) -> Result<Purpose> {
+    let sql = format!(
+        "UPDATE purposes SET display_name = $2, description = $3, consent_model = $4,
+                jurisdiction_models = $5, required_evidence = $6, honors_gpc = $7,
+                reconsent_on_material_change = $8, update_time = now(), revision = revision + 1
+         WHERE key = $1
+         RETURNING {PURPOSE_COLUMNS}"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(key.as_str())
+        .bind(&fields.display_name)
+        .bind(&fields.description)
+        .bind(fields.consent_model.as_str())
+        .bind(overrides_json(fields))
+        .bind(fields.required_evidence.map(|e| e.as_str()))
+        .bind(fields.honors_gpc)
+        .bind(fields.reconsent_on_material_change)
+        .fetch_optional(conn)
+        .await?;
+    match row {
+        Some(row) => purpose_from_row(&row, "")?.ok_or_else(|| corrupt("purpose", key.as_str())),
+        None => Err(Error::NotFound(key.name())),
+    }
+}
+
+// ---- the ledger -----------------------------------------------------------
+
+pub async fn append_consent(
+    conn: &mut PgConnection,
+    new: &NewConsent,
+    request_id: &str,
+    actor: &str,
+) -> Result<ConsentRecord> {
+    let sql = format!(
+        "INSERT INTO consent_records (subject_id, purpose_key, decision, source, policy_version,
+             jurisdiction, evidence_kind, evidence_reference, evidence_description,
+             effective_time, expire_time, request_id, actor)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, now()), $11, $12, $13)
+         RETURNING {RECORD_COLUMNS}"
+    );
+    let evidence = new.evidence.as_ref();
+    let result = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(new.subject_id.as_str())
+        .bind(new.purpose.as_str())
+        .bind(new.decision.as_str())
+        .bind(new.source.as_str())
+        .bind(new.policy_version.as_deref())
+        .bind(new.jurisdiction.as_ref().map(|j| j.as_str()))
+        .bind(evidence.map(|e| e.kind.as_str()))
+        .bind(evidence.map(|e| e.reference.as_str()))
+        .bind(evidence.map(|e| e.description.as_str()))
+        .bind(new.effective_time)
+        .bind(new.expire_time)
+        .bind(request_id)
+        .bind(actor)
+        .fetch_one(conn)
+        .await;
+    let row = match result {
+        Ok(row) => row,
+        Err(e) => {
+            return Err(match crate::error::sqlstate(&e).as_deref() {
+                // consent_records_policy_version_fkey: the version is unknown.
+                Some("23503") => Error::precondition(
+                    crate::proto::ErrorReason::PolicyVersionUnknown,
+                    format!("policyVersions/{}", new.policy_version.as_deref().unwrap_or("")),
+                    "policy_version has not been published",
+                ),
+                // The CHECK constraints: an expiry at or before the effective time.
+                Some("23514") => Error::invalid("expire_time", "must be after effective_time"),
+                _ => Error::from(e),
+            });
+        }
+    };
+    record_from_row(&row, "")?.ok_or_else(|| corrupt("consent record", "null"))
+}
+
+/// One (subject, purpose) question and what the database says about it.
+#[derive(Debug)]
+pub struct DecisionRow {
+    pub purpose: Option<Purpose>,
+    pub minor: bool,
+    pub latest: Option<ConsentRecord>,
+}
+
+/// What a batch of decisions was read at.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The time the decisions are for (the database's now, or the as-of time).
+    pub at: DateTime<Utc>,
+    /// Every transaction below this id had finished when the read was taken.
+    pub xmin: i64,
+    pub material_change: Option<MaterialChange>,
+}
+
+/// Reads everything `decide` needs for many pairs in one statement.
+pub async fn decision_inputs(
+    pool: &PgPool,
+    pairs: &[(SubjectId, PurposeKey)],
+    as_of: Option<DateTime<Utc>>,
+) -> Result<(Vec<DecisionRow>, Snapshot)> {
+    let subjects: Vec<&str> = pairs.iter().map(|(s, _)| s.as_str()).collect();
+    let purposes: Vec<&str> = pairs.iter().map(|(_, p)| p.as_str()).collect();
+    let sql = format!(
+        "WITH snap AS MATERIALIZED (
+             SELECT coalesce($3::timestamptz, now()) AS at,
+                    pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin),
+         mv AS MATERIALIZED (
+             SELECT v.version_id, v.effective_time FROM policy_versions v, snap
+             WHERE v.material AND v.effective_time <= snap.at
+             ORDER BY v.effective_time DESC, v.version_id DESC LIMIT 1),
+         q AS (SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(subject_id, purpose_key, ord))
+         SELECT q.ord, snap.at AS snap_at, snap.xmin AS snap_xmin,
+                mv.version_id AS mv_version_id, mv.effective_time AS mv_effective_time,
+                (s.minor_since IS NOT NULL AND s.minor_since <= snap.at) AS minor,
+                {p}, {r}
+         FROM q CROSS JOIN snap
+         LEFT JOIN mv ON true
+         LEFT JOIN purposes p ON p.key = q.purpose_key
+         LEFT JOIN subjects s ON s.subject_id = q.subject_id
+         LEFT JOIN LATERAL (
+             SELECT * FROM consent_records c
+             WHERE c.subject_id = q.subject_id AND c.purpose_key = q.purpose_key
+               AND c.effective_time <= snap.at
+             ORDER BY c.effective_time DESC, c.id DESC
+             LIMIT 1
+         ) r ON true
+         ORDER BY q.ord",
+        p = prefixed("p", "p_", PURPOSE_COLUMNS),
+        r = prefixed("r", "r_", RECORD_COLUMNS),
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(&subjects)
+        .bind(&purposes)
+        .bind(as_of)
+        .fetch_all(pool)
+        .await?;
+    let snapshot = match rows.first() {
+        Some(row) => {
+            let version: Option<String> = row.try_get("mv_version_id")?;
+            let effective: Option<DateTime<Utc>> = row.try_get("mv_effective_time")?;
+            Snapshot {
+                at: row.try_get("snap_at")?,
+                xmin: row.try_get("snap_xmin")?,
+                material_change: version.zip(effective).map(|(version_id, effective_time)| {
+                    MaterialChange {
+                        version_id,
+                        effective_time,
+                    }
+                }),
+            }
+        }
+        None => return Err(Error::Internal("a decision read returned no rows".into())),
+    };
+    let decisions = rows
+        .iter()
+        .map(|row| {
+            Ok(DecisionRow {
+                purpose: purpose_from_row(row, "p_")?,
+                minor: row.try_get("minor")?,
+                latest: record_from_row(row, "r_")?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((decisions, snapshot))
+}
+
+/// `p.key AS p_key, p.display_name AS p_display_name, ...`
+fn prefixed(table: &str, prefix: &str, columns: &str) -> String {
+    columns
+        .split(',')
+        .map(|c| {
+            let c = c.trim();
+            format!("{table}.{c} AS {prefix}{c}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// All purpose keys, for a subject's whole state.
+pub async fn all_purpose_keys(pool: &PgPool) -> Result<Vec<PurposeKey>> {
+    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM purposes ORDER BY key")
+        .fetch_all(pool)
+        .await?;
+    keys.iter()
+        .map(|k| PurposeKey::parse(k).map_err(|_| corrupt("purpose key", k)))
+        .collect()
+}
+
+/// A page of the ledger, oldest first.
+pub async fn list_records(
+    pool: &PgPool,
+    subject: Option<&SubjectId>,
+    purpose: Option<&PurposeKey>,
+    after_id: Option<i64>,
+    limit: i64,
+) -> Result<Vec<ConsentRecord>> {
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS} FROM consent_records
+         WHERE ($1::text IS NULL OR subject_id = $1)
+           AND ($2::text IS NULL OR purpose_key = $2)
+           AND id > $3
+         ORDER BY id LIMIT $4"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(subject.map(|s| s.as_str()))
+        .bind(purpose.map(|p| p.as_str()))
+        .bind(after_id.unwrap_or(0))
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| record_from_row(r, "").and_then(|x| x.ok_or_else(|| corrupt("record", "null"))))
+        .collect()
+}
+
+/// Ledger entries by id (for the watch stream).
+pub async fn records_by_id(pool: &PgPool, ids: &[i64]) -> Result<HashMap<i64, ConsentRecord>> {
+    if ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let sql = format!("SELECT {RECORD_COLUMNS} FROM consent_records WHERE id = ANY($1)");
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(pool).await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        if let Some(r) = record_from_row(row, "")? {
+            out.insert(r.id, r);
+        }
+    }
+    Ok(out)
+}
+
+// ---- policy versions ------------------------------------------------------
+
+const POLICY_COLUMNS: &str = "version_id, effective_time, text_sha256, material, summary, publish_time";
+
+fn policy_from_row(row: &PgRow) -> Result<PolicyVersion> {
+    Ok(PolicyVersion {
+        version_id: row.try_get("version_id")?,
+        effective_time: row.try_get("effective_time")?,
+        text_sha256: row.try_get("text_sha256")?,
+        material: row.try_get("material")?,
+        summary: row.try_get("summary")?,
+        publish_time: row.try_get("publish_time")?,
+    })
+}
+
+pub async fn publish_policy_version(
+    conn: &mut PgConnection,
+    version_id: &str,
+    effective_time: DateTime<Utc>,
+    text_sha256: &str,
+    material: bool,
+    summary: &str,
+) -> Result<PolicyVersion> {
+    let sql = format!(
+        "INSERT INTO policy_versions (version_id, effective_time, text_sha256, material, summary)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (version_id) DO NOTHING
+         RETURNING {POLICY_COLUMNS}"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(version_id)
+        .bind(effective_time)
+        .bind(text_sha256)
+        .bind(material)
+        .bind(summary)
+        .fetch_optional(conn)
+        .await?;
+    match row {
+        Some(row) => policy_from_row(&row),
+        None => Err(Error::AlreadyExists(format!("policyVersions/{version_id}"))),
+    }
+}
+
+pub async fn get_policy_version(pool: &PgPool, version_id: &str) -> Result<Option<PolicyVersion>> {
+    let sql = format!("SELECT {POLICY_COLUMNS} FROM policy_versions WHERE version_id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(version_id)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(policy_from_row).transpose()
+}
+
+/// The latest material version already in effect.
+pub async fn latest_material_version(pool: &PgPool) -> Result<Option<PolicyVersion>> {
+    let sql = format!(
+        "SELECT {POLICY_COLUMNS} FROM policy_versions
+         WHERE material AND effective_time <= now()
+         ORDER BY effective_time DESC, version_id DESC LIMIT 1"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_optional(pool).await?;
+    row.as_ref().map(policy_from_row).transpose()
+}
+
+/// Newest effective first; keyset on (effective_time, version_id).
+pub async fn list_policy_versions(
+    pool: &PgPool,
+    after: Option<(DateTime<Utc>, String)>,
+    limit: i64,
+) -> Result<Vec<PolicyVersion>> {
+    let (after_time, after_id) = after.unzip();
+    let sql = format!(
+        "SELECT {POLICY_COLUMNS} FROM policy_versions
+         WHERE $1::timestamptz IS NULL OR (effective_time, version_id) < ($1, $2)
+         ORDER BY effective_time DESC, version_id DESC LIMIT $3"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(after_time)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter().map(policy_from_row).collect()
+}
+
+/// Current grants of re-consent purposes that predate `version`.
+pub async fn grants_predating(
+    pool: &PgPool,
+    version: &PolicyVersion,
+    after: Option<(String, String)>,
+    limit: i64,
+) -> Result<Vec<ConsentRecord>> {
+    let (after_subject, after_purpose) = after.unzip();
+    let sql = format!(
+        "SELECT {RECORD_COLUMNS} FROM (
+             SELECT DISTINCT ON (c.subject_id, c.purpose_key) c.*
+             FROM consent_records c
+             JOIN purposes p ON p.key = c.purpose_key AND p.reconsent_on_material_change
+             WHERE $3::text IS NULL OR (c.subject_id, c.purpose_key) > ($3, $4)
+             ORDER BY c.subject_id, c.purpose_key, c.effective_time DESC, c.id DESC
+         ) latest
+         WHERE decision = 'GRANTED'
+           AND effective_time < $1
+           AND policy_version IS DISTINCT FROM $2
+           AND (expire_time IS NULL OR expire_time > now())
+         ORDER BY subject_id, purpose_key
+         LIMIT $5"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(version.effective_time)
+        .bind(&version.version_id)
+        .bind(after_subject)
+        .bind(after_purpose)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    rows.iter()
+        .map(|r| record_from_row(r, "").and_then(|x| x.ok_or_else(|| corrupt("record", "null"))))
+        .collect()
+}
+
+// ---- subjects -------------------------------------------------------------
+
+fn subject_from_row(row: &PgRow) -> Result<Subject> {
+    Ok(Subject {
+        subject_id: row.try_get("subject_id")?,
+        minor_since: row.try_get("minor_since")?,
+        create_time: row.try_get("create_time")?,
+        update_time: row.try_get("update_time")?,
+    })
+}
+
+pub async fn set_minor(conn: &mut PgConnection, subject: &SubjectId, minor: bool) -> Result<Subject> {
+    let row = sqlx::query(
+        "INSERT INTO subjects (subject_id, minor_since)
+         VALUES ($1, CASE WHEN $2 THEN now() END)
+         ON CONFLICT (subject_id) DO UPDATE
+         SET minor_since = CASE WHEN $2 THEN coalesce(subjects.minor_since, now()) END,
+             update_time = now()
+         RETURNING subject_id, minor_since, create_time, update_time",
+    )
+    .bind(subject.as_str())
+    .bind(minor)
+    .fetch_one(conn)
+    .await?;
+    subject_from_row(&row)
+}
+
+/// The subject's row, or what the ledger implies about a subject that has
+/// decisions but no row of its own.
+pub async fn get_subject(pool: &PgPool, subject: &SubjectId) -> Result<Option<Subject>> {
+    let row = sqlx::query(
+        "SELECT subject_id, minor_since, create_time, update_time
+         FROM subjects WHERE subject_id = $1
+         UNION ALL
+         SELECT $1, NULL::timestamptz, min(record_time), max(record_time)
+         FROM consent_records WHERE subject_id = $1
+         HAVING count(*) > 0
+         LIMIT 1",
+    )
+    .bind(subject.as_str())
+    .fetch_optional(pool)
+    .await?;
+    row.as_ref().map(subject_from_row).transpose()
+}

@@ -1,0 +1,32 @@
+//! privacy-records: a gRPC service that keeps an organisation's privacy state
+//! (consent, and later privacy requests, retention and audit) in PostgreSQL.
+//!
+//! A request flows: `middleware` (span, load shedding) → `<domain>::grpc`
+//! (decode, validate into domain types) → `<domain>::service` (the rules,
+//! inside one transaction with `idempotency` and `journal`) →
+//! `<domain>::store` (SQL) → `error` (the one mapping to gRPC statuses).
+pub mod caller;
+pub mod changefeed;
+pub mod cli;
+pub mod config;
+pub mod consent;
+pub mod convert;
+pub mod db;
+pub mod embedded_pg;
+pub mod error;
+pub mod health;
+pub mod idempotency;
+pub mod journal;
+pub mod middleware;
+pub mod server;
+pub mod telemetry;
+pub mod tokens;
+
+/// The generated `privacy.v1` messages, clients and servers.
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("privacy.v1");
+
+    /// The encoded file descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("privacy_v1_descriptor");
+}

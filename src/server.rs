@@ -1,0 +1,171 @@
+//! The gRPC server: binds the listener (port 0 works, for tests), wires
+//! health, reflection and the services behind the middleware, migrates in the
+//! background, and shuts down gracefully.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::config::Settings;
+use crate::consent::grpc::{ConsentApi, WatchSettings};
+use crate::middleware::RpcLayer;
+use crate::proto::consent_service_server::ConsentServiceServer;
+
+pub struct Application {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    pool: PgPool,
+    settings: Settings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl Application {
+    /// Binds the listen address; read the real port back with `local_addr`.
+    pub async fn build(settings: Settings, pool: PgPool) -> Result<Self, ServeError> {
+        let addr = settings.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        Ok(Self {
+            listener,
+            local_addr,
+            pool,
+            settings,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` completes, then: health NOT_SERVING, wait the
+    /// configured delay, stop accepting, let calls in flight finish within
+    /// the grace period, stop background jobs.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+        let Application {
+            listener,
+            local_addr,
+            pool,
+            settings,
+        } = self;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        crate::health::set_all(&reporter, ServingStatus::NotServing).await;
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        if settings.migrate_on_start {
+            tokio::spawn(migrate_until_done(pool.clone(), stop_rx.clone()));
+        }
+        let monitor = tokio::spawn(crate::health::monitor(
+            reporter.clone(),
+            pool.clone(),
+            settings.health_interval,
+            stop_rx.clone(),
+        ));
+
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                .with_service_name("privacy.v1.ConsentService")
+                .with_service_name("grpc.health.v1.Health")
+                .with_service_name("grpc.reflection.v1.ServerReflection")
+                .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        let limit = settings.max_message_bytes;
+        let consent = ConsentServiceServer::new(ConsentApi::new(
+            pool.clone(),
+            WatchSettings {
+                poll_interval: settings.watch_poll_interval,
+                heartbeat: settings.watch_heartbeat,
+            },
+            stop_rx.clone(),
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let (begin_tx, mut begin_rx) = watch::channel(false);
+        let reporter_for_stop = reporter.clone();
+        let delay = settings.shutdown_delay;
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutdown requested; health NOT_SERVING");
+            crate::health::set_all(&reporter_for_stop, ServingStatus::NotServing).await;
+            let _ = begin_tx.send(true);
+            // Background jobs and watch streams stop at a safe point.
+            let _ = stop_tx.send(true);
+            tokio::time::sleep(delay).await;
+        };
+
+        tracing::info!(%local_addr, "serving gRPC");
+        let server = Server::builder()
+            .layer(RpcLayer::new(settings.max_concurrent_calls))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(consent)
+            .serve_with_incoming_shutdown(incoming, signal);
+        tokio::pin!(server);
+
+        let grace = settings.shutdown_grace;
+        let outcome = tokio::select! {
+            result = &mut server => result.map_err(ServeError::from),
+            _ = async {
+                let _ = begin_rx.wait_for(|begun| *begun).await;
+                tokio::time::sleep(delay + grace).await;
+            } => {
+                tracing::warn!(?grace, "grace period over; cutting off the calls still in flight");
+                Ok(())
+            }
+        };
+        let _ = monitor.await;
+        pool.close().await;
+        tracing::info!("server stopped");
+        outcome
+    }
+}
+
+/// Applies migrations, retrying while the database is away, until they
+/// succeed or the server stops.
+async fn migrate_until_done(pool: PgPool, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match crate::db::migrate(&pool).await {
+            Ok(()) => {
+                tracing::info!(version = crate::db::head_version(), "schema at head");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "migration failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

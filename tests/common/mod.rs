@@ -1,0 +1,301 @@
+//! The test harness: one embedded PostgreSQL cluster shared by every test
+//! process (started, or adopted if already running), one migrated template
+//! database, and a fresh database per test copied from it
+//! (`CREATE DATABASE t TEMPLATE tmpl`). Servers run in-process on port 0.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use privacy_records::config::Settings;
+use privacy_records::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use privacy_records::proto::consent_service_client::ConsentServiceClient;
+use privacy_records::server::Application;
+use sha2::{Digest, Sha256};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::{OnceCell, oneshot};
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+/// How long a test waits for a condition before failing.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+pub fn test_pg_dir() -> PathBuf {
+    std::env::var_os("PRIVACY_RECORDS_TEST_PG_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/privacy-records-test-pg"))
+}
+
+/// A directory the `postgres` OS user can enter (tests run as root here).
+pub fn scratch_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("pr-test-")
+        .tempdir_in("/tmp")
+        .expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
+struct Cluster {
+    admin_url: String,
+    url_of: Box<dyn Fn(&str) -> String + Send + Sync>,
+    template: String,
+}
+
+static CLUSTER: OnceCell<Cluster> = OnceCell::const_new();
+
+fn template_name() -> String {
+    let mut h = Sha256::new();
+    for m in privacy_records::db::MIGRATOR.iter() {
+        h.update(m.version.to_le_bytes());
+        h.update(&*m.checksum);
+    }
+    format!("tmpl_{}", hex::encode(&h.finalize()[..6]))
+}
+
+async fn cluster() -> &'static Cluster {
+    CLUSTER
+        .get_or_init(|| async {
+            let pg = EmbeddedPostgres::start(EmbeddedOptions {
+                data_dir: test_pg_dir(),
+                bin_dir: None,
+                port: 5432,
+            })
+            .await
+            .expect("start the shared test PostgreSQL");
+            let admin_url = pg.database_url("postgres");
+            let template = template_name();
+            build_template(&admin_url, &pg.database_url(&template), &template).await;
+            let base = pg.database_url("DBNAME");
+            Cluster {
+                admin_url,
+                url_of: Box::new(move |db| base.replace("DBNAME", db)),
+                template,
+            }
+        })
+        .await
+}
+
+/// Creates and migrates the template once across all test processes.
+async fn build_template(admin_url: &str, template_url: &str, name: &str) {
+    let mut admin = PgConnection::connect(admin_url).await.expect("connect admin");
+    sqlx::query("SELECT pg_advisory_lock(7243001)")
+        .execute(&mut admin)
+        .await
+        .expect("lock");
+    let state: Option<bool> =
+        sqlx::query_scalar("SELECT datistemplate FROM pg_database WHERE datname = $1")
+            .bind(name)
+            .fetch_optional(&mut admin)
+            .await
+            .expect("query template");
+    if state != Some(true) {
+        let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await.expect("drop");
+        let create = format!("CREATE DATABASE \"{name}\"");
+        sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await.expect("create");
+        let pool = PgPool::connect(template_url).await.expect("connect template");
+        privacy_records::db::migrate(&pool).await.expect("migrate template");
+        pool.close().await;
+        let mark = format!("ALTER DATABASE \"{name}\" WITH IS_TEMPLATE true");
+        sqlx::query(sqlx::AssertSqlSafe(mark)).execute(&mut admin).await.expect("mark");
+    }
+    sqlx::query("SELECT pg_advisory_unlock(7243001)")
+        .execute(&mut admin)
+        .await
+        .expect("unlock");
+}
+
+/// A fresh, migrated database for one test.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let cluster = cluster().await;
+        let name = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&cluster.admin_url).await.expect("connect admin");
+        let sql = format!("CREATE DATABASE \"{name}\" TEMPLATE \"{}\"", cluster.template);
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.expect("create test db");
+        TestDb {
+            url: (cluster.url_of)(&name),
+            name,
+        }
+    }
+
+    /// An empty database, not migrated.
+    pub async fn empty() -> TestDb {
+        let cluster = cluster().await;
+        let name = format!("e_{}", uuid::Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&cluster.admin_url).await.expect("connect admin");
+        let sql = format!("CREATE DATABASE \"{name}\"");
+        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.expect("create db");
+        TestDb {
+            url: (cluster.url_of)(&name),
+            name,
+        }
+    }
+
+    pub async fn pool(&self) -> PgPool {
+        PgPool::connect(&self.url).await.expect("connect test db")
+    }
+
+    pub async fn drop_db(&self) {
+        let cluster = cluster().await;
+        if let Ok(mut admin) = PgConnection::connect(&cluster.admin_url).await {
+            let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+            let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await;
+        }
+    }
+}
+
+pub fn test_settings() -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        health_interval: Duration::from_millis(100),
+        watch_poll_interval: Duration::from_millis(20),
+        shutdown_grace: Duration::from_secs(10),
+        db_acquire_timeout: Duration::from_secs(2),
+        db_max_connections: 16,
+        ..Settings::default()
+    }
+}
+
+/// A server running in this process, on its own database.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub db: TestDb,
+    pub consent: ConsentServiceClient<Channel>,
+    pub health: HealthClient<Channel>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(test_settings()).await
+    }
+
+    pub async fn start_with(settings: Settings) -> TestServer {
+        let db = TestDb::new().await;
+        Self::start_on(db, settings).await
+    }
+
+    pub async fn start_on(db: TestDb, settings: Settings) -> TestServer {
+        let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
+        let app = Application::build(settings, pool).await.expect("bind");
+        let addr = app.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server run");
+        });
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .expect("uri")
+            .connect_lazy();
+        let server = TestServer {
+            addr,
+            db,
+            consent: ConsentServiceClient::new(channel.clone()),
+            health: HealthClient::new(channel),
+            stop: Some(stop),
+            task: Some(task),
+        };
+        server.wait_for_health("", ServingStatus::Serving).await;
+        server
+    }
+
+    pub async fn health_of(&self, service: &str) -> Option<ServingStatus> {
+        let mut health = self.health.clone();
+        let response = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .ok()?;
+        ServingStatus::try_from(response.into_inner().status).ok()
+    }
+
+    pub async fn wait_for_health(&self, service: &str, want: ServingStatus) {
+        wait_until(&format!("health {service:?} to be {want:?}"), || async {
+            self.health_of(service).await == Some(want)
+        })
+        .await;
+    }
+
+    /// Asks the server to shut down (as SIGTERM does) and waits for it.
+    pub async fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("server stops within the patience")
+                .expect("server task");
+        }
+    }
+
+    pub fn request_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub async fn join(&mut self) {
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(PATIENCE, task)
+                .await
+                .expect("server stops within the patience")
+                .expect("server task");
+        }
+    }
+
+    /// Stops the server and drops its database.
+    pub async fn finish(mut self) {
+        self.shutdown().await;
+        self.db.drop_db().await;
+    }
+}
+
+/// Polls `condition` until it holds, failing the test after `PATIENCE`.
+pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if condition().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The ErrorInfo reason and the BadRequest fields of an error status.
+pub fn error_reason(status: &tonic::Status) -> (String, Vec<String>) {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let reason = details.error_info().map(|i| i.reason.clone()).unwrap_or_default();
+    let fields = details
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default();
+    (reason, fields)
+}
