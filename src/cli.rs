@@ -89,7 +89,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Runs the command; the embedded database, if started, is stopped whatever
 /// the outcome.
 pub async fn run(cli: Cli) -> Result<(), BoxError> {
-    let settings = Settings::load(cli.config.as_deref(), |k| std::env::var(k).ok(), cli.layer())?;
+    let settings = Settings::load(
+        cli.config.as_deref(),
+        |k| std::env::var(k).ok(),
+        cli.layer(),
+    )?;
     crate::telemetry::init(settings.log_format, &settings.log_filter);
     tracing::debug!(?settings, "effective settings");
 
@@ -141,14 +145,18 @@ async fn migrate(settings: &Settings, url: &str) -> Result<(), BoxError> {
 /// Creates the service's database in the embedded cluster on first start.
 async fn ensure_database(admin_url: &str, name: &str) -> Result<(), BoxError> {
     let mut conn = PgConnection::connect(admin_url).await?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(name)
+            .fetch_one(&mut conn)
+            .await?;
     if !exists {
         // A name we chose (a constant), never caller input.
         let sql = format!("CREATE DATABASE \"{name}\"");
-        match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await {
+        match sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+        {
             Ok(_) => tracing::info!(database = name, "created the database"),
             // Another replica created it at the same moment.
             Err(e) if crate::error::sqlstate(&e).as_deref() == Some("42P04") => {}

@@ -271,9 +271,11 @@ impl Settings {
         flags: Layer,
     ) -> Result<Self, ConfigError> {
         let mut settings = Settings::default();
-        let file = file
-            .map(Path::to_owned)
-            .or_else(|| env(&format!("{ENV_PREFIX}CONFIG")).filter(|s| !s.is_empty()).map(PathBuf::from));
+        let file = file.map(Path::to_owned).or_else(|| {
+            env(&format!("{ENV_PREFIX}CONFIG"))
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        });
         if let Some(path) = file {
             settings.apply(Layer::from_file(&path)?);
         }
@@ -297,9 +299,18 @@ impl Settings {
         positive("max_concurrent_calls", self.max_concurrent_calls as u64)?;
         positive("max_message_bytes", self.max_message_bytes as u64)?;
         positive("db_max_connections", u64::from(self.db_max_connections))?;
-        positive("health_interval_ms", self.health_interval.as_millis() as u64)?;
-        positive("watch_poll_interval_ms", self.watch_poll_interval.as_millis() as u64)?;
-        positive("watch_heartbeat_ms", self.watch_heartbeat.as_millis() as u64)?;
+        positive(
+            "health_interval_ms",
+            self.health_interval.as_millis() as u64,
+        )?;
+        positive(
+            "watch_poll_interval_ms",
+            self.watch_poll_interval.as_millis() as u64,
+        )?;
+        positive(
+            "watch_heartbeat_ms",
+            self.watch_heartbeat.as_millis() as u64,
+        )?;
         Ok(())
     }
 }
@@ -353,7 +364,10 @@ mod tests {
             Layer::default(),
         )
         .unwrap();
-        assert_eq!(s.database_url.as_ref().unwrap().expose(), "postgres://u:hunter2@h/db");
+        assert_eq!(
+            s.database_url.as_ref().unwrap().expose(),
+            "postgres://u:hunter2@h/db"
+        );
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 
@@ -365,7 +379,10 @@ mod tests {
             Layer::default(),
         )
         .unwrap_err();
-        assert!(err.to_string().contains("PRIVACY_RECORDS_MAX_CONCURRENT_CALLS"));
+        assert!(
+            err.to_string()
+                .contains("PRIVACY_RECORDS_MAX_CONCURRENT_CALLS")
+        );
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub fn parse_timestamp(t: &Timestamp) -> Result<DateTime<Utc>, String> {
     if !(MIN..=MAX).contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
         return Err("is not a valid timestamp".into());
     }
-    DateTime::from_timestamp(t.seconds, t.nanos as u32).ok_or_else(|| "is not a valid timestamp".into())
+    DateTime::from_timestamp(t.seconds, t.nanos as u32)
+        .ok_or_else(|| "is not a valid timestamp".into())
 }
 
 pub fn parse_opt_timestamp(t: Option<&Timestamp>) -> Result<Option<DateTime<Utc>>, String> {

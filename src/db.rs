@@ -42,11 +42,10 @@ pub fn head_version() -> i64 {
 
 /// Whether the database answers and its schema is at this binary's head.
 pub async fn is_ready(pool: &PgPool) -> bool {
-    let applied: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar(
-        "SELECT max(version) FROM _sqlx_migrations WHERE success",
-    )
-    .fetch_one(pool)
-    .await;
+    let applied: Result<Option<i64>, sqlx::Error> =
+        sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await;
     matches!(applied, Ok(Some(v)) if v >= head_version())
 }
 

@@ -139,9 +139,17 @@ fn reason_name(reason: ErrorReason) -> &'static str {
     reason.as_str_name()
 }
 
-fn status(code: Code, message: impl Into<String>, reason: ErrorReason) -> (Code, String, ErrorDetails) {
+fn status(
+    code: Code,
+    message: impl Into<String>,
+    reason: ErrorReason,
+) -> (Code, String, ErrorDetails) {
     let mut details = ErrorDetails::new();
-    details.set_error_info(reason_name(reason), ERROR_DOMAIN, HashMap::<String, String>::new());
+    details.set_error_info(
+        reason_name(reason),
+        ERROR_DOMAIN,
+        HashMap::<String, String>::new(),
+    );
     (code, message.into(), details)
 }
 

@@ -31,9 +31,12 @@ pub async fn monitor(
         if *shutdown.borrow() {
             break;
         }
-        let ready = tokio::time::timeout(interval.max(Duration::from_secs(2)), crate::db::is_ready(&pool))
-            .await
-            .unwrap_or(false);
+        let ready = tokio::time::timeout(
+            interval.max(Duration::from_secs(2)),
+            crate::db::is_ready(&pool),
+        )
+        .await
+        .unwrap_or(false);
         if ready != serving {
             serving = ready;
             if ready {

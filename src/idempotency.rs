@@ -21,7 +21,9 @@ pub struct RequestId(String);
 impl RequestId {
     pub fn parse(raw: &str) -> Result<Self, String> {
         if raw.is_empty() {
-            return Err("is required: a client-chosen id (a UUID is best) that makes retries safe".into());
+            return Err(
+                "is required: a client-chosen id (a UUID is best) that makes retries safe".into(),
+            );
         }
         if raw.len() > 128 {
             return Err("must be at most 128 characters".into());
@@ -134,15 +136,19 @@ where
         match begin(&mut tx, request_id, method, fingerprint).await? {
             Begun::Replay(bytes, token) => {
                 tx.rollback().await?;
-                let response = R::decode(bytes.as_slice())
-                    .map_err(|e| Error::Internal(format!("stored response does not decode: {e}")))?;
+                let response = R::decode(bytes.as_slice()).map_err(|e| {
+                    Error::Internal(format!("stored response does not decode: {e}"))
+                })?;
                 let token = token
                     .as_deref()
                     .map(ConsistencyToken::parse)
                     .transpose()
                     .map_err(Error::Internal)?
                     .unwrap_or(ConsistencyToken { xid: 0 });
-                tracing::info!(request_id = request_id.as_str(), "replayed an earlier response");
+                tracing::info!(
+                    request_id = request_id.as_str(),
+                    "replayed an earlier response"
+                );
                 Ok((response, token))
             }
             Begun::Fresh => {

@@ -28,5 +28,6 @@ pub mod proto {
     tonic::include_proto!("privacy.v1");
 
     /// The encoded file descriptor set, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("privacy_v1_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("privacy_v1_descriptor");
 }

@@ -62,7 +62,10 @@ impl Application {
     /// Serves until `shutdown` completes, then: health NOT_SERVING, wait the
     /// configured delay, stop accepting, let calls in flight finish within
     /// the grace period, stop background jobs.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServeError> {
         let Application {
             listener,
             local_addr,

@@ -69,7 +69,10 @@ impl FeedPosition {
 
     pub fn parse(token: &str) -> Result<Self, String> {
         let text = decode(token).ok_or("not a resume token")?;
-        let mut parts = text.strip_prefix("w1:").ok_or("not a resume token")?.split(':');
+        let mut parts = text
+            .strip_prefix("w1:")
+            .ok_or("not a resume token")?
+            .split(':');
         let xid = parts.next().and_then(|x| x.parse::<i64>().ok());
         let id = parts.next().and_then(|x| x.parse::<i64>().ok());
         match (xid, id, parts.next()) {
@@ -97,8 +100,12 @@ impl PageToken {
             return Ok(None);
         }
         let text = decode(token).ok_or("not a page token from this list")?;
-        let rest = text.strip_prefix("p1:").ok_or("not a page token from this list")?;
-        let (hash, key) = rest.split_once(':').ok_or("not a page token from this list")?;
+        let rest = text
+            .strip_prefix("p1:")
+            .ok_or("not a page token from this list")?;
+        let (hash, key) = rest
+            .split_once(':')
+            .ok_or("not a page token from this list")?;
         if hash != filter_hash(filters) {
             return Err("the page token was issued for different filters".into());
         }
@@ -135,7 +142,10 @@ mod tests {
         let p = FeedPosition { xid: 7, id: 99 };
         assert_eq!(FeedPosition::parse(&p.encode()), Ok(p));
         let t = PageToken::encode("f", &("a", 3));
-        assert_eq!(PageToken::decode::<(String, i64)>("f", &t), Ok(Some(("a".into(), 3))));
+        assert_eq!(
+            PageToken::decode::<(String, i64)>("f", &t),
+            Ok(Some(("a".into(), 3)))
+        );
     }
 
     #[test]

@@ -4,8 +4,8 @@ mod common;
 
 use common::{TestServer, error_reason, request_id};
 use privacy_records::proto::{
-    BatchCheckConsentRequest, CheckConsentRequest, ConsentCheck, ConsentDecision,
-    ConsentModel, ConsentSource, CreatePurposeRequest, DecisionReason, Evidence, EvidenceKind,
+    BatchCheckConsentRequest, CheckConsentRequest, ConsentCheck, ConsentDecision, ConsentModel,
+    ConsentSource, CreatePurposeRequest, DecisionReason, Evidence, EvidenceKind,
     GetConsentStateRequest, GetPurposeRequest, GetSubjectRequest, JurisdictionModel,
     ListConsentRecordsRequest, ListPolicyVersionsRequest, ListPurposesRequest,
     ListSubjectsToReconsentRequest, PolicyVersion, PublishPolicyVersionRequest, Purpose,
@@ -93,7 +93,10 @@ async fn a_recorded_grant_is_allowed_and_a_withdrawal_denies_at_once() {
         (Verdict::Denied, DecisionReason::DefaultOptIn)
     );
 
-    let granted = c.record_consent(grant("alice", "api_io_storage")).await.expect("grant");
+    let granted = c
+        .record_consent(grant("alice", "api_io_storage"))
+        .await
+        .expect("grant");
     let header = granted
         .metadata()
         .get("x-consistency-token")
@@ -120,16 +123,24 @@ async fn a_recorded_grant_is_allowed_and_a_withdrawal_denies_at_once() {
     assert_eq!(r.deciding_record.expect("deciding").id, record.id);
     assert!(!r.consistency_token.is_empty());
 
-    c.record_consent(refuse("alice", "api_io_storage")).await.expect("withdraw");
+    c.record_consent(refuse("alice", "api_io_storage"))
+        .await
+        .expect("withdraw");
     assert_eq!(
         decide(&server, check("alice", "api_io_storage")).await,
         (Verdict::Denied, DecisionReason::ExplicitRefusal)
     );
     // History is kept: both entries are in the ledger, and each wrote an
     // audit event and a change event.
-    assert_eq!(count(&server, "SELECT count(*) FROM consent_records").await, 2);
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM consent_records").await,
+        2
+    );
     assert_eq!(count(&server, "SELECT count(*) FROM audit_events").await, 2);
-    assert_eq!(count(&server, "SELECT count(*) FROM change_events").await, 2);
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM change_events").await,
+        2
+    );
     server.finish().await;
 }
 
@@ -138,10 +149,21 @@ async fn a_retry_with_the_same_request_id_returns_the_first_response_and_writes_
     let server = TestServer::start().await;
     let mut c = server.consent.clone();
     let req = grant("bob", "api_io_storage");
-    let first = c.record_consent(req.clone()).await.expect("first").into_inner();
-    let again = c.record_consent(req.clone()).await.expect("retry").into_inner();
+    let first = c
+        .record_consent(req.clone())
+        .await
+        .expect("first")
+        .into_inner();
+    let again = c
+        .record_consent(req.clone())
+        .await
+        .expect("retry")
+        .into_inner();
     assert_eq!(first, again);
-    assert_eq!(count(&server, "SELECT count(*) FROM consent_records").await, 1);
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM consent_records").await,
+        1
+    );
 
     // Many concurrent retries of one new request: still one entry.
     let req = grant("bob", "analytics_cookies");
@@ -149,15 +171,27 @@ async fn a_retry_with_the_same_request_id_returns_the_first_response_and_writes_
     for _ in 0..8 {
         let mut c = c.clone();
         let req = req.clone();
-        tasks.push(tokio::spawn(async move { c.record_consent(req).await.map(|r| r.into_inner()) }));
+        tasks.push(tokio::spawn(async move {
+            c.record_consent(req).await.map(|r| r.into_inner())
+        }));
     }
     let mut ids = Vec::new();
     for t in tasks {
-        ids.push(t.await.expect("join").expect("concurrent retry").record.expect("record").id);
+        ids.push(
+            t.await
+                .expect("join")
+                .expect("concurrent retry")
+                .record
+                .expect("record")
+                .id,
+        );
     }
     ids.dedup();
     assert_eq!(ids.len(), 1, "all retries got the same record");
-    assert_eq!(count(&server, "SELECT count(*) FROM consent_records").await, 2);
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM consent_records").await,
+        2
+    );
 
     // The same id with a different request is refused.
     let conflicting = RecordConsentRequest {
@@ -167,7 +201,10 @@ async fn a_retry_with_the_same_request_id_returns_the_first_response_and_writes_
     let err = c.record_consent(conflicting).await.expect_err("reused id");
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(error_reason(&err).0, "REQUEST_ID_REUSED");
-    assert_eq!(count(&server, "SELECT count(*) FROM consent_records").await, 2);
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM consent_records").await,
+        2
+    );
     server.finish().await;
 }
 
@@ -178,34 +215,134 @@ async fn every_invalid_field_is_named_and_nothing_is_written() {
     let past = chrono::Utc::now() - chrono::Duration::hours(1);
     let future = chrono::Utc::now() + chrono::Duration::days(1);
     let cases: Vec<(&str, RecordConsentRequest)> = vec![
-        ("request_id", RecordConsentRequest { request_id: String::new(), ..grant("s", "marketing_email") }),
-        ("request_id", RecordConsentRequest { request_id: "has space".into(), ..grant("s", "marketing_email") }),
+        (
+            "request_id",
+            RecordConsentRequest {
+                request_id: String::new(),
+                ..grant("s", "marketing_email")
+            },
+        ),
+        (
+            "request_id",
+            RecordConsentRequest {
+                request_id: "has space".into(),
+                ..grant("s", "marketing_email")
+            },
+        ),
         ("subject_id", grant("", "marketing_email")),
         ("subject_id", grant(&"x".repeat(300), "marketing_email")),
         ("purpose", grant("s", "Not A Key")),
-        ("decision", RecordConsentRequest { decision: 0, ..grant("s", "marketing_email") }),
-        ("decision", RecordConsentRequest { decision: 99, ..grant("s", "marketing_email") }),
-        ("source", RecordConsentRequest { source: 0, ..grant("s", "marketing_email") }),
-        ("source", RecordConsentRequest { source: ConsentSource::GpcSignal as i32, ..grant("s", "marketing_email") }),
-        ("jurisdiction", RecordConsentRequest { jurisdiction: "california".into(), ..grant("s", "marketing_email") }),
-        ("policy_version", RecordConsentRequest { policy_version: "v 1".into(), ..grant("s", "marketing_email") }),
-        ("effective_time", RecordConsentRequest { effective_time: Some(ts(future)), ..grant("s", "marketing_email") }),
-        ("effective_time", RecordConsentRequest { effective_time: Some(Timestamp { seconds: 0, nanos: -1 }), ..grant("s", "marketing_email") }),
-        ("expire_time", RecordConsentRequest { expire_time: Some(ts(past)), ..grant("s", "marketing_email") }),
-        ("expire_time", RecordConsentRequest { expire_time: Some(ts(future)), ..refuse("s", "marketing_email") }),
-        ("evidence.kind", RecordConsentRequest { evidence: Some(Evidence { kind: 0, ..Default::default() }), ..grant("s", "marketing_email") }),
-        ("evidence.reference", RecordConsentRequest { evidence: Some(Evidence { kind: 1, reference: "r".repeat(600), ..Default::default() }), ..grant("s", "marketing_email") }),
+        (
+            "decision",
+            RecordConsentRequest {
+                decision: 0,
+                ..grant("s", "marketing_email")
+            },
+        ),
+        (
+            "decision",
+            RecordConsentRequest {
+                decision: 99,
+                ..grant("s", "marketing_email")
+            },
+        ),
+        (
+            "source",
+            RecordConsentRequest {
+                source: 0,
+                ..grant("s", "marketing_email")
+            },
+        ),
+        (
+            "source",
+            RecordConsentRequest {
+                source: ConsentSource::GpcSignal as i32,
+                ..grant("s", "marketing_email")
+            },
+        ),
+        (
+            "jurisdiction",
+            RecordConsentRequest {
+                jurisdiction: "california".into(),
+                ..grant("s", "marketing_email")
+            },
+        ),
+        (
+            "policy_version",
+            RecordConsentRequest {
+                policy_version: "v 1".into(),
+                ..grant("s", "marketing_email")
+            },
+        ),
+        (
+            "effective_time",
+            RecordConsentRequest {
+                effective_time: Some(ts(future)),
+                ..grant("s", "marketing_email")
+            },
+        ),
+        (
+            "effective_time",
+            RecordConsentRequest {
+                effective_time: Some(Timestamp {
+                    seconds: 0,
+                    nanos: -1,
+                }),
+                ..grant("s", "marketing_email")
+            },
+        ),
+        (
+            "expire_time",
+            RecordConsentRequest {
+                expire_time: Some(ts(past)),
+                ..grant("s", "marketing_email")
+            },
+        ),
+        (
+            "expire_time",
+            RecordConsentRequest {
+                expire_time: Some(ts(future)),
+                ..refuse("s", "marketing_email")
+            },
+        ),
+        (
+            "evidence.kind",
+            RecordConsentRequest {
+                evidence: Some(Evidence {
+                    kind: 0,
+                    ..Default::default()
+                }),
+                ..grant("s", "marketing_email")
+            },
+        ),
+        (
+            "evidence.reference",
+            RecordConsentRequest {
+                evidence: Some(Evidence {
+                    kind: 1,
+                    reference: "r".repeat(600),
+                    ..Default::default()
+                }),
+                ..grant("s", "marketing_email")
+            },
+        ),
     ];
     for (field, req) in cases {
         let err = c.record_consent(req).await.expect_err(field);
         assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
         let (reason, fields) = error_reason(&err);
         assert_eq!(reason, "FIELD_VIOLATION", "{field}");
-        assert!(fields.iter().any(|f| f == field), "{field} not named in {fields:?}");
+        assert!(
+            fields.iter().any(|f| f == field),
+            "{field} not named in {fields:?}"
+        );
     }
     // Several bad fields at once are all named.
     let err = c
-        .record_consent(RecordConsentRequest { request_id: String::new(), ..grant("", "") })
+        .record_consent(RecordConsentRequest {
+            request_id: String::new(),
+            ..grant("", "")
+        })
         .await
         .expect_err("three bad fields");
     let (_, fields) = error_reason(&err);
@@ -216,9 +353,27 @@ async fn every_invalid_field_is_named_and_nothing_is_written() {
     let bad_checks: Vec<(&str, CheckConsentRequest)> = vec![
         ("subject_id", check("", "marketing_email")),
         ("purpose", check("s", "")),
-        ("jurisdiction", CheckConsentRequest { jurisdiction: "us-ca".into(), ..check("s", "marketing_email") }),
-        ("as_of_time", CheckConsentRequest { as_of_time: Some(ts(future)), ..check("s", "marketing_email") }),
-        ("consistency_token", CheckConsentRequest { consistency_token: "garbage".into(), ..check("s", "marketing_email") }),
+        (
+            "jurisdiction",
+            CheckConsentRequest {
+                jurisdiction: "us-ca".into(),
+                ..check("s", "marketing_email")
+            },
+        ),
+        (
+            "as_of_time",
+            CheckConsentRequest {
+                as_of_time: Some(ts(future)),
+                ..check("s", "marketing_email")
+            },
+        ),
+        (
+            "consistency_token",
+            CheckConsentRequest {
+                consistency_token: "garbage".into(),
+                ..check("s", "marketing_email")
+            },
+        ),
     ];
     for (field, req) in bad_checks {
         let err = c.check_consent(req).await.expect_err(field);
@@ -228,14 +383,27 @@ async fn every_invalid_field_is_named_and_nothing_is_written() {
     let err = c
         .batch_check_consent(BatchCheckConsentRequest {
             checks: vec![
-                ConsentCheck { subject_id: "s".into(), purpose: "marketing_email".into(), ..Default::default() },
-                ConsentCheck { subject_id: String::new(), purpose: "marketing_email".into(), ..Default::default() },
+                ConsentCheck {
+                    subject_id: "s".into(),
+                    purpose: "marketing_email".into(),
+                    ..Default::default()
+                },
+                ConsentCheck {
+                    subject_id: String::new(),
+                    purpose: "marketing_email".into(),
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         })
         .await
         .expect_err("batch");
-    assert!(error_reason(&err).1.iter().any(|f| f == "checks[1].subject_id"));
+    assert!(
+        error_reason(&err)
+            .1
+            .iter()
+            .any(|f| f == "checks[1].subject_id")
+    );
     let err = c
         .batch_check_consent(BatchCheckConsentRequest::default())
         .await
@@ -245,7 +413,12 @@ async fn every_invalid_field_is_named_and_nothing_is_written() {
     let err = c
         .create_purpose(CreatePurposeRequest {
             request_id: request_id(),
-            purpose: Some(Purpose { key: "x".into(), display_name: String::new(), consent_model: 0, ..Default::default() }),
+            purpose: Some(Purpose {
+                key: "x".into(),
+                display_name: String::new(),
+                consent_model: 0,
+                ..Default::default()
+            }),
         })
         .await
         .expect_err("bad purpose");
@@ -254,15 +427,27 @@ async fn every_invalid_field_is_named_and_nothing_is_written() {
         assert!(fields.iter().any(|x| x == f), "{f} in {fields:?}");
     }
     let err = c
-        .list_consent_records(ListConsentRecordsRequest { page_size: -1, page_token: "zz".into(), ..Default::default() })
+        .list_consent_records(ListConsentRecordsRequest {
+            page_size: -1,
+            page_token: "zz".into(),
+            ..Default::default()
+        })
         .await
         .expect_err("bad page");
     let (_, fields) = error_reason(&err);
-    assert!(fields.contains(&"page_size".to_string()) && fields.contains(&"page_token".to_string()));
+    assert!(
+        fields.contains(&"page_size".to_string()) && fields.contains(&"page_token".to_string())
+    );
 
-    assert_eq!(count(&server, "SELECT count(*) FROM consent_records").await, 0);
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM consent_records").await,
+        0
+    );
     assert_eq!(count(&server, "SELECT count(*) FROM audit_events").await, 0);
-    assert_eq!(count(&server, "SELECT count(*) FROM idempotency_keys").await, 0);
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM idempotency_keys").await,
+        0
+    );
     server.finish().await;
 }
 
@@ -270,24 +455,38 @@ async fn every_invalid_field_is_named_and_nothing_is_written() {
 async fn a_prohibited_purpose_cannot_be_granted_but_can_be_refused() {
     let server = TestServer::start().await;
     let mut c = server.consent.clone();
-    let err = c.record_consent(grant("carol", "sale_of_personal_data")).await.expect_err("prohibited");
+    let err = c
+        .record_consent(grant("carol", "sale_of_personal_data"))
+        .await
+        .expect_err("prohibited");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(error_reason(&err).0, "PURPOSE_PROHIBITED");
-    c.record_consent(refuse("carol", "sale_of_personal_data")).await.expect("a refusal is fine");
+    c.record_consent(refuse("carol", "sale_of_personal_data"))
+        .await
+        .expect("a refusal is fine");
     assert_eq!(
         decide(&server, check("carol", "sale_of_personal_data")).await,
         (Verdict::Denied, DecisionReason::PurposeIsProhibited)
     );
-    let err = c.record_consent(grant("carol", "service_messages")).await.expect_err("not consent based");
+    let err = c
+        .record_consent(grant("carol", "service_messages"))
+        .await
+        .expect_err("not consent based");
     assert_eq!(error_reason(&err).0, "PURPOSE_NOT_CONSENT_BASED");
     assert_eq!(
         decide(&server, check("carol", "service_messages")).await,
         (Verdict::Allowed, DecisionReason::NotConsentBasedPurpose)
     );
-    let err = c.record_consent(grant("carol", "no_such_purpose")).await.expect_err("unknown");
+    let err = c
+        .record_consent(grant("carol", "no_such_purpose"))
+        .await
+        .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(error_reason(&err).0, "RESOURCE_NOT_FOUND");
-    assert_eq!(count(&server, "SELECT count(*) FROM consent_records").await, 1);
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM consent_records").await,
+        1
+    );
     server.finish().await;
 }
 
@@ -295,18 +494,42 @@ async fn a_prohibited_purpose_cannot_be_granted_but_can_be_refused() {
 async fn training_consent_needs_a_written_agreement() {
     let server = TestServer::start().await;
     let mut c = server.consent.clone();
-    let err = c.record_consent(grant("dave", "model_training")).await.expect_err("no evidence");
+    let err = c
+        .record_consent(grant("dave", "model_training"))
+        .await
+        .expect_err("no evidence");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(error_reason(&err).0, "EVIDENCE_REQUIRED");
     let wrong = RecordConsentRequest {
-        evidence: Some(Evidence { kind: EvidenceKind::Email as i32, ..Default::default() }),
+        evidence: Some(Evidence {
+            kind: EvidenceKind::Email as i32,
+            ..Default::default()
+        }),
         ..grant("dave", "model_training")
     };
-    assert_eq!(error_reason(&c.record_consent(wrong).await.expect_err("wrong kind")).0, "EVIDENCE_REQUIRED");
-    assert_eq!(count(&server, "SELECT count(*) FROM consent_records").await, 0);
-    let ok = RecordConsentRequest { evidence: written_agreement(), ..grant("dave", "model_training") };
-    let record = c.record_consent(ok).await.expect("with evidence").into_inner().record.expect("record");
-    assert_eq!(record.evidence.expect("evidence").reference, "contract-42 clause 7");
+    assert_eq!(
+        error_reason(&c.record_consent(wrong).await.expect_err("wrong kind")).0,
+        "EVIDENCE_REQUIRED"
+    );
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM consent_records").await,
+        0
+    );
+    let ok = RecordConsentRequest {
+        evidence: written_agreement(),
+        ..grant("dave", "model_training")
+    };
+    let record = c
+        .record_consent(ok)
+        .await
+        .expect("with evidence")
+        .into_inner()
+        .record
+        .expect("record");
+    assert_eq!(
+        record.evidence.expect("evidence").reference,
+        "contract-42 clause 7"
+    );
     assert_eq!(
         decide(&server, check("dave", "model_training")).await,
         (Verdict::Allowed, DecisionReason::ExplicitGrant)
@@ -318,10 +541,19 @@ async fn training_consent_needs_a_written_agreement() {
 async fn a_gpc_signal_denies_purposes_that_honour_it() {
     let server = TestServer::start().await;
     let mut c = server.consent.clone();
-    let with_gpc = |purpose: &str| CheckConsentRequest { gpc_signal: true, ..check("erin", purpose) };
-    assert_eq!(decide(&server, with_gpc("targeted_advertising")).await, (Verdict::Denied, DecisionReason::Gpc));
+    let with_gpc = |purpose: &str| CheckConsentRequest {
+        gpc_signal: true,
+        ..check("erin", purpose)
+    };
+    assert_eq!(
+        decide(&server, with_gpc("targeted_advertising")).await,
+        (Verdict::Denied, DecisionReason::Gpc)
+    );
     // Analytics does not treat GPC as a refusal.
-    assert_eq!(decide(&server, with_gpc("analytics_cookies")).await.0, Verdict::Allowed);
+    assert_eq!(
+        decide(&server, with_gpc("analytics_cookies")).await.0,
+        Verdict::Allowed
+    );
     // A recorded GPC refusal keeps denying without the signal.
     c.record_consent(RecordConsentRequest {
         source: ConsentSource::GpcSignal as i32,
@@ -352,7 +584,10 @@ async fn an_expired_grant_denies_and_as_of_checks_see_the_past() {
         decide(&server, check("frank", "api_io_storage")).await,
         (Verdict::Denied, DecisionReason::GrantExpired)
     );
-    let as_of = |t| CheckConsentRequest { as_of_time: Some(ts(t)), ..check("frank", "api_io_storage") };
+    let as_of = |t| CheckConsentRequest {
+        as_of_time: Some(ts(t)),
+        ..check("frank", "api_io_storage")
+    };
     assert_eq!(
         decide(&server, as_of(now - chrono::Duration::hours(2))).await,
         (Verdict::Allowed, DecisionReason::ExplicitGrant)
@@ -362,19 +597,39 @@ async fn an_expired_grant_denies_and_as_of_checks_see_the_past() {
         (Verdict::Denied, DecisionReason::DefaultOptIn)
     );
     // A refusal now does not rewrite what was true before it.
-    c.record_consent(refuse("frank", "marketing_email")).await.expect("refuse");
-    let before = CheckConsentRequest { as_of_time: Some(ts(now)), ..check("frank", "marketing_email") };
-    assert_eq!(decide(&server, before).await, (Verdict::Allowed, DecisionReason::DefaultOptOut));
+    c.record_consent(refuse("frank", "marketing_email"))
+        .await
+        .expect("refuse");
+    let before = CheckConsentRequest {
+        as_of_time: Some(ts(now)),
+        ..check("frank", "marketing_email")
+    };
+    assert_eq!(
+        decide(&server, before).await,
+        (Verdict::Allowed, DecisionReason::DefaultOptOut)
+    );
     server.finish().await;
 }
 
 #[tokio::test]
 async fn eu_subjects_must_opt_in_to_analytics() {
     let server = TestServer::start().await;
-    let in_ = |j: &str| CheckConsentRequest { jurisdiction: j.into(), ..check("gina", "analytics_cookies") };
-    assert_eq!(decide(&server, in_("US-CA")).await, (Verdict::Allowed, DecisionReason::DefaultOptOut));
-    assert_eq!(decide(&server, in_("DE")).await, (Verdict::Denied, DecisionReason::DefaultOptIn));
-    assert_eq!(decide(&server, in_("EU")).await, (Verdict::Denied, DecisionReason::DefaultOptIn));
+    let in_ = |j: &str| CheckConsentRequest {
+        jurisdiction: j.into(),
+        ..check("gina", "analytics_cookies")
+    };
+    assert_eq!(
+        decide(&server, in_("US-CA")).await,
+        (Verdict::Allowed, DecisionReason::DefaultOptOut)
+    );
+    assert_eq!(
+        decide(&server, in_("DE")).await,
+        (Verdict::Denied, DecisionReason::DefaultOptIn)
+    );
+    assert_eq!(
+        decide(&server, in_("EU")).await,
+        (Verdict::Denied, DecisionReason::DefaultOptIn)
+    );
     server.finish().await;
 }
 
@@ -382,10 +637,15 @@ async fn eu_subjects_must_opt_in_to_analytics() {
 async fn a_material_policy_change_asks_for_fresh_consent() {
     let server = TestServer::start().await;
     let mut c = server.consent.clone();
-    c.record_consent(RecordConsentRequest { evidence: written_agreement(), ..grant("hana", "model_training") })
+    c.record_consent(RecordConsentRequest {
+        evidence: written_agreement(),
+        ..grant("hana", "model_training")
+    })
+    .await
+    .expect("grant");
+    c.record_consent(grant("hana", "api_io_storage"))
         .await
         .expect("grant");
-    c.record_consent(grant("hana", "api_io_storage")).await.expect("grant");
     let publish = |id: &str, material: bool| PublishPolicyVersionRequest {
         request_id: request_id(),
         policy_version: Some(PolicyVersion {
@@ -397,9 +657,16 @@ async fn a_material_policy_change_asks_for_fresh_consent() {
             ..Default::default()
         }),
     };
-    c.publish_policy_version(publish("2026-11-01", false)).await.expect("minor version");
-    assert_eq!(decide(&server, check("hana", "model_training")).await.0, Verdict::Allowed);
-    c.publish_policy_version(publish("2026-11-23", true)).await.expect("material version");
+    c.publish_policy_version(publish("2026-11-01", false))
+        .await
+        .expect("minor version");
+    assert_eq!(
+        decide(&server, check("hana", "model_training")).await.0,
+        Verdict::Allowed
+    );
+    c.publish_policy_version(publish("2026-11-23", true))
+        .await
+        .expect("material version");
     assert_eq!(
         decide(&server, check("hana", "model_training")).await,
         (Verdict::Denied, DecisionReason::ConsentPredatesPolicyChange)
@@ -410,8 +677,18 @@ async fn a_material_policy_change_asks_for_fresh_consent() {
         .expect("list")
         .into_inner();
     assert_eq!(listed.policy_version, "2026-11-23");
-    let pairs: Vec<(String, String)> = listed.subjects.iter().map(|s| (s.subject_id.clone(), s.purpose.clone())).collect();
-    assert_eq!(pairs, vec![("hana".to_string(), "api_io_storage".to_string()), ("hana".to_string(), "model_training".to_string())]);
+    let pairs: Vec<(String, String)> = listed
+        .subjects
+        .iter()
+        .map(|s| (s.subject_id.clone(), s.purpose.clone()))
+        .collect();
+    assert_eq!(
+        pairs,
+        vec![
+            ("hana".to_string(), "api_io_storage".to_string()),
+            ("hana".to_string(), "model_training".to_string())
+        ]
+    );
 
     c.record_consent(RecordConsentRequest {
         evidence: written_agreement(),
@@ -420,14 +697,27 @@ async fn a_material_policy_change_asks_for_fresh_consent() {
     })
     .await
     .expect("fresh consent");
-    assert_eq!(decide(&server, check("hana", "model_training")).await, (Verdict::Allowed, DecisionReason::ExplicitGrant));
+    assert_eq!(
+        decide(&server, check("hana", "model_training")).await,
+        (Verdict::Allowed, DecisionReason::ExplicitGrant)
+    );
 
-    let versions = c.list_policy_versions(ListPolicyVersionsRequest::default()).await.expect("versions").into_inner();
+    let versions = c
+        .list_policy_versions(ListPolicyVersionsRequest::default())
+        .await
+        .expect("versions")
+        .into_inner();
     assert_eq!(versions.policy_versions.len(), 2);
-    let err = c.publish_policy_version(publish("2026-11-23", true)).await.expect_err("duplicate");
+    let err = c
+        .publish_policy_version(publish("2026-11-23", true))
+        .await
+        .expect_err("duplicate");
     assert_eq!(err.code(), Code::AlreadyExists);
     let err = c
-        .record_consent(RecordConsentRequest { policy_version: "never-published".into(), ..grant("hana", "marketing_email") })
+        .record_consent(RecordConsentRequest {
+            policy_version: "never-published".into(),
+            ..grant("hana", "marketing_email")
+        })
         .await
         .expect_err("unknown version");
     assert_eq!(error_reason(&err).0, "POLICY_VERSION_UNKNOWN");
@@ -438,7 +728,9 @@ async fn a_material_policy_change_asks_for_fresh_consent() {
 async fn a_minor_is_denied_everything_consent_based() {
     let server = TestServer::start().await;
     let mut c = server.consent.clone();
-    c.record_consent(grant("ivy", "api_io_storage")).await.expect("grant");
+    c.record_consent(grant("ivy", "api_io_storage"))
+        .await
+        .expect("grant");
     let subject = c
         .set_subject_minor_status(SetSubjectMinorStatusRequest {
             request_id: request_id(),
@@ -451,12 +743,29 @@ async fn a_minor_is_denied_everything_consent_based() {
         .into_inner();
     assert!(subject.minor && subject.minor_since.is_some());
     for purpose in ["api_io_storage", "marketing_email", "analytics_cookies"] {
-        assert_eq!(decide(&server, check("ivy", purpose)).await, (Verdict::Denied, DecisionReason::SubjectIsMinor));
+        assert_eq!(
+            decide(&server, check("ivy", purpose)).await,
+            (Verdict::Denied, DecisionReason::SubjectIsMinor)
+        );
     }
-    assert_eq!(decide(&server, check("ivy", "service_messages")).await.0, Verdict::Allowed);
-    let got = c.get_subject(GetSubjectRequest { name: "subjects/ivy".into() }).await.expect("get").into_inner();
+    assert_eq!(
+        decide(&server, check("ivy", "service_messages")).await.0,
+        Verdict::Allowed
+    );
+    let got = c
+        .get_subject(GetSubjectRequest {
+            name: "subjects/ivy".into(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
     assert!(got.minor);
-    let err = c.get_subject(GetSubjectRequest { name: "subjects/nobody".into() }).await.expect_err("unknown");
+    let err = c
+        .get_subject(GetSubjectRequest {
+            name: "subjects/nobody".into(),
+        })
+        .await
+        .expect_err("unknown");
     assert_eq!(err.code(), Code::NotFound);
     server.finish().await;
 }
@@ -465,27 +774,44 @@ async fn a_minor_is_denied_everything_consent_based() {
 async fn batch_checks_and_consent_state_answer_in_one_call() {
     let server = TestServer::start().await;
     let mut c = server.consent.clone();
-    c.record_consent(refuse("jo", "marketing_email")).await.expect("refuse");
+    c.record_consent(refuse("jo", "marketing_email"))
+        .await
+        .expect("refuse");
     let checks = (0..300)
         .map(|i| ConsentCheck {
-            subject_id: if i % 2 == 0 { "jo".into() } else { format!("other{i}") },
+            subject_id: if i % 2 == 0 {
+                "jo".into()
+            } else {
+                format!("other{i}")
+            },
             purpose: "marketing_email".into(),
             ..Default::default()
         })
         .collect();
     let batch = c
-        .batch_check_consent(BatchCheckConsentRequest { checks, ..Default::default() })
+        .batch_check_consent(BatchCheckConsentRequest {
+            checks,
+            ..Default::default()
+        })
         .await
         .expect("batch")
         .into_inner();
     assert_eq!(batch.results.len(), 300);
     for (i, r) in batch.results.iter().enumerate() {
-        let want = if i % 2 == 0 { Verdict::Denied } else { Verdict::Allowed };
+        let want = if i % 2 == 0 {
+            Verdict::Denied
+        } else {
+            Verdict::Allowed
+        };
         assert_eq!(r.verdict, want as i32, "result {i}");
     }
     let err = c
         .batch_check_consent(BatchCheckConsentRequest {
-            checks: vec![ConsentCheck { subject_id: "jo".into(), purpose: "nope".into(), ..Default::default() }],
+            checks: vec![ConsentCheck {
+                subject_id: "jo".into(),
+                purpose: "nope".into(),
+                ..Default::default()
+            }],
             ..Default::default()
         })
         .await
@@ -493,13 +819,24 @@ async fn batch_checks_and_consent_state_answer_in_one_call() {
     assert_eq!(err.code(), Code::NotFound);
 
     let state = c
-        .get_consent_state(GetConsentStateRequest { subject_id: "jo".into(), ..Default::default() })
+        .get_consent_state(GetConsentStateRequest {
+            subject_id: "jo".into(),
+            ..Default::default()
+        })
         .await
         .expect("state")
         .into_inner();
-    let purposes = c.list_purposes(ListPurposesRequest::default()).await.expect("purposes").into_inner();
+    let purposes = c
+        .list_purposes(ListPurposesRequest::default())
+        .await
+        .expect("purposes")
+        .into_inner();
     assert_eq!(state.decisions.len(), purposes.purposes.len());
-    let marketing = state.decisions.iter().find(|d| d.purpose == "marketing_email").expect("marketing");
+    let marketing = state
+        .decisions
+        .iter()
+        .find(|d| d.purpose == "marketing_email")
+        .expect("marketing");
     assert_eq!(marketing.reason, DecisionReason::ExplicitRefusal as i32);
     server.finish().await;
 }
@@ -508,13 +845,23 @@ async fn batch_checks_and_consent_state_answer_in_one_call() {
 async fn the_purposes_catalogue_can_be_created_read_listed_and_updated() {
     let server = TestServer::start().await;
     let mut c = server.consent.clone();
-    let listed = c.list_purposes(ListPurposesRequest { page_size: 4, ..Default::default() }).await.expect("list").into_inner();
+    let listed = c
+        .list_purposes(ListPurposesRequest {
+            page_size: 4,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
     assert_eq!(listed.purposes.len(), 4);
     let mut all = listed.purposes.clone();
     let mut token = listed.next_page_token;
     while !token.is_empty() {
         let page = c
-            .list_purposes(ListPurposesRequest { page_size: 4, page_token: token.clone() })
+            .list_purposes(ListPurposesRequest {
+                page_size: 4,
+                page_token: token.clone(),
+            })
             .await
             .expect("page")
             .into_inner();
@@ -522,7 +869,13 @@ async fn the_purposes_catalogue_can_be_created_read_listed_and_updated() {
         token = page.next_page_token;
     }
     let keys: Vec<&str> = all.iter().map(|p| p.key.as_str()).collect();
-    for k in ["marketing_email", "model_training", "sale_of_personal_data", "profiling", "service_messages"] {
+    for k in [
+        "marketing_email",
+        "model_training",
+        "sale_of_personal_data",
+        "profiling",
+        "service_messages",
+    ] {
         assert!(keys.contains(&k), "default catalogue has {k}");
     }
 
@@ -533,7 +886,10 @@ async fn the_purposes_catalogue_can_be_created_read_listed_and_updated() {
                 key: "product_research".into(),
                 display_name: "Product research".into(),
                 consent_model: ConsentModel::OptIn as i32,
-                jurisdiction_models: vec![JurisdictionModel { jurisdiction: "US".into(), consent_model: ConsentModel::OptOut as i32 }],
+                jurisdiction_models: vec![JurisdictionModel {
+                    jurisdiction: "US".into(),
+                    consent_model: ConsentModel::OptOut as i32,
+                }],
                 ..Default::default()
             }),
         })
@@ -542,7 +898,10 @@ async fn the_purposes_catalogue_can_be_created_read_listed_and_updated() {
         .into_inner();
     assert_eq!(created.name, "purposes/product_research");
     let err = c
-        .create_purpose(CreatePurposeRequest { request_id: request_id(), purpose: Some(created.clone()) })
+        .create_purpose(CreatePurposeRequest {
+            request_id: request_id(),
+            purpose: Some(created.clone()),
+        })
         .await
         .expect_err("duplicate");
     assert_eq!(err.code(), Code::AlreadyExists);
@@ -556,27 +915,50 @@ async fn the_purposes_catalogue_can_be_created_read_listed_and_updated() {
                 etag: created.etag.clone(),
                 ..Default::default()
             }),
-            update_mask: Some(FieldMask { paths: vec!["consent_model".into()] }),
+            update_mask: Some(FieldMask {
+                paths: vec!["consent_model".into()],
+            }),
         })
         .await
         .expect("update")
         .into_inner();
     assert_eq!(updated.consent_model, ConsentModel::Prohibited as i32);
-    assert_eq!(updated.display_name, "Product research", "unmasked fields are kept");
+    assert_eq!(
+        updated.display_name, "Product research",
+        "unmasked fields are kept"
+    );
     assert_ne!(updated.etag, created.etag);
     let stale = c
         .update_purpose(UpdatePurposeRequest {
             request_id: request_id(),
-            purpose: Some(Purpose { name: created.name.clone(), description: "x".into(), etag: created.etag.clone(), ..Default::default() }),
-            update_mask: Some(FieldMask { paths: vec!["description".into()] }),
+            purpose: Some(Purpose {
+                name: created.name.clone(),
+                description: "x".into(),
+                etag: created.etag.clone(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["description".into()],
+            }),
         })
         .await
         .expect_err("stale etag");
     assert_eq!(stale.code(), Code::Aborted);
     assert_eq!(error_reason(&stale).0, "ETAG_MISMATCH");
-    let got = c.get_purpose(GetPurposeRequest { name: created.name.clone() }).await.expect("get").into_inner();
+    let got = c
+        .get_purpose(GetPurposeRequest {
+            name: created.name.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
     assert_eq!(got, updated);
-    let err = c.get_purpose(GetPurposeRequest { name: "purposes/none".into() }).await.expect_err("missing");
+    let err = c
+        .get_purpose(GetPurposeRequest {
+            name: "purposes/none".into(),
+        })
+        .await
+        .expect_err("missing");
     assert_eq!(err.code(), Code::NotFound);
     server.finish().await;
 }
@@ -586,7 +968,9 @@ async fn ledger_pages_are_stable_while_new_entries_arrive() {
     let server = TestServer::start().await;
     let mut c = server.consent.clone();
     for i in 0..25 {
-        c.record_consent(grant(&format!("k{i}"), "api_io_storage")).await.expect("grant");
+        c.record_consent(grant(&format!("k{i}"), "api_io_storage"))
+            .await
+            .expect("grant");
     }
     let mut seen = Vec::new();
     let mut token = String::new();
@@ -603,7 +987,9 @@ async fn ledger_pages_are_stable_while_new_entries_arrive() {
             .into_inner();
         seen.extend(page.records.iter().map(|r| r.id));
         // Writes between pages land after the pages already read.
-        c.record_consent(grant("late", "marketing_email")).await.expect("other purpose");
+        c.record_consent(grant("late", "marketing_email"))
+            .await
+            .expect("other purpose");
         if page.next_page_token.is_empty() {
             break;
         }
@@ -616,12 +1002,20 @@ async fn ledger_pages_are_stable_while_new_entries_arrive() {
     assert_eq!(seen.len(), 25);
     // A token is bound to its filters.
     let page = c
-        .list_consent_records(ListConsentRecordsRequest { purpose: "api_io_storage".into(), page_size: 10, ..Default::default() })
+        .list_consent_records(ListConsentRecordsRequest {
+            purpose: "api_io_storage".into(),
+            page_size: 10,
+            ..Default::default()
+        })
         .await
         .expect("page")
         .into_inner();
     let err = c
-        .list_consent_records(ListConsentRecordsRequest { purpose: "marketing_email".into(), page_token: page.next_page_token, ..Default::default() })
+        .list_consent_records(ListConsentRecordsRequest {
+            purpose: "marketing_email".into(),
+            page_token: page.next_page_token,
+            ..Default::default()
+        })
         .await
         .expect_err("other filters");
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -631,11 +1025,31 @@ async fn ledger_pages_are_stable_while_new_entries_arrive() {
 #[tokio::test]
 async fn the_ledger_refuses_rewrites_even_from_sql() {
     let server = TestServer::start().await;
-    server.consent.clone().record_consent(grant("lee", "api_io_storage")).await.expect("grant");
+    server
+        .consent
+        .clone()
+        .record_consent(grant("lee", "api_io_storage"))
+        .await
+        .expect("grant");
     let pool = server.db.pool().await;
-    assert!(sqlx::query("UPDATE consent_records SET decision = 'REFUSED'").execute(&pool).await.is_err());
-    assert!(sqlx::query("DELETE FROM consent_records").execute(&pool).await.is_err());
-    assert!(sqlx::query("DELETE FROM audit_events").execute(&pool).await.is_err());
+    assert!(
+        sqlx::query("UPDATE consent_records SET decision = 'REFUSED'")
+            .execute(&pool)
+            .await
+            .is_err()
+    );
+    assert!(
+        sqlx::query("DELETE FROM consent_records")
+            .execute(&pool)
+            .await
+            .is_err()
+    );
+    assert!(
+        sqlx::query("DELETE FROM audit_events")
+            .execute(&pool)
+            .await
+            .is_err()
+    );
     pool.close().await;
     server.finish().await;
 }

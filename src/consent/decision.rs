@@ -166,7 +166,10 @@ mod tests {
         let mut i = inputs(&p, None);
         i.jurisdiction = Some(&de);
         let o = decide(&i);
-        assert_eq!((o.allowed, o.reason, o.model), (false, Reason::DefaultOptIn, ConsentModel::OptIn));
+        assert_eq!(
+            (o.allowed, o.reason, o.model),
+            (false, Reason::DefaultOptIn, ConsentModel::OptIn)
+        );
     }
 
     #[test]
@@ -187,7 +190,10 @@ mod tests {
         i.gpc_signal = true;
         assert_eq!(decide(&i).reason, Reason::Gpc);
         let r = record(Decision::Refused, 2);
-        assert_eq!(decide(&inputs(&p, Some(&r))).reason, Reason::ExplicitRefusal);
+        assert_eq!(
+            decide(&inputs(&p, Some(&r))).reason,
+            Reason::ExplicitRefusal
+        );
         let mut g = record(Decision::Granted, 2);
         g.expire_time = Some(t(10));
         assert_eq!(decide(&inputs(&p, Some(&g))).reason, Reason::GrantExpired);

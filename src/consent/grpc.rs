@@ -133,8 +133,16 @@ fn record_to_proto(r: &ConsentRecord) -> proto::ConsentRecord {
         id: r.id,
         subject_id: r.subject_id.clone(),
         purpose: r.purpose.clone(),
-        decision: enum_by_name(r.decision.as_str(), proto::ConsentDecision::from_str_name, |e| e as i32),
-        source: enum_by_name(r.source.as_str(), proto::ConsentSource::from_str_name, |e| e as i32),
+        decision: enum_by_name(
+            r.decision.as_str(),
+            proto::ConsentDecision::from_str_name,
+            |e| e as i32,
+        ),
+        source: enum_by_name(
+            r.source.as_str(),
+            proto::ConsentSource::from_str_name,
+            |e| e as i32,
+        ),
         policy_version: r.policy_version.clone().unwrap_or_default(),
         jurisdiction: r.jurisdiction.clone().unwrap_or_default(),
         evidence: r.evidence.as_ref().map(|e| proto::Evidence {
@@ -170,7 +178,11 @@ fn verdict(o: &Outcome) -> i32 {
 }
 
 fn reason(o: &Outcome) -> i32 {
-    enum_by_name(o.reason.as_str(), proto::DecisionReason::from_str_name, |e| e as i32)
+    enum_by_name(
+        o.reason.as_str(),
+        proto::DecisionReason::from_str_name,
+        |e| e as i32,
+    )
 }
 
 fn policy_to_proto(v: &PolicyVersion) -> proto::PolicyVersion {
@@ -219,12 +231,20 @@ fn not_in_future(t: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     }
 }
 
-fn parse_purpose_fields(v: &mut Violations, p: &proto::Purpose, mask: &PurposeMask) -> Option<PurposeFields> {
+fn parse_purpose_fields(
+    v: &mut Violations,
+    p: &proto::Purpose,
+    mask: &PurposeMask,
+) -> Option<PurposeFields> {
     let display_name = if mask.display_name {
         v.check(
             "purpose.display_name",
             m::parse_text(&p.display_name, 200).and_then(|s| {
-                if s.trim().is_empty() { Err("is required".into()) } else { Ok(s) }
+                if s.trim().is_empty() {
+                    Err("is required".into())
+                } else {
+                    Ok(s)
+                }
             }),
         )
     } else {
@@ -243,21 +263,35 @@ fn parse_purpose_fields(v: &mut Violations, p: &proto::Purpose, mask: &PurposeMa
     let mut jurisdiction_models = BTreeMap::new();
     if mask.jurisdiction_models {
         if p.jurisdiction_models.len() > 300 {
-            v.add("purpose.jurisdiction_models", "must have at most 300 entries");
+            v.add(
+                "purpose.jurisdiction_models",
+                "must have at most 300 entries",
+            );
         }
         for (i, jm) in p.jurisdiction_models.iter().enumerate() {
             let field = format!("purpose.jurisdiction_models[{i}]");
-            let j = v.check(&format!("{field}.jurisdiction"), Jurisdiction::parse(&jm.jurisdiction));
-            let model = v.check(&format!("{field}.consent_model"), parse_model(jm.consent_model));
+            let j = v.check(
+                &format!("{field}.jurisdiction"),
+                Jurisdiction::parse(&jm.jurisdiction),
+            );
+            let model = v.check(
+                &format!("{field}.consent_model"),
+                parse_model(jm.consent_model),
+            );
             if let (Some(j), Some(model)) = (j, model)
-                && jurisdiction_models.insert(j.as_str().to_owned(), model).is_some()
+                && jurisdiction_models
+                    .insert(j.as_str().to_owned(), model)
+                    .is_some()
             {
                 v.add(format!("{field}.jurisdiction"), "appears more than once");
             }
         }
     }
     let required_evidence = if mask.required_evidence {
-        v.check("purpose.required_evidence", parse_evidence_kind(p.required_evidence))
+        v.check(
+            "purpose.required_evidence",
+            parse_evidence_kind(p.required_evidence),
+        )
     } else {
         Some(None)
     };
@@ -287,7 +321,10 @@ fn parse_mask(v: &mut Violations, mask: Option<&prost_types::FieldMask>) -> Purp
             "required_evidence" => out.required_evidence = true,
             "honors_gpc" => out.honors_gpc = true,
             "reconsent_on_material_change" => out.reconsent_on_material_change = true,
-            other => v.add("update_mask", format!("{other:?} is not an updatable field")),
+            other => v.add(
+                "update_mask",
+                format!("{other:?} is not an updatable field"),
+            ),
         }
     }
     out
@@ -295,7 +332,11 @@ fn parse_mask(v: &mut Violations, mask: Option<&prost_types::FieldMask>) -> Purp
 
 fn parse_evidence(v: &mut Violations, e: Option<&proto::Evidence>) -> Option<Option<Evidence>> {
     let Some(e) = e else { return Some(None) };
-    let kind = v.check("evidence.kind", parse_evidence_kind(e.kind).and_then(|k| k.ok_or_else(|| "is required when evidence is given".into())));
+    let kind = v.check(
+        "evidence.kind",
+        parse_evidence_kind(e.kind)
+            .and_then(|k| k.ok_or_else(|| "is required when evidence is given".into())),
+    );
     let reference = v.check("evidence.reference", m::parse_text(&e.reference, 512));
     let description = v.check("evidence.description", m::parse_text(&e.description, 2000));
     Some(Some(Evidence {
@@ -315,13 +356,20 @@ fn parse_new_consent(req: &proto::RecordConsentRequest) -> Result<(RequestId, Ne
     let policy_version = if req.policy_version.is_empty() {
         Some(None)
     } else {
-        v.check("policy_version", m::parse_version_id(&req.policy_version).map(Some))
+        v.check(
+            "policy_version",
+            m::parse_version_id(&req.policy_version).map(Some),
+        )
     };
-    let jurisdiction = v.check("jurisdiction", Jurisdiction::parse_optional(&req.jurisdiction));
+    let jurisdiction = v.check(
+        "jurisdiction",
+        Jurisdiction::parse_optional(&req.jurisdiction),
+    );
     let evidence = parse_evidence(&mut v, req.evidence.as_ref());
     let effective_time = v.check(
         "effective_time",
-        parse_opt_timestamp(req.effective_time.as_ref()).and_then(|t| t.map(not_in_future).transpose()),
+        parse_opt_timestamp(req.effective_time.as_ref())
+            .and_then(|t| t.map(not_in_future).transpose()),
     );
     let expire_time = v.check("expire_time", parse_opt_timestamp(req.expire_time.as_ref()));
     if source == Some(Source::GpcSignal) && decision == Some(Decision::Granted) {
@@ -380,9 +428,15 @@ fn parse_new_consent(req: &proto::RecordConsentRequest) -> Result<(RequestId, Ne
 }
 
 fn parse_check(v: &mut Violations, prefix: &str, c: &proto::ConsentCheck) -> Option<CheckQuery> {
-    let subject = v.check(&format!("{prefix}subject_id"), SubjectId::parse(&c.subject_id));
+    let subject = v.check(
+        &format!("{prefix}subject_id"),
+        SubjectId::parse(&c.subject_id),
+    );
     let purpose = v.check(&format!("{prefix}purpose"), PurposeKey::parse(&c.purpose));
-    let jurisdiction = v.check(&format!("{prefix}jurisdiction"), Jurisdiction::parse_optional(&c.jurisdiction));
+    let jurisdiction = v.check(
+        &format!("{prefix}jurisdiction"),
+        Jurisdiction::parse_optional(&c.jurisdiction),
+    );
     Some(CheckQuery {
         subject: subject?,
         purpose: purpose?,
@@ -391,7 +445,10 @@ fn parse_check(v: &mut Violations, prefix: &str, c: &proto::ConsentCheck) -> Opt
     })
 }
 
-fn parse_as_of(v: &mut Violations, t: Option<&prost_types::Timestamp>) -> Option<Option<DateTime<Utc>>> {
+fn parse_as_of(
+    v: &mut Violations,
+    t: Option<&prost_types::Timestamp>,
+) -> Option<Option<DateTime<Utc>>> {
     v.check(
         "as_of_time",
         parse_opt_timestamp(t).and_then(|t| t.map(not_in_future).transpose()),
@@ -404,7 +461,8 @@ fn parse_token(v: &mut Violations, token: &str) -> Option<Option<ConsistencyToke
 
 // ---- the service ----------------------------------------------------------
 
-type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchConsentChangesResponse, Status>> + Send>>;
+type WatchStream =
+    Pin<Box<dyn Stream<Item = Result<proto::WatchConsentChangesResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ConsentService for ConsentApi {
@@ -439,14 +497,15 @@ impl ConsentService for ConsentApi {
             request_id: request_id.as_str().to_owned(),
         };
         let fingerprint = idempotency::fingerprint(METHOD, &req);
-        let (purpose, token) = idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
-            let (ctx, key, fields) = (ctx.clone(), key.clone(), fields.clone());
-            Box::pin(async move {
-                let (p, token) = service::create_purpose(conn, &ctx, &key, &fields).await?;
-                Ok((purpose_to_proto(&p), token))
+        let (purpose, token) =
+            idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
+                let (ctx, key, fields) = (ctx.clone(), key.clone(), fields.clone());
+                Box::pin(async move {
+                    let (p, token) = service::create_purpose(conn, &ctx, &key, &fields).await?;
+                    Ok((purpose_to_proto(&p), token))
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(with_token(purpose, token))
     }
 
@@ -470,12 +529,17 @@ impl ConsentService for ConsentApi {
         let req = request.into_inner();
         let mut v = Violations::new();
         let limit = v.check("page_size", page_size(req.page_size));
-        let after = v.check("page_token", PageToken::decode::<String>("purposes", &req.page_token));
+        let after = v.check(
+            "page_token",
+            PageToken::decode::<String>("purposes", &req.page_token),
+        );
         let (Some(limit), Some(after)) = (limit, after) else {
             return Err(v.into_error().into());
         };
         let purposes = store::list_purposes(&self.pool, after.as_deref(), limit + 1).await?;
-        let (page, next) = paginate(purposes, limit, |p| PageToken::encode("purposes", &p.key.as_str()));
+        let (page, next) = paginate(purposes, limit, |p| {
+            PageToken::encode("purposes", &p.key.as_str())
+        });
         Ok(Response::new(proto::ListPurposesResponse {
             purposes: page.iter().map(purpose_to_proto).collect(),
             next_page_token: next,
@@ -515,14 +579,23 @@ impl ConsentService for ConsentApi {
             request_id: request_id.as_str().to_owned(),
         };
         let fingerprint = idempotency::fingerprint(METHOD, &req);
-        let (purpose, token) = idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
-            let (ctx, key, fields, mask, etag) = (ctx.clone(), key.clone(), fields.clone(), mask.clone(), etag.clone());
-            Box::pin(async move {
-                let (p, token) = service::update_purpose(conn, &ctx, &key, &fields, &mask, etag.as_deref()).await?;
-                Ok((purpose_to_proto(&p), token))
+        let (purpose, token) =
+            idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
+                let (ctx, key, fields, mask, etag) = (
+                    ctx.clone(),
+                    key.clone(),
+                    fields.clone(),
+                    mask.clone(),
+                    etag.clone(),
+                );
+                Box::pin(async move {
+                    let (p, token) =
+                        service::update_purpose(conn, &ctx, &key, &fields, &mask, etag.as_deref())
+                            .await?;
+                    Ok((purpose_to_proto(&p), token))
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(with_token(purpose, token))
     }
 
@@ -541,18 +614,19 @@ impl ConsentService for ConsentApi {
             request_id: request_id.as_str().to_owned(),
         };
         let fingerprint = idempotency::fingerprint(METHOD, &req);
-        let (response, token) = idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
-            let (ctx, new) = (ctx.clone(), new.clone());
-            Box::pin(async move {
-                let (record, token) = service::record_consent(conn, &ctx, &new).await?;
-                let response = proto::RecordConsentResponse {
-                    record: Some(record_to_proto(&record)),
-                    consistency_token: token.encode(),
-                };
-                Ok((response, token))
+        let (response, token) =
+            idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
+                let (ctx, new) = (ctx.clone(), new.clone());
+                Box::pin(async move {
+                    let (record, token) = service::record_consent(conn, &ctx, &new).await?;
+                    let response = proto::RecordConsentResponse {
+                        record: Some(record_to_proto(&record)),
+                        consistency_token: token.encode(),
+                    };
+                    Ok((response, token))
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(with_token(response, token))
     }
 
@@ -614,9 +688,11 @@ impl ConsentService for ConsentApi {
         if !v.is_empty() {
             return Err(v.into_error().into());
         }
-        let (Some(queries), Some(as_of), Some(_token)) =
-            (queries.into_iter().collect::<Option<Vec<_>>>(), as_of, token)
-        else {
+        let (Some(queries), Some(as_of), Some(_token)) = (
+            queries.into_iter().collect::<Option<Vec<_>>>(),
+            as_of,
+            token,
+        ) else {
             return Err(v.into_error().into());
         };
         let answers = service::check(&self.pool, &queries, as_of).await?;
@@ -637,15 +713,25 @@ impl ConsentService for ConsentApi {
         let req = request.into_inner();
         let mut v = Violations::new();
         let subject = v.check("subject_id", SubjectId::parse(&req.subject_id));
-        let jurisdiction = v.check("jurisdiction", Jurisdiction::parse_optional(&req.jurisdiction));
+        let jurisdiction = v.check(
+            "jurisdiction",
+            Jurisdiction::parse_optional(&req.jurisdiction),
+        );
         let as_of = parse_as_of(&mut v, req.as_of_time.as_ref());
         let token = parse_token(&mut v, &req.consistency_token);
-        let (Some(subject), Some(jurisdiction), Some(as_of), Some(_token)) = (subject, jurisdiction, as_of, token)
+        let (Some(subject), Some(jurisdiction), Some(as_of), Some(_token)) =
+            (subject, jurisdiction, as_of, token)
         else {
             return Err(v.into_error().into());
         };
-        let (queries, answers) =
-            service::consent_state(&self.pool, &subject, jurisdiction.as_ref(), req.gpc_signal, as_of).await?;
+        let (queries, answers) = service::consent_state(
+            &self.pool,
+            &subject,
+            jurisdiction.as_ref(),
+            req.gpc_signal,
+            as_of,
+        )
+        .await?;
         Ok(Response::new(proto::ConsentState {
             subject_id: subject.as_str().to_owned(),
             decisions: queries
@@ -675,13 +761,24 @@ impl ConsentService for ConsentApi {
         };
         let limit = v.check("page_size", page_size(req.page_size));
         let filters = format!("records:{}:{}", req.subject_id, req.purpose);
-        let after = v.check("page_token", PageToken::decode::<i64>(&filters, &req.page_token));
+        let after = v.check(
+            "page_token",
+            PageToken::decode::<i64>(&filters, &req.page_token),
+        );
         let token = parse_token(&mut v, &req.consistency_token);
-        let (Some(subject), Some(purpose), Some(limit), Some(after), Some(_token)) = (subject, purpose, limit, after, token)
+        let (Some(subject), Some(purpose), Some(limit), Some(after), Some(_token)) =
+            (subject, purpose, limit, after, token)
         else {
             return Err(v.into_error().into());
         };
-        let records = store::list_records(&self.pool, subject.as_ref(), purpose.as_ref(), after, limit + 1).await?;
+        let records = store::list_records(
+            &self.pool,
+            subject.as_ref(),
+            purpose.as_ref(),
+            after,
+            limit + 1,
+        )
+        .await?;
         let (page, next) = paginate(records, limit, |r| PageToken::encode(&filters, &r.id));
         Ok(Response::new(proto::ListConsentRecordsResponse {
             records: page.iter().map(record_to_proto).collect(),
@@ -700,7 +797,10 @@ impl ConsentService for ConsentApi {
         let resume = if req.resume_token.is_empty() {
             Some(None)
         } else {
-            v.check("resume_token", FeedPosition::parse(&req.resume_token).map(Some))
+            v.check(
+                "resume_token",
+                FeedPosition::parse(&req.resume_token).map(Some),
+            )
         };
         let subject = if req.subject_id.is_empty() {
             Some(None)
@@ -708,7 +808,10 @@ impl ConsentService for ConsentApi {
             v.check("subject_id", SubjectId::parse(&req.subject_id).map(Some))
         };
         if !req.resume_token.is_empty() && req.start_from_beginning {
-            v.add("start_from_beginning", "must not be set together with resume_token");
+            v.add(
+                "start_from_beginning",
+                "must not be set together with resume_token",
+            );
         }
         let (Some(resume), Some(subject)) = (resume, subject) else {
             return Err(v.into_error().into());
@@ -742,7 +845,10 @@ impl ConsentService for ConsentApi {
                 None
             }
             Some(p) => {
-                let id = v.check("policy_version.version_id", m::parse_version_id(&p.version_id));
+                let id = v.check(
+                    "policy_version.version_id",
+                    m::parse_version_id(&p.version_id),
+                );
                 let effective = v.check(
                     "policy_version.effective_time",
                     p.effective_time
@@ -753,14 +859,16 @@ impl ConsentService for ConsentApi {
                 let sha = v.check("policy_version.text_sha256", parse_sha256(&p.text_sha256));
                 let summary = v.check("policy_version.summary", m::parse_text(&p.summary, 2000));
                 match (id, effective, sha, summary) {
-                    (Some(version_id), Some(effective_time), Some(text_sha256), Some(summary)) => Some(PolicyVersion {
-                        version_id,
-                        effective_time,
-                        text_sha256,
-                        material: p.material,
-                        summary,
-                        publish_time: Utc::now(),
-                    }),
+                    (Some(version_id), Some(effective_time), Some(text_sha256), Some(summary)) => {
+                        Some(PolicyVersion {
+                            version_id,
+                            effective_time,
+                            text_sha256,
+                            material: p.material,
+                            summary,
+                            publish_time: Utc::now(),
+                        })
+                    }
                     _ => None,
                 }
             }
@@ -776,14 +884,15 @@ impl ConsentService for ConsentApi {
             request_id: request_id.as_str().to_owned(),
         };
         let fingerprint = idempotency::fingerprint(METHOD, &req);
-        let (published, token) = idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
-            let (ctx, version) = (ctx.clone(), version.clone());
-            Box::pin(async move {
-                let (p, token) = service::publish_policy_version(conn, &ctx, &version).await?;
-                Ok((policy_to_proto(&p), token))
+        let (published, token) =
+            idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
+                let (ctx, version) = (ctx.clone(), version.clone());
+                Box::pin(async move {
+                    let (p, token) = service::publish_policy_version(conn, &ctx, &version).await?;
+                    Ok((policy_to_proto(&p), token))
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(with_token(published, token))
     }
 
@@ -820,17 +929,25 @@ impl ConsentService for ConsentApi {
         let version_id = if req.policy_version.is_empty() {
             Some(None)
         } else {
-            v.check("policy_version", m::parse_version_id(&req.policy_version).map(Some))
+            v.check(
+                "policy_version",
+                m::parse_version_id(&req.policy_version).map(Some),
+            )
         };
         let limit = v.check("page_size", page_size(req.page_size));
         let filters = format!("reconsent:{}", req.policy_version);
-        let after = v.check("page_token", PageToken::decode::<(String, String)>(&filters, &req.page_token));
+        let after = v.check(
+            "page_token",
+            PageToken::decode::<(String, String)>(&filters, &req.page_token),
+        );
         let (Some(version_id), Some(limit), Some(after)) = (version_id, limit, after) else {
             return Err(v.into_error().into());
         };
         let version = service::reconsent_version(&self.pool, version_id.as_deref()).await?;
         let grants = store::grants_predating(&self.pool, &version, after, limit + 1).await?;
-        let (page, next) = paginate(grants, limit, |r| PageToken::encode(&filters, &(&r.subject_id, &r.purpose)));
+        let (page, next) = paginate(grants, limit, |r| {
+            PageToken::encode(&filters, &(&r.subject_id, &r.purpose))
+        });
         Ok(Response::new(proto::ListSubjectsToReconsentResponse {
             policy_version: version.version_id,
             subjects: page
@@ -879,20 +996,26 @@ impl ConsentService for ConsentApi {
         };
         let fingerprint = idempotency::fingerprint(METHOD, &req);
         let minor = req.minor;
-        let (updated, token) = idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
-            let (ctx, subject, reason) = (ctx.clone(), subject.clone(), reason.clone());
-            Box::pin(async move {
-                let (s, token) = service::set_minor_status(conn, &ctx, &subject, minor, &reason).await?;
-                Ok((subject_to_proto(&s), token))
+        let (updated, token) =
+            idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
+                let (ctx, subject, reason) = (ctx.clone(), subject.clone(), reason.clone());
+                Box::pin(async move {
+                    let (s, token) =
+                        service::set_minor_status(conn, &ctx, &subject, minor, &reason).await?;
+                    Ok((subject_to_proto(&s), token))
+                })
             })
-        })
-        .await?;
+            .await?;
         Ok(with_token(updated, token))
     }
 }
 
 fn parse_sha256(raw: &str) -> Result<String, String> {
-    if raw.len() == 64 && raw.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if raw.len() == 64
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(raw.to_owned())
     } else {
         Err("must be 64 lowercase hex characters (the SHA-256 of the policy text)".into())
@@ -938,16 +1061,23 @@ async fn watch_loop(
             let _ = tx.send(Err(Error::ShuttingDown.into())).await;
             return;
         }
-        let batch = match changefeed::read(&pool, position, subject.as_ref().map(|s| s.as_str()), BATCH).await {
-            Ok(batch) => batch,
-            Err(e) => {
-                let _ = tx.send(Err(e.into())).await;
-                return;
-            }
-        };
+        let batch =
+            match changefeed::read(&pool, position, subject.as_ref().map(|s| s.as_str()), BATCH)
+                .await
+            {
+                Ok(batch) => batch,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
         let full = batch.events.len() as i64 >= BATCH;
         if !batch.events.is_empty() {
-            let ids: Vec<i64> = batch.events.iter().filter_map(|e| e.consent_record_id).collect();
+            let ids: Vec<i64> = batch
+                .events
+                .iter()
+                .filter_map(|e| e.consent_record_id)
+                .collect();
             let records = match store::records_by_id(&pool, &ids).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -962,7 +1092,9 @@ async fn watch_loop(
                     kind: match e.kind {
                         ChangeKind::ConsentRecorded => proto::ConsentChangeKind::ConsentRecorded,
                         ChangeKind::PurposeChanged => proto::ConsentChangeKind::PurposeChanged,
-                        ChangeKind::PolicyVersionPublished => proto::ConsentChangeKind::PolicyVersionPublished,
+                        ChangeKind::PolicyVersionPublished => {
+                            proto::ConsentChangeKind::PolicyVersionPublished
+                        }
                         ChangeKind::SubjectChanged => proto::ConsentChangeKind::SubjectChanged,
                     } as i32,
                     subject_id: e.subject_id.clone().unwrap_or_default(),

@@ -51,9 +51,7 @@ impl PurposeKey {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
         if !valid {
-            return Err(
-                "must be 1-63 characters of a-z, 0-9 and _, starting with a letter".into(),
-            );
+            return Err("must be 1-63 characters of a-z, 0-9 and _, starting with a letter".into());
         }
         Ok(Self(raw.to_owned()))
     }
@@ -77,8 +75,8 @@ impl PurposeKey {
 
 /// EU member states: a check in one of them falls back to the "EU" model.
 const EU_MEMBERS: &[&str] = &[
-    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT",
-    "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE",
+    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV",
+    "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE",
 ];
 
 /// "EU", an ISO 3166-1 alpha-2 country ("US") or an ISO 3166-2
@@ -95,18 +93,26 @@ impl Jurisdiction {
                 country.len() == 2
                     && upper(country)
                     && (1..=3).contains(&sub.len())
-                    && sub.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+                    && sub
+                        .bytes()
+                        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
             }
         };
         if !ok {
-            return Err("must be \"EU\", a country code (\"US\") or a subdivision code (\"US-CA\")".into());
+            return Err(
+                "must be \"EU\", a country code (\"US\") or a subdivision code (\"US-CA\")".into(),
+            );
         }
         Ok(Self(raw.to_owned()))
     }
 
     /// Parses an optional field (empty = unset).
     pub fn parse_optional(raw: &str) -> Result<Option<Self>, String> {
-        if raw.is_empty() { Ok(None) } else { Self::parse(raw).map(Some) }
+        if raw.is_empty() {
+            Ok(None)
+        } else {
+            Self::parse(raw).map(Some)
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -327,7 +333,10 @@ pub fn parse_text(raw: &str, max: usize) -> Result<String, String> {
     if raw.chars().count() > max {
         return Err(format!("must be at most {max} characters"));
     }
-    if raw.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if raw
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err("must not contain control characters".into());
     }
     Ok(raw.to_owned())

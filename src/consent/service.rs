@@ -25,7 +25,12 @@ pub struct Context {
 }
 
 impl Context {
-    fn audit<'a>(&'a self, target: &'a str, subject: Option<&'a str>, details: serde_json::Value) -> AuditEntry<'a> {
+    fn audit<'a>(
+        &'a self,
+        target: &'a str,
+        subject: Option<&'a str>,
+        details: serde_json::Value,
+    ) -> AuditEntry<'a> {
         AuditEntry {
             actor: &self.actor,
             method: self.method,
@@ -47,7 +52,11 @@ pub async fn create_purpose(
     let name = key.name();
     let token = journal::record(
         conn,
-        ctx.audit(&name, None, json!({ "consent_model": fields.consent_model.as_str() })),
+        ctx.audit(
+            &name,
+            None,
+            json!({ "consent_model": fields.consent_model.as_str() }),
+        ),
         ChangeEntry {
             kind: ChangeKind::PurposeChanged,
             subject_id: None,
@@ -103,16 +112,36 @@ pub async fn update_purpose(
         return Err(Error::EtagMismatch(key.name()));
     }
     let fields = PurposeFields {
-        display_name: if mask.display_name { new.display_name.clone() } else { current.display_name.clone() },
-        description: if mask.description { new.description.clone() } else { current.description.clone() },
-        consent_model: if mask.consent_model { new.consent_model } else { current.consent_model },
+        display_name: if mask.display_name {
+            new.display_name.clone()
+        } else {
+            current.display_name.clone()
+        },
+        description: if mask.description {
+            new.description.clone()
+        } else {
+            current.description.clone()
+        },
+        consent_model: if mask.consent_model {
+            new.consent_model
+        } else {
+            current.consent_model
+        },
         jurisdiction_models: if mask.jurisdiction_models {
             new.jurisdiction_models.clone()
         } else {
             current.jurisdiction_models.clone()
         },
-        required_evidence: if mask.required_evidence { new.required_evidence } else { current.required_evidence },
-        honors_gpc: if mask.honors_gpc { new.honors_gpc } else { current.honors_gpc },
+        required_evidence: if mask.required_evidence {
+            new.required_evidence
+        } else {
+            current.required_evidence
+        },
+        honors_gpc: if mask.honors_gpc {
+            new.honors_gpc
+        } else {
+            current.honors_gpc
+        },
         reconsent_on_material_change: if mask.reconsent_on_material_change {
             new.reconsent_on_material_change
         } else {
@@ -193,7 +222,10 @@ pub async fn record_consent(
         ));
     }
     let record = store::append_consent(conn, new, &ctx.request_id, &ctx.actor).await?;
-    let target = format!("subjects/{}/consentRecords/{}", record.subject_id, record.id);
+    let target = format!(
+        "subjects/{}/consentRecords/{}",
+        record.subject_id, record.id
+    );
     let token = journal::record(
         conn,
         ctx.audit(
@@ -288,7 +320,13 @@ pub async fn consent_state(
         .collect();
     if queries.is_empty() {
         let token = ConsistencyToken { xid: 0 };
-        return Ok((queries, CheckAnswers { outcomes: vec![], token }));
+        return Ok((
+            queries,
+            CheckAnswers {
+                outcomes: vec![],
+                token,
+            },
+        ));
     }
     let answers = check(pool, &queries, as_of).await?;
     Ok((queries, answers))
@@ -335,7 +373,11 @@ pub async fn set_minor_status(
     let target = format!("subjects/{}", subject.as_str());
     let token = journal::record(
         conn,
-        ctx.audit(&target, Some(subject.as_str()), json!({ "minor": minor, "reason": reason })),
+        ctx.audit(
+            &target,
+            Some(subject.as_str()),
+            json!({ "minor": minor, "reason": reason }),
+        ),
         ChangeEntry {
             kind: ChangeKind::SubjectChanged,
             subject_id: Some(subject.as_str()),
@@ -357,7 +399,10 @@ pub async fn reconsent_version(pool: &PgPool, version_id: Option<&str>) -> Resul
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("policyVersions/{id}")))?;
             if !version.material {
-                return Err(Error::invalid("policy_version", "is not a material version"));
+                return Err(Error::invalid(
+                    "policy_version",
+                    "is not a material version",
+                ));
             }
             Ok(version)
         }

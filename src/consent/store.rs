@@ -47,7 +47,8 @@ fn purpose_from_row(row: &PgRow, prefix: &str) -> Result<Option<Purpose>> {
         key: PurposeKey::parse(&key).map_err(|_| corrupt("purpose key", &key))?,
         display_name: row.try_get(col("display_name").as_str())?,
         description: row.try_get(col("description").as_str())?,
-        consent_model: ConsentModel::from_db(&model).ok_or_else(|| corrupt("consent model", &model))?,
+        consent_model: ConsentModel::from_db(&model)
+            .ok_or_else(|| corrupt("consent model", &model))?,
         jurisdiction_models,
         required_evidence,
         honors_gpc: row.try_get(col("honors_gpc").as_str())?,
@@ -136,7 +137,11 @@ pub async fn create_purpose(
     }
 }
 
-pub async fn get_purpose(conn: &mut PgConnection, key: &PurposeKey, lock: bool) -> Result<Option<Purpose>> {
+pub async fn get_purpose(
+    conn: &mut PgConnection,
+    key: &PurposeKey,
+    lock: bool,
+) -> Result<Option<Purpose>> {
     let lock = if lock { " FOR UPDATE" } else { "" };
     let sql = format!("SELECT {PURPOSE_COLUMNS} FROM purposes WHERE key = $1{lock}");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -232,7 +237,10 @@ pub async fn append_consent(
                 // consent_records_policy_version_fkey: the version is unknown.
                 Some("23503") => Error::precondition(
                     crate::proto::ErrorReason::PolicyVersionUnknown,
-                    format!("policyVersions/{}", new.policy_version.as_deref().unwrap_or("")),
+                    format!(
+                        "policyVersions/{}",
+                        new.policy_version.as_deref().unwrap_or("")
+                    ),
                     "policy_version has not been published",
                 ),
                 // The CHECK constraints: an expiry at or before the effective time.
@@ -389,7 +397,10 @@ pub async fn records_by_id(pool: &PgPool, ids: &[i64]) -> Result<HashMap<i64, Co
         return Ok(HashMap::new());
     }
     let sql = format!("SELECT {RECORD_COLUMNS} FROM consent_records WHERE id = ANY($1)");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(ids).fetch_all(pool).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(ids)
+        .fetch_all(pool)
+        .await?;
     let mut out = HashMap::with_capacity(rows.len());
     for row in &rows {
         if let Some(r) = record_from_row(row, "")? {
@@ -401,7 +412,8 @@ pub async fn records_by_id(pool: &PgPool, ids: &[i64]) -> Result<HashMap<i64, Co
 
 // ---- policy versions ------------------------------------------------------
 
-const POLICY_COLUMNS: &str = "version_id, effective_time, text_sha256, material, summary, publish_time";
+const POLICY_COLUMNS: &str =
+    "version_id, effective_time, text_sha256, material, summary, publish_time";
 
 fn policy_from_row(row: &PgRow) -> Result<PolicyVersion> {
     Ok(PolicyVersion {
@@ -458,7 +470,9 @@ pub async fn latest_material_version(pool: &PgPool) -> Result<Option<PolicyVersi
          WHERE material AND effective_time <= now()
          ORDER BY effective_time DESC, version_id DESC LIMIT 1"
     );
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql)).fetch_optional(pool).await?;
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .fetch_optional(pool)
+        .await?;
     row.as_ref().map(policy_from_row).transpose()
 }
 
@@ -530,7 +544,11 @@ fn subject_from_row(row: &PgRow) -> Result<Subject> {
     })
 }
 
-pub async fn set_minor(conn: &mut PgConnection, subject: &SubjectId, minor: bool) -> Result<Subject> {
+pub async fn set_minor(
+    conn: &mut PgConnection,
+    subject: &SubjectId,
+    minor: bool,
+) -> Result<Subject> {
     let row = sqlx::query(
         "INSERT INTO subjects (subject_id, minor_since)
          VALUES ($1, CASE WHEN $2 THEN now() END)

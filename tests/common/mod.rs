@@ -15,9 +15,9 @@ use sha2::{Digest, Sha256};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{OnceCell, oneshot};
 use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 /// How long a test waits for a condition before failing.
 pub const PATIENCE: Duration = Duration::from_secs(30);
@@ -81,7 +81,9 @@ async fn cluster() -> &'static Cluster {
 
 /// Creates and migrates the template once across all test processes.
 async fn build_template(admin_url: &str, template_url: &str, name: &str) {
-    let mut admin = PgConnection::connect(admin_url).await.expect("connect admin");
+    let mut admin = PgConnection::connect(admin_url)
+        .await
+        .expect("connect admin");
     sqlx::query("SELECT pg_advisory_lock(7243001)")
         .execute(&mut admin)
         .await
@@ -94,14 +96,27 @@ async fn build_template(admin_url: &str, template_url: &str, name: &str) {
             .expect("query template");
     if state != Some(true) {
         let drop = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-        sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut admin).await.expect("drop");
+        sqlx::query(sqlx::AssertSqlSafe(drop))
+            .execute(&mut admin)
+            .await
+            .expect("drop");
         let create = format!("CREATE DATABASE \"{name}\"");
-        sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut admin).await.expect("create");
-        let pool = PgPool::connect(template_url).await.expect("connect template");
-        privacy_records::db::migrate(&pool).await.expect("migrate template");
+        sqlx::query(sqlx::AssertSqlSafe(create))
+            .execute(&mut admin)
+            .await
+            .expect("create");
+        let pool = PgPool::connect(template_url)
+            .await
+            .expect("connect template");
+        privacy_records::db::migrate(&pool)
+            .await
+            .expect("migrate template");
         pool.close().await;
         let mark = format!("ALTER DATABASE \"{name}\" WITH IS_TEMPLATE true");
-        sqlx::query(sqlx::AssertSqlSafe(mark)).execute(&mut admin).await.expect("mark");
+        sqlx::query(sqlx::AssertSqlSafe(mark))
+            .execute(&mut admin)
+            .await
+            .expect("mark");
     }
     sqlx::query("SELECT pg_advisory_unlock(7243001)")
         .execute(&mut admin)
@@ -119,9 +134,17 @@ impl TestDb {
     pub async fn new() -> TestDb {
         let cluster = cluster().await;
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&cluster.admin_url).await.expect("connect admin");
-        let sql = format!("CREATE DATABASE \"{name}\" TEMPLATE \"{}\"", cluster.template);
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.expect("create test db");
+        let mut admin = PgConnection::connect(&cluster.admin_url)
+            .await
+            .expect("connect admin");
+        let sql = format!(
+            "CREATE DATABASE \"{name}\" TEMPLATE \"{}\"",
+            cluster.template
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .expect("create test db");
         TestDb {
             url: (cluster.url_of)(&name),
             name,
@@ -132,9 +155,14 @@ impl TestDb {
     pub async fn empty() -> TestDb {
         let cluster = cluster().await;
         let name = format!("e_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&cluster.admin_url).await.expect("connect admin");
+        let mut admin = PgConnection::connect(&cluster.admin_url)
+            .await
+            .expect("connect admin");
         let sql = format!("CREATE DATABASE \"{name}\"");
-        sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await.expect("create db");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+            .expect("create db");
         TestDb {
             url: (cluster.url_of)(&name),
             name,
@@ -149,7 +177,9 @@ impl TestDb {
         let cluster = cluster().await;
         if let Ok(mut admin) = PgConnection::connect(&cluster.admin_url).await {
             let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-            let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await;
+            let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&mut admin)
+                .await;
         }
     }
 }
@@ -292,7 +322,10 @@ pub fn request_id() -> String {
 pub fn error_reason(status: &tonic::Status) -> (String, Vec<String>) {
     use tonic_types::StatusExt;
     let details = status.get_error_details();
-    let reason = details.error_info().map(|i| i.reason.clone()).unwrap_or_default();
+    let reason = details
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default();
     let fields = details
         .bad_request()
         .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
