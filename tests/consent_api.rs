@@ -1053,3 +1053,139 @@ async fn the_ledger_refuses_rewrites_even_from_sql() {
     pool.close().await;
     server.finish().await;
 }
+
+#[tokio::test]
+async fn other_methods_name_their_invalid_fields_too() {
+    let server = TestServer::start().await;
+    let mut c = server.consent.clone();
+    let named = |err: tonic::Status, field: &str| {
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}: {err:?}");
+        let (reason, fields) = error_reason(&err);
+        assert_eq!(reason, "FIELD_VIOLATION");
+        assert!(
+            fields.iter().any(|f| f == field),
+            "{field} not in {fields:?}"
+        );
+    };
+    let version = |f: fn(&mut PolicyVersion)| {
+        let mut v = PolicyVersion {
+            version_id: "v1".into(),
+            effective_time: Some(ts(chrono::Utc::now())),
+            text_sha256: "b".repeat(64),
+            ..Default::default()
+        };
+        f(&mut v);
+        PublishPolicyVersionRequest {
+            request_id: request_id(),
+            policy_version: Some(v),
+        }
+    };
+    named(
+        c.publish_policy_version(version(|v| v.version_id = "bad id".into()))
+            .await
+            .expect_err("id"),
+        "policy_version.version_id",
+    );
+    named(
+        c.publish_policy_version(version(|v| v.effective_time = None))
+            .await
+            .expect_err("time"),
+        "policy_version.effective_time",
+    );
+    named(
+        c.publish_policy_version(version(|v| v.text_sha256 = "ABC".into()))
+            .await
+            .expect_err("sha"),
+        "policy_version.text_sha256",
+    );
+    named(
+        c.publish_policy_version(PublishPolicyVersionRequest {
+            request_id: request_id(),
+            policy_version: None,
+        })
+        .await
+        .expect_err("none"),
+        "policy_version",
+    );
+    named(
+        c.set_subject_minor_status(SetSubjectMinorStatusRequest {
+            request_id: request_id(),
+            subject_id: "a b".into(),
+            minor: true,
+            reason: String::new(),
+        })
+        .await
+        .expect_err("subject"),
+        "subject_id",
+    );
+    named(
+        c.update_purpose(UpdatePurposeRequest {
+            request_id: request_id(),
+            purpose: Some(Purpose {
+                name: "purposes/marketing_email".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["key".into()],
+            }),
+        })
+        .await
+        .expect_err("mask"),
+        "update_mask",
+    );
+    named(
+        c.update_purpose(UpdatePurposeRequest {
+            request_id: request_id(),
+            purpose: Some(Purpose {
+                name: "marketing_email".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["description".into()],
+            }),
+        })
+        .await
+        .expect_err("name"),
+        "purpose.name",
+    );
+    named(
+        c.get_purpose(GetPurposeRequest {
+            name: "marketing_email".into(),
+        })
+        .await
+        .expect_err("name"),
+        "name",
+    );
+    named(
+        c.get_subject(GetSubjectRequest {
+            name: "nobody".into(),
+        })
+        .await
+        .expect_err("name"),
+        "name",
+    );
+    named(
+        c.list_subjects_to_reconsent(ListSubjectsToReconsentRequest {
+            policy_version: "no way".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("version"),
+        "policy_version",
+    );
+    named(
+        c.get_consent_state(GetConsentStateRequest {
+            subject_id: String::new(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("subject"),
+        "subject_id",
+    );
+    assert_eq!(count(&server, "SELECT count(*) FROM audit_events").await, 0);
+    assert_eq!(
+        count(&server, "SELECT count(*) FROM policy_versions").await,
+        0
+    );
+    server.finish().await;
+}

@@ -315,3 +315,67 @@ async fn two_replicas_migrating_an_empty_database_at_once_both_succeed() {
     b.close().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn a_call_past_its_deadline_is_abandoned_and_writes_nothing() {
+    let server = TestServer::start().await;
+    let pool = server.db.pool().await;
+    let lock = block_ledger_writes(&pool).await;
+    let mut request = tonic::Request::new(grant("deadline"));
+    request.set_timeout(std::time::Duration::from_millis(300));
+    let err = server
+        .consent
+        .clone()
+        .record_consent(request)
+        .await
+        .expect_err("deadline passes while blocked");
+    assert!(
+        matches!(err.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{err:?}"
+    );
+    lock.commit().await.expect("release");
+    // Later calls work, and the abandoned one left nothing behind.
+    server
+        .consent
+        .clone()
+        .record_consent(grant("after"))
+        .await
+        .expect("write");
+    let subjects: Vec<String> = sqlx::query_scalar("SELECT subject_id FROM consent_records")
+        .fetch_all(&pool)
+        .await
+        .expect("read");
+    assert_eq!(subjects, vec!["after".to_string()]);
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(keys, 1);
+    pool.close().await;
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_refused() {
+    let settings = privacy_records::config::Settings {
+        max_message_bytes: 16 * 1024,
+        ..test_settings()
+    };
+    let server = TestServer::start_with(settings).await;
+    let big = RecordConsentRequest {
+        evidence: Some(privacy_records::proto::Evidence {
+            kind: 1,
+            description: "x".repeat(64 * 1024),
+            ..Default::default()
+        }),
+        ..grant("big")
+    };
+    let err = server
+        .consent
+        .clone()
+        .record_consent(big)
+        .await
+        .expect_err("too big");
+    assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
+    server.finish().await;
+}
