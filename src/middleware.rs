@@ -117,7 +117,12 @@ where
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("0")
                         .to_owned();
-                    tracing::debug!(grpc_status = %code, elapsed_us = started.elapsed().as_micros() as u64, "rpc done");
+                    let elapsed_us = started.elapsed().as_micros() as u64;
+                    if code == "0" {
+                        tracing::debug!(elapsed_us, "rpc done");
+                    } else {
+                        tracing::info!(grpc_status = %code, elapsed_us, "rpc failed");
+                    }
                 }
                 result
             }

