@@ -379,3 +379,36 @@ async fn a_message_over_the_size_limit_is_refused() {
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
     server.finish().await;
 }
+
+#[tokio::test]
+async fn a_server_that_cannot_start_still_stops_its_embedded_database() {
+    let dir = scratch_dir();
+    let data_dir = dir.path().join("data");
+    // Hold the port so `serve` fails after the embedded database is up.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_privacy-records"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(&data_dir)
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .expect("run the binary");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot listen"), "{stderr}");
+    // The cluster was created, and is no longer running.
+    let pid_file = data_dir.join("pgdata").join("postmaster.pid");
+    assert!(data_dir.join("pgdata").join("PG_VERSION").exists());
+    assert!(
+        !pid_file.exists(),
+        "the embedded PostgreSQL was left running"
+    );
+    drop(taken);
+}
