@@ -62,7 +62,14 @@ pub async fn read(
     limit: i64,
 ) -> Result<FeedBatch> {
     // One statement, so the events and the xmin come from the same snapshot.
-    let rows: Vec<Row> = sqlx::query_as(
+    // Separate statement texts with and without the subject filter, so each
+    // has its own generic plan on the right index.
+    let by_subject = if subject_id.is_some() {
+        "c.subject_id = $3"
+    } else {
+        "$3::text IS NULL"
+    };
+    let sql = format!(
         "WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
          SELECT snap.xmin::text::bigint, e.xid::text::bigint, e.id, e.kind, e.subject_id,
                 e.purpose_key, e.consent_record_id, e.policy_version, e.change_time
@@ -71,18 +78,19 @@ pub async fn read(
              SELECT c.* FROM change_events c
              WHERE (c.xid, c.id) >= ($1::text::xid8, $2)
                AND c.xid < snap.xmin
-               AND ($3::text IS NULL OR c.subject_id = $3)
+               AND {by_subject}
              ORDER BY c.xid, c.id
              LIMIT $4
          ) e ON true
-         ORDER BY e.xid, e.id",
-    )
-    .bind(from.xid.to_string())
-    .bind(from.id)
-    .bind(subject_id)
-    .bind(limit)
-    .fetch_all(pool)
-    .await?;
+         ORDER BY e.xid, e.id"
+    );
+    let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(from.xid.to_string())
+        .bind(from.id)
+        .bind(subject_id)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
 
     let xmin = rows.first().map(|r| r.0).unwrap_or(from.xid);
     let mut events = Vec::with_capacity(rows.len());

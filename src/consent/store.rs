@@ -96,6 +96,13 @@ fn record_from_row(row: &PgRow, prefix: &str) -> Result<Option<ConsentRecord>> {
     }))
 }
 
+/// One of two SQL conditions, chosen by whether a filter is present: the
+/// connections use generic plans (see `db::pool`), and `$1 IS NULL OR
+/// col = $1` would plan as a scan.
+fn filter(present: bool, when_present: &'static str, when_absent: &'static str) -> &'static str {
+    if present { when_present } else { when_absent }
+}
+
 fn overrides_json(fields: &PurposeFields) -> serde_json::Value {
     serde_json::Value::Object(
         fields
@@ -155,9 +162,10 @@ pub async fn get_purpose(
 }
 
 pub async fn list_purposes(pool: &PgPool, after: Option<&str>, limit: i64) -> Result<Vec<Purpose>> {
+    let after_key = filter(after.is_some(), "key > $1", "$1::text IS NULL");
     let sql = format!(
         "SELECT {PURPOSE_COLUMNS} FROM purposes
-         WHERE $1::text IS NULL OR key > $1 ORDER BY key LIMIT $2"
+         WHERE {after_key} ORDER BY key LIMIT $2"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(after)
@@ -372,11 +380,13 @@ pub async fn list_records(
     after_id: Option<i64>,
     limit: i64,
 ) -> Result<Vec<ConsentRecord>> {
+    // Each combination of filters is its own statement text, so each gets
+    // its own (generic) plan using the right index.
+    let by_subject = filter(subject.is_some(), "subject_id = $1", "$1::text IS NULL");
+    let by_purpose = filter(purpose.is_some(), "purpose_key = $2", "$2::text IS NULL");
     let sql = format!(
         "SELECT {RECORD_COLUMNS} FROM consent_records
-         WHERE ($1::text IS NULL OR subject_id = $1)
-           AND ($2::text IS NULL OR purpose_key = $2)
-           AND id > $3
+         WHERE {by_subject} AND {by_purpose} AND id > $3
          ORDER BY id LIMIT $4"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -482,10 +492,15 @@ pub async fn list_policy_versions(
     after: Option<(DateTime<Utc>, String)>,
     limit: i64,
 ) -> Result<Vec<PolicyVersion>> {
+    let after_key = filter(
+        after.is_some(),
+        "(effective_time, version_id) < ($1, $2)",
+        "$1::timestamptz IS NULL AND $2::text IS NULL",
+    );
     let (after_time, after_id) = after.unzip();
     let sql = format!(
         "SELECT {POLICY_COLUMNS} FROM policy_versions
-         WHERE $1::timestamptz IS NULL OR (effective_time, version_id) < ($1, $2)
+         WHERE {after_key}
          ORDER BY effective_time DESC, version_id DESC LIMIT $3"
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -504,13 +519,18 @@ pub async fn grants_predating(
     after: Option<(String, String)>,
     limit: i64,
 ) -> Result<Vec<ConsentRecord>> {
+    let after_key = filter(
+        after.is_some(),
+        "(c.subject_id, c.purpose_key) > ($3, $4)",
+        "$3::text IS NULL AND $4::text IS NULL",
+    );
     let (after_subject, after_purpose) = after.unzip();
     let sql = format!(
         "SELECT {RECORD_COLUMNS} FROM (
              SELECT DISTINCT ON (c.subject_id, c.purpose_key) c.*
              FROM consent_records c
              JOIN purposes p ON p.key = c.purpose_key AND p.reconsent_on_material_change
-             WHERE $3::text IS NULL OR (c.subject_id, c.purpose_key) > ($3, $4)
+             WHERE {after_key}
              ORDER BY c.subject_id, c.purpose_key, c.effective_time DESC, c.id DESC
          ) latest
          WHERE decision = 'GRANTED'
