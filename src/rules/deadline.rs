@@ -1,0 +1,293 @@
+//! Deadline arithmetic for the legal clocks of privacy requests.
+//!
+//! Everything here works on `chrono::NaiveDate`: a calendar date in the
+//! jurisdiction's own sense (the day the request was received where the
+//! subject is, as the caller determines it). Time of day and time zones are the
+//! caller's business; a deadline is "by the end of this date".
+//!
+//! Counting conventions, chosen to match how regulators count:
+//! - the day of receipt is day 0, so 45 calendar days from 1 March is 15 April;
+//! - business days are Monday to Friday. There is **no holiday calendar**: a
+//!   public holiday counts as a business day, which can only make a deadline
+//!   earlier than the law's, never later;
+//! - months follow the GDPR (Regulation 1182/71, Art. 3(2)(c)): the same day
+//!   of the month N months on, clamped to that month's last day when it has no
+//!   such day (31 January + 1 month = 28 or 29 February). The Regulation's
+//!   roll-forward of a deadline that falls on a weekend or holiday is *not*
+//!   applied, again erring earlier.
+//!
+//! Adding 0 of any unit returns the date unchanged (even a Saturday): a zero
+//! period is "nothing to count", and the rules table never holds one.
+
+use chrono::{Datelike, Days, Months, NaiveDate, Weekday};
+use serde::Deserialize;
+
+/// The unit a legal period is counted in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    CalendarDays,
+    BusinessDays,
+    Months,
+}
+
+impl Unit {
+    /// The key used in the rules table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::CalendarDays => "calendar_days",
+            Unit::BusinessDays => "business_days",
+            Unit::Months => "months",
+        }
+    }
+}
+
+/// A legal period: an amount of a unit ("45 calendar days", "1 month").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Period {
+    pub amount: u32,
+    pub unit: Unit,
+}
+
+impl Period {
+    pub const fn new(amount: u32, unit: Unit) -> Self {
+        Period { amount, unit }
+    }
+
+    /// The date this period ends when counted from `start` (day 0).
+    pub fn after(self, start: NaiveDate) -> Result<NaiveDate, DeadlineError> {
+        match self.unit {
+            Unit::CalendarDays => add_calendar_days(start, self.amount),
+            Unit::BusinessDays => add_business_days(start, self.amount),
+            Unit::Months => add_months(start, self.amount),
+        }
+    }
+}
+
+/// Why a deadline could not be computed or changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeadlineError {
+    #[error("the deadline falls outside the supported range of dates")]
+    OutOfRange,
+    #[error("no extension is allowed for this request")]
+    NoExtensionAllowed,
+    #[error("the request has already been extended once")]
+    AlreadyExtended,
+    #[error("extension requested on {requested_on}, after the due date {due}")]
+    ExtensionAfterDue {
+        requested_on: NaiveDate,
+        due: NaiveDate,
+    },
+    #[error("a pause cannot end ({end}) before it starts ({start})")]
+    PauseEndsBeforeStart { start: NaiveDate, end: NaiveDate },
+}
+
+/// `start` plus `n` calendar days.
+pub fn add_calendar_days(start: NaiveDate, n: u32) -> Result<NaiveDate, DeadlineError> {
+    start
+        .checked_add_days(Days::new(u64::from(n)))
+        .ok_or(DeadlineError::OutOfRange)
+}
+
+/// Whether `date` is a Monday to Friday.
+pub fn is_business_day(date: NaiveDate) -> bool {
+    !matches!(date.weekday(), Weekday::Sat | Weekday::Sun)
+}
+
+/// The `n`th business day after `start` (the day of receipt is not counted,
+/// whatever weekday it is). A request received on a Saturday has Monday as its
+/// first business day.
+pub fn add_business_days(start: NaiveDate, n: u32) -> Result<NaiveDate, DeadlineError> {
+    if n == 0 {
+        return Ok(start);
+    }
+    // Jump whole weeks first so large periods stay O(1): any 7 consecutive
+    // days hold exactly 5 business days, so the nth business day after `start`
+    // is the (n - 5k)th after `start + 7k` whenever n > 5k.
+    let weeks = (n - 1) / 5;
+    let mut date = add_calendar_days(start, weeks.saturating_mul(7))?;
+    let mut left = n - weeks * 5;
+    while left > 0 {
+        date = date.succ_opt().ok_or(DeadlineError::OutOfRange)?;
+        if is_business_day(date) {
+            left -= 1;
+        }
+    }
+    Ok(date)
+}
+
+/// `start` plus `n` calendar months, GDPR style: the same day of the month,
+/// clamped to the last day of the target month.
+pub fn add_months(start: NaiveDate, n: u32) -> Result<NaiveDate, DeadlineError> {
+    // chrono clamps to the end of the month, which is exactly the GDPR rule.
+    start
+        .checked_add_months(Months::new(n))
+        .ok_or(DeadlineError::OutOfRange)
+}
+
+/// How long a pause over the half-open range `[start, end)` lasts, counted in
+/// the days of `unit`: business days for a business-day clock, calendar days
+/// otherwise (a month clock has no fractional months, so it pauses by days).
+pub fn pause_length(start: NaiveDate, end: NaiveDate, unit: Unit) -> Result<u32, DeadlineError> {
+    if end < start {
+        return Err(DeadlineError::PauseEndsBeforeStart { start, end });
+    }
+    let calendar =
+        u32::try_from((end - start).num_days()).map_err(|_| DeadlineError::OutOfRange)?;
+    match unit {
+        Unit::CalendarDays | Unit::Months => Ok(calendar),
+        Unit::BusinessDays => {
+            // Whole weeks hold 5 business days; walk only the remainder.
+            let mut count = calendar / 7 * 5;
+            let mut day = add_calendar_days(start, calendar / 7 * 7)?;
+            while day < end {
+                if is_business_day(day) {
+                    count += 1;
+                }
+                day = day.succ_opt().ok_or(DeadlineError::OutOfRange)?;
+            }
+            Ok(count)
+        }
+    }
+}
+
+/// Push `due` later by `paused` days of the clock's unit (see [`pause_length`]).
+pub fn push_by_pause(due: NaiveDate, paused: u32, unit: Unit) -> Result<NaiveDate, DeadlineError> {
+    match unit {
+        Unit::BusinessDays => add_business_days(due, paused),
+        Unit::CalendarDays | Unit::Months => add_calendar_days(due, paused),
+    }
+}
+
+/// The legal clock of one request: when it was received, its period, the one
+/// extension the rule allows, and the days it has been paused.
+///
+/// The due date is computed, never stored, so it cannot drift from its inputs:
+/// `original_due = received + period`, pushed by the pauses; when extended,
+/// `due = original_due + extension` (the extension counts from the original
+/// due date, not from the day it was asked for, as CCPA 1798.130 and GDPR
+/// Art. 12(3) both describe "further" time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    received: NaiveDate,
+    period: Period,
+    extension: Option<Period>,
+    extended: bool,
+    paused_days: u32,
+}
+
+impl Clock {
+    /// A clock that starts on `received`; `extension` is what the rule allows
+    /// (`None` when it allows none).
+    pub fn start(received: NaiveDate, period: Period, extension: Option<Period>) -> Self {
+        Clock {
+            received,
+            period,
+            extension,
+            extended: false,
+            paused_days: 0,
+        }
+    }
+
+    pub fn received(&self) -> NaiveDate {
+        self.received
+    }
+
+    pub fn is_extended(&self) -> bool {
+        self.extended
+    }
+
+    pub fn paused_days(&self) -> u32 {
+        self.paused_days
+    }
+
+    /// The due date before any extension, pushed by the pauses.
+    pub fn original_due(&self) -> Result<NaiveDate, DeadlineError> {
+        let due = self.period.after(self.received)?;
+        push_by_pause(due, self.paused_days, self.period.unit)
+    }
+
+    /// The due date in force now.
+    pub fn due(&self) -> Result<NaiveDate, DeadlineError> {
+        let original = self.original_due()?;
+        match (self.extended, self.extension) {
+            (true, Some(extension)) => extension.after(original),
+            _ => Ok(original),
+        }
+    }
+
+    /// The due date the clock would have if extended, without extending it.
+    pub fn extended_due(&self) -> Result<Option<NaiveDate>, DeadlineError> {
+        match self.extension {
+            Some(extension) => extension.after(self.original_due()?).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Use the one extension, asked for on `requested_on`. Asking on the due
+    /// date itself is still in time (the period runs to the end of that day).
+    pub fn extend(&mut self, requested_on: NaiveDate) -> Result<NaiveDate, DeadlineError> {
+        if self.extension.is_none() {
+            return Err(DeadlineError::NoExtensionAllowed);
+        }
+        if self.extended {
+            return Err(DeadlineError::AlreadyExtended);
+        }
+        let due = self.original_due()?;
+        if requested_on > due {
+            return Err(DeadlineError::ExtensionAfterDue { requested_on, due });
+        }
+        self.extended = true;
+        self.due()
+    }
+
+    /// Stop the clock over `[start, end)` (e.g. Utah: while a suspected fraud
+    /// awaits authentication). Only call it where the rule states a pause.
+    pub fn pause(&mut self, start: NaiveDate, end: NaiveDate) -> Result<NaiveDate, DeadlineError> {
+        let length = pause_length(start, end, self.period.unit)?;
+        let paused_days = self
+            .paused_days
+            .checked_add(length)
+            .ok_or(DeadlineError::OutOfRange)?;
+        let mut next = *self;
+        next.paused_days = paused_days;
+        // Check the result is representable before committing to it.
+        let due = next.due()?;
+        *self = next;
+        Ok(due)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(y: i32, m: u32, day: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(y, m, day).expect("valid test date")
+    }
+
+    #[test]
+    fn forty_five_calendar_days_count_from_the_day_after_receipt() {
+        assert_eq!(add_calendar_days(d(2026, 3, 1), 45), Ok(d(2026, 4, 15)));
+    }
+
+    #[test]
+    fn business_days_skip_the_weekend() {
+        // Friday + 1 business day = Monday.
+        assert_eq!(add_business_days(d(2026, 11, 20), 1), Ok(d(2026, 11, 23)));
+    }
+
+    #[test]
+    fn pause_over_a_weekend_counts_no_business_days() {
+        // Saturday to Monday (exclusive): nothing to count.
+        assert_eq!(
+            pause_length(d(2026, 11, 21), d(2026, 11, 23), Unit::BusinessDays),
+            Ok(0)
+        );
+        assert_eq!(
+            pause_length(d(2026, 11, 21), d(2026, 11, 23), Unit::CalendarDays),
+            Ok(2)
+        );
+    }
+}

@@ -1,0 +1,570 @@
+//! The rules table and its deadline arithmetic, seen from outside the crate:
+//! hand-written edge cases, the answers the privacy-requests service will
+//! rely on, and property tests over thousands of dates.
+
+use chrono::{Datelike, NaiveDate, Weekday};
+use privacy_records::rules::deadline::{
+    add_business_days, add_calendar_days, add_months, is_business_day, pause_length,
+};
+use privacy_records::rules::{
+    Clock, DeadlineError, PauseReason, Period, RequestType, Resolution, RulesTable, Unit,
+};
+use proptest::prelude::*;
+
+fn d(y: i32, m: u32, day: u32) -> NaiveDate {
+    NaiveDate::from_ymd_opt(y, m, day).expect("valid test date")
+}
+
+fn table() -> &'static RulesTable {
+    privacy_records::rules::table().expect("embedded rules table is valid")
+}
+
+fn days(n: u32) -> Period {
+    Period::new(n, Unit::CalendarDays)
+}
+
+// ---------------------------------------------------------------------------
+// Deadline arithmetic: hand-written edge cases
+// ---------------------------------------------------------------------------
+
+#[test]
+fn zero_of_any_unit_leaves_the_date_unchanged_even_on_a_saturday() {
+    let saturday = d(2026, 11, 21);
+    assert_eq!(saturday.weekday(), Weekday::Sat);
+    assert_eq!(add_calendar_days(saturday, 0), Ok(saturday));
+    assert_eq!(add_business_days(saturday, 0), Ok(saturday));
+    assert_eq!(add_months(saturday, 0), Ok(saturday));
+}
+
+#[test]
+fn january_31_plus_one_month_is_february_28_in_a_common_year() {
+    assert_eq!(add_months(d(2026, 1, 31), 1), Ok(d(2026, 2, 28)));
+}
+
+#[test]
+fn january_31_plus_one_month_is_february_29_in_a_leap_year() {
+    assert_eq!(add_months(d(2028, 1, 31), 1), Ok(d(2028, 2, 29)));
+}
+
+#[test]
+fn february_29_plus_one_month_is_march_29_and_plus_a_year_is_february_28() {
+    assert_eq!(add_months(d(2028, 2, 29), 1), Ok(d(2028, 3, 29)));
+    assert_eq!(add_months(d(2028, 2, 29), 12), Ok(d(2029, 2, 28)));
+}
+
+#[test]
+fn august_31_plus_one_month_is_september_30() {
+    assert_eq!(add_months(d(2026, 8, 31), 1), Ok(d(2026, 9, 30)));
+}
+
+#[test]
+fn calendar_days_count_the_leap_day() {
+    // Feb 2028 has 29 days: 14 to reach Feb 29, then 31 more.
+    assert_eq!(add_calendar_days(d(2028, 2, 15), 45), Ok(d(2028, 3, 31)));
+    assert_eq!(add_calendar_days(d(2026, 2, 15), 45), Ok(d(2026, 4, 1)));
+}
+
+#[test]
+fn calendar_days_cross_the_year_end() {
+    assert_eq!(add_calendar_days(d(2026, 12, 1), 45), Ok(d(2027, 1, 15)));
+}
+
+#[test]
+fn a_request_received_on_saturday_counts_business_days_from_monday() {
+    let saturday = d(2026, 11, 21);
+    assert_eq!(add_business_days(saturday, 1), Ok(d(2026, 11, 23)));
+    assert_eq!(add_business_days(saturday, 10), Ok(d(2026, 12, 4)));
+    assert_eq!(add_business_days(saturday, 15), Ok(d(2026, 12, 11)));
+}
+
+#[test]
+fn a_request_received_on_sunday_counts_business_days_from_monday() {
+    assert_eq!(add_business_days(d(2026, 11, 22), 1), Ok(d(2026, 11, 23)));
+    assert_eq!(add_business_days(d(2026, 11, 22), 5), Ok(d(2026, 11, 27)));
+}
+
+#[test]
+fn five_business_days_from_a_friday_is_the_next_friday() {
+    assert_eq!(add_business_days(d(2026, 11, 20), 5), Ok(d(2026, 11, 27)));
+}
+
+#[test]
+fn dates_past_the_end_of_the_calendar_are_an_error_not_a_panic() {
+    assert_eq!(
+        add_calendar_days(NaiveDate::MAX, 1),
+        Err(DeadlineError::OutOfRange)
+    );
+    assert_eq!(
+        add_business_days(NaiveDate::MAX, 1),
+        Err(DeadlineError::OutOfRange)
+    );
+    assert_eq!(
+        add_months(NaiveDate::MAX, 1),
+        Err(DeadlineError::OutOfRange)
+    );
+}
+
+#[test]
+fn an_extension_counts_from_the_original_due_date() {
+    // California: 45 + 45 calendar days.
+    let mut clock = Clock::start(d(2026, 1, 1), days(45), Some(days(45)));
+    assert_eq!(clock.due(), Ok(d(2026, 2, 15)));
+    assert_eq!(clock.extend(d(2026, 2, 1)), Ok(d(2026, 4, 1)));
+    assert_eq!(clock.due(), Ok(d(2026, 4, 1)));
+    assert!(clock.is_extended());
+}
+
+#[test]
+fn a_gdpr_extension_adds_two_months_to_the_clamped_original_due_date() {
+    // Received 31 Jan: due 28 Feb; two further months from there: 28 Apr
+    // (earlier than 30 Apr, which counting three months from receipt gives).
+    let mut clock = Clock::start(
+        d(2026, 1, 31),
+        Period::new(1, Unit::Months),
+        Some(Period::new(2, Unit::Months)),
+    );
+    assert_eq!(clock.due(), Ok(d(2026, 2, 28)));
+    assert_eq!(clock.extended_due(), Ok(Some(d(2026, 4, 28))));
+    assert_eq!(clock.extend(d(2026, 2, 10)), Ok(d(2026, 4, 28)));
+}
+
+#[test]
+fn an_extension_asked_for_on_the_due_date_is_still_in_time() {
+    let mut clock = Clock::start(d(2026, 1, 1), days(45), Some(days(45)));
+    assert_eq!(clock.extend(d(2026, 2, 15)), Ok(d(2026, 4, 1)));
+}
+
+#[test]
+fn an_extension_asked_for_after_the_due_date_is_refused() {
+    let mut clock = Clock::start(d(2026, 1, 1), days(45), Some(days(45)));
+    assert_eq!(
+        clock.extend(d(2026, 2, 16)),
+        Err(DeadlineError::ExtensionAfterDue {
+            requested_on: d(2026, 2, 16),
+            due: d(2026, 2, 15),
+        })
+    );
+    assert!(!clock.is_extended());
+    assert_eq!(clock.due(), Ok(d(2026, 2, 15)));
+}
+
+#[test]
+fn a_second_extension_is_refused() {
+    let mut clock = Clock::start(d(2026, 1, 1), days(45), Some(days(45)));
+    assert!(clock.extend(d(2026, 1, 2)).is_ok());
+    assert_eq!(
+        clock.extend(d(2026, 1, 3)),
+        Err(DeadlineError::AlreadyExtended)
+    );
+}
+
+#[test]
+fn a_clock_without_an_extension_cannot_be_extended() {
+    let mut clock = Clock::start(d(2026, 1, 1), Period::new(15, Unit::BusinessDays), None);
+    assert_eq!(
+        clock.extend(d(2026, 1, 2)),
+        Err(DeadlineError::NoExtensionAllowed)
+    );
+    assert_eq!(clock.extended_due(), Ok(None));
+}
+
+#[test]
+fn a_calendar_day_pause_pushes_the_due_date_by_the_days_paused() {
+    // Utah-style: 45 days from 1 Mar is 15 Apr; paused 10..17 Mar (7 days).
+    let mut clock = Clock::start(d(2026, 3, 1), days(45), Some(days(45)));
+    assert_eq!(
+        clock.pause(d(2026, 3, 10), d(2026, 3, 17)),
+        Ok(d(2026, 4, 22))
+    );
+    assert_eq!(clock.paused_days(), 7);
+    assert_eq!(clock.original_due(), Ok(d(2026, 4, 22)));
+}
+
+#[test]
+fn a_business_day_pause_counts_only_the_business_days_paused() {
+    // 15 business days from Mon 23 Nov 2026 is Mon 14 Dec. Paused Fri 27 Nov
+    // to Tue 1 Dec (exclusive): Fri and Mon, 2 business days, so Wed 16 Dec.
+    let mut clock = Clock::start(d(2026, 11, 23), Period::new(15, Unit::BusinessDays), None);
+    assert_eq!(clock.due(), Ok(d(2026, 12, 14)));
+    assert_eq!(
+        clock.pause(d(2026, 11, 27), d(2026, 12, 1)),
+        Ok(d(2026, 12, 16))
+    );
+}
+
+#[test]
+fn a_month_clock_pauses_by_calendar_days() {
+    let mut clock = Clock::start(d(2026, 1, 31), Period::new(1, Unit::Months), None);
+    assert_eq!(clock.pause(d(2026, 2, 2), d(2026, 2, 5)), Ok(d(2026, 3, 3)));
+}
+
+#[test]
+fn an_extension_after_a_pause_counts_from_the_pushed_due_date() {
+    let mut clock = Clock::start(d(2026, 3, 1), days(45), Some(days(45)));
+    assert!(clock.pause(d(2026, 3, 10), d(2026, 3, 17)).is_ok());
+    // 15 Apr would be too late without the pause; with it the due date is 22 Apr.
+    assert_eq!(clock.extend(d(2026, 4, 20)), Ok(d(2026, 6, 6)));
+}
+
+#[test]
+fn a_pause_that_ends_before_it_starts_is_refused() {
+    let mut clock = Clock::start(d(2026, 3, 1), days(45), None);
+    assert_eq!(
+        clock.pause(d(2026, 3, 17), d(2026, 3, 10)),
+        Err(DeadlineError::PauseEndsBeforeStart {
+            start: d(2026, 3, 17),
+            end: d(2026, 3, 10),
+        })
+    );
+    assert_eq!(clock.paused_days(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Deadline arithmetic: properties
+// ---------------------------------------------------------------------------
+
+fn any_date() -> impl Strategy<Value = NaiveDate> {
+    // 2000-01-01 ..= 2100-12-31, as days from the Common Era.
+    (730_120i32..=767_009)
+        .prop_map(|n| NaiveDate::from_num_days_from_ce_opt(n).unwrap_or(NaiveDate::MIN))
+}
+
+fn any_unit() -> impl Strategy<Value = Unit> {
+    prop_oneof![
+        Just(Unit::CalendarDays),
+        Just(Unit::BusinessDays),
+        Just(Unit::Months)
+    ]
+}
+
+fn days_in_month(year: i32, month: u32) -> u32 {
+    let (ny, nm) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    NaiveDate::from_ymd_opt(ny, nm, 1)
+        .and_then(|first| first.pred_opt())
+        .map_or(28, |last| last.day())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn a_due_date_is_never_before_receipt(start in any_date(), n in 0u32..400, unit in any_unit()) {
+        let due = Period::new(n, unit).after(start)?;
+        prop_assert!(due >= start);
+    }
+
+    #[test]
+    fn calendar_days_add_exactly_n_days(start in any_date(), n in 0u32..1000) {
+        let due = add_calendar_days(start, n)?;
+        prop_assert_eq!((due - start).num_days(), i64::from(n));
+    }
+
+    #[test]
+    fn business_day_results_never_land_on_a_weekend(start in any_date(), n in 1u32..400) {
+        let due = add_business_days(start, n)?;
+        prop_assert!(is_business_day(due), "{} + {} business days = {} ({:?})", start, n, due, due.weekday());
+    }
+
+    #[test]
+    fn business_days_add_exactly_n_weekdays_after_receipt(start in any_date(), n in 0u32..120) {
+        let due = add_business_days(start, n)?;
+        // Count by walking, independently of the week-jumping implementation.
+        let counted = start.iter_days().skip(1).take_while(|day| *day <= due).filter(|day| is_business_day(*day)).count();
+        prop_assert_eq!(counted, n as usize);
+    }
+
+    #[test]
+    fn adding_months_keeps_the_day_of_month_clamped_to_the_month_end(start in any_date(), n in 0u32..48) {
+        let due = add_months(start, n)?;
+        let months = (due.year() - start.year()) * 12 + due.month() as i32 - start.month() as i32;
+        prop_assert_eq!(months, n as i32);
+        let expected_day = start.day().min(days_in_month(due.year(), due.month()));
+        prop_assert_eq!(due.day(), expected_day);
+    }
+
+    #[test]
+    fn deadlines_grow_with_the_period(start in any_date(), a in 0u32..400, b in 0u32..400, unit in any_unit()) {
+        let (small, large) = if a <= b { (a, b) } else { (b, a) };
+        let early = Period::new(small, unit).after(start)?;
+        let late = Period::new(large, unit).after(start)?;
+        prop_assert!(early <= late);
+    }
+
+    #[test]
+    fn deadlines_never_move_earlier_when_receipt_is_later(start in any_date(), shift in 0u32..30, n in 0u32..200, unit in any_unit()) {
+        let later = add_calendar_days(start, shift)?;
+        prop_assert!(Period::new(n, unit).after(start)? <= Period::new(n, unit).after(later)?);
+    }
+
+    #[test]
+    fn an_extended_due_date_is_never_before_the_original(
+        start in any_date(),
+        n in 1u32..100,
+        ext in 0u32..100,
+        unit in any_unit(),
+        asked_after in 0u32..200,
+    ) {
+        let mut clock = Clock::start(start, Period::new(n, unit), Some(Period::new(ext, unit)));
+        let original = clock.due()?;
+        let asked_on = add_calendar_days(start, asked_after)?;
+        match clock.extend(asked_on) {
+            Ok(extended) => {
+                prop_assert!(asked_on <= original);
+                prop_assert!(extended >= original);
+                prop_assert_eq!(clock.due()?, extended);
+            }
+            Err(DeadlineError::ExtensionAfterDue { due, .. }) => {
+                prop_assert!(asked_on > original);
+                prop_assert_eq!(due, original);
+                prop_assert_eq!(clock.due()?, original);
+            }
+            Err(other) => prop_assert!(false, "unexpected error {other}"),
+        }
+    }
+
+    #[test]
+    fn a_pause_never_brings_the_due_date_forward(
+        start in any_date(),
+        n in 1u32..100,
+        unit in any_unit(),
+        pause_from in 0u32..60,
+        pause_len in 0u32..60,
+    ) {
+        let mut clock = Clock::start(start, Period::new(n, unit), None);
+        let before = clock.due()?;
+        let from = add_calendar_days(start, pause_from)?;
+        let to = add_calendar_days(from, pause_len)?;
+        let after = clock.pause(from, to)?;
+        prop_assert!(after >= before);
+        let paused = pause_length(from, to, unit)?;
+        prop_assert!(paused <= pause_len);
+        if pause_len == 0 {
+            prop_assert_eq!(after, before);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The rules table
+// ---------------------------------------------------------------------------
+
+#[test]
+fn the_table_is_versioned_and_lists_twenty_one_jurisdictions() {
+    assert_eq!(table().version(), "2026-11-23");
+    assert_eq!(table().entries().count(), 21);
+}
+
+#[test]
+fn a_state_code_resolves_exactly_whatever_its_case() {
+    let lookup = table().lookup(" us-ca ");
+    assert_eq!(lookup.resolution, Resolution::Exact);
+    assert_eq!(lookup.rules.code(), "US-CA");
+    assert!(!lookup.used_defaults());
+}
+
+#[test]
+fn eu_member_states_and_their_subdivisions_resolve_to_the_gdpr() {
+    for code in ["DE", "FR", "fr-75", "EL", "IE", "NO"] {
+        let lookup = table().lookup(code);
+        assert_eq!(lookup.resolution, Resolution::MemberState, "{code}");
+        assert_eq!(lookup.rules.code(), "EU", "{code}");
+    }
+    assert_eq!(table().lookup("EU").resolution, Resolution::Exact);
+}
+
+#[test]
+fn delaware_is_not_mistaken_for_germany() {
+    assert_eq!(table().rules_for("US-DE").name, "Delaware");
+    assert_eq!(table().rules_for("DE").code(), "EU");
+}
+
+#[test]
+fn an_unknown_jurisdiction_gets_the_defaults_and_says_so() {
+    for code in ["US-WA", "CA", "GB", "", "nonsense"] {
+        let lookup = table().lookup(code);
+        assert!(lookup.used_defaults(), "{code}");
+        assert!(lookup.rules.is_default(), "{code}");
+    }
+    let rules = privacy_records::rules::rules_for("US-WA").expect("table is valid");
+    assert!(rules.is_default());
+    let due = rules.deadline_for(RequestType::Access);
+    assert_eq!(due.period, days(45));
+    assert_eq!(due.extension_period(), Some(days(45)));
+    assert!(!due.statutory);
+}
+
+#[test]
+fn iowa_grants_no_correction_so_a_correction_is_handled_voluntarily() {
+    let iowa = table().rules_for("US-IA");
+    assert!(!iowa.grants(RequestType::Correction));
+    let due = iowa.deadline_for(RequestType::Correction);
+    assert!(!due.statutory);
+    assert_eq!(due.period, days(45));
+    // Voluntary requests still follow the organisation's verification policy.
+    assert!(iowa.verification_required(RequestType::Correction));
+}
+
+#[test]
+fn iowa_gives_ninety_days_for_access_plus_forty_five() {
+    let due = table().rules_for("US-IA").deadline_for(RequestType::Access);
+    assert!(due.statutory);
+    let mut clock = due.start_clock(d(2026, 1, 1));
+    assert_eq!(clock.due(), Ok(d(2026, 4, 1)));
+    assert_eq!(clock.extend(d(2026, 3, 1)), Ok(d(2026, 5, 16)));
+}
+
+#[test]
+fn the_policy_exceptions_for_iowa_and_utah_are_in_the_table() {
+    let iowa = table().rules_for("US-IA");
+    let utah = table().rules_for("US-UT");
+    for t in [
+        RequestType::Correction,
+        RequestType::OptOutTargetedAdvertising,
+        RequestType::OptOutProfiling,
+    ] {
+        assert!(!iowa.grants(t), "Iowa grants {t}");
+    }
+    assert!(!utah.grants(RequestType::OptOutProfiling));
+    assert!(utah.grants(RequestType::OptOutTargetedAdvertising));
+    // The other eleven named states grant correction and all three opt-outs.
+    for code in [
+        "US-CA", "US-CO", "US-CT", "US-DE", "US-FL", "US-IN", "US-MT", "US-OR", "US-TN", "US-TX",
+        "US-VA",
+    ] {
+        let rules = table().rules_for(code);
+        for t in [
+            RequestType::Access,
+            RequestType::Deletion,
+            RequestType::Correction,
+            RequestType::Portability,
+            RequestType::OptOutSale,
+            RequestType::OptOutTargetedAdvertising,
+            RequestType::OptOutProfiling,
+        ] {
+            assert!(rules.grants(t), "{code} does not grant {t}");
+        }
+    }
+}
+
+#[test]
+fn utahs_correction_right_starts_on_1_july_2026() {
+    let utah = table().rules_for("US-UT");
+    assert!(utah.grants(RequestType::Correction));
+    assert!(!utah.grants_on(RequestType::Correction, d(2026, 6, 30)));
+    assert!(utah.grants_on(RequestType::Correction, d(2026, 7, 1)));
+}
+
+#[test]
+fn a_law_grants_nothing_before_it_takes_effect() {
+    let kentucky = table().rules_for("US-KY");
+    assert!(!kentucky.grants_on(RequestType::Access, d(2025, 12, 31)));
+    assert!(kentucky.grants_on(RequestType::Access, d(2026, 1, 1)));
+}
+
+#[test]
+fn only_utah_stops_the_clock_while_a_suspected_fraud_awaits_authentication() {
+    for rules in table().entries() {
+        let pauses = rules.pauses_clock_for(PauseReason::FraudSuspectedAuthenticationPending);
+        assert_eq!(pauses, rules.code() == "US-UT", "{}", rules.code());
+    }
+}
+
+#[test]
+fn california_opt_outs_are_due_in_fifteen_business_days_without_extension_or_verification() {
+    let ca = table().rules_for("US-CA");
+    let due = ca.deadline_for(RequestType::OptOutSale);
+    assert_eq!(due.period, Period::new(15, Unit::BusinessDays));
+    assert!(due.extension.is_none());
+    assert!(due.cite.conservative);
+    assert!(!ca.verification_required(RequestType::OptOutSale));
+    assert!(ca.verification_required(RequestType::Access));
+    assert!(ca.agent_may_file(RequestType::Deletion));
+    assert!(!ca.grants(RequestType::ConfirmProcessing));
+    assert!(!ca.appeal.exists);
+}
+
+#[test]
+fn gdpr_access_is_due_in_one_month_extendable_by_two() {
+    let eu = table().rules_for("EU");
+    let due = eu.deadline_for(RequestType::Access);
+    assert_eq!(due.period, Period::new(1, Unit::Months));
+    assert_eq!(due.extension_period(), Some(Period::new(2, Unit::Months)));
+    assert!(due.extension.is_some_and(|e| e.notice_required));
+    assert!(eu.grants(RequestType::Restriction));
+    assert!(eu.grants(RequestType::Objection));
+    assert!(!eu.grants(RequestType::OptOutSale));
+    assert!(!eu.appeal.exists);
+    assert!(eu.appeal.regulator_contact_required);
+    assert_eq!(eu.free_requests.requests_per_12_months, None);
+}
+
+#[test]
+fn agents_may_file_only_what_their_jurisdiction_allows() {
+    let texas = table().rules_for("US-TX");
+    assert!(texas.agent_may_file(RequestType::OptOutSale));
+    assert!(texas.agent_may_file(RequestType::OptOutTargetedAdvertising));
+    assert!(!texas.agent_may_file(RequestType::OptOutProfiling));
+    assert!(!texas.agent_may_file(RequestType::Access));
+    let virginia = table().rules_for("US-VA");
+    assert!(!virginia.agent_may_file(RequestType::OptOutSale));
+}
+
+#[test]
+fn universal_opt_out_recognition_starts_on_its_date() {
+    let colorado = table().rules_for("US-CO");
+    assert!(!colorado.universal_opt_out_on(d(2024, 6, 30)));
+    assert!(colorado.universal_opt_out_on(d(2024, 7, 1)));
+    assert!(
+        !table()
+            .rules_for("US-VA")
+            .universal_opt_out_on(d(2026, 1, 1))
+    );
+}
+
+#[test]
+fn appeals_use_the_statute_where_read_and_forty_five_days_otherwise() {
+    let appeal_days = |code: &str| {
+        table()
+            .rules_for(code)
+            .appeal
+            .deadline
+            .map(|p| (p.amount, p.unit))
+    };
+    assert_eq!(appeal_days("US-IA"), Some((60, Unit::CalendarDays)));
+    assert_eq!(appeal_days("US-KY"), Some((60, Unit::CalendarDays)));
+    assert_eq!(appeal_days("US-OR"), Some((45, Unit::CalendarDays)));
+    assert_eq!(appeal_days("US-VA"), Some((45, Unit::CalendarDays)));
+    assert!(table().rules_for("US-VA").appeal.conservative);
+    assert_eq!(appeal_days("US-UT"), None);
+    assert_eq!(appeal_days("US-CA"), None);
+}
+
+#[test]
+fn every_rule_is_cited_and_every_unconfirmed_value_is_a_noted_conservative_choice() {
+    for rules in table().entries().chain(std::iter::once(table().defaults())) {
+        for (label, cite) in rules.cites() {
+            assert!(!cite.source.is_empty(), "{} {label}", rules.code());
+            if cite.confidence.is_unconfirmed() {
+                assert!(cite.conservative, "{} {label}", rules.code());
+            }
+            if cite.conservative {
+                assert!(cite.note.is_some(), "{} {label}", rules.code());
+            }
+        }
+    }
+}
+
+#[test]
+fn every_jurisdiction_answers_every_request_type() {
+    for rules in table().entries() {
+        for t in RequestType::ALL {
+            let due = rules.deadline_for(t);
+            assert!(due.period.amount > 0, "{} {t}", rules.code());
+            assert_eq!(due.statutory, rules.grants(t), "{} {t}", rules.code());
+        }
+    }
+}
