@@ -35,11 +35,16 @@ pub enum ServeError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("the embedded jurisdiction rules table is invalid: {0}")]
+    Rules(#[from] crate::rules::RulesError),
 }
 
 impl Application {
     /// Binds the listen address; read the real port back with `local_addr`.
     pub async fn build(settings: Settings, pool: PgPool) -> Result<Self, ServeError> {
+        // A broken rules table must stop the server before it takes traffic.
+        let rules = crate::rules::table()?;
+        tracing::info!(version = rules.version(), "jurisdiction rules loaded");
         let addr = settings.listen;
         let listener = TcpListener::bind(addr)
             .await
