@@ -175,7 +175,7 @@ pass
 
 step "reflection lists the services"
 grpc "$ADDR" list || fail "grpcurl list failed"
-expect "privacy.v1.ConsentService" "grpc.health.v1.Health"
+expect "privacy.v1.ConsentService" "privacy.v1.PrivacyRequestService" "grpc.health.v1.Health"
 pass
 
 step "reflection describes RecordConsent"
@@ -192,6 +192,12 @@ step "health of privacy.v1.ConsentService is SERVING"
 grpc -d '{"service": "privacy.v1.ConsentService"}' "$ADDR" grpc.health.v1.Health/Check \
     || fail "health check failed"
 expect '"SERVING"'
+pass
+
+step "GetJurisdictionRules answers for California, with citations"
+grpc -d '{"name": "jurisdictionRules/US-CA"}' "$ADDR" \
+    privacy.v1.PrivacyRequestService/GetJurisdictionRules || fail "GetJurisdictionRules failed"
+expect '"code": "US-CA"' '"requestType": "ACCESS"' '"deadlineCitation"'
 pass
 
 step "RecordConsent grants model_training with written-agreement evidence"

@@ -10,7 +10,11 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 /// The names health is reported under: the whole server and each service.
-pub const SERVICES: &[&str] = &["", "privacy.v1.ConsentService"];
+pub const SERVICES: &[&str] = &[
+    "",
+    "privacy.v1.ConsentService",
+    "privacy.v1.PrivacyRequestService",
+];
 
 pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {
     for name in SERVICES {

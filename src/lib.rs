@@ -18,6 +18,7 @@ pub mod health;
 pub mod idempotency;
 pub mod journal;
 pub mod middleware;
+pub mod requests;
 pub mod rules;
 pub mod server;
 pub mod telemetry;

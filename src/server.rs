@@ -16,6 +16,8 @@ use crate::config::Settings;
 use crate::consent::grpc::{ConsentApi, WatchSettings};
 use crate::middleware::RpcLayer;
 use crate::proto::consent_service_server::ConsentServiceServer;
+use crate::proto::privacy_request_service_server::PrivacyRequestServiceServer;
+use crate::requests::grpc::PrivacyRequestApi;
 
 pub struct Application {
     listener: TcpListener,
@@ -98,6 +100,7 @@ impl Application {
                 // google.rpc error details, so grpcurl can show ErrorInfo reasons.
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
                 .with_service_name("privacy.v1.ConsentService")
+                .with_service_name("privacy.v1.PrivacyRequestService")
                 .with_service_name("grpc.health.v1.Health")
                 .with_service_name("grpc.reflection.v1.ServerReflection")
                 .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -116,6 +119,10 @@ impl Application {
         ))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+
+        let requests = PrivacyRequestServiceServer::new(PrivacyRequestApi)
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
 
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let (begin_tx, mut begin_rx) = watch::channel(false);
@@ -139,6 +146,7 @@ impl Application {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(consent)
+            .add_service(requests)
             .serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(server);
 

@@ -229,6 +229,17 @@ pub enum PauseReason {
     FraudSuspectedAuthenticationPending,
 }
 
+impl PauseReason {
+    /// The key used in the rules table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseReason::FraudSuspectedAuthenticationPending => {
+                "fraud_suspected_authentication_pending"
+            }
+        }
+    }
+}
+
 cited! {
     /// A circumstance in which the rule stops the clock.
     pub struct ClockPause {
