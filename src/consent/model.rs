@@ -73,12 +73,6 @@ impl PurposeKey {
     }
 }
 
-/// EU member states: a check in one of them falls back to the "EU" model.
-const EU_MEMBERS: &[&str] = &[
-    "AT", "BE", "BG", "HR", "CY", "CZ", "DK", "EE", "FI", "FR", "DE", "GR", "HU", "IE", "IT", "LV",
-    "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE",
-];
-
 /// "EU", an ISO 3166-1 alpha-2 country ("US") or an ISO 3166-2
 /// subdivision ("US-CA").
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -120,14 +114,14 @@ impl Jurisdiction {
     }
 
     /// The codes to look up, most specific first: "US-CA" → US-CA, US;
-    /// "DE" → DE, EU.
+    /// "DE" → DE, EU (where the GDPR applies, as the rules table resolves it).
     pub fn lookup_chain(&self) -> Vec<&str> {
         let mut chain = vec![self.0.as_str()];
         let country = self.0.split('-').next().unwrap_or(&self.0);
         if country != self.0 {
             chain.push(country);
         }
-        if EU_MEMBERS.contains(&country) {
+        if crate::rules::gdpr_applies_in(country) {
             chain.push("EU");
         }
         chain

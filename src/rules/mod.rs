@@ -17,7 +17,7 @@ pub use deadline::{Clock, DeadlineError, Period, Unit};
 pub use request_type::RequestType;
 pub use table::{
     Cite, Cited, Confidence, DEFAULT_CODE, DeadlineRule, JurisdictionRules, Lookup, PauseReason,
-    Resolution, RulesError, RulesTable,
+    Resolution, RulesError, RulesTable, gdpr_applies_in,
 };
 
 /// The embedded table's text, as shipped with this build.

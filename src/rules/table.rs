@@ -481,6 +481,12 @@ const GDPR_STATES: [&str; 31] = [
     "LV", "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO",
 ];
 
+/// Whether the GDPR applies in a country (ISO 3166-1 alpha-2, or `EL`): the
+/// EU member states and the EEA states.
+pub fn gdpr_applies_in(country: &str) -> bool {
+    GDPR_STATES.contains(&country)
+}
+
 /// The whole table: its version, the defaults and the jurisdictions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RulesTable {
@@ -571,7 +577,7 @@ impl RulesTable {
             };
         }
         let country = code.split('-').next().unwrap_or_default();
-        if GDPR_STATES.contains(&country)
+        if gdpr_applies_in(country)
             && let Some(rules) = self.jurisdictions.get("EU")
         {
             return Lookup {
