@@ -428,16 +428,31 @@ fn parse_new_consent(req: &proto::RecordConsentRequest) -> Result<(RequestId, Ne
     ))
 }
 
-fn parse_check(v: &mut Violations, prefix: &str, c: &proto::ConsentCheck) -> Option<CheckQuery> {
-    let subject = v.check(
-        &format!("{prefix}subject_id"),
-        SubjectId::parse(&c.subject_id),
-    );
-    let purpose = v.check(&format!("{prefix}purpose"), PurposeKey::parse(&c.purpose));
-    let jurisdiction = v.check(
-        &format!("{prefix}jurisdiction"),
-        Jurisdiction::parse_optional(&c.jurisdiction),
-    );
+/// The fields of one consent question, wherever it sits in a request.
+struct CheckFields<'a> {
+    subject_id: &'a str,
+    purpose: &'a str,
+    jurisdiction: &'a str,
+    gpc_signal: bool,
+}
+
+/// Parses one question; field names (`checks[3].purpose`) are only built
+/// for a violation, since batches run this per pair on the hot path.
+/// `index` is the question's place in a batch (`checks[index]`), if any.
+fn parse_check(v: &mut Violations, index: Option<usize>, c: CheckFields<'_>) -> Option<CheckQuery> {
+    let mut field = |name: &str, e: String| match index {
+        Some(i) => v.add(format!("checks[{i}].{name}"), e),
+        None => v.add(name, e),
+    };
+    let subject = SubjectId::parse(c.subject_id)
+        .map_err(|e| field("subject_id", e))
+        .ok();
+    let purpose = PurposeKey::parse(c.purpose)
+        .map_err(|e| field("purpose", e))
+        .ok();
+    let jurisdiction = Jurisdiction::parse_optional(c.jurisdiction)
+        .map_err(|e| field("jurisdiction", e))
+        .ok();
     Some(CheckQuery {
         subject: subject?,
         purpose: purpose?,
@@ -642,11 +657,11 @@ impl ConsentService for ConsentApi {
         let mut v = Violations::new();
         let query = parse_check(
             &mut v,
-            "",
-            &proto::ConsentCheck {
-                subject_id: req.subject_id.clone(),
-                purpose: req.purpose.clone(),
-                jurisdiction: req.jurisdiction.clone(),
+            None,
+            CheckFields {
+                subject_id: &req.subject_id,
+                purpose: &req.purpose,
+                jurisdiction: &req.jurisdiction,
                 gpc_signal: req.gpc_signal,
             },
         );
@@ -685,7 +700,15 @@ impl ConsentService for ConsentApi {
             .checks
             .iter()
             .enumerate()
-            .map(|(i, c)| parse_check(&mut v, &format!("checks[{i}]."), c))
+            .map(|(i, c)| {
+                let fields = CheckFields {
+                    subject_id: &c.subject_id,
+                    purpose: &c.purpose,
+                    jurisdiction: &c.jurisdiction,
+                    gpc_signal: c.gpc_signal,
+                };
+                parse_check(&mut v, Some(i), fields)
+            })
             .collect();
         let as_of = parse_as_of(&mut v, req.as_of_time.as_ref());
         let token = parse_token(&mut v, &req.consistency_token);

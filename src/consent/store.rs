@@ -1,6 +1,7 @@
 //! The consent domain's SQL. Writers take the transaction's connection;
 //! readers take the pool. No gRPC types here.
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, LazyLock};
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
@@ -19,6 +20,58 @@ const PURPOSE_COLUMNS: &str = "key, display_name, description, consent_model, ju
 const RECORD_COLUMNS: &str = "id, subject_id, purpose_key, decision, source, policy_version, jurisdiction, \
      evidence_kind, evidence_reference, evidence_description, effective_time, expire_time, \
      record_time, request_id, actor";
+
+// The statements on the hot paths (every check, every RecordConsent) are
+// built once; the others are formatted per call.
+static GET_PURPOSE: LazyLock<Arc<str>> =
+    LazyLock::new(|| format!("SELECT {PURPOSE_COLUMNS} FROM purposes WHERE key = $1").into());
+static GET_PURPOSE_FOR_UPDATE: LazyLock<Arc<str>> = LazyLock::new(|| {
+    format!("SELECT {PURPOSE_COLUMNS} FROM purposes WHERE key = $1 FOR UPDATE").into()
+});
+static APPEND_CONSENT: LazyLock<Arc<str>> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO consent_records (subject_id, purpose_key, decision, source, policy_version,
+             jurisdiction, evidence_kind, evidence_reference, evidence_description,
+             effective_time, expire_time, request_id, actor)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, now()), $11, $12, $13)
+         RETURNING {RECORD_COLUMNS}"
+    )
+    .into()
+});
+/// Everything `decide` needs for many (subject, purpose) pairs, in one
+/// statement: the snapshot's time and xmin, the material policy change in
+/// effect, and per pair the purpose, the minor flag and the latest entry.
+static DECISION_INPUTS: LazyLock<Arc<str>> = LazyLock::new(|| {
+    format!(
+        "WITH snap AS MATERIALIZED (
+             SELECT coalesce($3::timestamptz, now()) AS at,
+                    pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin),
+         mv AS MATERIALIZED (
+             SELECT v.version_id, v.effective_time FROM policy_versions v, snap
+             WHERE v.material AND v.effective_time <= snap.at
+             ORDER BY v.effective_time DESC, v.version_id DESC LIMIT 1),
+         q AS (SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(subject_id, purpose_key, ord))
+         SELECT q.ord, snap.at AS snap_at, snap.xmin AS snap_xmin,
+                mv.version_id AS mv_version_id, mv.effective_time AS mv_effective_time,
+                (s.minor_since IS NOT NULL AND s.minor_since <= snap.at) AS minor,
+                {p}, {r}
+         FROM q CROSS JOIN snap
+         LEFT JOIN mv ON true
+         LEFT JOIN purposes p ON p.key = q.purpose_key
+         LEFT JOIN subjects s ON s.subject_id = q.subject_id
+         LEFT JOIN LATERAL (
+             SELECT * FROM consent_records c
+             WHERE c.subject_id = q.subject_id AND c.purpose_key = q.purpose_key
+               AND c.effective_time <= snap.at
+             ORDER BY c.effective_time DESC, c.id DESC
+             LIMIT 1
+         ) r ON true
+         ORDER BY q.ord",
+        p = prefixed("p", "p_", PURPOSE_COLUMNS),
+        r = prefixed("r", "r_", RECORD_COLUMNS),
+    )
+    .into()
+});
 
 fn corrupt(what: &str, value: &str) -> Error {
     Error::Internal(format!("unexpected {what} in the database: {value:?}"))
@@ -149,9 +202,12 @@ pub async fn get_purpose(
     key: &PurposeKey,
     lock: bool,
 ) -> Result<Option<Purpose>> {
-    let lock = if lock { " FOR UPDATE" } else { "" };
-    let sql = format!("SELECT {PURPOSE_COLUMNS} FROM purposes WHERE key = $1{lock}");
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let sql = if lock {
+        &GET_PURPOSE_FOR_UPDATE
+    } else {
+        &GET_PURPOSE
+    };
+    let row = sqlx::query(sqlx::AssertSqlSafe(Arc::clone(sql)))
         .bind(key.as_str())
         .fetch_optional(conn)
         .await?;
@@ -214,15 +270,8 @@ pub async fn append_consent(
     request_id: &str,
     actor: &str,
 ) -> Result<ConsentRecord> {
-    let sql = format!(
-        "INSERT INTO consent_records (subject_id, purpose_key, decision, source, policy_version,
-             jurisdiction, evidence_kind, evidence_reference, evidence_description,
-             effective_time, expire_time, request_id, actor)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, now()), $11, $12, $13)
-         RETURNING {RECORD_COLUMNS}"
-    );
     let evidence = new.evidence.as_ref();
-    let result = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let result = sqlx::query(sqlx::AssertSqlSafe(Arc::clone(&APPEND_CONSENT)))
         .bind(new.subject_id.as_str())
         .bind(new.purpose.as_str())
         .bind(new.decision.as_str())
@@ -286,35 +335,7 @@ pub async fn decision_inputs(
 ) -> Result<(Vec<DecisionRow>, Snapshot)> {
     let subjects: Vec<&str> = pairs.iter().map(|(s, _)| s.as_str()).collect();
     let purposes: Vec<&str> = pairs.iter().map(|(_, p)| p.as_str()).collect();
-    let sql = format!(
-        "WITH snap AS MATERIALIZED (
-             SELECT coalesce($3::timestamptz, now()) AS at,
-                    pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin),
-         mv AS MATERIALIZED (
-             SELECT v.version_id, v.effective_time FROM policy_versions v, snap
-             WHERE v.material AND v.effective_time <= snap.at
-             ORDER BY v.effective_time DESC, v.version_id DESC LIMIT 1),
-         q AS (SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(subject_id, purpose_key, ord))
-         SELECT q.ord, snap.at AS snap_at, snap.xmin AS snap_xmin,
-                mv.version_id AS mv_version_id, mv.effective_time AS mv_effective_time,
-                (s.minor_since IS NOT NULL AND s.minor_since <= snap.at) AS minor,
-                {p}, {r}
-         FROM q CROSS JOIN snap
-         LEFT JOIN mv ON true
-         LEFT JOIN purposes p ON p.key = q.purpose_key
-         LEFT JOIN subjects s ON s.subject_id = q.subject_id
-         LEFT JOIN LATERAL (
-             SELECT * FROM consent_records c
-             WHERE c.subject_id = q.subject_id AND c.purpose_key = q.purpose_key
-               AND c.effective_time <= snap.at
-             ORDER BY c.effective_time DESC, c.id DESC
-             LIMIT 1
-         ) r ON true
-         ORDER BY q.ord",
-        p = prefixed("p", "p_", PURPOSE_COLUMNS),
-        r = prefixed("r", "r_", RECORD_COLUMNS),
-    );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let rows = sqlx::query(sqlx::AssertSqlSafe(Arc::clone(&DECISION_INPUTS)))
         .bind(&subjects)
         .bind(&purposes)
         .bind(as_of)
