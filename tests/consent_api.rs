@@ -2,7 +2,7 @@
 //! database per test, the generated gRPC client.
 mod common;
 
-use common::{TestServer, error_reason, request_id};
+use common::{TestServer, error_reason, grant, refuse, request_id};
 use privacy_records::proto::{
     BatchCheckConsentRequest, CheckConsentRequest, ConsentCheck, ConsentDecision, ConsentModel,
     ConsentSource, CreatePurposeRequest, DecisionReason, Evidence, EvidenceKind,
@@ -18,24 +18,6 @@ fn ts(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
     Timestamp {
         seconds: t.timestamp(),
         nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
-
-fn grant(subject: &str, purpose: &str) -> RecordConsentRequest {
-    RecordConsentRequest {
-        request_id: request_id(),
-        subject_id: subject.into(),
-        purpose: purpose.into(),
-        decision: ConsentDecision::Granted as i32,
-        source: ConsentSource::WebForm as i32,
-        ..Default::default()
-    }
-}
-
-fn refuse(subject: &str, purpose: &str) -> RecordConsentRequest {
-    RecordConsentRequest {
-        decision: ConsentDecision::Refused as i32,
-        ..grant(subject, purpose)
     }
 }
 

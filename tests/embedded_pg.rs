@@ -73,6 +73,17 @@ fn postgres_user() -> Option<User> {
     User::from_name("postgres").ok().flatten()
 }
 
+/// The server accepts a connection and answers a query.
+async fn assert_answers(pg: &EmbeddedPostgres) {
+    let mut conn = connect(pg).await;
+    let one: i32 = sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut conn)
+        .await
+        .expect("SELECT 1");
+    assert_eq!(one, 1);
+    conn.close().await.expect("close");
+}
+
 fn postmaster_pid(pgdata: &Path) -> String {
     let text = fs::read_to_string(pgdata.join("postmaster.pid")).expect("read postmaster.pid");
     text.lines().next().expect("pid line").to_owned()
@@ -189,13 +200,7 @@ async fn two_concurrent_starts_of_one_data_dir_both_succeed() {
         second.database_url("postgres")
     );
     for pg in [&first, &second] {
-        let mut conn = connect(pg).await;
-        let one: i32 = sqlx::query_scalar("SELECT 1")
-            .fetch_one(&mut conn)
-            .await
-            .expect("SELECT 1");
-        assert_eq!(one, 1);
-        conn.close().await.expect("close");
+        assert_answers(pg).await;
     }
 
     first.stop().await.expect("stop");
@@ -224,13 +229,7 @@ async fn a_second_start_adopts_the_running_server() {
         pid,
         "must adopt, not restart"
     );
-    let mut conn = connect(&pg).await;
-    let one: i32 = sqlx::query_scalar("SELECT 1")
-        .fetch_one(&mut conn)
-        .await
-        .expect("SELECT 1");
-    assert_eq!(one, 1);
-    conn.close().await.expect("close");
+    assert_answers(&pg).await;
     pg.stop().await.expect("stop");
 }
 

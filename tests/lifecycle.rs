@@ -6,28 +6,15 @@ mod common;
 use std::process::Stdio;
 
 use common::{
-    TestDb, TestServer, error_reason, request_id, scratch_dir, test_settings, wait_until,
+    TestDb, TestServer, error_reason, scratch_dir, storage_grant, test_settings, wait_until,
 };
 use privacy_records::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 use privacy_records::proto::consent_service_client::ConsentServiceClient;
-use privacy_records::proto::{
-    CheckConsentRequest, ConsentDecision, ConsentSource, RecordConsentRequest,
-};
+use privacy_records::proto::{CheckConsentRequest, RecordConsentRequest};
 use sqlx::PgPool;
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
-
-fn grant(subject: &str) -> RecordConsentRequest {
-    RecordConsentRequest {
-        request_id: request_id(),
-        subject_id: subject.into(),
-        purpose: "api_io_storage".into(),
-        decision: ConsentDecision::Granted as i32,
-        source: ConsentSource::Api as i32,
-        ..Default::default()
-    }
-}
 
 fn check(subject: &str) -> CheckConsentRequest {
     CheckConsentRequest {
@@ -78,7 +65,7 @@ async fn health_follows_the_database_away_and_back_without_a_restart() {
     server
         .consent
         .clone()
-        .record_consent(grant("a"))
+        .record_consent(storage_grant("a"))
         .await
         .expect("write");
 
@@ -131,7 +118,7 @@ async fn calls_beyond_the_concurrency_limit_are_shed_but_probes_still_answer() {
     let pool = server.db.pool().await;
     let lock = block_ledger_writes(&pool).await;
     let mut c = server.consent.clone();
-    let blocked = tokio::spawn(async move { c.record_consent(grant("held")).await });
+    let blocked = tokio::spawn(async move { c.record_consent(storage_grant("held")).await });
     wait_for_a_blocked_query(&pool).await;
 
     let err = server
@@ -165,7 +152,7 @@ async fn shutdown_lets_a_call_in_flight_finish() {
     let pool = server.db.pool().await;
     let lock = block_ledger_writes(&pool).await;
     let mut c = server.consent.clone();
-    let in_flight = tokio::spawn(async move { c.record_consent(grant("late")).await });
+    let in_flight = tokio::spawn(async move { c.record_consent(storage_grant("late")).await });
     wait_for_a_blocked_query(&pool).await;
 
     server.request_shutdown();
@@ -254,7 +241,7 @@ async fn a_server_killed_right_after_acknowledging_writes_loses_none_and_retries
     let mut acked = Vec::new();
     let mut last = None;
     for i in 0..40 {
-        let req = grant(&format!("k{i}"));
+        let req = storage_grant(&format!("k{i}"));
         let r = c.record_consent(req.clone()).await.expect("write");
         acked.push(r.into_inner().record.expect("record").id);
         last = Some(req);
@@ -321,7 +308,7 @@ async fn a_call_past_its_deadline_is_abandoned_and_writes_nothing() {
     let server = TestServer::start().await;
     let pool = server.db.pool().await;
     let lock = block_ledger_writes(&pool).await;
-    let mut request = tonic::Request::new(grant("deadline"));
+    let mut request = tonic::Request::new(storage_grant("deadline"));
     request.set_timeout(std::time::Duration::from_millis(300));
     let err = server
         .consent
@@ -338,7 +325,7 @@ async fn a_call_past_its_deadline_is_abandoned_and_writes_nothing() {
     server
         .consent
         .clone()
-        .record_consent(grant("after"))
+        .record_consent(storage_grant("after"))
         .await
         .expect("write");
     let subjects: Vec<String> = sqlx::query_scalar("SELECT subject_id FROM consent_records")
@@ -368,7 +355,7 @@ async fn a_message_over_the_size_limit_is_refused() {
             description: "x".repeat(64 * 1024),
             ..Default::default()
         }),
-        ..grant("big")
+        ..storage_grant("big")
     };
     let err = server
         .consent

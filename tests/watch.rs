@@ -5,27 +5,14 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{PATIENCE, TestServer, request_id};
+use common::{PATIENCE, TestServer, request_id, storage_grant};
 use privacy_records::changefeed;
 use privacy_records::consent::model::{Decision, NewConsent, PurposeKey, Source, SubjectId};
 use privacy_records::consent::service::{self, Context};
+use privacy_records::proto::WatchConsentChangesRequest;
 use privacy_records::proto::consent_service_client::ConsentServiceClient;
-use privacy_records::proto::{
-    ConsentDecision, ConsentSource, RecordConsentRequest, WatchConsentChangesRequest,
-};
 use privacy_records::tokens::FeedPosition;
 use tonic::transport::Channel;
-
-fn grant(subject: &str) -> RecordConsentRequest {
-    RecordConsentRequest {
-        request_id: request_id(),
-        subject_id: subject.into(),
-        purpose: "api_io_storage".into(),
-        decision: ConsentDecision::Granted as i32,
-        source: ConsentSource::Api as i32,
-        ..Default::default()
-    }
-}
 
 /// Reads a watch stream until `want` consent records have arrived; returns
 /// their ids in arrival order and the last resume token.
@@ -83,7 +70,7 @@ async fn a_resumed_watch_sees_every_change_once_in_the_same_order_under_concurre
             let mut acked = Vec::new();
             for i in 0..EACH {
                 let r = c
-                    .record_consent(grant(&format!("w{w}-{i}")))
+                    .record_consent(storage_grant(&format!("w{w}-{i}")))
                     .await
                     .expect("write");
                 acked.push(r.into_inner().record.expect("record").id);
@@ -163,7 +150,7 @@ async fn a_change_that_commits_late_is_delivered_before_later_ids_not_skipped() 
     let fast = server
         .consent
         .clone()
-        .record_consent(grant("fast"))
+        .record_consent(storage_grant("fast"))
         .await
         .expect("fast write")
         .into_inner()
@@ -214,7 +201,9 @@ async fn a_change_that_commits_late_is_delivered_before_later_ids_not_skipped() 
 async fn a_watch_from_now_sees_only_later_changes_and_can_filter_by_subject() {
     let server = TestServer::start().await;
     let mut c = server.consent.clone();
-    c.record_consent(grant("before")).await.expect("write");
+    c.record_consent(storage_grant("before"))
+        .await
+        .expect("write");
     let mut stream = c
         .watch_consent_changes(WatchConsentChangesRequest {
             subject_id: "mine".into(),
@@ -226,9 +215,11 @@ async fn a_watch_from_now_sees_only_later_changes_and_can_filter_by_subject() {
     // The first message confirms the stream with its start token.
     let hello = stream.message().await.expect("ok").expect("open");
     assert!(hello.changes.is_empty() && !hello.resume_token.is_empty());
-    c.record_consent(grant("other")).await.expect("write");
+    c.record_consent(storage_grant("other"))
+        .await
+        .expect("write");
     let mine = c
-        .record_consent(grant("mine"))
+        .record_consent(storage_grant("mine"))
         .await
         .expect("write")
         .into_inner()

@@ -332,3 +332,30 @@ pub fn error_reason(status: &tonic::Status) -> (String, Vec<String>) {
         .unwrap_or_default();
     (reason, fields)
 }
+
+/// A grant recorded from a web form.
+pub fn grant(subject: &str, purpose: &str) -> privacy_records::proto::RecordConsentRequest {
+    use privacy_records::proto::{ConsentDecision, ConsentSource, RecordConsentRequest};
+    RecordConsentRequest {
+        request_id: request_id(),
+        subject_id: subject.into(),
+        purpose: purpose.into(),
+        decision: ConsentDecision::Granted as i32,
+        source: ConsentSource::WebForm as i32,
+        ..Default::default()
+    }
+}
+
+/// A refusal recorded from a web form.
+pub fn refuse(subject: &str, purpose: &str) -> privacy_records::proto::RecordConsentRequest {
+    privacy_records::proto::RecordConsentRequest {
+        decision: privacy_records::proto::ConsentDecision::Refused as i32,
+        ..grant(subject, purpose)
+    }
+}
+
+/// A grant of `api_io_storage`, an opt-in purpose with no evidence rule:
+/// the plain write the lifecycle and watch tests drive.
+pub fn storage_grant(subject: &str) -> privacy_records::proto::RecordConsentRequest {
+    grant(subject, "api_io_storage")
+}
