@@ -72,6 +72,31 @@ pub struct Settings {
     pub watch_poll_interval: Duration,
     /// How often an idle watch stream sends a heartbeat with a fresh token.
     pub watch_heartbeat: Duration,
+    /// How privacy requests are handled.
+    pub requests: RequestSettings,
+}
+
+/// Settings of the privacy-request service.
+#[derive(Debug, Clone)]
+pub struct RequestSettings {
+    /// Refuse (FAILED_PRECONDITION RIGHT_NOT_AVAILABLE) a request for a right
+    /// the jurisdiction does not grant, instead of honouring it voluntarily.
+    pub refuse_voluntary: bool,
+    /// The key of the keyed hash (HMAC-SHA-256) of subject identifiers. Unset:
+    /// a random key generated once and kept in the database.
+    pub identifier_hash_key: Option<Secret>,
+    /// Claims of a data-system task before it fails for good.
+    pub task_max_attempts: u32,
+}
+
+impl Default for RequestSettings {
+    fn default() -> Self {
+        Self {
+            refuse_voluntary: false,
+            identifier_hash_key: None,
+            task_max_attempts: 5,
+        }
+    }
 }
 
 impl Default for Settings {
@@ -93,6 +118,7 @@ impl Default for Settings {
             health_interval: Duration::from_secs(1),
             watch_poll_interval: Duration::from_millis(100),
             watch_heartbeat: Duration::from_secs(10),
+            requests: RequestSettings::default(),
         }
     }
 }
@@ -119,6 +145,9 @@ pub struct Layer {
     pub health_interval_ms: Option<u64>,
     pub watch_poll_interval_ms: Option<u64>,
     pub watch_heartbeat_ms: Option<u64>,
+    pub refuse_voluntary_requests: Option<bool>,
+    pub identifier_hash_key: Option<Secret>,
+    pub task_max_attempts: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,6 +235,11 @@ impl Layer {
             health_interval_ms: parse(&get, "HEALTH_INTERVAL_MS")?,
             watch_poll_interval_ms: parse(&get, "WATCH_POLL_INTERVAL_MS")?,
             watch_heartbeat_ms: parse(&get, "WATCH_HEARTBEAT_MS")?,
+            refuse_voluntary_requests: parse(&get, "REFUSE_VOLUNTARY_REQUESTS")?,
+            identifier_hash_key: get(&format!("{ENV_PREFIX}IDENTIFIER_HASH_KEY"))
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
+            task_max_attempts: parse(&get, "TASK_MAX_ATTEMPTS")?,
         })
     }
 }
@@ -262,6 +296,15 @@ impl Settings {
         if let Some(v) = layer.watch_heartbeat_ms {
             self.watch_heartbeat = ms(v);
         }
+        if let Some(v) = layer.refuse_voluntary_requests {
+            self.requests.refuse_voluntary = v;
+        }
+        if let Some(v) = layer.identifier_hash_key {
+            self.requests.identifier_hash_key = Some(v);
+        }
+        if let Some(v) = layer.task_max_attempts {
+            self.requests.task_max_attempts = v;
+        }
     }
 
     /// Defaults < file < environment < flags.
@@ -297,6 +340,10 @@ impl Settings {
             }
         };
         positive("max_concurrent_calls", self.max_concurrent_calls as u64)?;
+        positive(
+            "task_max_attempts",
+            u64::from(self.requests.task_max_attempts),
+        )?;
         positive("max_message_bytes", self.max_message_bytes as u64)?;
         positive("db_max_connections", u64::from(self.db_max_connections))?;
         positive(

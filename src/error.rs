@@ -52,6 +52,14 @@ pub enum Error {
         subject: String,
         message: String,
     },
+    /// An operation not allowed in the resource's current state.
+    #[error("{resource} is {state}: {action} is allowed only from {}", .allowed_from.join(", "))]
+    InvalidTransition {
+        resource: String,
+        state: &'static str,
+        action: &'static str,
+        allowed_from: Vec<&'static str>,
+    },
     #[error("request_id {0:?} was already used for a different request")]
     RequestIdReused(String),
     #[error("etag mismatch on {0}")]
@@ -190,6 +198,33 @@ impl From<Error> for Status {
                     status(Code::FailedPrecondition, message.clone(), reason);
                 details.add_precondition_failure_violation(reason_name(reason), subject, message);
                 (code, text, details)
+            }
+            Error::InvalidTransition {
+                resource,
+                state,
+                action,
+                allowed_from,
+            } => {
+                let message = format!(
+                    "{resource} is {state}: {action} is allowed only from {}",
+                    allowed_from.join(", ")
+                );
+                let mut details = ErrorDetails::new();
+                details.set_error_info(
+                    reason_name(ErrorReason::InvalidStateTransition),
+                    ERROR_DOMAIN,
+                    HashMap::from([
+                        ("state".to_owned(), state.to_owned()),
+                        ("action".to_owned(), action.to_owned()),
+                        ("allowed_from".to_owned(), allowed_from.join(",")),
+                    ]),
+                );
+                details.add_precondition_failure_violation(
+                    reason_name(ErrorReason::InvalidStateTransition),
+                    resource,
+                    message.clone(),
+                );
+                (Code::FailedPrecondition, message, details)
             }
             Error::RequestIdReused(id) => {
                 let (code, message, mut details) = status(

@@ -14,6 +14,7 @@ pub const SERVICES: &[&str] = &[
     "",
     "privacy.v1.ConsentService",
     "privacy.v1.PrivacyRequestService",
+    "privacy.v1.DataSystemService",
 ];
 
 pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {

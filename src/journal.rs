@@ -24,6 +24,10 @@ pub enum ChangeKind {
     PurposeChanged,
     PolicyVersionPublished,
     SubjectChanged,
+    PrivacyRequestChanged,
+    DataSystemChanged,
+    TaskChanged,
+    DisclosureRecorded,
 }
 
 impl ChangeKind {
@@ -33,6 +37,10 @@ impl ChangeKind {
             ChangeKind::PurposeChanged => "PURPOSE_CHANGED",
             ChangeKind::PolicyVersionPublished => "POLICY_VERSION_PUBLISHED",
             ChangeKind::SubjectChanged => "SUBJECT_CHANGED",
+            ChangeKind::PrivacyRequestChanged => "PRIVACY_REQUEST_CHANGED",
+            ChangeKind::DataSystemChanged => "DATA_SYSTEM_CHANGED",
+            ChangeKind::TaskChanged => "TASK_CHANGED",
+            ChangeKind::DisclosureRecorded => "DISCLOSURE_RECORDED",
         }
     }
 
@@ -42,6 +50,10 @@ impl ChangeKind {
             "PURPOSE_CHANGED" => ChangeKind::PurposeChanged,
             "POLICY_VERSION_PUBLISHED" => ChangeKind::PolicyVersionPublished,
             "SUBJECT_CHANGED" => ChangeKind::SubjectChanged,
+            "PRIVACY_REQUEST_CHANGED" => ChangeKind::PrivacyRequestChanged,
+            "DATA_SYSTEM_CHANGED" => ChangeKind::DataSystemChanged,
+            "TASK_CHANGED" => ChangeKind::TaskChanged,
+            "DISCLOSURE_RECORDED" => ChangeKind::DisclosureRecorded,
             _ => return None,
         })
     }
@@ -53,6 +65,22 @@ pub struct ChangeEntry<'a> {
     pub purpose_key: Option<&'a str>,
     pub consent_record_id: Option<i64>,
     pub policy_version: Option<&'a str>,
+    /// The resource changed, for the kinds that are not about consent.
+    pub resource: Option<&'a str>,
+}
+
+impl<'a> ChangeEntry<'a> {
+    /// A change to one resource (a request, a task, a data system).
+    pub fn resource(kind: ChangeKind, resource: &'a str, subject_id: Option<&'a str>) -> Self {
+        ChangeEntry {
+            kind,
+            subject_id,
+            purpose_key: None,
+            consent_record_id: None,
+            policy_version: None,
+            resource: Some(resource),
+        }
+    }
 }
 
 /// Writes both events; returns the token of this transaction.
@@ -66,8 +94,8 @@ pub async fn record(
              INSERT INTO audit_events (actor, method, target, subject_id, request_id, details)
              VALUES ($1, $2, $3, $4, $5, $6)
          )
-         INSERT INTO change_events (kind, subject_id, purpose_key, consent_record_id, policy_version)
-         VALUES ($7, $8, $9, $10, $11)
+         INSERT INTO change_events (kind, subject_id, purpose_key, consent_record_id, policy_version, resource)
+         VALUES ($7, $8, $9, $10, $11, $12)
          RETURNING xid::text::bigint",
     )
     .bind(audit.actor)
@@ -81,6 +109,7 @@ pub async fn record(
     .bind(change.purpose_key)
     .bind(change.consent_record_id)
     .bind(change.policy_version)
+    .bind(change.resource)
     .fetch_one(conn)
     .await?;
     Ok(ConsistencyToken { xid })

@@ -14,8 +14,10 @@ use tonic_health::ServingStatus;
 
 use crate::config::Settings;
 use crate::consent::grpc::{ConsentApi, WatchSettings};
+use crate::datasystems::grpc::DataSystemApi;
 use crate::middleware::RpcLayer;
 use crate::proto::consent_service_server::ConsentServiceServer;
+use crate::proto::data_system_service_server::DataSystemServiceServer;
 use crate::proto::privacy_request_service_server::PrivacyRequestServiceServer;
 use crate::requests::grpc::PrivacyRequestApi;
 
@@ -101,6 +103,7 @@ impl Application {
                 .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
                 .with_service_name("privacy.v1.ConsentService")
                 .with_service_name("privacy.v1.PrivacyRequestService")
+                .with_service_name("privacy.v1.DataSystemService")
                 .with_service_name("grpc.health.v1.Health")
                 .with_service_name("grpc.reflection.v1.ServerReflection")
                 .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -120,7 +123,14 @@ impl Application {
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
 
-        let requests = PrivacyRequestServiceServer::new(PrivacyRequestApi)
+        let requests = PrivacyRequestServiceServer::new(PrivacyRequestApi::new(
+            pool.clone(),
+            settings.requests.clone(),
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+
+        let data_systems = DataSystemServiceServer::new(DataSystemApi::new(pool.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
 
@@ -147,6 +157,7 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_service(consent)
             .add_service(requests)
+            .add_service(data_systems)
             .serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(server);
 

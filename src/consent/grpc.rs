@@ -6,8 +6,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures::Stream;
-use futures::future::BoxFuture;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -17,23 +16,20 @@ use super::model::{
     self as m, ConsentModel, ConsentRecord, Decision, Evidence, EvidenceKind, Jurisdiction,
     NewConsent, PolicyVersion, Purpose, PurposeFields, PurposeKey, Source, Subject, SubjectId,
 };
-use super::service::{self, CheckQuery, Context, PurposeMask};
+use super::service::{self, CheckQuery, PurposeMask};
 use super::store;
 use crate::caller::Caller;
 use crate::changefeed;
 use crate::convert::{opt_timestamp, parse_opt_timestamp, parse_timestamp, timestamp};
 use crate::error::{Error, Result, Violations};
-use crate::idempotency::{self, RequestId};
+use crate::idempotency::RequestId;
 use crate::journal::ChangeKind;
 use crate::proto;
 use crate::proto::consent_service_server::ConsentService;
+use crate::rpc::{not_in_future, paginate};
 use crate::tokens::{ConsistencyToken, FeedPosition, PageToken, page_size};
 
-/// Clock skew tolerated between a caller and this server for "not in the
-/// future" checks.
-const CLOCK_SKEW: Duration = Duration::from_secs(60);
-/// The response header that carries a write's consistency token.
-pub const CONSISTENCY_HEADER: &str = "x-consistency-token";
+pub use crate::rpc::CONSISTENCY_HEADER;
 const MAX_BATCH: usize = 1000;
 
 /// How watch streams behave.
@@ -210,27 +206,8 @@ fn subject_to_proto(s: &Subject) -> proto::Subject {
 }
 
 /// A response carrying a write's consistency token in its header.
-fn with_token<T>(message: T, token: ConsistencyToken) -> Response<T> {
-    let mut response = Response::new(message);
-    if let Ok(value) = token.encode().parse() {
-        response.metadata_mut().insert(CONSISTENCY_HEADER, value);
-    }
-    response
-}
-
-fn note_request_id(request_id: &RequestId) {
-    tracing::Span::current().record("request_id", request_id.as_str());
-}
 
 // ---- parsing --------------------------------------------------------------
-
-fn not_in_future(t: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
-    if t > Utc::now() + CLOCK_SKEW {
-        Err("must not be in the future".into())
-    } else {
-        Ok(t)
-    }
-}
 
 fn parse_purpose_fields(
     v: &mut Violations,
@@ -475,41 +452,6 @@ fn parse_token(v: &mut Violations, token: &str) -> Option<Option<ConsistencyToke
     v.check("consistency_token", ConsistencyToken::parse_optional(token))
 }
 
-impl ConsentApi {
-    /// Runs a mutation once per request id (AIP-155) in one transaction,
-    /// and returns its response with the write's consistency token.
-    async fn mutate<Req, R, F>(
-        &self,
-        method: &'static str,
-        caller: Caller,
-        request_id: &RequestId,
-        request: &Req,
-        work: F,
-    ) -> Result<Response<R>, Status>
-    where
-        Req: prost::Message,
-        R: prost::Message + Default,
-        F: for<'c> Fn(
-            &'c mut PgConnection,
-            Context,
-        ) -> BoxFuture<'c, Result<(R, ConsistencyToken)>>,
-    {
-        note_request_id(request_id);
-        let ctx = Context {
-            actor: caller.0,
-            method,
-            request_id: request_id.as_str().to_owned(),
-        };
-        let fingerprint = idempotency::fingerprint(method, request);
-        let (response, token) =
-            idempotency::run(&self.pool, method, request_id, &fingerprint, |conn| {
-                work(conn, ctx.clone())
-            })
-            .await?;
-        Ok(with_token(response, token))
-    }
-}
-
 // ---- the service ----------------------------------------------------------
 
 type WatchStream =
@@ -541,13 +483,20 @@ impl ConsentService for ConsentApi {
             return Err(v.into_error().into());
         };
         v.finish()?;
-        self.mutate(METHOD, caller, &request_id, &req, move |conn, ctx| {
-            let (key, fields) = (key.clone(), fields.clone());
-            Box::pin(async move {
-                let (p, token) = service::create_purpose(conn, &ctx, &key, &fields).await?;
-                Ok((purpose_to_proto(&p), token))
-            })
-        })
+        crate::rpc::mutate(
+            &self.pool,
+            METHOD,
+            caller,
+            &request_id,
+            &req,
+            move |conn, ctx| {
+                let (key, fields) = (key.clone(), fields.clone());
+                Box::pin(async move {
+                    let (p, token) = service::create_purpose(conn, &ctx, &key, &fields).await?;
+                    Ok((purpose_to_proto(&p), token))
+                })
+            },
+        )
         .await
     }
 
@@ -614,16 +563,23 @@ impl ConsentService for ConsentApi {
             return Err(v.into_error().into());
         };
         v.finish()?;
-        self.mutate(METHOD, caller, &request_id, &req, move |conn, ctx| {
-            let (key, fields, mask, etag) =
-                (key.clone(), fields.clone(), mask.clone(), etag.clone());
-            Box::pin(async move {
-                let (p, token) =
-                    service::update_purpose(conn, &ctx, &key, &fields, &mask, etag.as_deref())
-                        .await?;
-                Ok((purpose_to_proto(&p), token))
-            })
-        })
+        crate::rpc::mutate(
+            &self.pool,
+            METHOD,
+            caller,
+            &request_id,
+            &req,
+            move |conn, ctx| {
+                let (key, fields, mask, etag) =
+                    (key.clone(), fields.clone(), mask.clone(), etag.clone());
+                Box::pin(async move {
+                    let (p, token) =
+                        service::update_purpose(conn, &ctx, &key, &fields, &mask, etag.as_deref())
+                            .await?;
+                    Ok((purpose_to_proto(&p), token))
+                })
+            },
+        )
         .await
     }
 
@@ -635,17 +591,24 @@ impl ConsentService for ConsentApi {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let (request_id, new) = parse_new_consent(&req)?;
-        self.mutate(METHOD, caller, &request_id, &req, move |conn, ctx| {
-            let new = new.clone();
-            Box::pin(async move {
-                let (record, token) = service::record_consent(conn, &ctx, &new).await?;
-                let response = proto::RecordConsentResponse {
-                    record: Some(record_to_proto(&record)),
-                    consistency_token: token.encode(),
-                };
-                Ok((response, token))
-            })
-        })
+        crate::rpc::mutate(
+            &self.pool,
+            METHOD,
+            caller,
+            &request_id,
+            &req,
+            move |conn, ctx| {
+                let new = new.clone();
+                Box::pin(async move {
+                    let (record, token) = service::record_consent(conn, &ctx, &new).await?;
+                    let response = proto::RecordConsentResponse {
+                        record: Some(record_to_proto(&record)),
+                        consistency_token: token.encode(),
+                    };
+                    Ok((response, token))
+                })
+            },
+        )
         .await
     }
 
@@ -904,13 +867,20 @@ impl ConsentService for ConsentApi {
             return Err(v.into_error().into());
         };
         v.finish()?;
-        self.mutate(METHOD, caller, &request_id, &req, move |conn, ctx| {
-            let version = version.clone();
-            Box::pin(async move {
-                let (p, token) = service::publish_policy_version(conn, &ctx, &version).await?;
-                Ok((policy_to_proto(&p), token))
-            })
-        })
+        crate::rpc::mutate(
+            &self.pool,
+            METHOD,
+            caller,
+            &request_id,
+            &req,
+            move |conn, ctx| {
+                let version = version.clone();
+                Box::pin(async move {
+                    let (p, token) = service::publish_policy_version(conn, &ctx, &version).await?;
+                    Ok((policy_to_proto(&p), token))
+                })
+            },
+        )
         .await
     }
 
@@ -1007,14 +977,21 @@ impl ConsentService for ConsentApi {
             return Err(v.into_error().into());
         };
         let minor = req.minor;
-        self.mutate(METHOD, caller, &request_id, &req, move |conn, ctx| {
-            let (subject, reason) = (subject.clone(), reason.clone());
-            Box::pin(async move {
-                let (s, token) =
-                    service::set_minor_status(conn, &ctx, &subject, minor, &reason).await?;
-                Ok((subject_to_proto(&s), token))
-            })
-        })
+        crate::rpc::mutate(
+            &self.pool,
+            METHOD,
+            caller,
+            &request_id,
+            &req,
+            move |conn, ctx| {
+                let (subject, reason) = (subject.clone(), reason.clone());
+                Box::pin(async move {
+                    let (s, token) =
+                        service::set_minor_status(conn, &ctx, &subject, minor, &reason).await?;
+                    Ok((subject_to_proto(&s), token))
+                })
+            },
+        )
         .await
     }
 }
@@ -1032,16 +1009,6 @@ fn parse_sha256(raw: &str) -> Result<String, String> {
 }
 
 /// Splits a fetch of `limit + 1` items into the page and the next token.
-fn paginate<T>(mut items: Vec<T>, limit: i64, token_of: impl Fn(&T) -> String) -> (Vec<T>, String) {
-    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-    if items.len() > limit {
-        items.truncate(limit);
-        let next = items.last().map(&token_of).unwrap_or_default();
-        (items, next)
-    } else {
-        (items, String::new())
-    }
-}
 
 /// Feeds one watch stream until the client goes away, the server shuts
 /// down, or the database fails (the stream then ends with UNAVAILABLE and
@@ -1097,25 +1064,30 @@ async fn watch_loop(
             let changes = batch
                 .events
                 .iter()
-                .map(|e| proto::ConsentChange {
-                    kind: match e.kind {
+                .filter_map(|e| {
+                    let kind = match e.kind {
                         ChangeKind::ConsentRecorded => proto::ConsentChangeKind::ConsentRecorded,
                         ChangeKind::PurposeChanged => proto::ConsentChangeKind::PurposeChanged,
                         ChangeKind::PolicyVersionPublished => {
                             proto::ConsentChangeKind::PolicyVersionPublished
                         }
                         ChangeKind::SubjectChanged => proto::ConsentChangeKind::SubjectChanged,
-                    } as i32,
-                    subject_id: e.subject_id.clone().unwrap_or_default(),
-                    purpose: e.purpose_key.clone().unwrap_or_default(),
-                    record: e
-                        .consent_record_id
-                        .and_then(|id| records.get(&id))
-                        .map(record_to_proto),
-                    policy_version: e.policy_version.clone().unwrap_or_default(),
-                    change_time: Some(timestamp(e.change_time)),
+                        // Not a consent change: the stream's position moves past it.
+                        _ => return None,
+                    };
+                    Some(proto::ConsentChange {
+                        kind: kind as i32,
+                        subject_id: e.subject_id.clone().unwrap_or_default(),
+                        purpose: e.purpose_key.clone().unwrap_or_default(),
+                        record: e
+                            .consent_record_id
+                            .and_then(|id| records.get(&id))
+                            .map(record_to_proto),
+                        policy_version: e.policy_version.clone().unwrap_or_default(),
+                        change_time: Some(timestamp(e.change_time)),
+                    })
                 })
-                .collect();
+                .collect::<Vec<_>>();
             let response = proto::WatchConsentChangesResponse {
                 changes,
                 resume_token: batch.next.encode(),

@@ -12,35 +12,11 @@ use super::model::{
 };
 use super::store;
 use crate::error::{Error, Result};
-use crate::journal::{self, AuditEntry, ChangeEntry, ChangeKind};
+use crate::journal::{self, ChangeEntry, ChangeKind};
 use crate::proto::ErrorReason;
 use crate::tokens::ConsistencyToken;
 
-/// Who is making a change, through which method, under which request id.
-#[derive(Debug, Clone)]
-pub struct Context {
-    pub actor: String,
-    pub method: &'static str,
-    pub request_id: String,
-}
-
-impl Context {
-    fn audit<'a>(
-        &'a self,
-        target: &'a str,
-        subject: Option<&'a str>,
-        details: serde_json::Value,
-    ) -> AuditEntry<'a> {
-        AuditEntry {
-            actor: &self.actor,
-            method: self.method,
-            target,
-            subject_id: subject,
-            request_id: &self.request_id,
-            details,
-        }
-    }
-}
+pub use crate::rpc::Context;
 
 pub async fn create_purpose(
     conn: &mut PgConnection,
@@ -63,6 +39,7 @@ pub async fn create_purpose(
             purpose_key: Some(key.as_str()),
             consent_record_id: None,
             policy_version: None,
+            resource: None,
         },
     )
     .await?;
@@ -166,6 +143,7 @@ pub async fn update_purpose(
             purpose_key: Some(key.as_str()),
             consent_record_id: None,
             policy_version: None,
+            resource: None,
         },
     )
     .await?;
@@ -243,6 +221,7 @@ pub async fn record_consent(
             purpose_key: Some(new.purpose.as_str()),
             consent_record_id: Some(record.id),
             policy_version: None,
+            resource: None,
         },
     )
     .await?;
@@ -356,6 +335,7 @@ pub async fn publish_policy_version(
             purpose_key: None,
             consent_record_id: None,
             policy_version: Some(&version.version_id),
+            resource: None,
         },
     )
     .await?;
@@ -384,6 +364,7 @@ pub async fn set_minor_status(
             purpose_key: None,
             consent_record_id: None,
             policy_version: None,
+            resource: None,
         },
     )
     .await?;

@@ -7,8 +7,18 @@ use crate::proto;
 use crate::proto::privacy_request_service_server::PrivacyRequestService;
 use crate::rules::{self, Cite, Cited, JurisdictionRules, Period, RequestType, Resolution, Unit};
 
-#[derive(Debug, Default)]
-pub struct PrivacyRequestApi;
+pub struct PrivacyRequestApi {
+    #[allow(dead_code)]
+    pool: sqlx::PgPool,
+    #[allow(dead_code)]
+    settings: crate::config::RequestSettings,
+}
+
+impl PrivacyRequestApi {
+    pub fn new(pool: sqlx::PgPool, settings: crate::config::RequestSettings) -> Self {
+        Self { pool, settings }
+    }
+}
 
 fn period(p: Period) -> proto::Period {
     proto::Period {
@@ -141,5 +151,89 @@ impl PrivacyRequestService for PrivacyRequestApi {
             jurisdiction_rules,
             table_version: version.to_owned(),
         }))
+    }
+    async fn create_privacy_request(
+        &self,
+        _: Request<proto::CreatePrivacyRequestRequest>,
+    ) -> Result<Response<proto::PrivacyRequest>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+    async fn get_privacy_request(
+        &self,
+        _: Request<proto::GetPrivacyRequestRequest>,
+    ) -> Result<Response<proto::PrivacyRequest>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+    async fn list_privacy_requests(
+        &self,
+        _: Request<proto::ListPrivacyRequestsRequest>,
+    ) -> Result<Response<proto::ListPrivacyRequestsResponse>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+    async fn verify_privacy_request_identity(
+        &self,
+        _: Request<proto::VerifyPrivacyRequestIdentityRequest>,
+    ) -> Result<Response<proto::PrivacyRequest>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+    async fn extend_privacy_request(
+        &self,
+        _: Request<proto::ExtendPrivacyRequestRequest>,
+    ) -> Result<Response<proto::PrivacyRequest>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+    async fn hold_privacy_request(
+        &self,
+        _: Request<proto::HoldPrivacyRequestRequest>,
+    ) -> Result<Response<proto::PrivacyRequest>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+    async fn resume_privacy_request(
+        &self,
+        _: Request<proto::ResumePrivacyRequestRequest>,
+    ) -> Result<Response<proto::PrivacyRequest>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+    async fn deny_privacy_request(
+        &self,
+        _: Request<proto::DenyPrivacyRequestRequest>,
+    ) -> Result<Response<proto::PrivacyRequest>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+    async fn cancel_privacy_request(
+        &self,
+        _: Request<proto::CancelPrivacyRequestRequest>,
+    ) -> Result<Response<proto::PrivacyRequest>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+    async fn complete_privacy_request(
+        &self,
+        _: Request<proto::CompletePrivacyRequestRequest>,
+    ) -> Result<Response<proto::PrivacyRequest>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+    async fn appeal_privacy_request(
+        &self,
+        _: Request<proto::AppealPrivacyRequestRequest>,
+    ) -> Result<Response<proto::PrivacyRequest>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+    async fn decide_appeal(
+        &self,
+        _: Request<proto::DecideAppealRequest>,
+    ) -> Result<Response<proto::PrivacyRequest>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+    async fn get_access_package(
+        &self,
+        _: Request<proto::GetAccessPackageRequest>,
+    ) -> Result<Response<proto::AccessPackage>, Status> {
+        Err(Status::unimplemented("not yet"))
+    }
+    async fn get_request_metrics(
+        &self,
+        _: Request<proto::GetRequestMetricsRequest>,
+    ) -> Result<Response<proto::RequestMetrics>, Status> {
+        Err(Status::unimplemented("not yet"))
     }
 }

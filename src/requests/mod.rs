@@ -1,3 +1,4 @@
-//! Privacy requests. For now: the jurisdiction rules their legal clocks come
-//! from, exposed over gRPC; the request lifecycle follows (issue 3).
+//! Privacy requests: their legal clocks (from `crate::rules`), lifecycle,
+//! appeals and fulfilment through the data systems' task queue.
 pub mod grpc;
+pub mod progress;

@@ -1,0 +1,118 @@
+//! What every gRPC service here shares: who is calling, the idempotent
+//! mutation wrapper (AIP-155 request id → one transaction → response with
+//! its consistency token), paging, and time checks at the edge.
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use sqlx::{PgConnection, PgPool};
+use tonic::{Response, Status};
+
+use crate::caller::Caller;
+use crate::error::Result;
+use crate::idempotency::{self, RequestId};
+use crate::journal::AuditEntry;
+use crate::tokens::ConsistencyToken;
+
+/// The response header that carries a write's consistency token.
+pub const CONSISTENCY_HEADER: &str = "x-consistency-token";
+
+/// Clock skew tolerated between a caller and this server for "not in the
+/// future" checks.
+pub const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// Who is making a change, through which method, under which request id.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub actor: String,
+    pub method: &'static str,
+    pub request_id: String,
+}
+
+impl Context {
+    /// The audit entry of this call for `target`.
+    pub fn audit<'a>(
+        &'a self,
+        target: &'a str,
+        subject: Option<&'a str>,
+        details: serde_json::Value,
+    ) -> AuditEntry<'a> {
+        AuditEntry {
+            actor: &self.actor,
+            method: self.method,
+            target,
+            subject_id: subject,
+            request_id: &self.request_id,
+            details,
+        }
+    }
+}
+
+/// Runs a mutation once per request id (AIP-155) in one transaction, and
+/// returns its response with the write's consistency token in the
+/// `x-consistency-token` header.
+pub async fn mutate<Req, R, F>(
+    pool: &PgPool,
+    method: &'static str,
+    caller: Caller,
+    request_id: &RequestId,
+    request: &Req,
+    work: F,
+) -> Result<Response<R>, Status>
+where
+    Req: prost::Message,
+    R: prost::Message + Default,
+    F: for<'c> Fn(&'c mut PgConnection, Context) -> BoxFuture<'c, Result<(R, ConsistencyToken)>>,
+{
+    note_request_id(request_id);
+    let ctx = Context {
+        actor: caller.0,
+        method,
+        request_id: request_id.as_str().to_owned(),
+    };
+    let fingerprint = idempotency::fingerprint(method, request);
+    let (response, token) = idempotency::run(pool, method, request_id, &fingerprint, |conn| {
+        work(conn, ctx.clone())
+    })
+    .await?;
+    Ok(with_token(response, token))
+}
+
+/// A response carrying a consistency token in its header.
+pub fn with_token<T>(message: T, token: ConsistencyToken) -> Response<T> {
+    let mut response = Response::new(message);
+    if let Ok(value) = token.encode().parse() {
+        response.metadata_mut().insert(CONSISTENCY_HEADER, value);
+    }
+    response
+}
+
+/// Puts the request id on the RPC's span.
+pub fn note_request_id(request_id: &RequestId) {
+    tracing::Span::current().record("request_id", request_id.as_str());
+}
+
+/// Splits a page read with `limit + 1` rows into the page and the next token.
+pub fn paginate<T>(
+    mut items: Vec<T>,
+    limit: i64,
+    token_of: impl Fn(&T) -> String,
+) -> (Vec<T>, String) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if items.len() > limit {
+        items.truncate(limit);
+        let next = items.last().map(&token_of).unwrap_or_default();
+        (items, next)
+    } else {
+        (items, String::new())
+    }
+}
+
+/// A time a caller reports must not be in the future (beyond clock skew).
+pub fn not_in_future(t: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
+    if t > Utc::now() + CLOCK_SKEW {
+        Err("must not be in the future".into())
+    } else {
+        Ok(t)
+    }
+}
