@@ -17,6 +17,7 @@ pub mod embedded_pg;
 pub mod error;
 pub mod health;
 pub mod idempotency;
+pub mod identifiers;
 pub mod journal;
 pub mod middleware;
 pub mod requests;

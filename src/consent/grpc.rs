@@ -205,8 +205,6 @@ fn subject_to_proto(s: &Subject) -> proto::Subject {
     }
 }
 
-/// A response carrying a write's consistency token in its header.
-
 // ---- parsing --------------------------------------------------------------
 
 fn parse_purpose_fields(
@@ -1007,8 +1005,6 @@ fn parse_sha256(raw: &str) -> Result<String, String> {
         Err("must be 64 lowercase hex characters (the SHA-256 of the policy text)".into())
     }
 }
-
-/// Splits a fetch of `limit + 1` items into the page and the next token.
 
 /// Feeds one watch stream until the client goes away, the server shuts
 /// down, or the database fails (the stream then ends with UNAVAILABLE and

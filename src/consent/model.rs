@@ -147,6 +147,8 @@ macro_rules! string_enum {
     };
 }
 
+pub(crate) use string_enum;
+
 string_enum!(
     /// How consent governs a purpose.
     ConsentModel {
@@ -173,6 +175,7 @@ string_enum!(
         Support = "SUPPORT",
         AuthorizedAgent = "AUTHORIZED_AGENT",
         Import = "IMPORT",
+        PrivacyRequest = "PRIVACY_REQUEST",
     }
 );
 

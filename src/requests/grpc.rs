@@ -1,6 +1,28 @@
-//! `privacy.v1.PrivacyRequestService`: the jurisdiction rules, read from the
-//! compiled-in table (`crate::rules`). Read-only, no database.
+//! `privacy.v1.PrivacyRequestService`: decode, validate into domain types,
+//! call the use case (`super::service`) inside one idempotent transaction,
+//! encode. The jurisdiction rules are read from the compiled-in table.
+use chrono::{NaiveDate, Utc};
+use sha2::{Digest, Sha256};
+use sqlx::{PgConnection, PgPool};
+use tokio::sync::OnceCell;
 use tonic::{Request, Response, Status};
+
+use super::model::{
+    Agent, AppealState, Channel, DenialReason, FieldCorrection, HoldReason, IdentifierKind,
+    RequestRef, State,
+};
+use super::service::{self, Change, Env, NewRequest};
+use super::store::{self, ListFilter, RequestRow, TaskCounts, TransitionRow};
+use crate::caller::Caller;
+use crate::config::RequestSettings;
+use crate::consent::model::{Jurisdiction, SubjectId, parse_text};
+use crate::convert::{opt_timestamp, parse_opt_timestamp, timestamp};
+use crate::error::{Result as DomainResult, Violations};
+use crate::idempotency::RequestId;
+use crate::identifiers::HashKey;
+use crate::proto::privacy_request;
+use crate::rpc::{self, not_in_future, paginate};
+use crate::tokens::{PageToken, page_size};
 
 use crate::error::Error;
 use crate::proto;
@@ -8,17 +30,82 @@ use crate::proto::privacy_request_service_server::PrivacyRequestService;
 use crate::rules::{self, Cite, Cited, JurisdictionRules, Period, RequestType, Resolution, Unit};
 
 pub struct PrivacyRequestApi {
-    #[allow(dead_code)]
-    pool: sqlx::PgPool,
-    #[allow(dead_code)]
-    settings: crate::config::RequestSettings,
+    pool: PgPool,
+    settings: RequestSettings,
+    key: OnceCell<HashKey>,
 }
 
 impl PrivacyRequestApi {
-    pub fn new(pool: sqlx::PgPool, settings: crate::config::RequestSettings) -> Self {
-        Self { pool, settings }
+    pub fn new(pool: PgPool, settings: RequestSettings) -> Self {
+        Self {
+            pool,
+            settings,
+            key: OnceCell::new(),
+        }
+    }
+
+    /// The identifier hash key, loaded on first use (the database may not
+    /// be up when the server starts).
+    async fn key(&self) -> DomainResult<&HashKey> {
+        self.key
+            .get_or_try_init(|| {
+                HashKey::load(&self.pool, self.settings.identifier_hash_key.as_ref())
+            })
+            .await
     }
 }
+
+impl PrivacyRequestApi {
+    async fn env(&self) -> DomainResult<Env> {
+        Ok(Env {
+            settings: self.settings.clone(),
+            key: self.key().await?.clone(),
+        })
+    }
+
+    /// Applies a validated change to the request named `name`, once per
+    /// request id, and answers with the request as it is after it.
+    #[allow(clippy::too_many_arguments)]
+    async fn change<Req: prost::Message>(
+        &self,
+        method: &'static str,
+        caller: Caller,
+        req: &Req,
+        name: &str,
+        request_id: &str,
+        mut v: Violations,
+        change: Option<Change>,
+    ) -> Result<Response<proto::PrivacyRequest>, Status> {
+        let request_id = parse_request_id(&mut v, request_id);
+        let id = parse_ref(&mut v, name);
+        let (Some(request_id), Some(id), Some(change), true) =
+            (request_id, id, change, v.is_empty())
+        else {
+            return Err(v.into_error().into());
+        };
+        let env = self.env().await?;
+        rpc::mutate(
+            &self.pool,
+            method,
+            caller,
+            &request_id,
+            req,
+            move |conn, ctx| {
+                let (env, change) = (env.clone(), change.clone());
+                Box::pin(async move {
+                    let token = service::apply(conn, &ctx, &env, id, &change).await?;
+                    Ok((load(conn, id).await?, token))
+                })
+            },
+        )
+        .await
+    }
+}
+
+/// Longest free text (explanations, reasons, statements).
+const MAX_TEXT: usize = 2000;
+/// Most identifiers, corrections or categories in one request.
+const MAX_ITEMS: usize = 100;
 
 fn period(p: Period) -> proto::Period {
     proto::Period {
@@ -116,6 +203,365 @@ fn parse_name(name: &str) -> Result<String, String> {
     Ok(code.to_ascii_uppercase())
 }
 
+// ---- requests: conversions ------------------------------------------------
+
+fn state_to_proto(s: &str) -> i32 {
+    privacy_request::State::from_str_name(s).map_or(0, |v| v as i32)
+}
+
+fn parse_enum<P: Copy, D>(
+    value: i32,
+    from: fn(i32) -> Option<P>,
+    name: fn(P) -> &'static str,
+    domain: fn(&str) -> Option<D>,
+    expected: &str,
+) -> Result<D, String> {
+    from(value)
+        .and_then(|p| domain(name(p)))
+        .ok_or_else(|| format!("must be one of {expected}"))
+}
+
+fn parse_request_type(v: i32) -> Result<rules::RequestType, String> {
+    proto::RequestType::try_from(v)
+        .ok()
+        .and_then(|t| rules::RequestType::parse(&t.as_str_name().to_ascii_lowercase()))
+        .ok_or_else(|| "must be a request type (ACCESS, DELETION, OPT_OUT_SALE, ...)".into())
+}
+
+fn date_str(d: Option<NaiveDate>) -> String {
+    d.map(date).unwrap_or_default()
+}
+
+fn request_to_proto(
+    row: &RequestRow,
+    transitions: &[TransitionRow],
+    tasks: TaskCounts,
+    today: NaiveDate,
+) -> proto::PrivacyRequest {
+    let state = State::from_db(&row.state).unwrap_or(State::Received);
+    let extended_due = if row.extended || row.extension_amount.is_none() {
+        None
+    } else {
+        service_extended_due(row)
+    };
+    let agent = row
+        .agent
+        .clone()
+        .and_then(|a| serde_json::from_value::<Agent>(a).ok())
+        .map(|a| proto::Agent {
+            display_name: a.display_name,
+            contact: a.contact,
+            evidence_reference: a.evidence_reference,
+            evidence_description: a.evidence_description,
+        });
+    let corrections: Vec<FieldCorrection> =
+        serde_json::from_value(row.corrections.clone()).unwrap_or_default();
+    let cite = &row.deadline_citation;
+    let text = |k: &str| {
+        cite.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let count = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
+    proto::PrivacyRequest {
+        name: row.name(),
+        id: row.id.to_string(),
+        subject_id: row.subject_id.clone(),
+        request_type: rules::RequestType::parse(&row.request_type).map_or(0, request_type),
+        jurisdiction: row.jurisdiction.clone(),
+        rules_code: row.rules_code.clone(),
+        channel: privacy_request::Channel::from_str_name(&row.channel).map_or(0, |v| v as i32),
+        identifier_kinds: row
+            .identifier_kinds
+            .iter()
+            .filter_map(|k| proto::identifier::Kind::from_str_name(k).map(|v| v as i32))
+            .collect(),
+        agent,
+        corrections: corrections
+            .into_iter()
+            .map(|c| proto::FieldCorrection {
+                field: c.field,
+                current_value: c.current_value,
+                corrected_value: c.corrected_value,
+            })
+            .collect(),
+        categories: row.categories.clone(),
+        state: state_to_proto(&row.state),
+        receive_time: Some(timestamp(row.receive_time)),
+        received_date: date(row.received_date),
+        due_date: date(row.due_date),
+        original_due_date: date(row.original_due_date),
+        extension_allowed: extended_due.is_some()
+            && state.is_open()
+            && today <= row.original_due_date,
+        extended_due_date: date_str(extended_due),
+        extended: row.extended,
+        extension_reason: row.extension_reason.clone().unwrap_or_default(),
+        verification_required: row.verification_required,
+        agent_may_file: row.agent_may_file,
+        statutory: row.statutory,
+        free_limit_exceeded: row.free_limit_exceeded,
+        prior_requests_12_months: row.prior_requests_12_months,
+        paused_days: row.paused_days,
+        hold_reason: row
+            .hold_reason
+            .as_deref()
+            .and_then(proto::HoldReason::from_str_name)
+            .map_or(0, |v| v as i32),
+        denial_reason: row
+            .denial_reason
+            .as_deref()
+            .and_then(proto::DenialReason::from_str_name)
+            .map_or(0, |v| v as i32),
+        explanation: row.explanation.clone(),
+        exemptions: row.exemptions.clone(),
+        appeal: row.appeal_state.as_deref().map(|s| proto::Appeal {
+            state: proto::appeal::State::from_str_name(s).map_or(0, |v| v as i32),
+            statement: row.appeal_statement.clone().unwrap_or_default(),
+            create_time: opt_timestamp(row.appeal_create_time),
+            due_date: date_str(row.appeal_due_date),
+            explanation: row.appeal_explanation.clone().unwrap_or_default(),
+            regulator_contact_provided: row.appeal_regulator_contact_provided.unwrap_or(false),
+            regulator_contact_required: row.appeal_regulator_contact_required.unwrap_or(false),
+            decide_time: opt_timestamp(row.appeal_decide_time),
+        }),
+        appeal_available: rules::table().is_ok_and(|t| {
+            rules::RequestType::parse(&row.request_type).is_some_and(|rt| {
+                t.get(&row.rules_code)
+                    .unwrap_or(t.defaults())
+                    .appeal_for(rt)
+                    .exists
+            })
+        }),
+        tasks: Some(proto::TaskSummary {
+            total: count(tasks.total),
+            succeeded: count(tasks.succeeded),
+            exempt: count(tasks.exempt),
+            failed: count(tasks.failed),
+            open: count(tasks.open),
+        }),
+        transitions: transitions
+            .iter()
+            .map(|t| proto::StateTransition {
+                from_state: t.from_state.as_deref().map_or(0, state_to_proto),
+                to_state: state_to_proto(&t.to_state),
+                action: t.action.clone(),
+                actor: t.actor.clone(),
+                reason: t.reason.clone(),
+                transition_time: Some(timestamp(t.transition_time)),
+            })
+            .collect(),
+        overdue: state.is_open() && row.due_date < today,
+        create_time: Some(timestamp(row.create_time)),
+        update_time: Some(timestamp(row.update_time)),
+        close_time: opt_timestamp(row.close_time),
+        deadline_citation: Some(proto::Citation {
+            source: text("source"),
+            confidence: text("confidence"),
+            conservative: cite
+                .get("conservative")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            note: text("note"),
+        }),
+    }
+}
+
+/// The due date an extension would give a stored request.
+fn service_extended_due(row: &RequestRow) -> Option<NaiveDate> {
+    let unit = rules::Unit::parse(row.extension_unit.as_deref()?)?;
+    let amount = u32::try_from(row.extension_amount?).ok()?;
+    rules::Period::new(amount, unit)
+        .after(row.original_due_date)
+        .ok()
+}
+
+/// Reads a request with its history and task summary, as the API shows it.
+async fn load(conn: &mut PgConnection, id: i64) -> DomainResult<proto::PrivacyRequest> {
+    let row = store::must_get(conn, id, false).await?;
+    let transitions = store::transitions(conn, id).await?;
+    let tasks = store::task_counts(conn, id).await?;
+    Ok(request_to_proto(&row, &transitions, tasks, today()))
+}
+
+/// Today's date (UTC), the date clocks are read against.
+fn today() -> NaiveDate {
+    Utc::now().date_naive()
+}
+
+fn parse_ref(v: &mut Violations, name: &str) -> Option<i64> {
+    v.check("name", RequestRef::parse_name(name)).map(|r| r.0)
+}
+
+fn required_text(raw: &str) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        return Err("is required".into());
+    }
+    parse_text(raw, MAX_TEXT)
+}
+
+fn parse_category(raw: &str) -> Result<String, String> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 63
+        && raw.as_bytes()[0].is_ascii_lowercase()
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err("must be 1-63 characters of a-z, 0-9 and _, starting with a letter".into())
+    }
+}
+
+fn parse_identifier(id: &proto::Identifier) -> Result<(IdentifierKind, String), String> {
+    let kind = parse_enum(
+        id.kind,
+        |v| proto::identifier::Kind::try_from(v).ok(),
+        |k| k.as_str_name(),
+        IdentifierKind::from_db,
+        "EMAIL_ADDRESS, PHONE_NUMBER, DEVICE_ID, ACCOUNT_ID",
+    )?;
+    if id.value.chars().count() > 320 {
+        return Err("value must be at most 320 characters".into());
+    }
+    let value = kind
+        .normalize(&id.value)
+        .ok_or("value is required (and a phone number needs digits)")?;
+    Ok((kind, value))
+}
+
+/// The whole CreatePrivacyRequest, validated.
+fn parse_new_request(
+    v: &mut Violations,
+    req: &proto::CreatePrivacyRequestRequest,
+) -> Option<NewRequest> {
+    let subject = v.check("subject_id", SubjectId::parse(&req.subject_id));
+    let request_type = v.check("request_type", parse_request_type(req.request_type));
+    let jurisdiction = v.check(
+        "jurisdiction",
+        if req.jurisdiction.is_empty() {
+            Err("is required: \"US-CA\", a country code or \"EU\"".into())
+        } else {
+            Jurisdiction::parse(&req.jurisdiction)
+        },
+    );
+    let channel = v.check(
+        "channel",
+        parse_enum(
+            req.channel,
+            |c| privacy_request::Channel::try_from(c).ok(),
+            |c| c.as_str_name(),
+            Channel::from_db,
+            "WEB_FORM, EMAIL, PHONE, MAIL, IN_APP, GLOBAL_PRIVACY_CONTROL",
+        ),
+    );
+    if req.identifiers.len() > MAX_ITEMS {
+        v.add("identifiers", format!("at most {MAX_ITEMS}"));
+    }
+    let identifiers: Vec<_> = req
+        .identifiers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, id)| v.check(&format!("identifiers[{i}]"), parse_identifier(id)))
+        .collect();
+    let agent = req.agent.as_ref().and_then(|a| {
+        let display_name = v.check("agent.display_name", required_text(&a.display_name));
+        let contact = v.check("agent.contact", parse_text(&a.contact, 500));
+        let evidence_reference = v.check(
+            "agent.evidence_reference",
+            parse_text(&a.evidence_reference, 500),
+        );
+        let evidence_description = v.check(
+            "agent.evidence_description",
+            parse_text(&a.evidence_description, MAX_TEXT),
+        );
+        Some(Agent {
+            display_name: display_name?,
+            contact: contact?,
+            evidence_reference: evidence_reference?,
+            evidence_description: evidence_description?,
+        })
+    });
+    if req.corrections.len() > MAX_ITEMS {
+        v.add("corrections", format!("at most {MAX_ITEMS}"));
+    }
+    let corrections: Vec<_> = req
+        .corrections
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| {
+            let field = v.check(&format!("corrections[{i}].field"), required_text(&c.field));
+            let current = v.check(
+                &format!("corrections[{i}].current_value"),
+                parse_text(&c.current_value, MAX_TEXT),
+            );
+            let corrected = v.check(
+                &format!("corrections[{i}].corrected_value"),
+                required_text(&c.corrected_value),
+            );
+            Some(FieldCorrection {
+                field: field?,
+                current_value: current?,
+                corrected_value: corrected?,
+            })
+        })
+        .collect();
+    match request_type {
+        Some(rules::RequestType::Correction) if req.corrections.is_empty() => v.add(
+            "corrections",
+            "a CORRECTION request needs at least one field to correct",
+        ),
+        Some(t) if t != rules::RequestType::Correction && !req.corrections.is_empty() => v.add(
+            "corrections",
+            "only a CORRECTION request carries corrections",
+        ),
+        _ => {}
+    }
+    if req.categories.len() > MAX_ITEMS {
+        v.add("categories", format!("at most {MAX_ITEMS}"));
+    }
+    let mut categories: Vec<String> = req
+        .categories
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| v.check(&format!("categories[{i}]"), parse_category(c)))
+        .collect();
+    categories.sort();
+    categories.dedup();
+    let receive_time = v.check(
+        "receive_time",
+        parse_opt_timestamp(req.receive_time.as_ref())
+            .and_then(|t| t.map(not_in_future).transpose()),
+    );
+    Some(NewRequest {
+        subject: subject?,
+        request_type: request_type?,
+        jurisdiction: jurisdiction?,
+        channel: channel?,
+        identifiers,
+        agent,
+        corrections,
+        categories,
+        receive_time: receive_time?,
+    })
+}
+
+fn parse_request_id(v: &mut Violations, raw: &str) -> Option<RequestId> {
+    v.check("request_id", RequestId::parse(raw))
+}
+
+/// The median of `days` (sorted in place); 0 when empty.
+fn median(days: &mut [i32]) -> f64 {
+    days.sort_unstable();
+    match days.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => f64::from(days[n / 2]),
+        n => (f64::from(days[n / 2 - 1]) + f64::from(days[n / 2])) / 2.0,
+    }
+}
+
 #[tonic::async_trait]
 impl PrivacyRequestService for PrivacyRequestApi {
     async fn get_jurisdiction_rules(
@@ -152,88 +598,499 @@ impl PrivacyRequestService for PrivacyRequestApi {
             table_version: version.to_owned(),
         }))
     }
+
     async fn create_privacy_request(
         &self,
-        _: Request<proto::CreatePrivacyRequestRequest>,
+        request: Request<proto::CreatePrivacyRequestRequest>,
     ) -> Result<Response<proto::PrivacyRequest>, Status> {
-        Err(Status::unimplemented("not yet"))
+        const METHOD: &str = "privacy.v1.PrivacyRequestService/CreatePrivacyRequest";
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let request_id = parse_request_id(&mut v, &req.request_id);
+        let new = parse_new_request(&mut v, &req);
+        let (Some(request_id), Some(new), true) = (request_id, new, v.is_empty()) else {
+            return Err(v.into_error().into());
+        };
+        let env = self.env().await?;
+        rpc::mutate(
+            &self.pool,
+            METHOD,
+            caller,
+            &request_id,
+            &req,
+            move |conn, ctx| {
+                let (env, new) = (env.clone(), new.clone());
+                Box::pin(async move {
+                    let (id, token) = service::create(conn, &ctx, &env, &new).await?;
+                    Ok((load(conn, id).await?, token))
+                })
+            },
+        )
+        .await
     }
+
     async fn get_privacy_request(
         &self,
-        _: Request<proto::GetPrivacyRequestRequest>,
+        request: Request<proto::GetPrivacyRequestRequest>,
     ) -> Result<Response<proto::PrivacyRequest>, Status> {
-        Err(Status::unimplemented("not yet"))
+        let mut v = Violations::new();
+        let Some(id) = parse_ref(&mut v, &request.get_ref().name) else {
+            return Err(v.into_error().into());
+        };
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(crate::error::Error::from)?;
+        Ok(Response::new(load(&mut conn, id).await?))
     }
+
     async fn list_privacy_requests(
         &self,
-        _: Request<proto::ListPrivacyRequestsRequest>,
+        request: Request<proto::ListPrivacyRequestsRequest>,
     ) -> Result<Response<proto::ListPrivacyRequestsResponse>, Status> {
-        Err(Status::unimplemented("not yet"))
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let subject_id = v.check(
+            "subject_id",
+            if req.subject_id.is_empty() {
+                Ok(None)
+            } else {
+                SubjectId::parse(&req.subject_id).map(|s| Some(s.as_str().to_owned()))
+            },
+        );
+        let state = v.check(
+            "state",
+            match req.state {
+                0 => Ok(None),
+                s => parse_enum(
+                    s,
+                    |x| privacy_request::State::try_from(x).ok(),
+                    |x| x.as_str_name(),
+                    State::from_db,
+                    "a request state (IN_PROGRESS, DENIED, ...)",
+                )
+                .map(Some),
+            },
+        );
+        let request_type = v.check(
+            "request_type",
+            match req.request_type {
+                0 => Ok(None),
+                t => parse_request_type(t).map(|t| Some(t.as_str().to_owned())),
+            },
+        );
+        let jurisdiction = v.check(
+            "jurisdiction",
+            Jurisdiction::parse_optional(&req.jurisdiction)
+                .map(|j| j.map(|j| j.as_str().to_owned())),
+        );
+        let due_before = v.check(
+            "due_before",
+            if req.due_before.is_empty() {
+                Ok(None)
+            } else {
+                NaiveDate::parse_from_str(&req.due_before, "%Y-%m-%d")
+                    .map(Some)
+                    .map_err(|_| "must be a date, YYYY-MM-DD".to_owned())
+            },
+        );
+        let limit = v.check("page_size", page_size(req.page_size));
+        let filters = format!(
+            "requests|{}|{}|{}|{}|{}|{}",
+            req.subject_id,
+            req.state,
+            req.request_type,
+            req.jurisdiction,
+            req.overdue,
+            req.due_before
+        );
+        let after = v.check(
+            "page_token",
+            PageToken::decode::<i64>(&filters, &req.page_token),
+        );
+        let (
+            Some(subject_id),
+            Some(state),
+            Some(request_type),
+            Some(jurisdiction),
+            Some(due_before),
+            Some(limit),
+            Some(after),
+        ) = (
+            subject_id,
+            state,
+            request_type,
+            jurisdiction,
+            due_before,
+            limit,
+            after,
+        )
+        else {
+            return Err(v.into_error().into());
+        };
+        let filter = ListFilter {
+            subject_id,
+            state,
+            request_type,
+            jurisdiction,
+            overdue: req.overdue,
+            due_before,
+        };
+        let rows = store::list(&self.pool, &filter, after.unwrap_or(0), limit + 1).await?;
+        let (page, next) = paginate(rows, limit, |r| PageToken::encode(&filters, &r.id));
+        let today = today();
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(crate::error::Error::from)?;
+        let mut out = Vec::with_capacity(page.len());
+        for row in &page {
+            let tasks = store::task_counts(&mut conn, row.id).await?;
+            out.push(request_to_proto(row, &[], tasks, today));
+        }
+        Ok(Response::new(proto::ListPrivacyRequestsResponse {
+            privacy_requests: out,
+            next_page_token: next,
+        }))
     }
+
     async fn verify_privacy_request_identity(
         &self,
-        _: Request<proto::VerifyPrivacyRequestIdentityRequest>,
+        request: Request<proto::VerifyPrivacyRequestIdentityRequest>,
     ) -> Result<Response<proto::PrivacyRequest>, Status> {
-        Err(Status::unimplemented("not yet"))
+        const METHOD: &str = "privacy.v1.PrivacyRequestService/VerifyPrivacyRequestIdentity";
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let method = v.check("method", required_text(&req.method));
+        let evidence = v.check(
+            "agent_evidence_reference",
+            parse_text(&req.agent_evidence_reference, 500),
+        );
+        let change = method.zip(evidence).map(|(method, e)| Change::Verify {
+            method,
+            agent_evidence: (!e.is_empty()).then_some(e),
+        });
+        self.change(METHOD, caller, &req, &req.name, &req.request_id, v, change)
+            .await
     }
+
     async fn extend_privacy_request(
         &self,
-        _: Request<proto::ExtendPrivacyRequestRequest>,
+        request: Request<proto::ExtendPrivacyRequestRequest>,
     ) -> Result<Response<proto::PrivacyRequest>, Status> {
-        Err(Status::unimplemented("not yet"))
+        const METHOD: &str = "privacy.v1.PrivacyRequestService/ExtendPrivacyRequest";
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let change = v
+            .check("reason", required_text(&req.reason))
+            .map(|reason| Change::Extend { reason });
+        self.change(METHOD, caller, &req, &req.name, &req.request_id, v, change)
+            .await
     }
+
     async fn hold_privacy_request(
         &self,
-        _: Request<proto::HoldPrivacyRequestRequest>,
+        request: Request<proto::HoldPrivacyRequestRequest>,
     ) -> Result<Response<proto::PrivacyRequest>, Status> {
-        Err(Status::unimplemented("not yet"))
+        const METHOD: &str = "privacy.v1.PrivacyRequestService/HoldPrivacyRequest";
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let reason = v.check(
+            "hold_reason",
+            parse_enum(
+                req.hold_reason,
+                |x| proto::HoldReason::try_from(x).ok(),
+                |x| x.as_str_name(),
+                HoldReason::from_db,
+                "FRAUD_SUSPECTED_AUTHENTICATION_PENDING, AWAITING_SUBJECT, OTHER_HOLD",
+            ),
+        );
+        let explanation = v.check("explanation", required_text(&req.explanation));
+        let change = reason
+            .zip(explanation)
+            .map(|(reason, explanation)| Change::Hold {
+                reason,
+                explanation,
+            });
+        self.change(METHOD, caller, &req, &req.name, &req.request_id, v, change)
+            .await
     }
+
     async fn resume_privacy_request(
         &self,
-        _: Request<proto::ResumePrivacyRequestRequest>,
+        request: Request<proto::ResumePrivacyRequestRequest>,
     ) -> Result<Response<proto::PrivacyRequest>, Status> {
-        Err(Status::unimplemented("not yet"))
+        const METHOD: &str = "privacy.v1.PrivacyRequestService/ResumePrivacyRequest";
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let change = v
+            .check("explanation", parse_text(&req.explanation, MAX_TEXT))
+            .map(|explanation| Change::Resume { explanation });
+        self.change(METHOD, caller, &req, &req.name, &req.request_id, v, change)
+            .await
     }
+
     async fn deny_privacy_request(
         &self,
-        _: Request<proto::DenyPrivacyRequestRequest>,
+        request: Request<proto::DenyPrivacyRequestRequest>,
     ) -> Result<Response<proto::PrivacyRequest>, Status> {
-        Err(Status::unimplemented("not yet"))
+        const METHOD: &str = "privacy.v1.PrivacyRequestService/DenyPrivacyRequest";
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let reason = v.check(
+            "denial_reason",
+            parse_enum(
+                req.denial_reason,
+                |x| proto::DenialReason::try_from(x).ok(),
+                |x| x.as_str_name(),
+                DenialReason::from_db,
+                "a denial reason (IDENTITY_NOT_VERIFIED, AGENT_NOT_AUTHORIZED, ...)",
+            ),
+        );
+        let explanation = v.check("explanation", required_text(&req.explanation));
+        let change = reason
+            .zip(explanation)
+            .map(|(reason, explanation)| Change::Deny {
+                reason,
+                explanation,
+            });
+        self.change(METHOD, caller, &req, &req.name, &req.request_id, v, change)
+            .await
     }
+
     async fn cancel_privacy_request(
         &self,
-        _: Request<proto::CancelPrivacyRequestRequest>,
+        request: Request<proto::CancelPrivacyRequestRequest>,
     ) -> Result<Response<proto::PrivacyRequest>, Status> {
-        Err(Status::unimplemented("not yet"))
+        const METHOD: &str = "privacy.v1.PrivacyRequestService/CancelPrivacyRequest";
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let change = v
+            .check("explanation", required_text(&req.explanation))
+            .map(|explanation| Change::Cancel { explanation });
+        self.change(METHOD, caller, &req, &req.name, &req.request_id, v, change)
+            .await
     }
+
     async fn complete_privacy_request(
         &self,
-        _: Request<proto::CompletePrivacyRequestRequest>,
+        request: Request<proto::CompletePrivacyRequestRequest>,
     ) -> Result<Response<proto::PrivacyRequest>, Status> {
-        Err(Status::unimplemented("not yet"))
+        const METHOD: &str = "privacy.v1.PrivacyRequestService/CompletePrivacyRequest";
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let explanation = v.check("explanation", required_text(&req.explanation));
+        if req.exemptions.len() > MAX_ITEMS {
+            v.add("exemptions", format!("at most {MAX_ITEMS}"));
+        }
+        let exemptions: Vec<String> = req
+            .exemptions
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| v.check(&format!("exemptions[{i}]"), required_text(e)))
+            .collect();
+        let change = explanation.map(|explanation| Change::Complete {
+            explanation,
+            exemptions,
+        });
+        self.change(METHOD, caller, &req, &req.name, &req.request_id, v, change)
+            .await
     }
+
     async fn appeal_privacy_request(
         &self,
-        _: Request<proto::AppealPrivacyRequestRequest>,
+        request: Request<proto::AppealPrivacyRequestRequest>,
     ) -> Result<Response<proto::PrivacyRequest>, Status> {
-        Err(Status::unimplemented("not yet"))
+        const METHOD: &str = "privacy.v1.PrivacyRequestService/AppealPrivacyRequest";
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let statement = v.check("statement", required_text(&req.statement));
+        let receive_time = v.check(
+            "receive_time",
+            parse_opt_timestamp(req.receive_time.as_ref())
+                .and_then(|t| t.map(not_in_future).transpose()),
+        );
+        let change = statement
+            .zip(receive_time)
+            .map(|(statement, receive_time)| Change::Appeal {
+                statement,
+                receive_time,
+            });
+        self.change(METHOD, caller, &req, &req.name, &req.request_id, v, change)
+            .await
     }
+
     async fn decide_appeal(
         &self,
-        _: Request<proto::DecideAppealRequest>,
+        request: Request<proto::DecideAppealRequest>,
     ) -> Result<Response<proto::PrivacyRequest>, Status> {
-        Err(Status::unimplemented("not yet"))
+        const METHOD: &str = "privacy.v1.PrivacyRequestService/DecideAppeal";
+        let caller = Caller::of(&request);
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let decision = v.check(
+            "decision",
+            match proto::appeal::State::try_from(req.decision) {
+                Ok(proto::appeal::State::Granted) => Ok(AppealState::Granted),
+                Ok(proto::appeal::State::Upheld) => Ok(AppealState::Upheld),
+                _ => Err("must be GRANTED or UPHELD".to_owned()),
+            },
+        );
+        let explanation = v.check("explanation", required_text(&req.explanation));
+        let change =
+            decision
+                .zip(explanation)
+                .map(|(decision, explanation)| Change::DecideAppeal {
+                    decision,
+                    explanation,
+                    regulator_contact_provided: req.regulator_contact_provided,
+                });
+        self.change(METHOD, caller, &req, &req.name, &req.request_id, v, change)
+            .await
     }
+
     async fn get_access_package(
         &self,
-        _: Request<proto::GetAccessPackageRequest>,
+        request: Request<proto::GetAccessPackageRequest>,
     ) -> Result<Response<proto::AccessPackage>, Status> {
-        Err(Status::unimplemented("not yet"))
+        let mut v = Violations::new();
+        let Some(id) = parse_ref(&mut v, &request.get_ref().name) else {
+            return Err(v.into_error().into());
+        };
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(crate::error::Error::from)?;
+        let package = service::access_package(&mut conn, id).await?;
+        let content = serde_json::to_string_pretty(&package)
+            .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
+        Ok(Response::new(proto::AccessPackage {
+            privacy_request: RequestRef(id).name(),
+            content_type: "application/json".into(),
+            content_sha256: hex::encode(Sha256::digest(content.as_bytes())),
+            content,
+            generate_time: Some(timestamp(Utc::now())),
+        }))
     }
+
     async fn get_request_metrics(
         &self,
-        _: Request<proto::GetRequestMetricsRequest>,
+        request: Request<proto::GetRequestMetricsRequest>,
     ) -> Result<Response<proto::RequestMetrics>, Status> {
-        Err(Status::unimplemented("not yet"))
+        let year = request.get_ref().year;
+        if !(2000..=9998).contains(&year) {
+            return Err(
+                crate::error::Error::invalid("year", "must be a year from 2000 to 9998").into(),
+            );
+        }
+        let rows = store::year_rows(&self.pool, year).await?;
+        let (overdue, due_soon) = store::due_counts(&self.pool).await?;
+        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        let request_types = rules::RequestType::ALL
+            .iter()
+            .map(|&t| {
+                let of_type: Vec<_> = rows
+                    .iter()
+                    .filter(|r| r.request_type == t.as_str())
+                    .collect();
+                let in_state = |s: State| of_type.iter().filter(|r| r.state == s.as_str()).count();
+                let denied: Vec<_> = of_type
+                    .iter()
+                    .filter(|r| r.state == State::Denied.as_str())
+                    .collect();
+                let mut by_reason: Vec<proto::DenialCount> = Vec::new();
+                for r in &denied {
+                    let reason = r
+                        .denial_reason
+                        .as_deref()
+                        .and_then(proto::DenialReason::from_str_name)
+                        .map_or(0, |v| v as i32);
+                    match by_reason.iter_mut().find(|c| c.denial_reason == reason) {
+                        Some(c) => c.count += 1,
+                        None => by_reason.push(proto::DenialCount {
+                            denial_reason: reason,
+                            count: 1,
+                        }),
+                    }
+                }
+                by_reason.sort_by_key(|c| c.denial_reason);
+                // Days to respond: requests answered (complied with or denied).
+                let mut days: Vec<i32> = of_type
+                    .iter()
+                    .filter(|r| r.state != State::Canceled.as_str())
+                    .filter_map(|r| r.days)
+                    .collect();
+                let mean = if days.is_empty() {
+                    0.0
+                } else {
+                    days.iter().map(|&d| f64::from(d)).sum::<f64>() / days.len() as f64
+                };
+                proto::RequestTypeMetrics {
+                    request_type: request_type(t),
+                    received: count(of_type.len()),
+                    complied_in_whole: count(in_state(State::Completed)),
+                    complied_in_part: count(in_state(State::PartiallyCompleted)),
+                    denied: count(denied.len()),
+                    denied_by_reason: by_reason,
+                    median_days_to_respond: median(&mut days),
+                    mean_days_to_respond: mean,
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::RequestMetrics {
+            year,
+            request_types,
+            overdue: i32::try_from(overdue).unwrap_or(i32::MAX),
+            due_within_7_days: i32::try_from(due_soon).unwrap_or(i32::MAX),
+        }))
+    }
+
+    async fn check_suppression(
+        &self,
+        request: Request<proto::CheckSuppressionRequest>,
+    ) -> Result<Response<proto::CheckSuppressionResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        if req.identifiers.len() > MAX_ITEMS {
+            v.add("identifiers", format!("at most {MAX_ITEMS}"));
+        }
+        let mut ids: Vec<(IdentifierKind, String)> = req
+            .identifiers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, id)| v.check(&format!("identifiers[{i}]"), parse_identifier(id)))
+            .collect();
+        if !req.subject_id.is_empty()
+            && let Some(s) = v.check("subject_id", SubjectId::parse(&req.subject_id))
+        {
+            ids.push((IdentifierKind::SubjectId, s.as_str().to_owned()));
+        }
+        if ids.is_empty() {
+            v.add(
+                "identifiers",
+                "give at least one identifier or a subject_id",
+            );
+        }
+        v.finish()?;
+        let key = self.key().await?;
+        let kinds: Vec<String> = ids.iter().map(|(k, _)| k.as_str().to_owned()).collect();
+        let hashes: Vec<Vec<u8>> = ids.iter().map(|(k, val)| key.hash(*k, val)).collect();
+        let matched_kinds = store::suppressed(&self.pool, &kinds, &hashes).await?;
+        Ok(Response::new(proto::CheckSuppressionResponse {
+            suppressed: !matched_kinds.is_empty(),
+            matched_kinds,
+        }))
     }
 }

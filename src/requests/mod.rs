@@ -1,4 +1,7 @@
 //! Privacy requests: their legal clocks (from `crate::rules`), lifecycle,
 //! appeals and fulfilment through the data systems' task queue.
 pub mod grpc;
+pub mod model;
 pub mod progress;
+pub mod service;
+pub mod store;

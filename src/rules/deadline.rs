@@ -32,6 +32,13 @@ pub enum Unit {
 }
 
 impl Unit {
+    /// Parses a key of the rules table.
+    pub fn parse(key: &str) -> Option<Unit> {
+        [Unit::CalendarDays, Unit::BusinessDays, Unit::Months]
+            .into_iter()
+            .find(|u| u.as_str() == key)
+    }
+
     /// The key used in the rules table.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -187,6 +194,24 @@ impl Clock {
             extension,
             extended: false,
             paused_days: 0,
+        }
+    }
+
+    /// A clock as it was stored: its inputs, whether the one extension was
+    /// used, and the days (in the period's unit) it was stopped.
+    pub fn restore(
+        received: NaiveDate,
+        period: Period,
+        extension: Option<Period>,
+        extended: bool,
+        paused_days: u32,
+    ) -> Self {
+        Clock {
+            received,
+            period,
+            extension,
+            extended,
+            paused_days,
         }
     }
 

@@ -390,6 +390,16 @@ impl JurisdictionRules {
         self.answering(t).agents.types.contains(&t)
     }
 
+    /// Free requests of type `t` per 12 months; `None`: no numeric limit.
+    pub fn free_limit_for(&self, t: RequestType) -> Option<u32> {
+        self.answering(t).free_requests.requests_per_12_months
+    }
+
+    /// The appeal rules for a request of type `t`.
+    pub fn appeal_for(&self, t: RequestType) -> &AppealRule {
+        &self.answering(t).appeal
+    }
+
     /// Whether universal opt-out signals (GPC) must be honoured on `date`.
     pub fn universal_opt_out_on(&self, date: NaiveDate) -> bool {
         self.universal_opt_out.recognized

@@ -1,0 +1,410 @@
+//! The privacy-request domain: states, the lifecycle as a table of allowed
+//! transitions, and the typed values a request carries.
+use crate::consent::model::string_enum;
+use crate::error::Error;
+use crate::rules::RequestType;
+
+string_enum!(
+    /// Where a request is in its life.
+    State {
+        Received = "RECEIVED",
+        AwaitingVerification = "AWAITING_VERIFICATION",
+        InProgress = "IN_PROGRESS",
+        OnHold = "ON_HOLD",
+        Completed = "COMPLETED",
+        PartiallyCompleted = "PARTIALLY_COMPLETED",
+        Denied = "DENIED",
+        Canceled = "CANCELED",
+    }
+);
+
+impl State {
+    pub const ALL: [State; 8] = [
+        State::Received,
+        State::AwaitingVerification,
+        State::InProgress,
+        State::OnHold,
+        State::Completed,
+        State::PartiallyCompleted,
+        State::Denied,
+        State::Canceled,
+    ];
+
+    /// The states in which the clock runs and work remains.
+    pub const OPEN: [State; 4] = [
+        State::Received,
+        State::AwaitingVerification,
+        State::InProgress,
+        State::OnHold,
+    ];
+
+    pub fn is_open(self) -> bool {
+        State::OPEN.contains(&self)
+    }
+}
+
+/// What can happen to a request. Each RPC that changes a request is one
+/// action; `TasksDone` is the data systems finishing their tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Creation moves a RECEIVED request on at once.
+    Accept,
+    Verify,
+    Extend,
+    Hold,
+    Resume,
+    Deny,
+    Cancel,
+    Complete,
+    TasksDone,
+    Appeal,
+    DecideAppeal,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Accept => "CreatePrivacyRequest",
+            Action::Verify => "VerifyPrivacyRequestIdentity",
+            Action::Extend => "ExtendPrivacyRequest",
+            Action::Hold => "HoldPrivacyRequest",
+            Action::Resume => "ResumePrivacyRequest",
+            Action::Deny => "DenyPrivacyRequest",
+            Action::Cancel => "CancelPrivacyRequest",
+            Action::Complete => "CompletePrivacyRequest",
+            Action::TasksDone => "TasksDone",
+            Action::Appeal => "AppealPrivacyRequest",
+            Action::DecideAppeal => "DecideAppeal",
+        }
+    }
+}
+
+/// One row of the lifecycle: an action, the states it is allowed from, and
+/// the states it may lead to besides staying where it is.
+pub struct Transition {
+    pub action: Action,
+    pub from: &'static [State],
+    pub to: &'static [State],
+}
+
+use State::*;
+
+const LIVE: &[State] = &[AwaitingVerification, InProgress, OnHold];
+const APPEALABLE: &[State] = &[Denied, PartiallyCompleted];
+
+/// The lifecycle of DESIGN.md, as data. Anything not listed is refused with
+/// FAILED_PRECONDITION / INVALID_STATE_TRANSITION naming the current state.
+pub const TRANSITIONS: &[Transition] = &[
+    Transition {
+        action: Action::Accept,
+        from: &[Received],
+        to: &[AwaitingVerification, InProgress],
+    },
+    Transition {
+        action: Action::Verify,
+        from: &[AwaitingVerification],
+        to: &[InProgress],
+    },
+    Transition {
+        action: Action::Extend,
+        from: LIVE,
+        to: &[],
+    },
+    Transition {
+        action: Action::Hold,
+        from: &[AwaitingVerification, InProgress],
+        to: &[OnHold],
+    },
+    Transition {
+        action: Action::Resume,
+        from: &[OnHold],
+        to: &[AwaitingVerification, InProgress],
+    },
+    Transition {
+        action: Action::Deny,
+        from: LIVE,
+        to: &[Denied],
+    },
+    Transition {
+        action: Action::Cancel,
+        from: LIVE,
+        to: &[Canceled],
+    },
+    Transition {
+        action: Action::Complete,
+        from: &[InProgress],
+        to: &[Completed, PartiallyCompleted],
+    },
+    Transition {
+        action: Action::TasksDone,
+        from: &[InProgress],
+        to: &[Completed, PartiallyCompleted],
+    },
+    Transition {
+        action: Action::Appeal,
+        from: APPEALABLE,
+        to: &[],
+    },
+    // A granted appeal reopens the request; an upheld one leaves it.
+    Transition {
+        action: Action::DecideAppeal,
+        from: APPEALABLE,
+        to: &[InProgress],
+    },
+];
+
+fn row(action: Action) -> &'static Transition {
+    TRANSITIONS
+        .iter()
+        .find(|t| t.action == action)
+        .unwrap_or(&TRANSITIONS[0])
+}
+
+/// The states `action` is allowed from.
+pub fn allowed_from(action: Action) -> &'static [State] {
+    row(action).from
+}
+
+/// Checks that `action` may take `resource` from `from` to `to` (`None`:
+/// the state stays).
+pub fn check(resource: &str, action: Action, from: State, to: Option<State>) -> Result<(), Error> {
+    let t = row(action);
+    let target_ok = match to {
+        None => true,
+        // Staying put (an extension, an upheld appeal) is always a target.
+        Some(to) => to == from || t.to.contains(&to),
+    };
+    if t.from.contains(&from) && target_ok {
+        return Ok(());
+    }
+    Err(Error::InvalidTransition {
+        resource: resource.to_owned(),
+        state: from.as_str(),
+        action: action.as_str(),
+        allowed_from: t.from.iter().map(|s| s.as_str()).collect(),
+    })
+}
+
+string_enum!(
+    /// Why a request was denied.
+    DenialReason {
+        IdentityNotVerified = "IDENTITY_NOT_VERIFIED",
+        AgentNotAuthorized = "AGENT_NOT_AUTHORIZED",
+        ExemptLegalObligation = "EXEMPT_LEGAL_OBLIGATION",
+        LegalHold = "LEGAL_HOLD",
+        ManifestlyUnfoundedOrExcessive = "MANIFESTLY_UNFOUNDED_OR_EXCESSIVE",
+        RightNotGranted = "RIGHT_NOT_GRANTED",
+        NoData = "NO_DATA",
+        Other = "OTHER",
+    }
+);
+
+string_enum!(
+    /// Why a request is on hold.
+    HoldReason {
+        FraudSuspectedAuthenticationPending = "FRAUD_SUSPECTED_AUTHENTICATION_PENDING",
+        AwaitingSubject = "AWAITING_SUBJECT",
+        Other = "OTHER_HOLD",
+    }
+);
+
+impl HoldReason {
+    /// The rules table's clock-pause reason this hold is, if any.
+    pub fn pause_reason(self) -> Option<crate::rules::PauseReason> {
+        match self {
+            HoldReason::FraudSuspectedAuthenticationPending => {
+                Some(crate::rules::PauseReason::FraudSuspectedAuthenticationPending)
+            }
+            _ => None,
+        }
+    }
+}
+
+string_enum!(
+    /// How a request arrived.
+    Channel {
+        WebForm = "WEB_FORM",
+        Email = "EMAIL",
+        Phone = "PHONE",
+        Mail = "MAIL",
+        InApp = "IN_APP",
+        GlobalPrivacyControl = "GLOBAL_PRIVACY_CONTROL",
+    }
+);
+
+string_enum!(
+    /// The kind of an identifier.
+    IdentifierKind {
+        EmailAddress = "EMAIL_ADDRESS",
+        PhoneNumber = "PHONE_NUMBER",
+        DeviceId = "DEVICE_ID",
+        AccountId = "ACCOUNT_ID",
+        SubjectId = "SUBJECT_ID",
+    }
+);
+
+impl IdentifierKind {
+    /// The form compared: emails case-insensitively, phone numbers by their
+    /// digits, the rest as given (trimmed). `None` when nothing is left.
+    pub fn normalize(self, raw: &str) -> Option<String> {
+        let trimmed = raw.trim();
+        let value = match self {
+            IdentifierKind::EmailAddress => trimmed.to_lowercase(),
+            IdentifierKind::PhoneNumber => trimmed.chars().filter(char::is_ascii_digit).collect(),
+            _ => trimmed.to_owned(),
+        };
+        (!value.is_empty()).then_some(value)
+    }
+}
+
+string_enum!(
+    /// Where an appeal stands.
+    AppealState {
+        Pending = "PENDING",
+        Granted = "GRANTED",
+        Upheld = "UPHELD",
+    }
+);
+
+string_enum!(
+    /// What a data system is asked to do.
+    DataAction {
+        Export = "EXPORT",
+        Delete = "DELETE",
+        Correct = "CORRECT",
+        Suppress = "SUPPRESS",
+        Restrict = "RESTRICT",
+    }
+);
+
+/// The task action that fulfils a request type at the data systems; `None`
+/// for a confirmation, which needs no data system.
+pub fn action_for(t: RequestType) -> Option<DataAction> {
+    Some(match t {
+        RequestType::Access | RequestType::Portability => DataAction::Export,
+        RequestType::ConfirmProcessing => return None,
+        RequestType::Deletion => DataAction::Delete,
+        RequestType::Correction => DataAction::Correct,
+        RequestType::OptOutSale
+        | RequestType::OptOutTargetedAdvertising
+        | RequestType::OptOutProfiling
+        | RequestType::LimitSensitiveData => DataAction::Suppress,
+        RequestType::Restriction | RequestType::Objection => DataAction::Restrict,
+    })
+}
+
+/// One field a correction changes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FieldCorrection {
+    pub field: String,
+    #[serde(default)]
+    pub current_value: String,
+    pub corrected_value: String,
+}
+
+/// An authorized agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Agent {
+    pub display_name: String,
+    #[serde(default)]
+    pub contact: String,
+    #[serde(default)]
+    pub evidence_reference: String,
+    #[serde(default)]
+    pub evidence_description: String,
+}
+
+impl Agent {
+    pub fn has_evidence(&self) -> bool {
+        !self.evidence_reference.is_empty()
+    }
+}
+
+/// A request's id, parsed from `privacyRequests/{id}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestRef(pub i64);
+
+impl RequestRef {
+    pub fn parse_name(name: &str) -> Result<Self, String> {
+        name.strip_prefix("privacyRequests/")
+            .and_then(|id| id.parse::<i64>().ok())
+            .filter(|id| *id > 0)
+            .map(RequestRef)
+            .ok_or_else(|| "must be \"privacyRequests/{id}\" with a positive numeric id".into())
+    }
+
+    pub fn name(self) -> String {
+        format!("privacyRequests/{}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_action_has_one_row() {
+        for action in [
+            Action::Accept,
+            Action::Verify,
+            Action::Extend,
+            Action::Hold,
+            Action::Resume,
+            Action::Deny,
+            Action::Cancel,
+            Action::Complete,
+            Action::TasksDone,
+            Action::Appeal,
+            Action::DecideAppeal,
+        ] {
+            let rows = TRANSITIONS.iter().filter(|t| t.action == action).count();
+            assert_eq!(rows, 1, "{action:?}");
+        }
+    }
+
+    #[test]
+    fn terminal_states_allow_nothing_but_appeals() {
+        for t in TRANSITIONS {
+            assert!(!t.from.contains(&Completed), "{:?}", t.action);
+            assert!(!t.from.contains(&Canceled), "{:?}", t.action);
+        }
+    }
+
+    #[test]
+    fn a_refused_transition_names_the_current_state() {
+        let err = check(
+            "privacyRequests/1",
+            Action::Verify,
+            InProgress,
+            Some(InProgress),
+        );
+        let Err(Error::InvalidTransition { state, .. }) = err else {
+            panic!("expected InvalidTransition, got {err:?}");
+        };
+        assert_eq!(state, "IN_PROGRESS");
+    }
+
+    #[test]
+    fn identifiers_normalise() {
+        assert_eq!(
+            IdentifierKind::EmailAddress.normalize(" Ann@Example.COM "),
+            Some("ann@example.com".into())
+        );
+        assert_eq!(
+            IdentifierKind::PhoneNumber.normalize("+1 (555) 010-0199"),
+            Some("15550100199".into())
+        );
+        assert_eq!(IdentifierKind::PhoneNumber.normalize("n/a"), None);
+    }
+
+    #[test]
+    fn request_names_parse() {
+        assert_eq!(
+            RequestRef::parse_name("privacyRequests/42"),
+            Ok(RequestRef(42))
+        );
+        assert!(RequestRef::parse_name("privacyRequests/x").is_err());
+        assert!(RequestRef::parse_name("privacyRequests/0").is_err());
+        assert!(RequestRef::parse_name("42").is_err());
+    }
+}

@@ -1,0 +1,986 @@
+//! The privacy-request use cases. Each runs inside the caller's
+//! transaction, checks the lifecycle table before it changes a request,
+//! records the transition (who, when, why) and writes its audit and change
+//! events there. They know no gRPC.
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::json;
+use sqlx::PgConnection;
+
+use super::model::{
+    self, Action, Agent, AppealState, Channel, DenialReason, FieldCorrection, HoldReason,
+    IdentifierKind, State,
+};
+use super::store::{self, NewRow, RequestRow};
+use crate::config::RequestSettings;
+use crate::consent::model::{Decision, Jurisdiction, NewConsent, PurposeKey, Source, SubjectId};
+use crate::consent::service as consent;
+use crate::error::{Error, Result};
+use crate::identifiers::HashKey;
+use crate::journal::{self, ChangeEntry, ChangeKind};
+use crate::proto::ErrorReason;
+use crate::rpc::Context;
+use crate::rules::{self, Clock, JurisdictionRules, Period, RequestType, Unit};
+use crate::tokens::ConsistencyToken;
+
+/// What the use cases need beyond the transaction.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub settings: RequestSettings,
+    pub key: HashKey,
+}
+
+/// A request as filed, validated at the edge.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub subject: SubjectId,
+    pub request_type: RequestType,
+    pub jurisdiction: Jurisdiction,
+    pub channel: Channel,
+    /// (kind, normalised value)
+    pub identifiers: Vec<(IdentifierKind, String)>,
+    pub agent: Option<Agent>,
+    pub corrections: Vec<FieldCorrection>,
+    pub categories: Vec<String>,
+    /// None: now.
+    pub receive_time: Option<DateTime<Utc>>,
+}
+
+fn table() -> Result<&'static rules::RulesTable> {
+    rules::table().map_err(|e| Error::Internal(e.to_string()))
+}
+
+fn request_type(row: &RequestRow) -> Result<RequestType> {
+    RequestType::parse(&row.request_type)
+        .ok_or_else(|| Error::Internal(format!("unknown request type {:?}", row.request_type)))
+}
+
+/// The rules a stored request was filed under ("EU", "default", ...).
+fn rules_of(row: &RequestRow) -> Result<&'static JurisdictionRules> {
+    let table = table()?;
+    Ok(table.get(&row.rules_code).unwrap_or(table.defaults()))
+}
+
+fn clock_of(row: &RequestRow) -> Result<Clock> {
+    let unit = |u: &str| {
+        Unit::parse(u).ok_or_else(|| Error::Internal(format!("unknown period unit {u:?}")))
+    };
+    let amount = |a: i32| u32::try_from(a).map_err(|_| Error::Internal("negative period".into()));
+    let period = Period::new(amount(row.period_amount)?, unit(&row.period_unit)?);
+    let extension = match (row.extension_amount, row.extension_unit.as_deref()) {
+        (Some(a), Some(u)) => Some(Period::new(amount(a)?, unit(u)?)),
+        _ => None,
+    };
+    Ok(Clock::restore(
+        row.received_date,
+        period,
+        extension,
+        row.extended,
+        amount(row.paused_days)?,
+    ))
+}
+
+fn deadline_error(name: &str, e: rules::DeadlineError) -> Error {
+    Error::precondition(ErrorReason::ExtensionNotAllowed, name, e.to_string())
+}
+
+/// Writes the audit and change events of a change to `row`.
+async fn journal(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    row: &RequestRow,
+    details: serde_json::Value,
+) -> Result<ConsistencyToken> {
+    let name = row.name();
+    journal::record(
+        conn,
+        ctx.audit(&name, Some(&row.subject_id), details),
+        ChangeEntry::resource(
+            ChangeKind::PrivacyRequestChanged,
+            &name,
+            Some(&row.subject_id),
+        ),
+    )
+    .await
+}
+
+/// Moves `row` to `to` after the lifecycle table allows it, and records the
+/// transition.
+async fn transition(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    row: &mut RequestRow,
+    action: Action,
+    to: State,
+    reason: &str,
+) -> Result<()> {
+    let from = row.state()?;
+    model::check(&row.name(), action, from, Some(to))?;
+    if from != to {
+        store::set_state(conn, row.id, to).await?;
+    }
+    store::record_transition(conn, row, Some(from), to, action, ctx, reason).await?;
+    row.state = to.as_str().to_owned();
+    Ok(())
+}
+
+/// Files a request and starts its clock; an opt-out that needs no
+/// verification takes effect in the same transaction.
+pub async fn create(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    env: &Env,
+    new: &NewRequest,
+) -> Result<(i64, ConsistencyToken)> {
+    let table = table()?;
+    let lookup = table.lookup(new.jurisdiction.as_str());
+    let rules = lookup.rules;
+    let t = new.request_type;
+    let receive_time = new.receive_time.unwrap_or_else(Utc::now);
+    let received_date = receive_time.date_naive();
+
+    let statutory = !rules.is_default() && rules.grants_on(t, received_date);
+    if !statutory && env.settings.refuse_voluntary {
+        return Err(Error::precondition(
+            ErrorReason::RightNotAvailable,
+            "request_type",
+            format!(
+                "{} does not grant {t} requests and this organisation does not honour them voluntarily",
+                new.jurisdiction.as_str()
+            ),
+        ));
+    }
+    let agent_may_file = rules.agent_may_file(t);
+    if new.agent.is_some() && !agent_may_file {
+        return Err(Error::precondition(
+            ErrorReason::AgentNotPermitted,
+            "agent",
+            format!(
+                "an authorized agent may not file {t} requests under {} ({})",
+                rules.code(),
+                rules.agents.source
+            ),
+        ));
+    }
+    let deadline = rules.deadline_for(t);
+    let clock = deadline.start_clock(received_date);
+    let due = clock
+        .due()
+        .map_err(|e| Error::invalid("receive_time", e.to_string()))?;
+    let prior = store::count_prior(conn, new.subject.as_str(), t.as_str(), receive_time).await?;
+    let free_limit_exceeded = rules
+        .free_limit_for(t)
+        .is_some_and(|limit| prior >= i64::from(limit));
+    let cite = deadline.cite;
+    let period_unit = deadline.period.unit.as_str();
+    let extension = deadline.extension_period();
+    let mut kinds: Vec<String> = new
+        .identifiers
+        .iter()
+        .map(|(k, _)| k.as_str().to_owned())
+        .collect();
+    kinds.dedup();
+    let id = store::insert(
+        conn,
+        &NewRow {
+            subject_id: new.subject.as_str(),
+            request_type: t.as_str(),
+            jurisdiction: new.jurisdiction.as_str(),
+            rules_code: rules.code(),
+            rules_version: table.version(),
+            channel: new.channel.as_str(),
+            identifier_kinds: kinds,
+            agent: new.agent.as_ref().map(|a| json!(a)),
+            corrections: json!(new.corrections),
+            categories: &new.categories,
+            receive_time,
+            received_date,
+            period: (deadline.period.amount as i32, period_unit),
+            extension: extension.map(|e| (e.amount as i32, e.unit.as_str())),
+            original_due_date: due,
+            verification_required: rules.verification_required(t),
+            agent_may_file,
+            statutory,
+            free_limit_exceeded,
+            prior_requests_12_months: i32::try_from(prior).unwrap_or(i32::MAX),
+            deadline_citation: json!({
+                "source": cite.source,
+                "confidence": cite.confidence.as_str(),
+                "conservative": cite.conservative,
+                "note": cite.note.unwrap_or_default(),
+            }),
+        },
+    )
+    .await?;
+    let mut row = store::must_get(conn, id, true).await?;
+    store::record_transition(
+        conn,
+        &row,
+        None,
+        State::Received,
+        Action::Accept,
+        ctx,
+        "filed",
+    )
+    .await?;
+
+    // Identifiers are kept only as keyed hashes; the subject id's own hash
+    // joins them so a deletion can suppress it too.
+    let mut kinds = vec![IdentifierKind::SubjectId.as_str().to_owned()];
+    let mut hashes = vec![
+        env.key
+            .hash(IdentifierKind::SubjectId, new.subject.as_str()),
+    ];
+    for (kind, value) in &new.identifiers {
+        kinds.push(kind.as_str().to_owned());
+        hashes.push(env.key.hash(*kind, value));
+    }
+    store::insert_identifiers(conn, id, new.subject.as_str(), &kinds, &hashes).await?;
+
+    let waiting_for = match &new.agent {
+        Some(agent) if !agent.has_evidence() => {
+            Some("waiting for the agent's evidence of authority")
+        }
+        _ if row.verification_required => Some("waiting for identity verification"),
+        _ => None,
+    };
+    match waiting_for {
+        Some(reason) => {
+            transition(
+                conn,
+                ctx,
+                &mut row,
+                Action::Accept,
+                State::AwaitingVerification,
+                reason,
+            )
+            .await?
+        }
+        None => {
+            transition(
+                conn,
+                ctx,
+                &mut row,
+                Action::Accept,
+                State::InProgress,
+                "no verification required",
+            )
+            .await?;
+            take_effect(conn, ctx, env, &mut row).await?;
+        }
+    }
+    let token = journal(
+        conn,
+        ctx,
+        &row,
+        json!({
+            "request_type": t.as_str(),
+            "jurisdiction": new.jurisdiction.as_str(),
+            "rules_code": rules.code(),
+            "due_date": due.to_string(),
+            "state": row.state,
+            "agent": new.agent.is_some(),
+        }),
+    )
+    .await?;
+    Ok((id, token))
+}
+
+/// A request that is IN_PROGRESS takes effect: the consent ledger records
+/// the refusals its type implies (opt-outs, limits, objections), a deletion
+/// closes the account, and one task per concerned data system is queued.
+/// A request whose fulfilment was only the ledger completes at once.
+async fn take_effect(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    env: &Env,
+    row: &mut RequestRow,
+) -> Result<()> {
+    let t = request_type(row)?;
+    let refused = refuse_purposes(conn, ctx, row, t).await?;
+    if t == RequestType::Deletion {
+        store::record_lifecycle_event(conn, &row.subject_id, "ACCOUNT_CLOSED", row.id).await?;
+    }
+    let tasks = match model::action_for(t) {
+        Some(action) => {
+            let max = i32::try_from(env.settings.task_max_attempts).unwrap_or(i32::MAX);
+            store::fan_out(conn, row, action, max).await?
+        }
+        None => 0,
+    };
+    if tasks == 0 && !refused.is_empty() {
+        let explanation = format!(
+            "recorded refusals in the consent ledger for {}",
+            refused.join(", ")
+        );
+        sqlx::query("UPDATE privacy_requests SET explanation = $2 WHERE id = $1")
+            .bind(row.id)
+            .bind(&explanation)
+            .execute(&mut *conn)
+            .await?;
+        transition(
+            conn,
+            ctx,
+            row,
+            Action::TasksDone,
+            State::Completed,
+            &explanation,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Appends a refusal for each purpose the request type refuses (skipping
+/// purposes not based on consent in the jurisdiction). Returns the purposes.
+async fn refuse_purposes(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    row: &RequestRow,
+    t: RequestType,
+) -> Result<Vec<String>> {
+    let keys = store::refused_purposes(conn, t.as_str()).await?;
+    if keys.is_empty() {
+        return Ok(keys);
+    }
+    let subject = SubjectId::parse(&row.subject_id).map_err(Error::Internal)?;
+    let jurisdiction = Jurisdiction::parse(&row.jurisdiction).ok();
+    let source = if row.channel == Channel::GlobalPrivacyControl.as_str() {
+        Source::GpcSignal
+    } else {
+        Source::PrivacyRequest
+    };
+    let mut refused = Vec::with_capacity(keys.len());
+    for key in keys {
+        let purpose = PurposeKey::parse(&key).map_err(Error::Internal)?;
+        let new = NewConsent {
+            subject_id: subject.clone(),
+            purpose,
+            decision: Decision::Refused,
+            source,
+            policy_version: None,
+            jurisdiction: jurisdiction.clone(),
+            evidence: None,
+            effective_time: None,
+            expire_time: None,
+        };
+        match consent::record_consent(conn, ctx, &new).await {
+            Ok(_) => refused.push(key),
+            // A purpose not based on consent here takes no decisions.
+            Err(Error::FailedPrecondition {
+                reason: ErrorReason::PurposeNotConsentBased,
+                ..
+            }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(refused)
+}
+
+/// Identity (and an agent's authority) verified: the request proceeds.
+async fn verify(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    env: &Env,
+    id: i64,
+    method: &str,
+    agent_evidence: Option<&str>,
+) -> Result<ConsistencyToken> {
+    let mut row = store::must_get(conn, id, true).await?;
+    model::check(
+        &row.name(),
+        Action::Verify,
+        row.state()?,
+        Some(State::InProgress),
+    )?;
+    if let Some(agent) = row.agent.clone() {
+        let mut agent: Agent = serde_json::from_value(agent)
+            .map_err(|e| Error::Internal(format!("stored agent does not decode: {e}")))?;
+        if let Some(evidence) = agent_evidence {
+            agent.evidence_reference = evidence.to_owned();
+            sqlx::query("UPDATE privacy_requests SET agent = $2 WHERE id = $1")
+                .bind(id)
+                .bind(json!(agent))
+                .execute(&mut *conn)
+                .await?;
+        }
+        if !agent.has_evidence() {
+            return Err(Error::precondition(
+                ErrorReason::AgentNotPermitted,
+                "agent_evidence_reference",
+                "an authorized agent filed this request without evidence of authority: \
+                 give agent_evidence_reference, or deny it with AGENT_NOT_AUTHORIZED",
+            ));
+        }
+    }
+    let reason = format!("identity verified by {method}");
+    transition(
+        conn,
+        ctx,
+        &mut row,
+        Action::Verify,
+        State::InProgress,
+        &reason,
+    )
+    .await?;
+    take_effect(conn, ctx, env, &mut row).await?;
+    journal(conn, ctx, &row, json!({ "verified_by": method })).await
+}
+
+/// Uses the one extension, before the original due date, with a reason.
+async fn extend(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    id: i64,
+    reason: &str,
+    today: NaiveDate,
+) -> Result<ConsistencyToken> {
+    let mut row = store::must_get(conn, id, true).await?;
+    let state = row.state()?;
+    model::check(&row.name(), Action::Extend, state, None)?;
+    let mut clock = clock_of(&row)?;
+    let due = clock
+        .extend(today)
+        .map_err(|e| deadline_error(&row.name(), e))?;
+    sqlx::query(
+        "UPDATE privacy_requests
+         SET extended = true, extension_reason = $2, due_date = $3, update_time = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(reason)
+    .bind(due)
+    .execute(&mut *conn)
+    .await?;
+    transition(conn, ctx, &mut row, Action::Extend, state, reason).await?;
+    journal(
+        conn,
+        ctx,
+        &row,
+        json!({ "due_date": due.to_string(), "reason": reason }),
+    )
+    .await
+}
+
+/// Puts the request on hold; where the rules stop the clock for the
+/// reason, it stops until the request resumes.
+async fn hold(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    id: i64,
+    reason: HoldReason,
+    explanation: &str,
+    today: NaiveDate,
+) -> Result<ConsistencyToken> {
+    let mut row = store::must_get(conn, id, true).await?;
+    let from = row.state()?;
+    model::check(&row.name(), Action::Hold, from, Some(State::OnHold))?;
+    let pauses = reason
+        .pause_reason()
+        .is_some_and(|p| rules_of(&row).is_ok_and(|r| r.pauses_clock_for(p)));
+    sqlx::query(
+        "UPDATE privacy_requests
+         SET held_from = $2, hold_reason = $3, hold_start = $4, hold_pauses_clock = $5
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(from.as_str())
+    .bind(reason.as_str())
+    .bind(today)
+    .bind(pauses)
+    .execute(&mut *conn)
+    .await?;
+    transition(
+        conn,
+        ctx,
+        &mut row,
+        Action::Hold,
+        State::OnHold,
+        explanation,
+    )
+    .await?;
+    journal(
+        conn,
+        ctx,
+        &row,
+        json!({ "hold_reason": reason.as_str(), "clock_stopped": pauses }),
+    )
+    .await
+}
+
+/// Resumes a held request in the state it was held from; a stopped clock
+/// moves the due date by the time it was stopped.
+async fn resume(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    id: i64,
+    explanation: &str,
+    today: NaiveDate,
+) -> Result<ConsistencyToken> {
+    let mut row = store::must_get(conn, id, true).await?;
+    let to = row
+        .held_from
+        .as_deref()
+        .and_then(State::from_db)
+        .unwrap_or(State::InProgress);
+    model::check(&row.name(), Action::Resume, row.state()?, Some(to))?;
+    let mut clock = clock_of(&row)?;
+    if row.hold_pauses_clock
+        && let Some(start) = row.hold_start
+    {
+        clock
+            .pause(start, today)
+            .map_err(|e| Error::Internal(e.to_string()))?;
+    }
+    let due = clock.due().map_err(|e| Error::Internal(e.to_string()))?;
+    let original_due = clock
+        .original_due()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    sqlx::query(
+        "UPDATE privacy_requests
+         SET held_from = NULL, hold_reason = NULL, hold_start = NULL, hold_pauses_clock = false,
+             paused_days = $2, due_date = $3, original_due_date = $4
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(i32::try_from(clock.paused_days()).unwrap_or(i32::MAX))
+    .bind(due)
+    .bind(original_due)
+    .execute(&mut *conn)
+    .await?;
+    transition(conn, ctx, &mut row, Action::Resume, to, explanation).await?;
+    if to == State::InProgress {
+        // Tasks may have finished while it was held.
+        complete_if_done(conn, ctx, &mut row).await?;
+    }
+    journal(conn, ctx, &row, json!({ "due_date": due.to_string() })).await
+}
+
+/// Denies the request with a typed reason; tasks not yet run are abandoned.
+async fn deny(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    id: i64,
+    reason: DenialReason,
+    explanation: &str,
+) -> Result<ConsistencyToken> {
+    let mut row = store::must_get(conn, id, true).await?;
+    model::check(&row.name(), Action::Deny, row.state()?, Some(State::Denied))?;
+    sqlx::query(
+        "UPDATE privacy_requests
+         SET denial_reason = $2, explanation = $3, held_from = NULL, hold_reason = NULL
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(reason.as_str())
+    .bind(explanation)
+    .execute(&mut *conn)
+    .await?;
+    store::abandon_open_tasks(conn, id).await?;
+    let why = format!("{}: {explanation}", reason.as_str());
+    transition(conn, ctx, &mut row, Action::Deny, State::Denied, &why).await?;
+    journal(conn, ctx, &row, json!({ "denial_reason": reason.as_str() })).await
+}
+
+/// Cancels the request; tasks not yet run are abandoned.
+async fn cancel(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    id: i64,
+    explanation: &str,
+) -> Result<ConsistencyToken> {
+    let mut row = store::must_get(conn, id, true).await?;
+    model::check(
+        &row.name(),
+        Action::Cancel,
+        row.state()?,
+        Some(State::Canceled),
+    )?;
+    sqlx::query("UPDATE privacy_requests SET explanation = $2 WHERE id = $1")
+        .bind(id)
+        .bind(explanation)
+        .execute(&mut *conn)
+        .await?;
+    store::abandon_open_tasks(conn, id).await?;
+    transition(
+        conn,
+        ctx,
+        &mut row,
+        Action::Cancel,
+        State::Canceled,
+        explanation,
+    )
+    .await?;
+    journal(conn, ctx, &row, json!({})).await
+}
+
+/// Completes an in-progress request by hand: allowed once no task is
+/// queued or running. Exemptions (given, or from exempted tasks) make it
+/// PARTIALLY_COMPLETED.
+async fn complete(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    id: i64,
+    explanation: &str,
+    exemptions: &[String],
+) -> Result<ConsistencyToken> {
+    let mut row = store::must_get(conn, id, true).await?;
+    model::check(
+        &row.name(),
+        Action::Complete,
+        row.state()?,
+        Some(State::Completed),
+    )?;
+    let counts = store::task_counts(conn, id).await?;
+    if counts.open > 0 {
+        return Err(Error::precondition(
+            ErrorReason::InvalidStateTransition,
+            row.name(),
+            format!(
+                "{} of its tasks are still queued or running; it completes by itself when they finish",
+                counts.open
+            ),
+        ));
+    }
+    let mut all = store::task_exemptions(conn, id).await?;
+    all.extend(exemptions.iter().cloned());
+    finish(conn, ctx, &mut row, Action::Complete, explanation, &all).await?;
+    journal(conn, ctx, &row, json!({ "exemptions": all })).await
+}
+
+/// Moves an in-progress request to COMPLETED (or PARTIALLY_COMPLETED with
+/// exemptions); a deletion then erases what this service holds.
+async fn finish(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    row: &mut RequestRow,
+    action: Action,
+    explanation: &str,
+    exemptions: &[String],
+) -> Result<()> {
+    let to = if exemptions.is_empty() {
+        State::Completed
+    } else {
+        State::PartiallyCompleted
+    };
+    sqlx::query("UPDATE privacy_requests SET explanation = $2, exemptions = $3 WHERE id = $1")
+        .bind(row.id)
+        .bind(explanation)
+        .bind(exemptions)
+        .execute(&mut *conn)
+        .await?;
+    transition(conn, ctx, row, action, to, explanation).await?;
+    if request_type(row)? == RequestType::Deletion {
+        store::erase_subject(conn, &row.subject_id, row.id).await?;
+    }
+    Ok(())
+}
+
+/// When every task of an in-progress request has settled and none failed,
+/// the request completes (in part when some were exempt).
+pub(super) async fn complete_if_done(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    row: &mut RequestRow,
+) -> Result<bool> {
+    if row.state()? != State::InProgress {
+        return Ok(false);
+    }
+    let counts = store::task_counts(conn, row.id).await?;
+    if counts.total == 0 || counts.open > 0 || counts.failed > 0 {
+        return Ok(false);
+    }
+    let exemptions = store::task_exemptions(conn, row.id).await?;
+    let explanation = format!(
+        "{} data system task(s) done, {} exempt",
+        counts.succeeded, counts.exempt
+    );
+    finish(conn, ctx, row, Action::TasksDone, &explanation, &exemptions).await?;
+    Ok(true)
+}
+
+/// Appeals a denied or partly completed request where the rules give an appeal.
+async fn appeal(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    id: i64,
+    statement: &str,
+    receive_time: DateTime<Utc>,
+) -> Result<ConsistencyToken> {
+    let mut row = store::must_get(conn, id, true).await?;
+    let state = row.state()?;
+    model::check(&row.name(), Action::Appeal, state, None)?;
+    let rules = rules_of(&row)?;
+    let appeal_rules = rules.appeal_for(request_type(&row)?);
+    if !appeal_rules.exists {
+        return Err(Error::precondition(
+            ErrorReason::AppealNotAllowed,
+            row.name(),
+            format!("{} gives no appeal ({})", rules.code(), appeal_rules.source),
+        ));
+    }
+    if row.appeal_state.is_some() {
+        return Err(Error::precondition(
+            ErrorReason::AppealNotAllowed,
+            row.name(),
+            "the request has already been appealed",
+        ));
+    }
+    let due = appeal_rules
+        .deadline
+        .map(|p| p.after(receive_time.date_naive()))
+        .transpose()
+        .map_err(|e| Error::invalid("receive_time", e.to_string()))?;
+    sqlx::query(
+        "UPDATE privacy_requests
+         SET appeal_state = 'PENDING', appeal_statement = $2, appeal_create_time = $3,
+             appeal_due_date = $4, appeal_regulator_contact_required = $5, update_time = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(statement)
+    .bind(receive_time)
+    .bind(due)
+    .bind(appeal_rules.regulator_contact_required)
+    .execute(&mut *conn)
+    .await?;
+    transition(conn, ctx, &mut row, Action::Appeal, state, "appealed").await?;
+    journal(
+        conn,
+        ctx,
+        &row,
+        json!({ "appeal_due_date": due.map(|d| d.to_string()) }),
+    )
+    .await
+}
+
+/// Decides a pending appeal. GRANTED reopens the request (it takes effect
+/// again); UPHELD keeps the outcome and, where the law says so, must record
+/// that the subject was told how to contact the regulator.
+async fn decide_appeal(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    env: &Env,
+    id: i64,
+    decision: AppealState,
+    explanation: &str,
+    regulator_contact_provided: bool,
+) -> Result<ConsistencyToken> {
+    let mut row = store::must_get(conn, id, true).await?;
+    let state = row.state()?;
+    model::check(&row.name(), Action::DecideAppeal, state, None)?;
+    if row.appeal_state.as_deref() != Some(AppealState::Pending.as_str()) {
+        return Err(Error::precondition(
+            ErrorReason::AppealNotAllowed,
+            row.name(),
+            "the request has no pending appeal",
+        ));
+    }
+    let required = row.appeal_regulator_contact_required.unwrap_or(false);
+    if decision == AppealState::Upheld && required && !regulator_contact_provided {
+        return Err(Error::invalid(
+            "regulator_contact_provided",
+            format!(
+                "must be true: {} requires telling the subject how to contact the regulator when an appeal is denied",
+                row.rules_code
+            ),
+        ));
+    }
+    sqlx::query(
+        "UPDATE privacy_requests
+         SET appeal_state = $2, appeal_explanation = $3, appeal_regulator_contact_provided = $4,
+             appeal_decide_time = now(), update_time = now()
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(decision.as_str())
+    .bind(explanation)
+    .bind(regulator_contact_provided)
+    .execute(&mut *conn)
+    .await?;
+    match decision {
+        AppealState::Granted => {
+            sqlx::query(
+                "UPDATE privacy_requests SET denial_reason = NULL, exemptions = '{}' WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
+            let why = format!("appeal granted: {explanation}");
+            transition(
+                conn,
+                ctx,
+                &mut row,
+                Action::DecideAppeal,
+                State::InProgress,
+                &why,
+            )
+            .await?;
+            take_effect(conn, ctx, env, &mut row).await?;
+        }
+        _ => {
+            let why = format!("appeal upheld: {explanation}");
+            transition(conn, ctx, &mut row, Action::DecideAppeal, state, &why).await?;
+        }
+    }
+    journal(
+        conn,
+        ctx,
+        &row,
+        json!({ "decision": decision.as_str(), "regulator_contact_provided": regulator_contact_provided }),
+    )
+    .await
+}
+
+/// A change to an existing request: one per mutating RPC.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Verify {
+        method: String,
+        agent_evidence: Option<String>,
+    },
+    Extend {
+        reason: String,
+    },
+    Hold {
+        reason: HoldReason,
+        explanation: String,
+    },
+    Resume {
+        explanation: String,
+    },
+    Deny {
+        reason: DenialReason,
+        explanation: String,
+    },
+    Cancel {
+        explanation: String,
+    },
+    Complete {
+        explanation: String,
+        exemptions: Vec<String>,
+    },
+    Appeal {
+        statement: String,
+        receive_time: Option<DateTime<Utc>>,
+    },
+    DecideAppeal {
+        decision: AppealState,
+        explanation: String,
+        regulator_contact_provided: bool,
+    },
+}
+
+/// Applies `change` to request `id` in the caller's transaction.
+pub async fn apply(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    env: &Env,
+    id: i64,
+    change: &Change,
+) -> Result<ConsistencyToken> {
+    let today = Utc::now().date_naive();
+    match change {
+        Change::Verify {
+            method,
+            agent_evidence,
+        } => verify(conn, ctx, env, id, method, agent_evidence.as_deref()).await,
+        Change::Extend { reason } => extend(conn, ctx, id, reason, today).await,
+        Change::Hold {
+            reason,
+            explanation,
+        } => hold(conn, ctx, id, *reason, explanation, today).await,
+        Change::Resume { explanation } => resume(conn, ctx, id, explanation, today).await,
+        Change::Deny {
+            reason,
+            explanation,
+        } => deny(conn, ctx, id, *reason, explanation).await,
+        Change::Cancel { explanation } => cancel(conn, ctx, id, explanation).await,
+        Change::Complete {
+            explanation,
+            exemptions,
+        } => complete(conn, ctx, id, explanation, exemptions).await,
+        Change::Appeal {
+            statement,
+            receive_time,
+        } => {
+            appeal(
+                conn,
+                ctx,
+                id,
+                statement,
+                receive_time.unwrap_or_else(Utc::now),
+            )
+            .await
+        }
+        Change::DecideAppeal {
+            decision,
+            explanation,
+            regulator_contact_provided,
+        } => {
+            decide_appeal(
+                conn,
+                ctx,
+                env,
+                id,
+                *decision,
+                explanation,
+                *regulator_contact_provided,
+            )
+            .await
+        }
+    }
+}
+
+/// The JSON export of a completed access or portability request: what each
+/// data system exported, and this service's own records of the subject.
+pub async fn access_package(conn: &mut PgConnection, id: i64) -> Result<serde_json::Value> {
+    let row = store::must_get(conn, id, false).await?;
+    let t = request_type(&row)?;
+    if !matches!(t, RequestType::Access | RequestType::Portability) {
+        return Err(Error::precondition(
+            ErrorReason::ActionNotSupported,
+            row.name(),
+            format!("a {t} request has no access package; only access and portability do"),
+        ));
+    }
+    let state = row.state()?;
+    if !matches!(state, State::Completed | State::PartiallyCompleted) {
+        return Err(Error::InvalidTransition {
+            resource: row.name(),
+            state: state.as_str(),
+            action: "GetAccessPackage",
+            allowed_from: vec![
+                State::Completed.as_str(),
+                State::PartiallyCompleted.as_str(),
+            ],
+        });
+    }
+    let systems: Vec<_> = store::exports(conn, id)
+        .await?
+        .into_iter()
+        .map(|e| {
+            json!({
+                "task": format!("tasks/{}", e.id),
+                "data_system": format!("dataSystems/{}", e.data_system_id),
+                "state": e.state,
+                "categories": e.categories,
+                "records": e.records_affected,
+                "content_sha256": e.content_sha256,
+                "system_reference": e.system_reference,
+                "exempt_reason": e.exempt_reason,
+                "data": e.export_json,
+            })
+        })
+        .collect();
+    Ok(json!({
+        "format": "privacy-records access package v1",
+        "privacy_request": row.name(),
+        "request_type": t.as_str(),
+        "subject_id": row.subject_id,
+        "jurisdiction": row.jurisdiction,
+        "received": row.receive_time,
+        "data_systems": systems,
+        "consent_history": store::consent_history(conn, &row.subject_id).await?,
+        "privacy_requests": store::request_history(conn, &row.subject_id).await?,
+    }))
+}

@@ -1,0 +1,569 @@
+//! The SQL of privacy requests.
+use chrono::{DateTime, NaiveDate, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+
+use super::model::{Action, DataAction, State};
+use crate::error::{Error, Result};
+use crate::rpc::Context;
+
+/// A request as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RequestRow {
+    pub id: i64,
+    pub subject_id: String,
+    pub request_type: String,
+    pub jurisdiction: String,
+    pub rules_code: String,
+    pub rules_version: String,
+    pub channel: String,
+    pub identifier_kinds: Vec<String>,
+    pub agent: Option<Value>,
+    pub corrections: Value,
+    pub categories: Vec<String>,
+    pub state: String,
+    pub held_from: Option<String>,
+    pub hold_reason: Option<String>,
+    pub hold_start: Option<NaiveDate>,
+    pub hold_pauses_clock: bool,
+    pub receive_time: DateTime<Utc>,
+    pub received_date: NaiveDate,
+    pub period_amount: i32,
+    pub period_unit: String,
+    pub extension_amount: Option<i32>,
+    pub extension_unit: Option<String>,
+    pub extended: bool,
+    pub extension_reason: Option<String>,
+    pub paused_days: i32,
+    pub original_due_date: NaiveDate,
+    pub due_date: NaiveDate,
+    pub verification_required: bool,
+    pub agent_may_file: bool,
+    pub statutory: bool,
+    pub free_limit_exceeded: bool,
+    pub prior_requests_12_months: i32,
+    pub deadline_citation: Value,
+    pub denial_reason: Option<String>,
+    pub explanation: String,
+    pub exemptions: Vec<String>,
+    pub appeal_state: Option<String>,
+    pub appeal_statement: Option<String>,
+    pub appeal_create_time: Option<DateTime<Utc>>,
+    pub appeal_due_date: Option<NaiveDate>,
+    pub appeal_explanation: Option<String>,
+    pub appeal_regulator_contact_required: Option<bool>,
+    pub appeal_regulator_contact_provided: Option<bool>,
+    pub appeal_decide_time: Option<DateTime<Utc>>,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+    pub close_time: Option<DateTime<Utc>>,
+}
+
+impl RequestRow {
+    pub fn state(&self) -> Result<State> {
+        State::from_db(&self.state)
+            .ok_or_else(|| Error::Internal(format!("unknown request state {:?}", self.state)))
+    }
+
+    pub fn name(&self) -> String {
+        format!("privacyRequests/{}", self.id)
+    }
+}
+
+/// A transition as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct TransitionRow {
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub action: String,
+    pub actor: String,
+    pub reason: String,
+    pub transition_time: DateTime<Utc>,
+}
+
+/// Counts of a request's tasks by outcome.
+#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
+pub struct TaskCounts {
+    pub total: i64,
+    pub succeeded: i64,
+    pub exempt: i64,
+    pub failed: i64,
+    pub open: i64,
+}
+
+/// What a new request's row holds.
+pub struct NewRow<'a> {
+    pub subject_id: &'a str,
+    pub request_type: &'a str,
+    pub jurisdiction: &'a str,
+    pub rules_code: &'a str,
+    pub rules_version: &'a str,
+    pub channel: &'a str,
+    pub identifier_kinds: Vec<String>,
+    pub agent: Option<Value>,
+    pub corrections: Value,
+    pub categories: &'a [String],
+    pub receive_time: DateTime<Utc>,
+    pub received_date: NaiveDate,
+    pub period: (i32, &'a str),
+    pub extension: Option<(i32, &'a str)>,
+    pub original_due_date: NaiveDate,
+    pub verification_required: bool,
+    pub agent_may_file: bool,
+    pub statutory: bool,
+    pub free_limit_exceeded: bool,
+    pub prior_requests_12_months: i32,
+    pub deadline_citation: Value,
+}
+
+pub async fn insert(conn: &mut PgConnection, r: &NewRow<'_>) -> Result<i64> {
+    let id = sqlx::query_scalar(
+        "INSERT INTO privacy_requests (
+             subject_id, request_type, jurisdiction, rules_code, rules_version, channel,
+             identifier_kinds, agent, corrections, categories, state, receive_time,
+             received_date, period_amount, period_unit, extension_amount, extension_unit,
+             original_due_date, due_date, verification_required, agent_may_file, statutory,
+             free_limit_exceeded, prior_requests_12_months, deadline_citation)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'RECEIVED', $11, $12, $13, $14, $15,
+                 $16, $17, $17, $18, $19, $20, $21, $22, $23)
+         RETURNING id",
+    )
+    .bind(r.subject_id)
+    .bind(r.request_type)
+    .bind(r.jurisdiction)
+    .bind(r.rules_code)
+    .bind(r.rules_version)
+    .bind(r.channel)
+    .bind(&r.identifier_kinds)
+    .bind(&r.agent)
+    .bind(&r.corrections)
+    .bind(r.categories)
+    .bind(r.receive_time)
+    .bind(r.received_date)
+    .bind(r.period.0)
+    .bind(r.period.1)
+    .bind(r.extension.map(|e| e.0))
+    .bind(r.extension.map(|e| e.1))
+    .bind(r.original_due_date)
+    .bind(r.verification_required)
+    .bind(r.agent_may_file)
+    .bind(r.statutory)
+    .bind(r.free_limit_exceeded)
+    .bind(r.prior_requests_12_months)
+    .bind(&r.deadline_citation)
+    .fetch_one(conn)
+    .await?;
+    Ok(id)
+}
+
+/// Reads one request; `for_update` locks it for the rest of the transaction.
+pub async fn get(conn: &mut PgConnection, id: i64, for_update: bool) -> Result<Option<RequestRow>> {
+    let sql = if for_update {
+        "SELECT * FROM privacy_requests WHERE id = $1 FOR UPDATE"
+    } else {
+        "SELECT * FROM privacy_requests WHERE id = $1"
+    };
+    Ok(sqlx::query_as(sql).bind(id).fetch_optional(conn).await?)
+}
+
+/// Reads one request or fails with NOT_FOUND.
+pub async fn must_get(conn: &mut PgConnection, id: i64, for_update: bool) -> Result<RequestRow> {
+    get(conn, id, for_update)
+        .await?
+        .ok_or_else(|| Error::NotFound(format!("privacyRequests/{id}")))
+}
+
+/// Requests of `request_type` the subject filed in the 12 months before
+/// `before` (canceled ones do not count).
+pub async fn count_prior(
+    conn: &mut PgConnection,
+    subject_id: &str,
+    request_type: &str,
+    before: DateTime<Utc>,
+) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM privacy_requests
+         WHERE subject_id = $1 AND request_type = $2 AND state <> 'CANCELED'
+           AND receive_time > $3 - interval '12 months' AND receive_time <= $3",
+    )
+    .bind(subject_id)
+    .bind(request_type)
+    .bind(before)
+    .fetch_one(conn)
+    .await?)
+}
+
+pub async fn insert_identifiers(
+    conn: &mut PgConnection,
+    id: i64,
+    subject_id: &str,
+    kinds: &[String],
+    hashes: &[Vec<u8>],
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO request_identifiers (privacy_request_id, subject_id, kind, hash)
+         SELECT $1, $2, k, h FROM unnest($3::text[], $4::bytea[]) AS t (k, h)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(subject_id)
+    .bind(kinds)
+    .bind(hashes)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Appends a transition (or, with `from == to`, an event such as an
+/// extension) to the request's history.
+pub async fn record_transition(
+    conn: &mut PgConnection,
+    row: &RequestRow,
+    from: Option<State>,
+    to: State,
+    action: Action,
+    ctx: &Context,
+    reason: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO request_transitions
+             (privacy_request_id, subject_id, from_state, to_state, action, actor, reason, request_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(row.id)
+    .bind(&row.subject_id)
+    .bind(from.map(|s| s.as_str()))
+    .bind(to.as_str())
+    .bind(action.as_str())
+    .bind(&ctx.actor)
+    .bind(reason)
+    .bind(&ctx.request_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn transitions(conn: &mut PgConnection, id: i64) -> Result<Vec<TransitionRow>> {
+    Ok(sqlx::query_as(
+        "SELECT from_state, to_state, action, actor, reason, transition_time
+         FROM request_transitions WHERE privacy_request_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Sets the state (and the close time when it closes).
+pub async fn set_state(conn: &mut PgConnection, id: i64, state: State) -> Result<()> {
+    sqlx::query(
+        "UPDATE privacy_requests
+         SET state = $2, update_time = now(),
+             close_time = CASE WHEN $3 THEN now() ELSE NULL END
+         WHERE id = $1",
+    )
+    .bind(id)
+    .bind(state.as_str())
+    .bind(!state.is_open())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn task_counts(conn: &mut PgConnection, id: i64) -> Result<TaskCounts> {
+    Ok(sqlx::query_as(
+        "SELECT count(*) AS total,
+                count(*) FILTER (WHERE state = 'SUCCEEDED') AS succeeded,
+                count(*) FILTER (WHERE state = 'EXEMPTED') AS exempt,
+                count(*) FILTER (WHERE state = 'FAILED'
+                    OR (state = 'LEASED' AND lease_expire_time < now() AND attempts >= max_attempts))
+                    AS failed,
+                count(*) FILTER (WHERE state = 'QUEUED'
+                    OR (state = 'LEASED' AND NOT (lease_expire_time < now() AND attempts >= max_attempts)))
+                    AS open
+         FROM tasks WHERE privacy_request_id = $1",
+    )
+    .bind(id)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// The exemptions the request's exempted tasks gave, "dataSystems/x: why".
+pub async fn task_exemptions(conn: &mut PgConnection, id: i64) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT 'dataSystems/' || data_system_id || ': ' || coalesce(exempt_reason, '')
+         FROM tasks WHERE privacy_request_id = $1 AND state = 'EXEMPTED' ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Creates one task per data system that holds affected categories (all,
+/// when the request names none) and supports `action`. Returns how many.
+pub async fn fan_out(
+    conn: &mut PgConnection,
+    row: &RequestRow,
+    action: DataAction,
+    max_attempts: i32,
+) -> Result<u64> {
+    let done = sqlx::query(
+        "INSERT INTO tasks (data_system_id, privacy_request_id, subject_id, action, categories,
+                            corrections, max_attempts)
+         SELECT d.id, $1, $2, $3,
+                CASE WHEN cardinality($4::text[]) = 0 THEN d.categories
+                     ELSE ARRAY(SELECT unnest(d.categories) INTERSECT SELECT unnest($4::text[])
+                                ORDER BY 1) END,
+                $5, $6
+         FROM data_systems d
+         WHERE $3 = ANY (d.actions)
+           AND (cardinality($4::text[]) = 0 OR d.categories && $4::text[])
+         ORDER BY d.id",
+    )
+    .bind(row.id)
+    .bind(&row.subject_id)
+    .bind(action.as_str())
+    .bind(&row.categories)
+    .bind(&row.corrections)
+    .bind(max_attempts)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Gives up the request's tasks that have not run (it was denied or canceled).
+pub async fn abandon_open_tasks(conn: &mut PgConnection, id: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE tasks SET state = 'ABANDONED', lease_id = NULL, lease_expire_time = NULL,
+                          update_time = now()
+         WHERE privacy_request_id = $1 AND state IN ('QUEUED', 'LEASED')",
+    )
+    .bind(id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The purposes a request type refuses in the consent ledger.
+pub async fn refused_purposes(conn: &mut PgConnection, request_type: &str) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT purpose_key FROM request_type_refusals WHERE request_type = $1 ORDER BY purpose_key",
+    )
+    .bind(request_type)
+    .fetch_all(conn)
+    .await?)
+}
+
+pub async fn record_lifecycle_event(
+    conn: &mut PgConnection,
+    subject_id: &str,
+    event: &str,
+    request_id: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO lifecycle_events (subject_id, event, event_time, privacy_request_id)
+         VALUES ($1, $2, now(), $3)",
+    )
+    .bind(subject_id)
+    .bind(event)
+    .bind(request_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// After a deletion: the subject's identifiers (with the subject id's own
+/// hash, stored with every request) become suppression entries, and this service's records about the
+/// subject keep only what the law requires: the request metadata (CCPA
+/// 11 CCR 7101: 24 months) and the consent ledger (the proof of refusals),
+/// not correction values, agent contacts, exported data or identifiers.
+pub async fn erase_subject(
+    conn: &mut PgConnection,
+    subject_id: &str,
+    request_id: i64,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO suppression_entries (kind, hash, privacy_request_id)
+         SELECT DISTINCT kind, hash, $2 FROM request_identifiers WHERE subject_id = $1
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(subject_id)
+    .bind(request_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM request_identifiers WHERE subject_id = $1")
+        .bind(subject_id)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "UPDATE privacy_requests
+         SET corrections = '[]'::jsonb,
+             agent = CASE WHEN agent IS NULL THEN NULL ELSE agent - 'contact' END,
+             appeal_statement = CASE WHEN appeal_statement IS NULL THEN NULL ELSE '' END
+         WHERE subject_id = $1",
+    )
+    .bind(subject_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "UPDATE tasks SET export_json = NULL, corrections = '[]'::jsonb WHERE subject_id = $1",
+    )
+    .bind(subject_id)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "INSERT INTO subjects (subject_id, erase_time) VALUES ($1, now())
+         ON CONFLICT (subject_id) DO UPDATE SET erase_time = now(), update_time = now()",
+    )
+    .bind(subject_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Which of the hashes are suppressed.
+pub async fn suppressed(
+    pool: &PgPool,
+    kinds: &[String],
+    hashes: &[Vec<u8>],
+) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT DISTINCT s.kind FROM suppression_entries s
+         JOIN unnest($1::text[], $2::bytea[]) AS t (k, h) ON s.kind = t.k AND s.hash = t.h
+         ORDER BY 1",
+    )
+    .bind(kinds)
+    .bind(hashes)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Filters of ListPrivacyRequests.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub subject_id: Option<String>,
+    pub state: Option<State>,
+    pub request_type: Option<String>,
+    pub jurisdiction: Option<String>,
+    pub overdue: bool,
+    pub due_before: Option<NaiveDate>,
+}
+
+pub async fn list(
+    pool: &PgPool,
+    f: &ListFilter,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<RequestRow>> {
+    Ok(sqlx::query_as(
+        "SELECT * FROM privacy_requests
+         WHERE id > $1
+           AND ($2::text IS NULL OR subject_id = $2)
+           AND ($3::text IS NULL OR state = $3)
+           AND ($4::text IS NULL OR request_type = $4)
+           AND ($5::text IS NULL OR jurisdiction = $5)
+           AND (NOT $6 OR (state IN ('RECEIVED', 'AWAITING_VERIFICATION', 'IN_PROGRESS', 'ON_HOLD')
+                           AND due_date < current_date))
+           AND ($7::date IS NULL OR due_date <= $7)
+         ORDER BY id
+         LIMIT $8",
+    )
+    .bind(after)
+    .bind(&f.subject_id)
+    .bind(f.state.map(|s| s.as_str()))
+    .bind(&f.request_type)
+    .bind(&f.jurisdiction)
+    .bind(f.overdue)
+    .bind(f.due_before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One closed or open request of a year, for the metrics.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct MetricRow {
+    pub request_type: String,
+    pub state: String,
+    pub denial_reason: Option<String>,
+    /// Calendar days from receipt to the close; `None` while open.
+    pub days: Option<i32>,
+}
+
+pub async fn year_rows(pool: &PgPool, year: i32) -> Result<Vec<MetricRow>> {
+    Ok(sqlx::query_as(
+        "SELECT request_type, state, denial_reason,
+                (close_time::date - receive_time::date) AS days
+         FROM privacy_requests
+         WHERE receive_time >= make_timestamptz($1, 1, 1, 0, 0, 0, 'UTC')
+           AND receive_time < make_timestamptz($1 + 1, 1, 1, 0, 0, 0, 'UTC')",
+    )
+    .bind(year)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Open requests overdue now, and due within the next 7 days.
+pub async fn due_counts(pool: &PgPool) -> Result<(i64, i64)> {
+    Ok(sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE due_date < current_date),
+                count(*) FILTER (WHERE due_date >= current_date AND due_date <= current_date + 7)
+         FROM privacy_requests
+         WHERE state IN ('RECEIVED', 'AWAITING_VERIFICATION', 'IN_PROGRESS', 'ON_HOLD')",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// What the access package holds about one exporting task.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ExportRow {
+    pub id: i64,
+    pub data_system_id: String,
+    pub state: String,
+    pub categories: Vec<String>,
+    pub records_affected: Option<i64>,
+    pub content_sha256: Option<String>,
+    pub system_reference: Option<String>,
+    pub export_json: Option<Value>,
+    pub exempt_reason: Option<String>,
+}
+
+pub async fn exports(conn: &mut PgConnection, id: i64) -> Result<Vec<ExportRow>> {
+    Ok(sqlx::query_as(
+        "SELECT id, data_system_id, state, categories, records_affected, content_sha256,
+                system_reference, export_json, exempt_reason
+         FROM tasks WHERE privacy_request_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The subject's consent ledger, oldest first, as JSON objects.
+pub async fn consent_history(conn: &mut PgConnection, subject_id: &str) -> Result<Vec<Value>> {
+    Ok(sqlx::query_scalar(
+        "SELECT jsonb_build_object(
+                    'purpose', purpose_key, 'decision', decision, 'source', source,
+                    'jurisdiction', jurisdiction, 'policy_version', policy_version,
+                    'effective_time', effective_time, 'expire_time', expire_time,
+                    'record_time', record_time)
+         FROM consent_records WHERE subject_id = $1 ORDER BY id",
+    )
+    .bind(subject_id)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// The subject's requests, oldest first, as JSON objects.
+pub async fn request_history(conn: &mut PgConnection, subject_id: &str) -> Result<Vec<Value>> {
+    Ok(sqlx::query_scalar(
+        "SELECT jsonb_build_object(
+                    'name', 'privacyRequests/' || id, 'request_type', request_type,
+                    'jurisdiction', jurisdiction, 'state', state, 'receive_time', receive_time,
+                    'due_date', due_date, 'close_time', close_time)
+         FROM privacy_requests WHERE subject_id = $1 ORDER BY id",
+    )
+    .bind(subject_id)
+    .fetch_all(conn)
+    .await?)
+}
