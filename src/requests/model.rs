@@ -266,16 +266,7 @@ string_enum!(
     }
 );
 
-string_enum!(
-    /// What a data system is asked to do.
-    DataAction {
-        Export = "EXPORT",
-        Delete = "DELETE",
-        Correct = "CORRECT",
-        Suppress = "SUPPRESS",
-        Restrict = "RESTRICT",
-    }
-);
+pub use crate::datasystems::model::DataAction;
 
 /// The task action that fulfils a request type at the data systems; `None`
 /// for a confirmation, which needs no data system.
@@ -299,6 +290,7 @@ pub struct FieldCorrection {
     pub field: String,
     #[serde(default)]
     pub current_value: String,
+    #[serde(default)]
     pub corrected_value: String,
 }
 

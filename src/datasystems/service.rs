@@ -1,0 +1,355 @@
+//! The data-system use cases: the registry, the lease rules of the task
+//! queue, and the disclosure log with its 12-month report. They know neither
+//! gRPC nor SQL; writes run inside the caller's transaction and journal
+//! there.
+use chrono::{DateTime, Months, Utc};
+use serde_json::json;
+use sqlx::{PgConnection, PgPool};
+
+use super::model::{
+    Claim, DataAction, DataSystem, DataSystemFields, Disclosure, DisclosureBasis, DisclosureReport,
+    LeaseId, NewDisclosure, PurposeKey, Task, TaskId, TaskResult, TaskState,
+};
+use super::store;
+use crate::consent::model::ConsentModel;
+use crate::error::{Error, Result};
+use crate::journal::{self, ChangeEntry, ChangeKind};
+use crate::proto::ErrorReason;
+use crate::requests::progress::task_settled;
+use crate::rpc::Context;
+use crate::tokens::ConsistencyToken;
+
+/// The purposes a disclosure basis implies, when the catalogue makes them
+/// PROHIBITED (the promise never to sell or share).
+const SALE_PURPOSE: &str = "sale_of_personal_data";
+const SHARING_PURPOSE: &str = "cross_context_sharing";
+
+/// The longest a retryable failure waits before its next attempt.
+const MAX_BACKOFF_SECONDS: i64 = 300;
+
+pub async fn register(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    fields: &DataSystemFields,
+) -> Result<(DataSystem, ConsistencyToken)> {
+    let (system, created) = store::upsert_data_system(conn, fields).await?;
+    let name = fields.id.name();
+    let actions: Vec<&str> = system.actions.iter().map(|a| a.as_str()).collect();
+    let token = journal::record(
+        conn,
+        ctx.audit(
+            &name,
+            None,
+            json!({
+                "created": created,
+                "kind": system.kind.as_str(),
+                "categories": system.categories,
+                "actions": actions,
+            }),
+        ),
+        ChangeEntry::resource(ChangeKind::DataSystemChanged, &name, None),
+    )
+    .await?;
+    Ok((system, token))
+}
+
+/// Fails the system's tasks whose lease ran out on their last attempt, then
+/// leases the next claimable ones.
+pub async fn claim(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    claim: &Claim,
+) -> Result<(Vec<Task>, ConsistencyToken)> {
+    let name = claim.data_system.name();
+    if !store::data_system_exists(conn, &claim.data_system).await? {
+        return Err(Error::NotFound(name));
+    }
+    let failed = store::fail_exhausted_leases(conn, &claim.data_system).await?;
+    let mut requests: Vec<i64> = failed.iter().filter_map(|(_, r)| *r).collect();
+    requests.sort_unstable();
+    requests.dedup();
+    for request in requests {
+        task_settled(conn, ctx, request).await?;
+    }
+    let tasks = store::claim(conn, claim).await?;
+    if tasks.is_empty() && failed.is_empty() {
+        // Nothing changed: an idle worker's poll writes no audit or change
+        // event (workers poll often; the trail would drown in them).
+        let xid = store::current_xid(conn).await?;
+        return Ok((tasks, ConsistencyToken { xid }));
+    }
+    let claimed: Vec<i64> = tasks.iter().map(|t| t.id).collect();
+    let failed: Vec<i64> = failed.iter().map(|(id, _)| *id).collect();
+    let token = journal::record(
+        conn,
+        ctx.audit(
+            &name,
+            None,
+            json!({
+                "worker": claim.worker,
+                "lease_seconds": claim.lease_seconds,
+                "claimed_tasks": claimed,
+                "failed_expired_tasks": failed,
+            }),
+        ),
+        ChangeEntry::resource(ChangeKind::TaskChanged, &name, None),
+    )
+    .await?;
+    Ok((tasks, token))
+}
+
+/// Whether an expired lease that nobody has claimed since still counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expired {
+    Refused,
+    Accepted,
+}
+
+/// The caller holds the lease when the task is LEASED under its lease id
+/// (a new claim always draws a new id).
+fn hold_lease(task: &Task, lease: LeaseId, now: DateTime<Utc>, expired: Expired) -> Result<()> {
+    let why = match (task.state, task.lease_id, task.lease_expire_time) {
+        (TaskState::Leased, Some(id), _) if id != lease.0 => format!(
+            "it is LEASED under another lease (worker {:?})",
+            task.worker.as_deref().unwrap_or_default()
+        ),
+        (TaskState::Leased, Some(_), Some(t)) if t < now && expired == Expired::Refused => {
+            format!("it is LEASED, but the lease expired at {}", t.to_rfc3339())
+        }
+        (TaskState::Leased, Some(_), Some(_)) => return Ok(()),
+        (state, ..) => format!("it is {}", state.as_str()),
+    };
+    let name = task.name();
+    Err(Error::precondition(
+        ErrorReason::LeaseNotHeld,
+        &name,
+        format!("the lease on {name} is not held: {why}"),
+    ))
+}
+
+async fn journal_task(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    task: &Task,
+    details: serde_json::Value,
+) -> Result<ConsistencyToken> {
+    let name = task.name();
+    let subject = Some(task.subject_id.as_str());
+    journal::record(
+        conn,
+        ctx.audit(&name, subject, details),
+        ChangeEntry::resource(ChangeKind::TaskChanged, &name, subject),
+    )
+    .await
+}
+
+/// Extends a live lease; an expired one is refused, since another worker
+/// may be about to claim the task.
+pub async fn renew(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    id: TaskId,
+    lease: LeaseId,
+    lease_seconds: i32,
+) -> Result<(Task, ConsistencyToken)> {
+    let (task, now) = store::lock_task(conn, id.0).await?;
+    hold_lease(&task, lease, now, Expired::Refused)?;
+    let task = store::renew_lease(conn, id.0, lease_seconds).await?;
+    let token = journal_task(
+        conn,
+        ctx,
+        &task,
+        json!({ "lease_expire_time": task.lease_expire_time }),
+    )
+    .await?;
+    Ok((task, token))
+}
+
+pub async fn complete(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    id: TaskId,
+    lease: LeaseId,
+    result: &TaskResult,
+) -> Result<(Task, ConsistencyToken)> {
+    let (task, now) = store::lock_task(conn, id.0).await?;
+    // An expired lease still completes while nobody has claimed the task
+    // again (a claim replaces the lease id): the work is done, and refusing
+    // it would only make another worker do it twice. Once reclaimed (or
+    // failed by a claim after its last attempt), the old lease is refused.
+    hold_lease(&task, lease, now, Expired::Accepted)?;
+    if result.export_json.is_some() && task.action != DataAction::Export {
+        return Err(Error::invalid(
+            "result.export_json",
+            format!(
+                "is only for EXPORT tasks; this task is {}",
+                task.action.as_str()
+            ),
+        ));
+    }
+    let state = match result.exempt_reason {
+        Some(_) => TaskState::Exempted,
+        None => TaskState::Succeeded,
+    };
+    let task = store::complete(conn, id.0, state, result).await?;
+    // The proof, not the exported data: the audit trail is append-only and
+    // must not keep a copy of personal data.
+    let token = journal_task(
+        conn,
+        ctx,
+        &task,
+        json!({
+            "state": state.as_str(),
+            "records_affected": result.records_affected,
+            "content_sha256": result.content_sha256,
+            "system_reference": result.system_reference,
+            "exempt_reason": result.exempt_reason,
+        }),
+    )
+    .await?;
+    if let Some(request) = task.privacy_request_id {
+        task_settled(conn, ctx, request).await?;
+    }
+    Ok((task, token))
+}
+
+/// Seconds before a retryable failure may be claimed again: 2^attempts,
+/// at most five minutes (2 s after the first attempt, 4 s, 8 s, ...).
+pub fn backoff_seconds(attempts: i32) -> i32 {
+    let exponent = u32::try_from(attempts).unwrap_or(0);
+    // At most 300, so the conversion cannot fail.
+    i32::try_from(2_i64.saturating_pow(exponent).min(MAX_BACKOFF_SECONDS)).unwrap_or(i32::MAX)
+}
+
+pub async fn fail(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    id: TaskId,
+    lease: LeaseId,
+    retryable: bool,
+    error_message: &str,
+) -> Result<(Task, ConsistencyToken)> {
+    let (task, now) = store::lock_task(conn, id.0).await?;
+    // As for CompleteTask: an expired lease nobody has taken over still
+    // reports its attempt.
+    hold_lease(&task, lease, now, Expired::Accepted)?;
+    let retry_after =
+        (retryable && task.attempts < task.max_attempts).then(|| backoff_seconds(task.attempts));
+    let task = store::fail(conn, id.0, error_message, retry_after).await?;
+    // The message stays on the task (it may name personal data); the
+    // append-only trail keeps the outcome.
+    let token = journal_task(
+        conn,
+        ctx,
+        &task,
+        json!({
+            "state": task.state.as_str(),
+            "retryable": retryable,
+            "attempts": task.attempts,
+            "retry_after_seconds": retry_after,
+        }),
+    )
+    .await?;
+    if task.state == TaskState::Failed
+        && let Some(request) = task.privacy_request_id
+    {
+        task_settled(conn, ctx, request).await?;
+    }
+    Ok((task, token))
+}
+
+/// The prohibited purpose a disclosure contradicts: its own purpose when
+/// that is PROHIBITED, else the purpose its basis implies (a sale, sharing
+/// for cross-context advertising) when the catalogue prohibits that. An
+/// unknown purpose is NOT_FOUND.
+async fn contradicted_purpose(
+    conn: &mut PgConnection,
+    new: &NewDisclosure,
+) -> Result<Option<PurposeKey>> {
+    if let Some(purpose) = &new.purpose {
+        let model = store::purpose_model(conn, purpose)
+            .await?
+            .ok_or_else(|| Error::NotFound(purpose.name()))?;
+        if model == ConsentModel::Prohibited {
+            return Ok(Some(purpose.clone()));
+        }
+    }
+    let implied = match new.basis {
+        DisclosureBasis::Sale => SALE_PURPOSE,
+        DisclosureBasis::Sharing => SHARING_PURPOSE,
+        _ => return Ok(None),
+    };
+    let key = PurposeKey::parse(implied).map_err(Error::Internal)?;
+    let model = store::purpose_model(conn, &key).await?;
+    Ok((model == Some(ConsentModel::Prohibited)).then_some(key))
+}
+
+pub async fn record_disclosure(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    new: &NewDisclosure,
+) -> Result<(Disclosure, ConsistencyToken)> {
+    let contradicted = contradicted_purpose(conn, new).await?;
+    let disclosure = store::insert_disclosure(
+        conn,
+        new,
+        contradicted.as_ref(),
+        &ctx.actor,
+        &ctx.request_id,
+    )
+    .await?;
+    let name = format!("disclosures/{}", disclosure.id);
+    let subject = disclosure.subject_id.as_deref();
+    let token = journal::record(
+        conn,
+        ctx.audit(
+            &name,
+            subject,
+            json!({
+                "recipient": disclosure.recipient,
+                "basis": disclosure.basis.as_str(),
+                "purpose": disclosure.purpose,
+                "contradicted_purpose": disclosure.contradicted_purpose,
+            }),
+        ),
+        ChangeEntry::resource(ChangeKind::DisclosureRecorded, &name, subject),
+    )
+    .await?;
+    Ok((disclosure, token))
+}
+
+/// The disclosures of the 12 calendar months (UTC) before `as_of` (default
+/// now): after `as_of` minus 12 months, up to and including `as_of`.
+pub async fn disclosure_report(
+    pool: &PgPool,
+    as_of: Option<DateTime<Utc>>,
+) -> Result<DisclosureReport> {
+    let end_time = as_of.unwrap_or_else(Utc::now);
+    let start_time = end_time
+        .checked_sub_months(Months::new(12))
+        .ok_or_else(|| Error::invalid("as_of", "is too early"))?;
+    let (counts, flagged) =
+        store::disclosures_between(pool, start_time, end_time, DisclosureReport::MAX_FLAGGED)
+            .await?;
+    Ok(DisclosureReport {
+        start_time,
+        end_time,
+        counts,
+        flagged,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_attempt_up_to_five_minutes() {
+        assert_eq!(backoff_seconds(1), 2);
+        assert_eq!(backoff_seconds(2), 4);
+        assert_eq!(backoff_seconds(8), 256);
+        assert_eq!(backoff_seconds(9), 300);
+        assert_eq!(backoff_seconds(i32::MAX), 300);
+        assert_eq!(backoff_seconds(-1), 1);
+    }
+}
