@@ -3,8 +3,11 @@
 #
 # Starts the server on a free loopback port with a fresh data directory (embedded
 # PostgreSQL), then checks reflection, health, RecordConsent/CheckConsent, the
-# PURPOSE_PROHIBITED error, a graceful SIGTERM (exit status 0), and that a decision
-# survives a restart on the same data directory.
+# PURPOSE_PROHIBITED error, a privacy request's life (an opt-out that takes effect in
+# the consent ledger; a deletion verified, fanned out to two data systems, whose
+# tasks are claimed and completed as their workers would, then complete, with its
+# email suppressed), a graceful SIGTERM (exit status 0), and that a decision survives
+# a restart on the same data directory.
 #
 # Usage: scripts/smoke.sh [--keep]
 #   PRIVACY_RECORDS_BIN  server binary (default: target/release/privacy-records)
@@ -100,6 +103,13 @@ expect() {
     done
 }
 
+# json_get EXPR: evaluates a Python expression over the last output parsed as JSON
+# (bound to `j`), e.g. json_get 'j["tasks"][0]["name"]'.
+json_get() {
+    python3 -c 'import json, sys; j = json.loads(sys.stdin.read()); print(eval(sys.argv[1]))' "$1" \
+        <<<"$LAST_OUTPUT" || fail "could not read $1 from the output"
+}
+
 new_uuid() {
     cat /proc/sys/kernel/random/uuid
 }
@@ -175,7 +185,8 @@ pass
 
 step "reflection lists the services"
 grpc "$ADDR" list || fail "grpcurl list failed"
-expect "privacy.v1.ConsentService" "privacy.v1.PrivacyRequestService" "grpc.health.v1.Health"
+expect "privacy.v1.ConsentService" "privacy.v1.PrivacyRequestService" \
+    "privacy.v1.DataSystemService" "grpc.health.v1.Health"
 pass
 
 step "reflection describes RecordConsent"
@@ -228,6 +239,91 @@ if grpc -d "{
     fail "RecordConsent of sale_of_personal_data succeeded"
 fi
 expect "FailedPrecondition" "PURPOSE_PROHIBITED"
+pass
+
+step "an opt-out request takes effect at once: CheckConsent says DENIED"
+grpc -d "{
+    \"requestId\": \"$(new_uuid)\",
+    \"subjectId\": \"$SUBJECT\",
+    \"requestType\": \"OPT_OUT_TARGETED_ADVERTISING\",
+    \"jurisdiction\": \"US-CA\",
+    \"channel\": \"WEB_FORM\"
+}" "$ADDR" privacy.v1.PrivacyRequestService/CreatePrivacyRequest \
+    || fail "CreatePrivacyRequest failed"
+expect '"state": "COMPLETED"' '"statutory": true'
+grpc -d "{\"subjectId\": \"$SUBJECT\", \"purpose\": \"targeted_advertising\"}" \
+    "$ADDR" privacy.v1.ConsentService/CheckConsent || fail "CheckConsent failed"
+expect '"verdict": "DENIED"' '"source": "PRIVACY_REQUEST"'
+pass
+
+step "two data systems are registered"
+for system in billing-db:INTERNAL email-provider:PROCESSOR; do
+    grpc -d "{
+        \"requestId\": \"$(new_uuid)\",
+        \"dataSystem\": {
+            \"id\": \"${system%%:*}\",
+            \"displayName\": \"${system%%:*}\",
+            \"kind\": \"${system##*:}\",
+            \"categories\": [\"account_information\"],
+            \"country\": \"US\",
+            \"actions\": [\"EXPORT\", \"DELETE\"]
+        }
+    }" "$ADDR" privacy.v1.DataSystemService/RegisterDataSystem || fail "RegisterDataSystem failed"
+    expect "\"name\": \"dataSystems/${system%%:*}\""
+done
+pass
+
+step "a deletion request waits for identity verification, with its legal clock"
+grpc -d "{
+    \"requestId\": \"$(new_uuid)\",
+    \"subjectId\": \"$SUBJECT\",
+    \"requestType\": \"DELETION\",
+    \"jurisdiction\": \"US-CA\",
+    \"channel\": \"EMAIL\",
+    \"identifiers\": [{\"kind\": \"EMAIL_ADDRESS\", \"value\": \"Smoke@Example.com\"}]
+}" "$ADDR" privacy.v1.PrivacyRequestService/CreatePrivacyRequest \
+    || fail "CreatePrivacyRequest failed"
+expect '"state": "AWAITING_VERIFICATION"' '"verificationRequired": true' '"dueDate"'
+REQUEST=$(json_get 'j["name"]')
+pass
+
+step "verification fans the deletion out: one task per data system"
+grpc -d "{\"name\": \"$REQUEST\", \"requestId\": \"$(new_uuid)\", \"method\": \"email link\"}" \
+    "$ADDR" privacy.v1.PrivacyRequestService/VerifyPrivacyRequestIdentity || fail "verify failed"
+expect '"state": "IN_PROGRESS"' '"total": 2'
+pass
+
+step "each data system claims its task and completes it with proof"
+for system in billing-db email-provider; do
+    grpc -d "{
+        \"requestId\": \"$(new_uuid)\",
+        \"dataSystem\": \"dataSystems/$system\",
+        \"worker\": \"smoke-worker\",
+        \"leaseSeconds\": 60
+    }" "$ADDR" privacy.v1.DataSystemService/ClaimTasks || fail "ClaimTasks failed"
+    expect '"action": "DELETE"' "\"privacyRequest\": \"$REQUEST\""
+    TASK=$(json_get 'j["tasks"][0]["name"]')
+    LEASE=$(json_get 'j["tasks"][0]["leaseId"]')
+    grpc -d "{
+        \"name\": \"$TASK\",
+        \"requestId\": \"$(new_uuid)\",
+        \"leaseId\": \"$LEASE\",
+        \"result\": {\"recordsAffected\": 3, \"systemReference\": \"job-$system\"}
+    }" "$ADDR" privacy.v1.DataSystemService/CompleteTask || fail "CompleteTask failed"
+    expect '"state": "SUCCEEDED"'
+done
+pass
+
+step "the deletion request is COMPLETED"
+grpc -d "{\"name\": \"$REQUEST\"}" "$ADDR" privacy.v1.PrivacyRequestService/GetPrivacyRequest \
+    || fail "GetPrivacyRequest failed"
+expect '"state": "COMPLETED"' '"succeeded": 2' '"action": "TasksDone"'
+pass
+
+step "the erased person's email is suppressed"
+grpc -d '{"identifiers": [{"kind": "EMAIL_ADDRESS", "value": "smoke@example.com"}]}' \
+    "$ADDR" privacy.v1.PrivacyRequestService/CheckSuppression || fail "CheckSuppression failed"
+expect '"suppressed": true' '"EMAIL_ADDRESS"'
 pass
 
 step "SIGTERM stops the server with exit status 0"

@@ -9,14 +9,24 @@
 //! - `check`: `CheckConsent` of `analytics_cookies` for a random seeded subject;
 //! - `batch`: `BatchCheckConsent` of `--batch-size` random (subject, purpose) pairs
 //!   (decisions per second are reported too);
-//! - `record`: `RecordConsent` (a fresh `request_id` per call) for a random seeded subject.
+//! - `record`: `RecordConsent` (a fresh `request_id` per call) for a random seeded subject;
+//! - `request`: `CreatePrivacyRequest` of an opt-out of sale in California for a random
+//!   seeded subject: two refusals in the consent ledger and one task for the bench's own
+//!   data system, in one transaction;
+//! - `tasks`: a data-system worker's cycle, `ClaimTasks` (up to 10) then `CompleteTask` for
+//!   each task claimed (tasks per second are reported too). A claim that finds the queue
+//!   empty is an `QueueEmpty` error: seed enough with `--tasks`.
 //!
 //! Setup seeds `--subjects` subjects named `bench-<run-uuid>-<n>` with a decision on
 //! `analytics_cookies` (REFUSED for even n, GRANTED for odd n), so checks read real ledger
 //! rows. `record` writes the same decision again, so the expected verdicts never change:
 //! a check or batch answer with the wrong verdict is counted as a `WrongVerdict` error.
 //!
-//! Each run measures every scenario in turn (run 1: health, check, batch, record; run 2:
+//! When `request` or `tasks` is measured, setup also registers a data system of its own
+//! (`bench-<uuid>`, holding one category no other system holds) and queues `--tasks` tasks
+//! for it through opt-out requests.
+//!
+//! Each run measures every scenario in turn (run 1: health, check, batch, record, ...; run 2:
 //! ...), each with `--warmup` seconds unmeasured and then `--duration` seconds measured, so
 //! machine noise hits all scenarios alike. The summary gives the median over runs.
 //! Latency percentiles are over successful calls; failed calls are counted by gRPC code.
@@ -39,9 +49,13 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
 use privacy_records::proto::consent_service_client::ConsentServiceClient;
+use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
+use privacy_records::proto::privacy_request_service_client::PrivacyRequestServiceClient;
 use privacy_records::proto::{
-    BatchCheckConsentRequest, CheckConsentRequest, ConsentCheck, ConsentDecision, ConsentSource,
-    RecordConsentRequest, Verdict,
+    BatchCheckConsentRequest, CheckConsentRequest, ClaimTasksRequest, CompleteTaskRequest,
+    ConsentCheck, ConsentDecision, ConsentSource, CreatePrivacyRequestRequest, DataAction,
+    DataSystem, RecordConsentRequest, RegisterDataSystemRequest, RequestType, TaskResult, Verdict,
+    data_system, privacy_request,
 };
 use serde::Serialize;
 use tonic::transport::{Channel, Endpoint};
@@ -79,12 +93,15 @@ struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "health,check,batch,record"
+        default_value = "health,check,batch,record,request,tasks"
     )]
     scenarios: Vec<Scenario>,
     /// Subjects seeded before measuring.
     #[arg(long, default_value_t = 10_000)]
     subjects: usize,
+    /// Tasks queued before measuring `tasks` (through opt-out requests).
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
     /// Pairs per BatchCheckConsent call (1 to 1000).
     #[arg(long, default_value_t = 100)]
     batch_size: usize,
@@ -109,6 +126,8 @@ enum Scenario {
     Check,
     Batch,
     Record,
+    Request,
+    Tasks,
 }
 
 impl Scenario {
@@ -118,13 +137,26 @@ impl Scenario {
             Scenario::Check => "check",
             Scenario::Batch => "batch",
             Scenario::Record => "record",
+            Scenario::Request => "request",
+            Scenario::Tasks => "tasks",
         }
     }
+
+    /// Whether the scenario needs the bench's data system and queued tasks.
+    fn needs_tasks(self) -> bool {
+        matches!(self, Scenario::Request | Scenario::Tasks)
+    }
 }
+
+/// Tasks a `tasks` call claims at most.
+const CLAIM_BATCH: i32 = 10;
 
 /// What every caller needs to know about the seeded data.
 struct Plan {
     prefix: String,
+    /// The bench's data system id, and the one category it holds.
+    system: String,
+    category: String,
     subjects: usize,
     batch_size: usize,
     call_timeout: Duration,
@@ -141,6 +173,20 @@ impl Plan {
             ConsentDecision::Refused
         } else {
             ConsentDecision::Granted
+        }
+    }
+
+    /// An opt-out of sale in California, limited to the bench's category so it fans
+    /// out to the bench's data system only.
+    fn opt_out_request(&self, n: usize) -> CreatePrivacyRequestRequest {
+        CreatePrivacyRequestRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            subject_id: self.subject(n),
+            request_type: RequestType::OptOutSale as i32,
+            jurisdiction: JURISDICTION.to_string(),
+            channel: privacy_request::Channel::WebForm as i32,
+            categories: vec![self.category.clone()],
+            ..Default::default()
         }
     }
 
@@ -195,6 +241,8 @@ impl Rng {
 /// One caller: the clients for its channel and its own random stream.
 struct Caller {
     consent: ConsentServiceClient<Channel>,
+    requests: PrivacyRequestServiceClient<Channel>,
+    systems: DataSystemServiceClient<Channel>,
     health: HealthClient<Channel>,
     plan: Arc<Plan>,
     rng: Rng,
@@ -204,14 +252,17 @@ impl Caller {
     fn new(channel: Channel, plan: Arc<Plan>) -> Self {
         Caller {
             consent: ConsentServiceClient::new(channel.clone()),
+            requests: PrivacyRequestServiceClient::new(channel.clone()),
+            systems: DataSystemServiceClient::new(channel.clone()),
             health: HealthClient::new(channel),
             plan,
             rng: Rng::new(),
         }
     }
 
-    /// Issues one call; `Err` carries the error's label (gRPC code name, `Timeout`, `WrongVerdict`).
-    async fn call(&mut self, scenario: Scenario) -> Result<(), String> {
+    /// Issues one call; `Ok` carries the units of work done (tasks completed for `tasks`,
+    /// else 1); `Err` carries the error's label (gRPC code name, `Timeout`, `WrongVerdict`).
+    async fn call(&mut self, scenario: Scenario) -> Result<u64, String> {
         let timeout = self.plan.call_timeout;
         match tokio::time::timeout(timeout, self.call_inner(scenario)).await {
             Ok(result) => result,
@@ -219,13 +270,64 @@ impl Caller {
         }
     }
 
-    async fn call_inner(&mut self, scenario: Scenario) -> Result<(), String> {
+    async fn call_inner(&mut self, scenario: Scenario) -> Result<u64, String> {
         match scenario {
-            Scenario::Health => self.health_check().await,
-            Scenario::Check => self.check().await,
-            Scenario::Batch => self.batch().await,
-            Scenario::Record => self.record().await,
+            Scenario::Health => self.health_check().await.map(|()| 1),
+            Scenario::Check => self.check().await.map(|()| 1),
+            Scenario::Batch => self.batch().await.map(|()| 1),
+            Scenario::Record => self.record().await.map(|()| 1),
+            Scenario::Request => self.request().await.map(|()| 1),
+            Scenario::Tasks => self.claim_and_complete().await,
         }
+    }
+
+    async fn request(&mut self) -> Result<(), String> {
+        let n = self.rng.below(self.plan.subjects);
+        let response = self
+            .requests
+            .create_privacy_request(self.plan.opt_out_request(n))
+            .await
+            .map_err(code_label)?;
+        match response.into_inner().tasks {
+            Some(t) if t.total == 1 => Ok(()),
+            _ => Err("NotFannedOut".to_string()),
+        }
+    }
+
+    /// Claims up to `CLAIM_BATCH` tasks and completes each with proof.
+    async fn claim_and_complete(&mut self) -> Result<u64, String> {
+        let claimed = self
+            .systems
+            .claim_tasks(ClaimTasksRequest {
+                request_id: uuid::Uuid::new_v4().to_string(),
+                data_system: format!("dataSystems/{}", self.plan.system),
+                worker: "bench".to_string(),
+                max_tasks: CLAIM_BATCH,
+                lease_seconds: 60,
+            })
+            .await
+            .map_err(code_label)?
+            .into_inner()
+            .tasks;
+        if claimed.is_empty() {
+            return Err("QueueEmpty".to_string());
+        }
+        for task in &claimed {
+            self.systems
+                .complete_task(CompleteTaskRequest {
+                    name: task.name.clone(),
+                    request_id: uuid::Uuid::new_v4().to_string(),
+                    lease_id: task.lease_id.clone(),
+                    result: Some(TaskResult {
+                        records_affected: 1,
+                        system_reference: "bench".to_string(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .map_err(code_label)?;
+        }
+        Ok(claimed.len() as u64)
     }
 
     async fn health_check(&mut self) -> Result<(), String> {
@@ -313,12 +415,15 @@ fn verify_verdict(got: Verdict, want: Verdict) -> Result<(), String> {
 #[derive(Default)]
 struct Tally {
     latencies_us: Vec<u64>,
+    /// Units of work done by the successful calls (tasks for `tasks`).
+    units: u64,
     errors: BTreeMap<String, u64>,
 }
 
 impl Tally {
     fn merge(&mut self, other: Tally) {
         self.latencies_us.extend(other.latencies_us);
+        self.units += other.units;
         for (label, count) in other.errors {
             *self.errors.entry(label).or_default() += count;
         }
@@ -330,6 +435,7 @@ impl Tally {
 struct Measurement {
     ok: u64,
     req_per_sec: f64,
+    units_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
     errors: BTreeMap<String, u64>,
@@ -342,6 +448,7 @@ impl Measurement {
         Measurement {
             ok,
             req_per_sec: ok as f64 / window.as_secs_f64(),
+            units_per_sec: tally.units as f64 / window.as_secs_f64(),
             p50_ms: percentile_ms(&tally.latencies_us, 0.50),
             p99_ms: percentile_ms(&tally.latencies_us, 0.99),
             errors: tally.errors,
@@ -411,7 +518,10 @@ async fn drive(
             continue;
         }
         match result {
-            Ok(()) => tally.latencies_us.push((done - sent).as_micros() as u64),
+            Ok(units) => {
+                tally.latencies_us.push((done - sent).as_micros() as u64);
+                tally.units += units;
+            }
             Err(label) => *tally.errors.entry(label).or_default() += 1,
         }
     }
@@ -475,6 +585,63 @@ async fn seed(channels: &[Channel], plan: Arc<Plan>, concurrency: usize) -> Resu
     Ok(())
 }
 
+/// Registers the bench's data system and queues `count` tasks for it through
+/// opt-out requests, `concurrency` at a time.
+async fn seed_tasks(
+    channels: &[Channel],
+    plan: Arc<Plan>,
+    concurrency: usize,
+    count: usize,
+) -> Result<(), String> {
+    DataSystemServiceClient::new(channels[0].clone())
+        .register_data_system(RegisterDataSystemRequest {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            data_system: Some(DataSystem {
+                id: plan.system.clone(),
+                display_name: "Benchmark worker".to_string(),
+                kind: data_system::Kind::Internal as i32,
+                categories: vec![plan.category.clone()],
+                country: "US".to_string(),
+                actions: vec![DataAction::Suppress as i32],
+                ..Default::default()
+            }),
+        })
+        .await
+        .map_err(|s| format!("RegisterDataSystem failed: {s}"))?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..concurrency.min(count).max(1))
+        .map(|i| {
+            let mut client = PrivacyRequestServiceClient::new(channels[i % channels.len()].clone());
+            let (plan, next) = (plan.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= count {
+                        return Ok::<(), String>(());
+                    }
+                    let request = plan.opt_out_request(n % plan.subjects);
+                    let mut attempt = 0;
+                    loop {
+                        attempt += 1;
+                        match client.create_privacy_request(request.clone()).await {
+                            Ok(_) => break,
+                            Err(s) if attempt < 5 && is_transient(s.code()) => {
+                                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                            }
+                            Err(s) => return Err(format!("queueing a task failed: {s}")),
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await
+            .map_err(|e| format!("queueing task panicked: {e}"))??;
+    }
+    Ok(())
+}
+
 async fn record_with_retry(
     client: &mut ConsentServiceClient<Channel>,
     request: RecordConsentRequest,
@@ -516,6 +683,9 @@ struct Summary {
     /// Median decisions per second (batch only).
     #[serde(skip_serializing_if = "Option::is_none")]
     median_decisions_per_sec: Option<f64>,
+    /// Median tasks claimed and completed per second (tasks only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    median_tasks_per_sec: Option<f64>,
     /// Errors summed over all runs, by label.
     errors: BTreeMap<String, u64>,
     errors_total: u64,
@@ -533,6 +703,7 @@ struct Report {
     warmup_secs: u64,
     runs: usize,
     subjects: usize,
+    tasks: usize,
     batch_size: usize,
     scenarios: Vec<Summary>,
 }
@@ -566,6 +737,7 @@ fn summarize(scenario: Scenario, runs: Vec<Measurement>, batch_size: usize) -> S
         median_p99_ms: med(|m| m.p99_ms),
         median_decisions_per_sec: (scenario == Scenario::Batch)
             .then_some(median_req_per_sec * batch_size as f64),
+        median_tasks_per_sec: (scenario == Scenario::Tasks).then(|| med(|m| m.units_per_sec)),
         errors_total: errors.values().sum(),
         errors,
         ratio_to_health: None,
@@ -605,9 +777,11 @@ fn print_table(report: &Report) {
         let ratio = s
             .ratio_to_health
             .map_or("n/a".to_string(), |r| format!("{r:.2}"));
-        let notes = s
-            .median_decisions_per_sec
-            .map_or(String::new(), |d| format!("{d:.0} decisions/s"));
+        let notes = match (s.median_decisions_per_sec, s.median_tasks_per_sec) {
+            (Some(d), _) => format!("{d:.0} decisions/s"),
+            (_, Some(t)) => format!("{t:.0} tasks claimed+completed/s"),
+            _ => String::new(),
+        };
         let row = format!(
             "{:<8} {:>12.1} {:>10.2} {:>10.2} {:>8} {:>10}  {}",
             s.scenario.name(),
@@ -655,8 +829,11 @@ async fn run(args: Args) -> Result<Report, String> {
     let channels = connect(&args.addr, args.connections).await?;
     require_serving(channels[0].clone()).await?;
 
+    let run_id = uuid::Uuid::new_v4();
     let plan = Arc::new(Plan {
-        prefix: format!("bench-{}", uuid::Uuid::new_v4()),
+        prefix: format!("bench-{run_id}"),
+        system: format!("bench-{}", run_id.simple()),
+        category: format!("bench_{}", run_id.simple()),
         subjects: args.subjects,
         batch_size: args.batch_size,
         call_timeout: Duration::from_secs(args.call_timeout.max(1)),
@@ -665,6 +842,15 @@ async fn run(args: Args) -> Result<Report, String> {
     let seeding = Instant::now();
     seed(&channels, plan.clone(), args.concurrency).await?;
     eprintln!("seeded in {:.1}s", seeding.elapsed().as_secs_f64());
+    if args.scenarios.iter().any(|s| s.needs_tasks()) {
+        eprintln!(
+            "registering dataSystems/{} and queueing {} tasks ...",
+            plan.system, args.tasks
+        );
+        let queueing = Instant::now();
+        seed_tasks(&channels, plan.clone(), args.concurrency, args.tasks).await?;
+        eprintln!("queued in {:.1}s", queueing.elapsed().as_secs_f64());
+    }
 
     let mut callers: Vec<Caller> = (0..args.concurrency)
         .map(|i| Caller::new(channels[i % channels.len()].clone(), plan.clone()))
@@ -705,6 +891,7 @@ async fn run(args: Args) -> Result<Report, String> {
         warmup_secs: args.warmup,
         runs: args.runs,
         subjects: args.subjects,
+        tasks: args.tasks,
         batch_size: args.batch_size,
         scenarios,
     })
