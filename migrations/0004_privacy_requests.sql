@@ -160,6 +160,9 @@ CREATE TABLE tasks (
     CHECK (state <> 'LEASED' OR (lease_id IS NOT NULL AND lease_expire_time IS NOT NULL))
 );
 CREATE INDEX tasks_queued ON tasks (data_system_id, id) WHERE state = 'QUEUED';
+-- A queue table churns: vacuum it often, so claims walking tasks_queued do
+-- not wade through the index entries of tasks already taken.
+ALTER TABLE tasks SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 1000);
 CREATE INDEX tasks_leased ON tasks (data_system_id, lease_expire_time) WHERE state = 'LEASED';
 CREATE INDEX tasks_request ON tasks (privacy_request_id, id);
 

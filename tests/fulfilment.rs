@@ -445,3 +445,49 @@ async fn a_denied_request_abandons_its_open_tasks() {
     assert_eq!(denied.tasks.expect("summary").open, 0);
     server.finish().await;
 }
+
+#[tokio::test]
+async fn a_task_that_fails_for_good_shows_on_its_request_until_an_operator_acts() {
+    let server = TestServer::start().await;
+    let mut c = clients(&server);
+    three_systems(&mut c).await;
+    let r = file_and_verify(&mut c, "ivy", RequestType::Deletion, &["payment_records"]).await;
+    let task = claim(&mut c, "payments", 60).await.remove(0);
+    let failed = c
+        .systems
+        .fail_task(proto::FailTaskRequest {
+            name: task.name.clone(),
+            request_id: request_id(),
+            lease_id: task.lease_id.clone(),
+            retryable: false,
+            error_message: "the archive is read-only".into(),
+        })
+        .await
+        .expect("fail")
+        .into_inner();
+    assert_eq!(failed.state, proto::task::State::Failed as i32);
+    let stuck = get(&mut c, &r.name).await;
+    assert_eq!(
+        state(&stuck),
+        State::InProgress,
+        "a failed task does not complete it"
+    );
+    let summary = stuck.tasks.expect("summary");
+    assert_eq!((summary.failed, summary.open), (1, 0));
+    // The operator completes it in part, saying why.
+    let done = c
+        .requests
+        .complete_privacy_request(proto::CompletePrivacyRequestRequest {
+            name: r.name.clone(),
+            request_id: request_id(),
+            explanation: "payments erased except the read-only archive".into(),
+            exemptions: vec![
+                "dataSystems/payments: read-only archive, erased at next rotation".into(),
+            ],
+        })
+        .await
+        .expect("complete in part")
+        .into_inner();
+    assert_eq!(state(&done), State::PartiallyCompleted);
+    server.finish().await;
+}

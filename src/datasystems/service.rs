@@ -53,8 +53,8 @@ pub async fn register(
     Ok((system, token))
 }
 
-/// Fails the system's tasks whose lease ran out on their last attempt, then
-/// leases the next claimable ones.
+/// Ends the system's expired leases (back to the queue, or failed for good
+/// on their last attempt), then leases the next queued tasks.
 pub async fn claim(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -64,7 +64,7 @@ pub async fn claim(
     if !store::data_system_exists(conn, &claim.data_system).await? {
         return Err(Error::NotFound(name));
     }
-    let failed = store::fail_exhausted_leases(conn, &claim.data_system).await?;
+    let failed = store::end_expired_leases(conn, &claim.data_system).await?;
     let mut requests: Vec<i64> = failed.iter().filter_map(|(_, r)| *r).collect();
     requests.sort_unstable();
     requests.dedup();

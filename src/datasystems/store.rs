@@ -185,42 +185,48 @@ fn one_task(row: Option<PgRow>, id: i64) -> Result<Task> {
     }
 }
 
-/// Fails the system's leased tasks whose lease expired on their last
-/// attempt; returns their ids and requests. Rows another transaction holds
-/// (a worker completing one right now) are skipped, not waited for.
-pub async fn fail_exhausted_leases(
+/// Ends the system's expired leases: a task with attempts left goes back to
+/// the queue, one without fails for good. Returns the tasks that failed
+/// (id, request). Reads the `tasks_leased` index only.
+pub async fn end_expired_leases(
     conn: &mut PgConnection,
     system: &DataSystemId,
 ) -> Result<Vec<(i64, Option<i64>)>> {
-    Ok(sqlx::query_as(
+    let rows: Vec<(i64, Option<i64>, String)> = sqlx::query_as(
         "WITH expired AS MATERIALIZED (
              SELECT id FROM tasks
              WHERE data_system_id = $1 AND state = 'LEASED' AND lease_expire_time < now()
-               AND attempts >= max_attempts
              ORDER BY id
              FOR UPDATE SKIP LOCKED)
          UPDATE tasks t
-         SET state = 'FAILED', lease_id = NULL, lease_expire_time = NULL,
-             last_error = 'lease expired after the last attempt', update_time = now()
+         SET state = CASE WHEN t.attempts >= t.max_attempts THEN 'FAILED' ELSE 'QUEUED' END,
+             last_error = CASE WHEN t.attempts >= t.max_attempts
+                               THEN 'lease expired after the last attempt'
+                               ELSE t.last_error END,
+             lease_id = NULL, lease_expire_time = NULL, update_time = now()
          FROM expired WHERE t.id = expired.id
-         RETURNING t.id, t.privacy_request_id",
+         RETURNING t.id, t.privacy_request_id, t.state",
     )
     .bind(system.as_str())
     .fetch_all(conn)
-    .await?)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, _, state)| state == "FAILED")
+        .map(|(id, request, _)| (id, request))
+        .collect())
 }
 
-/// Leases up to `max_tasks` claimable tasks of a system, oldest first, in
-/// one statement. SKIP LOCKED makes concurrent claimers pass over the rows
-/// another claim is taking instead of waiting for (or sharing) them.
+/// Leases up to `max_tasks` queued tasks of a system, oldest first, in one
+/// statement, walking the `tasks_queued` partial index (so finished tasks
+/// never slow a claim down). SKIP LOCKED makes concurrent claimers pass over
+/// the rows another claim is taking instead of waiting for (or sharing) them.
+/// Expired leases are returned to the queue first (`end_expired_leases`).
 pub async fn claim(conn: &mut PgConnection, claim: &Claim) -> Result<Vec<Task>> {
     let rows = sqlx::query(concat!(
         "WITH picked AS MATERIALIZED (
              SELECT id FROM tasks
-             WHERE data_system_id = $1
-               AND ((state = 'QUEUED' AND available_time <= now())
-                    OR (state = 'LEASED' AND lease_expire_time < now()
-                        AND attempts < max_attempts))
+             WHERE data_system_id = $1 AND state = 'QUEUED' AND available_time <= now()
              ORDER BY id
              LIMIT $2
              FOR UPDATE SKIP LOCKED),
