@@ -6,8 +6,9 @@
 # PURPOSE_PROHIBITED error, a privacy request's life (an opt-out that takes effect in
 # the consent ledger; a deletion verified, fanned out to two data systems, whose
 # tasks are claimed and completed as their workers would, then complete, with its
-# email suppressed), a graceful SIGTERM (exit status 0), and that a decision survives
-# a restart on the same data directory.
+# email suppressed; the account closure on the retention schedule), a legal hold placed
+# and released, a graceful SIGTERM (exit status 0), and that a decision survives a
+# restart on the same data directory.
 #
 # Usage: scripts/smoke.sh [--keep]
 #   PRIVACY_RECORDS_BIN  server binary (default: target/release/privacy-records)
@@ -186,7 +187,7 @@ pass
 step "reflection lists the services"
 grpc "$ADDR" list || fail "grpcurl list failed"
 expect "privacy.v1.ConsentService" "privacy.v1.PrivacyRequestService" \
-    "privacy.v1.DataSystemService" "grpc.health.v1.Health"
+    "privacy.v1.DataSystemService" "privacy.v1.RetentionService" "grpc.health.v1.Health"
 pass
 
 step "reflection describes RecordConsent"
@@ -324,6 +325,29 @@ step "the erased person's email is suppressed"
 grpc -d '{"identifiers": [{"kind": "EMAIL_ADDRESS", "value": "smoke@example.com"}]}' \
     "$ADDR" privacy.v1.PrivacyRequestService/CheckSuppression || fail "CheckSuppression failed"
 expect '"suppressed": true' '"EMAIL_ADDRESS"'
+pass
+
+step "the deletion closed the account: the retention schedule has its 30-day clocks"
+grpc -d "{\"subjectId\": \"$SUBJECT\"}" "$ADDR" privacy.v1.RetentionService/GetRetentionSchedule \
+    || fail "GetRetentionSchedule failed"
+expect '"category": "account_information"' '"trigger": "ACCOUNT_CLOSED"' '"state": "SCHEDULED"'
+pass
+
+step "a legal hold is placed, shows on the schedule, and is released"
+grpc -d "{
+    \"requestId\": \"$(new_uuid)\",
+    \"legalHold\": {\"subjectId\": \"$SUBJECT\", \"reason\": \"smoke litigation hold\"}
+}" "$ADDR" privacy.v1.RetentionService/PlaceLegalHold || fail "PlaceLegalHold failed"
+expect '"active": true' '"reason": "smoke litigation hold"'
+HOLD=$(json_get 'j["name"]')
+grpc -d "{\"subjectId\": \"$SUBJECT\"}" "$ADDR" privacy.v1.RetentionService/GetRetentionSchedule \
+    || fail "GetRetentionSchedule failed"
+expect "\"name\": \"$HOLD\""
+grpc -d "{\"name\": \"$HOLD\", \"requestId\": \"$(new_uuid)\", \"reason\": \"settled\"}" \
+    "$ADDR" privacy.v1.RetentionService/ReleaseLegalHold || fail "ReleaseLegalHold failed"
+expect '"releaseTime"' '"releasedBy"'
+grpc -d '{}' "$ADDR" privacy.v1.RetentionService/ListLegalHolds || fail "ListLegalHolds failed"
+if grep -qF "$HOLD" <<<"$LAST_OUTPUT"; then fail "the released hold is still listed as active"; fi
 pass
 
 step "SIGTERM stops the server with exit status 0"

@@ -74,6 +74,15 @@ pub struct Settings {
     pub watch_heartbeat: Duration,
     /// How privacy requests are handled.
     pub requests: RequestSettings,
+    /// Run the retention sweeper inside `serve`.
+    pub retention_sweeper: bool,
+    /// Pause between retention sweeps.
+    pub retention_sweep_interval: Duration,
+    /// Schedule entries per sweep transaction.
+    pub retention_sweep_batch: i64,
+    /// How long a request id is remembered (AIP-155); the sweeper deletes
+    /// older ones, after which a retry runs as a new request.
+    pub idempotency_key_ttl: Duration,
 }
 
 /// Settings of the privacy-request service.
@@ -119,6 +128,10 @@ impl Default for Settings {
             watch_poll_interval: Duration::from_millis(100),
             watch_heartbeat: Duration::from_secs(10),
             requests: RequestSettings::default(),
+            retention_sweeper: true,
+            retention_sweep_interval: Duration::from_secs(60),
+            retention_sweep_batch: 5000,
+            idempotency_key_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -148,6 +161,10 @@ pub struct Layer {
     pub refuse_voluntary_requests: Option<bool>,
     pub identifier_hash_key: Option<Secret>,
     pub task_max_attempts: Option<u32>,
+    pub retention_sweeper: Option<bool>,
+    pub retention_sweep_interval_ms: Option<u64>,
+    pub retention_sweep_batch: Option<i64>,
+    pub idempotency_key_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -240,6 +257,10 @@ impl Layer {
                 .filter(|s| !s.is_empty())
                 .map(Secret::new),
             task_max_attempts: parse(&get, "TASK_MAX_ATTEMPTS")?,
+            retention_sweeper: parse(&get, "RETENTION_SWEEPER")?,
+            retention_sweep_interval_ms: parse(&get, "RETENTION_SWEEP_INTERVAL_MS")?,
+            retention_sweep_batch: parse(&get, "RETENTION_SWEEP_BATCH")?,
+            idempotency_key_ttl_secs: parse(&get, "IDEMPOTENCY_KEY_TTL_SECS")?,
         })
     }
 }
@@ -304,6 +325,18 @@ impl Settings {
         }
         if let Some(v) = layer.task_max_attempts {
             self.requests.task_max_attempts = v;
+        }
+        if let Some(v) = layer.retention_sweeper {
+            self.retention_sweeper = v;
+        }
+        if let Some(v) = layer.retention_sweep_interval_ms {
+            self.retention_sweep_interval = ms(v);
+        }
+        if let Some(v) = layer.retention_sweep_batch {
+            self.retention_sweep_batch = v;
+        }
+        if let Some(v) = layer.idempotency_key_ttl_secs {
+            self.idempotency_key_ttl = Duration::from_secs(v);
         }
     }
 

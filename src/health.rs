@@ -15,6 +15,7 @@ pub const SERVICES: &[&str] = &[
     "privacy.v1.ConsentService",
     "privacy.v1.PrivacyRequestService",
     "privacy.v1.DataSystemService",
+    "privacy.v1.RetentionService",
 ];
 
 pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {

@@ -28,6 +28,7 @@ pub enum ChangeKind {
     DataSystemChanged,
     TaskChanged,
     DisclosureRecorded,
+    RetentionChanged,
 }
 
 impl ChangeKind {
@@ -41,6 +42,7 @@ impl ChangeKind {
             ChangeKind::DataSystemChanged => "DATA_SYSTEM_CHANGED",
             ChangeKind::TaskChanged => "TASK_CHANGED",
             ChangeKind::DisclosureRecorded => "DISCLOSURE_RECORDED",
+            ChangeKind::RetentionChanged => "RETENTION_CHANGED",
         }
     }
 
@@ -54,6 +56,7 @@ impl ChangeKind {
             "DATA_SYSTEM_CHANGED" => ChangeKind::DataSystemChanged,
             "TASK_CHANGED" => ChangeKind::TaskChanged,
             "DISCLOSURE_RECORDED" => ChangeKind::DisclosureRecorded,
+            "RETENTION_CHANGED" => ChangeKind::RetentionChanged,
             _ => return None,
         })
     }

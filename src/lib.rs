@@ -21,6 +21,7 @@ pub mod identifiers;
 pub mod journal;
 pub mod middleware;
 pub mod requests;
+pub mod retention;
 pub mod rpc;
 pub mod rules;
 pub mod server;

@@ -19,7 +19,10 @@ use crate::middleware::RpcLayer;
 use crate::proto::consent_service_server::ConsentServiceServer;
 use crate::proto::data_system_service_server::DataSystemServiceServer;
 use crate::proto::privacy_request_service_server::PrivacyRequestServiceServer;
+use crate::proto::retention_service_server::RetentionServiceServer;
 use crate::requests::grpc::PrivacyRequestApi;
+use crate::retention::grpc::RetentionApi;
+use crate::retention::sweeper::{self, SweepSettings};
 
 pub struct Application {
     listener: TcpListener,
@@ -104,6 +107,7 @@ impl Application {
                 .with_service_name("privacy.v1.ConsentService")
                 .with_service_name("privacy.v1.PrivacyRequestService")
                 .with_service_name("privacy.v1.DataSystemService")
+                .with_service_name("privacy.v1.RetentionService")
                 .with_service_name("grpc.health.v1.Health")
                 .with_service_name("grpc.reflection.v1.ServerReflection")
                 .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -134,6 +138,20 @@ impl Application {
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
 
+        let sweep = SweepSettings {
+            interval: settings.retention_sweep_interval,
+            batch: settings.retention_sweep_batch,
+            task_max_attempts: i32::try_from(settings.requests.task_max_attempts)
+                .unwrap_or(i32::MAX),
+            idempotency_key_ttl: settings.idempotency_key_ttl,
+        };
+        let sweeper = settings
+            .retention_sweeper
+            .then(|| tokio::spawn(sweeper::run(pool.clone(), sweep, stop_rx.clone())));
+        let retention = RetentionServiceServer::new(RetentionApi::new(pool.clone(), sweep))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let (begin_tx, mut begin_rx) = watch::channel(false);
         let reporter_for_stop = reporter.clone();
@@ -158,6 +176,7 @@ impl Application {
             .add_service(consent)
             .add_service(requests)
             .add_service(data_systems)
+            .add_service(retention)
             .serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(server);
 
@@ -173,6 +192,9 @@ impl Application {
             }
         };
         let _ = monitor.await;
+        if let Some(sweeper) = sweeper {
+            let _ = sweeper.await;
+        }
         pool.close().await;
         tracing::info!("server stopped");
         outcome

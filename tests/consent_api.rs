@@ -719,6 +719,7 @@ async fn a_minor_is_denied_everything_consent_based() {
             subject_id: "ivy".into(),
             minor: true,
             reason: "age stated in ticket 7".into(),
+            parental_consent: false,
         })
         .await
         .expect("flag")
@@ -1095,6 +1096,7 @@ async fn other_methods_name_their_invalid_fields_too() {
             subject_id: "a b".into(),
             minor: true,
             reason: String::new(),
+            parental_consent: false,
         })
         .await
         .expect_err("subject"),

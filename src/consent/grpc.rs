@@ -974,7 +974,7 @@ impl ConsentService for ConsentApi {
         let (Some(request_id), Some(subject), Some(reason)) = (request_id, subject, reason) else {
             return Err(v.into_error().into());
         };
-        let minor = req.minor;
+        let (minor, parental_consent) = (req.minor, req.parental_consent);
         crate::rpc::mutate(
             &self.pool,
             METHOD,
@@ -984,8 +984,15 @@ impl ConsentService for ConsentApi {
             move |conn, ctx| {
                 let (subject, reason) = (subject.clone(), reason.clone());
                 Box::pin(async move {
-                    let (s, token) =
-                        service::set_minor_status(conn, &ctx, &subject, minor, &reason).await?;
+                    let (s, token) = service::set_minor_status(
+                        conn,
+                        &ctx,
+                        &subject,
+                        minor,
+                        parental_consent,
+                        &reason,
+                    )
+                    .await?;
                     Ok((subject_to_proto(&s), token))
                 })
             },

@@ -342,21 +342,37 @@ pub async fn publish_policy_version(
     Ok((published, token))
 }
 
+/// Flags (or clears) a subject as a minor. A subject newly flagged without
+/// parental consent is erased at once (the policy: "if we discover personal
+/// information from a child under 18 without parental consent, we will
+/// delete it"): deletion tasks go out in this same transaction.
 pub async fn set_minor_status(
     conn: &mut PgConnection,
     ctx: &Context,
     subject: &SubjectId,
     minor: bool,
+    parental_consent: bool,
     reason: &str,
 ) -> Result<(Subject, ConsistencyToken)> {
+    let was_minor = store::is_minor(conn, subject).await?;
     let updated = store::set_minor(conn, subject, minor).await?;
+    let erasure_tasks = if minor && !was_minor && !parental_consent {
+        crate::retention::store::erase_minor(conn, subject.as_str()).await?
+    } else {
+        0
+    };
     let target = format!("subjects/{}", subject.as_str());
     let token = journal::record(
         conn,
         ctx.audit(
             &target,
             Some(subject.as_str()),
-            json!({ "minor": minor, "reason": reason }),
+            json!({
+                "minor": minor,
+                "parental_consent": parental_consent,
+                "reason": reason,
+                "erasure_tasks": erasure_tasks,
+            }),
         ),
         ChangeEntry {
             kind: ChangeKind::SubjectChanged,

@@ -585,6 +585,17 @@ fn subject_from_row(row: &PgRow) -> Result<Subject> {
     })
 }
 
+/// Whether the subject is flagged as a minor now (locks its row, if any).
+pub async fn is_minor(conn: &mut PgConnection, subject: &SubjectId) -> Result<bool> {
+    let minor: Option<bool> = sqlx::query_scalar(
+        "SELECT minor_since IS NOT NULL FROM subjects WHERE subject_id = $1 FOR UPDATE",
+    )
+    .bind(subject.as_str())
+    .fetch_optional(conn)
+    .await?;
+    Ok(minor.unwrap_or(false))
+}
+
 pub async fn set_minor(
     conn: &mut PgConnection,
     subject: &SubjectId,

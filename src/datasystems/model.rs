@@ -19,6 +19,7 @@ string_enum!(
         Correct = "CORRECT",
         Suppress = "SUPPRESS",
         Restrict = "RESTRICT",
+        Anonymize = "ANONYMIZE",
     }
 );
 

@@ -298,15 +298,41 @@ async fn take_effect(
     let t = request_type(row)?;
     let refused = refuse_purposes(conn, ctx, row, t).await?;
     if t == RequestType::Deletion {
-        store::record_lifecycle_event(conn, &row.subject_id, "ACCOUNT_CLOSED", row.id).await?;
+        // Deletion closes the account: the retention schedule's
+        // account-closure clocks start (the same path data systems report on).
+        crate::retention::store::record_event(
+            conn,
+            &row.subject_id,
+            None,
+            None,
+            crate::retention::model::EventKind::AccountClosed,
+            Utc::now(),
+            Some(row.id),
+        )
+        .await?;
     }
-    let tasks = match model::action_for(t) {
+    let fan_out = match model::action_for(t) {
         Some(action) => {
             let max = i32::try_from(env.settings.task_max_attempts).unwrap_or(i32::MAX);
             store::fan_out(conn, row, action, max).await?
         }
-        None => 0,
+        None => store::FanOut::default(),
     };
+    if !fan_out.held.is_empty() {
+        // What a legal hold keeps is an exemption the subject is told about.
+        sqlx::query("UPDATE privacy_requests SET exemptions = exemptions || $2 WHERE id = $1")
+            .bind(row.id)
+            .bind(&fan_out.held)
+            .execute(&mut *conn)
+            .await?;
+        row.exemptions.extend(fan_out.held.iter().cloned());
+        if fan_out.tasks == 0 {
+            let explanation = "everything in scope is under a legal hold";
+            let held = row.exemptions.clone();
+            return finish(conn, ctx, row, Action::TasksDone, explanation, &held).await;
+        }
+    }
+    let tasks = fan_out.tasks;
     if tasks == 0 && !refused.is_empty() {
         let explanation = format!(
             "recorded refusals in the consent ledger for {}",
@@ -641,7 +667,8 @@ async fn complete(
             ),
         ));
     }
-    let mut all = store::task_exemptions(conn, id).await?;
+    let mut all = row.exemptions.clone();
+    all.extend(store::task_exemptions(conn, id).await?);
     all.extend(exemptions.iter().cloned());
     finish(conn, ctx, &mut row, Action::Complete, explanation, &all).await?;
     journal(conn, ctx, &row, json!({ "exemptions": all })).await
@@ -689,7 +716,8 @@ pub(super) async fn complete_if_done(
     if counts.total == 0 || counts.open > 0 || counts.failed > 0 {
         return Ok(false);
     }
-    let exemptions = store::task_exemptions(conn, row.id).await?;
+    let mut exemptions = row.exemptions.clone();
+    exemptions.extend(store::task_exemptions(conn, row.id).await?);
     let explanation = format!(
         "{} data system task(s) done, {} exempt",
         counts.succeeded, counts.exempt
@@ -805,6 +833,8 @@ async fn decide_appeal(
             .bind(id)
             .execute(&mut *conn)
             .await?;
+            row.denial_reason = None;
+            row.exemptions.clear();
             let why = format!("appeal granted: {explanation}");
             transition(
                 conn,

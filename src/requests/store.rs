@@ -298,25 +298,59 @@ pub async fn task_exemptions(conn: &mut PgConnection, id: i64) -> Result<Vec<Str
     .await?)
 }
 
+/// What a fan-out did: tasks queued, and the scopes a legal hold kept out.
+#[derive(Debug, Clone, Default)]
+pub struct FanOut {
+    pub tasks: u64,
+    /// "dataSystems/x (category): held by legalHolds/N: reason"
+    pub held: Vec<String>,
+}
+
 /// Creates one task per data system that holds affected categories (all,
-/// when the request names none) and supports `action`. Returns how many.
+/// when the request names none) and supports `action`. For a deletion, the
+/// (system, category) pairs an active legal hold covers are left out and
+/// reported instead; a system with nothing left gets no task.
 pub async fn fan_out(
     conn: &mut PgConnection,
     row: &RequestRow,
     action: DataAction,
     max_attempts: i32,
-) -> Result<u64> {
+) -> Result<FanOut> {
+    let respects_holds = matches!(action, DataAction::Delete | DataAction::Anonymize);
+    let held: Vec<String> = sqlx::query_scalar(
+        "WITH scope AS (
+             SELECT d.id AS system, c.category, held_by($1, c.category, d.id, now()) AS holds
+             FROM data_systems d
+             CROSS JOIN LATERAL unnest(d.categories) AS c (category)
+             WHERE $2 = ANY (d.actions)
+               AND (cardinality($3::text[]) = 0 OR c.category = ANY ($3::text[]))
+         )
+         SELECT 'dataSystems/' || s.system || ' (' || s.category || '): held by '
+                || string_agg('legalHolds/' || h.id || ': ' || h.reason, '; ' ORDER BY h.id)
+         FROM scope s JOIN legal_holds h ON h.id = ANY (s.holds)
+         WHERE $4
+         GROUP BY s.system, s.category
+         ORDER BY s.system, s.category",
+    )
+    .bind(&row.subject_id)
+    .bind(action.as_str())
+    .bind(&row.categories)
+    .bind(respects_holds)
+    .fetch_all(&mut *conn)
+    .await?;
     let done = sqlx::query(
         "INSERT INTO tasks (data_system_id, privacy_request_id, subject_id, action, categories,
                             corrections, max_attempts)
-         SELECT d.id, $1, $2, $3,
-                CASE WHEN cardinality($4::text[]) = 0 THEN d.categories
-                     ELSE ARRAY(SELECT unnest(d.categories) INTERSECT SELECT unnest($4::text[])
-                                ORDER BY 1) END,
-                $5, $6
+         SELECT d.id, $1, $2, $3, cats.categories, $5, $6
          FROM data_systems d
-         WHERE $3 = ANY (d.actions)
-           AND (cardinality($4::text[]) = 0 OR d.categories && $4::text[])
+         CROSS JOIN LATERAL (
+             SELECT ARRAY(
+                 SELECT c FROM unnest(d.categories) AS c
+                 WHERE (cardinality($4::text[]) = 0 OR c = ANY ($4::text[]))
+                   AND (NOT $7 OR cardinality(held_by($2, c, d.id, now())) = 0)
+                 ORDER BY 1) AS categories
+         ) cats
+         WHERE $3 = ANY (d.actions) AND cardinality(cats.categories) > 0
          ORDER BY d.id",
     )
     .bind(row.id)
@@ -325,9 +359,13 @@ pub async fn fan_out(
     .bind(&row.categories)
     .bind(&row.corrections)
     .bind(max_attempts)
+    .bind(respects_holds)
     .execute(conn)
     .await?;
-    Ok(done.rows_affected())
+    Ok(FanOut {
+        tasks: done.rows_affected(),
+        held,
+    })
 }
 
 /// Gives up the request's tasks that have not run (it was denied or canceled).
@@ -351,24 +389,6 @@ pub async fn refused_purposes(conn: &mut PgConnection, request_type: &str) -> Re
     .bind(request_type)
     .fetch_all(conn)
     .await?)
-}
-
-pub async fn record_lifecycle_event(
-    conn: &mut PgConnection,
-    subject_id: &str,
-    event: &str,
-    request_id: i64,
-) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO lifecycle_events (subject_id, event, event_time, privacy_request_id)
-         VALUES ($1, $2, now(), $3)",
-    )
-    .bind(subject_id)
-    .bind(event)
-    .bind(request_id)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// After a deletion: the subject's identifiers (with the subject id's own

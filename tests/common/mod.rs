@@ -192,6 +192,8 @@ pub fn test_settings() -> Settings {
         shutdown_grace: Duration::from_secs(10),
         db_acquire_timeout: Duration::from_secs(2),
         db_max_connections: 16,
+        // Tests drive the retention sweeper themselves, with their own clock.
+        retention_sweeper: false,
         ..Settings::default()
     }
 }
