@@ -83,6 +83,8 @@ pub struct Settings {
     /// How long a request id is remembered (AIP-155); the sweeper deletes
     /// older ones, after which a retry runs as a new request.
     pub idempotency_key_ttl: Duration,
+    /// How often the audit sealer links new events into the hash chain.
+    pub audit_seal_interval: Duration,
 }
 
 /// Settings of the privacy-request service.
@@ -132,6 +134,7 @@ impl Default for Settings {
             retention_sweep_interval: Duration::from_secs(60),
             retention_sweep_batch: 5000,
             idempotency_key_ttl: Duration::from_secs(7 * 24 * 3600),
+            audit_seal_interval: Duration::from_secs(1),
         }
     }
 }
@@ -165,6 +168,7 @@ pub struct Layer {
     pub retention_sweep_interval_ms: Option<u64>,
     pub retention_sweep_batch: Option<i64>,
     pub idempotency_key_ttl_secs: Option<u64>,
+    pub audit_seal_interval_ms: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -261,6 +265,7 @@ impl Layer {
             retention_sweep_interval_ms: parse(&get, "RETENTION_SWEEP_INTERVAL_MS")?,
             retention_sweep_batch: parse(&get, "RETENTION_SWEEP_BATCH")?,
             idempotency_key_ttl_secs: parse(&get, "IDEMPOTENCY_KEY_TTL_SECS")?,
+            audit_seal_interval_ms: parse(&get, "AUDIT_SEAL_INTERVAL_MS")?,
         })
     }
 }
@@ -337,6 +342,9 @@ impl Settings {
         }
         if let Some(v) = layer.idempotency_key_ttl_secs {
             self.idempotency_key_ttl = Duration::from_secs(v);
+        }
+        if let Some(v) = layer.audit_seal_interval_ms {
+            self.audit_seal_interval = ms(v);
         }
     }
 

@@ -16,6 +16,7 @@ pub const SERVICES: &[&str] = &[
     "privacy.v1.PrivacyRequestService",
     "privacy.v1.DataSystemService",
     "privacy.v1.RetentionService",
+    "privacy.v1.AuditService",
 ];
 
 pub async fn set_all(reporter: &HealthReporter, status: ServingStatus) {

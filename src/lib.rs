@@ -5,6 +5,7 @@
 //! (decode, validate into domain types) → `<domain>::service` (the rules,
 //! inside one transaction with `idempotency` and `journal`) →
 //! `<domain>::store` (SQL) → `error` (the one mapping to gRPC statuses).
+pub mod audit;
 pub mod caller;
 pub mod changefeed;
 pub mod cli;

@@ -12,10 +12,12 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use crate::audit::grpc::AuditApi;
 use crate::config::Settings;
 use crate::consent::grpc::{ConsentApi, WatchSettings};
 use crate::datasystems::grpc::DataSystemApi;
 use crate::middleware::RpcLayer;
+use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::consent_service_server::ConsentServiceServer;
 use crate::proto::data_system_service_server::DataSystemServiceServer;
 use crate::proto::privacy_request_service_server::PrivacyRequestServiceServer;
@@ -108,6 +110,7 @@ impl Application {
                 .with_service_name("privacy.v1.PrivacyRequestService")
                 .with_service_name("privacy.v1.DataSystemService")
                 .with_service_name("privacy.v1.RetentionService")
+                .with_service_name("privacy.v1.AuditService")
                 .with_service_name("grpc.health.v1.Health")
                 .with_service_name("grpc.reflection.v1.ServerReflection")
                 .with_service_name("grpc.reflection.v1alpha.ServerReflection")
@@ -152,6 +155,16 @@ impl Application {
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
 
+        let sealer = tokio::spawn(crate::audit::sealer::run(
+            pool.clone(),
+            settings.audit_seal_interval,
+            5000,
+            stop_rx.clone(),
+        ));
+        let audit = AuditServiceServer::new(AuditApi::new(pool.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
+
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         let (begin_tx, mut begin_rx) = watch::channel(false);
         let reporter_for_stop = reporter.clone();
@@ -177,6 +190,7 @@ impl Application {
             .add_service(requests)
             .add_service(data_systems)
             .add_service(retention)
+            .add_service(audit)
             .serve_with_incoming_shutdown(incoming, signal);
         tokio::pin!(server);
 
@@ -195,6 +209,7 @@ impl Application {
         if let Some(sweeper) = sweeper {
             let _ = sweeper.await;
         }
+        let _ = sealer.await;
         pool.close().await;
         tracing::info!("server stopped");
         outcome

@@ -1,0 +1,13 @@
+//! The audit trail's hash chain and `privacy.v1.AuditService`.
+//!
+//! Every change writes its audit event in its own transaction (`journal`),
+//! with no chain columns: the write path never serialises on the chain. The
+//! sealer (a background job in `serve`) links committed events in commit
+//! order: it reads unsealed events below the snapshot's xmin ordered by
+//! (transaction id, id), as the change feed does, so no event can later
+//! appear before a sealed one, and gives each the next `chain_seq` and
+//! `hash = SHA-256(prev_hash || seq || the event's fields)`. One sealer works
+//! at a time across replicas (a transaction-scoped advisory lock).
+pub mod chain;
+pub mod grpc;
+pub mod sealer;
