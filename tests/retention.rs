@@ -437,8 +437,7 @@ async fn a_hold_during_a_deletion_request_completes_it_in_part_naming_the_held_s
         .into_inner()
         .tasks
         .remove(0);
-    let done = c
-        .systems
+    c.systems
         .complete_task(CompleteTaskRequest {
             name: task.name,
             request_id: request_id(),
@@ -447,7 +446,6 @@ async fn a_hold_during_a_deletion_request_completes_it_in_part_naming_the_held_s
         })
         .await
         .expect("complete");
-    drop(done);
     let finished = c
         .requests
         .get_privacy_request(proto::GetPrivacyRequestRequest { name: r.name })

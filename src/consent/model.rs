@@ -326,6 +326,14 @@ pub fn parse_version_id(raw: &str) -> Result<String, String> {
 }
 
 /// Free text with a length limit (in characters).
+/// Required free text: not blank, at most `max` characters.
+pub fn parse_required_text(raw: &str, max: usize) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        return Err("is required".into());
+    }
+    parse_text(raw, max)
+}
+
 pub fn parse_text(raw: &str, max: usize) -> Result<String, String> {
     if raw.chars().count() > max {
         return Err(format!("must be at most {max} characters"));

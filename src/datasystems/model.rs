@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::consent::model::string_enum;
-pub use crate::consent::model::{PurposeKey, SubjectId, parse_text};
+pub use crate::consent::model::{PurposeKey, SubjectId, parse_required_text, parse_text};
 
 string_enum!(
     /// Whether a system is the organisation's own or a processor's.
@@ -110,6 +110,11 @@ impl Category {
     }
 }
 
+/// A category key as a plain string (for callers that store it as is).
+pub fn parse_category(raw: &str) -> Result<String, String> {
+    Category::parse(raw).map(|c| c.0)
+}
+
 /// An ISO 3166-1 alpha-2 country code ("DE").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Country(String);
@@ -126,14 +131,6 @@ impl Country {
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-/// Required free text: not blank, at most `max` characters.
-pub fn parse_required_text(raw: &str, max: usize) -> Result<String, String> {
-    if raw.trim().is_empty() {
-        return Err("is required".into());
-    }
-    parse_text(raw, max)
 }
 
 /// A registration, validated.

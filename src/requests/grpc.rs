@@ -15,8 +15,9 @@ use super::service::{self, Change, Env, NewRequest};
 use super::store::{self, ListFilter, RequestRow, TaskCounts, TransitionRow};
 use crate::caller::Caller;
 use crate::config::RequestSettings;
-use crate::consent::model::{Jurisdiction, SubjectId, parse_text};
+use crate::consent::model::{Jurisdiction, SubjectId, parse_required_text, parse_text};
 use crate::convert::{opt_timestamp, parse_opt_timestamp, timestamp};
+use crate::datasystems::model::parse_category;
 use crate::error::{Result as DomainResult, Violations};
 use crate::idempotency::RequestId;
 use crate::identifiers::HashKey;
@@ -239,11 +240,11 @@ fn request_to_proto(
     today: NaiveDate,
 ) -> proto::PrivacyRequest {
     let state = State::from_db(&row.state).unwrap_or(State::Received);
-    let extended_due = if row.extended || row.extension_amount.is_none() {
-        None
-    } else {
-        service_extended_due(row)
-    };
+    // The due date the one extension would give, while it is unused.
+    let extended_due = service::clock_of(row)
+        .ok()
+        .filter(|clock| !clock.is_extended())
+        .and_then(|clock| clock.extended_due().ok().flatten());
     let agent = row
         .agent
         .clone()
@@ -326,14 +327,7 @@ fn request_to_proto(
             regulator_contact_required: row.appeal_regulator_contact_required.unwrap_or(false),
             decide_time: opt_timestamp(row.appeal_decide_time),
         }),
-        appeal_available: rules::table().is_ok_and(|t| {
-            rules::RequestType::parse(&row.request_type).is_some_and(|rt| {
-                t.get(&row.rules_code)
-                    .unwrap_or(t.defaults())
-                    .appeal_for(rt)
-                    .exists
-            })
-        }),
+        appeal_available: service::appeal_available(row),
         tasks: Some(proto::TaskSummary {
             total: count(tasks.total),
             succeeded: count(tasks.succeeded),
@@ -368,15 +362,6 @@ fn request_to_proto(
     }
 }
 
-/// The due date an extension would give a stored request.
-fn service_extended_due(row: &RequestRow) -> Option<NaiveDate> {
-    let unit = rules::Unit::parse(row.extension_unit.as_deref()?)?;
-    let amount = u32::try_from(row.extension_amount?).ok()?;
-    rules::Period::new(amount, unit)
-        .after(row.original_due_date)
-        .ok()
-}
-
 /// Reads a request with its history and task summary, as the API shows it.
 async fn load(conn: &mut PgConnection, id: i64) -> DomainResult<proto::PrivacyRequest> {
     let row = store::must_get(conn, id, false).await?;
@@ -392,27 +377,6 @@ fn today() -> NaiveDate {
 
 fn parse_ref(v: &mut Violations, name: &str) -> Option<i64> {
     v.check("name", RequestRef::parse_name(name)).map(|r| r.0)
-}
-
-fn required_text(raw: &str) -> Result<String, String> {
-    if raw.trim().is_empty() {
-        return Err("is required".into());
-    }
-    parse_text(raw, MAX_TEXT)
-}
-
-fn parse_category(raw: &str) -> Result<String, String> {
-    let ok = !raw.is_empty()
-        && raw.len() <= 63
-        && raw.as_bytes()[0].is_ascii_lowercase()
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(raw.to_owned())
-    } else {
-        Err("must be 1-63 characters of a-z, 0-9 and _, starting with a letter".into())
-    }
 }
 
 fn parse_identifier(id: &proto::Identifier) -> Result<(IdentifierKind, String), String> {
@@ -467,7 +431,10 @@ fn parse_new_request(
         .filter_map(|(i, id)| v.check(&format!("identifiers[{i}]"), parse_identifier(id)))
         .collect();
     let agent = req.agent.as_ref().and_then(|a| {
-        let display_name = v.check("agent.display_name", required_text(&a.display_name));
+        let display_name = v.check(
+            "agent.display_name",
+            parse_required_text(&a.display_name, MAX_TEXT),
+        );
         let contact = v.check("agent.contact", parse_text(&a.contact, 500));
         let evidence_reference = v.check(
             "agent.evidence_reference",
@@ -492,14 +459,17 @@ fn parse_new_request(
         .iter()
         .enumerate()
         .filter_map(|(i, c)| {
-            let field = v.check(&format!("corrections[{i}].field"), required_text(&c.field));
+            let field = v.check(
+                &format!("corrections[{i}].field"),
+                parse_required_text(&c.field, MAX_TEXT),
+            );
             let current = v.check(
                 &format!("corrections[{i}].current_value"),
                 parse_text(&c.current_value, MAX_TEXT),
             );
             let corrected = v.check(
                 &format!("corrections[{i}].corrected_value"),
-                required_text(&c.corrected_value),
+                parse_required_text(&c.corrected_value, MAX_TEXT),
             );
             Some(FieldCorrection {
                 field: field?,
@@ -741,16 +711,15 @@ impl PrivacyRequestService for PrivacyRequestApi {
         let rows = store::list(&self.pool, &filter, after.unwrap_or(0), limit + 1).await?;
         let (page, next) = paginate(rows, limit, |r| PageToken::encode(&filters, &r.id));
         let today = today();
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(crate::error::Error::from)?;
-        let mut out = Vec::with_capacity(page.len());
-        for row in &page {
-            let tasks = store::task_counts(&mut conn, row.id).await?;
-            out.push(request_to_proto(row, &[], tasks, today));
-        }
+        let ids: Vec<i64> = page.iter().map(|r| r.id).collect();
+        let counts = store::task_counts_of(&self.pool, &ids).await?;
+        let out = page
+            .iter()
+            .map(|row| {
+                let tasks = counts.get(&row.id).copied().unwrap_or_default();
+                request_to_proto(row, &[], tasks, today)
+            })
+            .collect();
         Ok(Response::new(proto::ListPrivacyRequestsResponse {
             privacy_requests: out,
             next_page_token: next,
@@ -765,7 +734,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let mut v = Violations::new();
-        let method = v.check("method", required_text(&req.method));
+        let method = v.check("method", parse_required_text(&req.method, MAX_TEXT));
         let evidence = v.check(
             "agent_evidence_reference",
             parse_text(&req.agent_evidence_reference, 500),
@@ -787,7 +756,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
         let req = request.into_inner();
         let mut v = Violations::new();
         let change = v
-            .check("reason", required_text(&req.reason))
+            .check("reason", parse_required_text(&req.reason, MAX_TEXT))
             .map(|reason| Change::Extend { reason });
         self.change(METHOD, caller, &req, &req.name, &req.request_id, v, change)
             .await
@@ -811,7 +780,10 @@ impl PrivacyRequestService for PrivacyRequestApi {
                 "FRAUD_SUSPECTED_AUTHENTICATION_PENDING, AWAITING_SUBJECT, OTHER_HOLD",
             ),
         );
-        let explanation = v.check("explanation", required_text(&req.explanation));
+        let explanation = v.check(
+            "explanation",
+            parse_required_text(&req.explanation, MAX_TEXT),
+        );
         let change = reason
             .zip(explanation)
             .map(|(reason, explanation)| Change::Hold {
@@ -855,7 +827,10 @@ impl PrivacyRequestService for PrivacyRequestApi {
                 "a denial reason (IDENTITY_NOT_VERIFIED, AGENT_NOT_AUTHORIZED, ...)",
             ),
         );
-        let explanation = v.check("explanation", required_text(&req.explanation));
+        let explanation = v.check(
+            "explanation",
+            parse_required_text(&req.explanation, MAX_TEXT),
+        );
         let change = reason
             .zip(explanation)
             .map(|(reason, explanation)| Change::Deny {
@@ -875,7 +850,10 @@ impl PrivacyRequestService for PrivacyRequestApi {
         let req = request.into_inner();
         let mut v = Violations::new();
         let change = v
-            .check("explanation", required_text(&req.explanation))
+            .check(
+                "explanation",
+                parse_required_text(&req.explanation, MAX_TEXT),
+            )
             .map(|explanation| Change::Cancel { explanation });
         self.change(METHOD, caller, &req, &req.name, &req.request_id, v, change)
             .await
@@ -889,7 +867,10 @@ impl PrivacyRequestService for PrivacyRequestApi {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let mut v = Violations::new();
-        let explanation = v.check("explanation", required_text(&req.explanation));
+        let explanation = v.check(
+            "explanation",
+            parse_required_text(&req.explanation, MAX_TEXT),
+        );
         if req.exemptions.len() > MAX_ITEMS {
             v.add("exemptions", format!("at most {MAX_ITEMS}"));
         }
@@ -897,7 +878,12 @@ impl PrivacyRequestService for PrivacyRequestApi {
             .exemptions
             .iter()
             .enumerate()
-            .filter_map(|(i, e)| v.check(&format!("exemptions[{i}]"), required_text(e)))
+            .filter_map(|(i, e)| {
+                v.check(
+                    &format!("exemptions[{i}]"),
+                    parse_required_text(e, MAX_TEXT),
+                )
+            })
             .collect();
         let change = explanation.map(|explanation| Change::Complete {
             explanation,
@@ -915,7 +901,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let mut v = Violations::new();
-        let statement = v.check("statement", required_text(&req.statement));
+        let statement = v.check("statement", parse_required_text(&req.statement, MAX_TEXT));
         let receive_time = v.check(
             "receive_time",
             parse_opt_timestamp(req.receive_time.as_ref())
@@ -947,7 +933,10 @@ impl PrivacyRequestService for PrivacyRequestApi {
                 _ => Err("must be GRANTED or UPHELD".to_owned()),
             },
         );
-        let explanation = v.check("explanation", required_text(&req.explanation));
+        let explanation = v.check(
+            "explanation",
+            parse_required_text(&req.explanation, MAX_TEXT),
+        );
         let change =
             decision
                 .zip(explanation)

@@ -60,7 +60,7 @@ fn rules_of(row: &RequestRow) -> Result<&'static JurisdictionRules> {
     Ok(table.get(&row.rules_code).unwrap_or(table.defaults()))
 }
 
-fn clock_of(row: &RequestRow) -> Result<Clock> {
+pub(super) fn clock_of(row: &RequestRow) -> Result<Clock> {
     let unit = |u: &str| {
         Unit::parse(u).ok_or_else(|| Error::Internal(format!("unknown period unit {u:?}")))
     };
@@ -77,6 +77,14 @@ fn clock_of(row: &RequestRow) -> Result<Clock> {
         row.extended,
         amount(row.paused_days)?,
     ))
+}
+
+/// Whether the rules the request was filed under give it an appeal.
+pub(super) fn appeal_available(row: &RequestRow) -> bool {
+    match (rules_of(row), request_type(row)) {
+        (Ok(rules), Ok(t)) => rules.appeal_for(t).exists,
+        _ => false,
+    }
 }
 
 fn deadline_error(name: &str, e: rules::DeadlineError) -> Error {
@@ -320,11 +328,7 @@ async fn take_effect(
     };
     if !fan_out.held.is_empty() {
         // What a legal hold keeps is an exemption the subject is told about.
-        sqlx::query("UPDATE privacy_requests SET exemptions = exemptions || $2 WHERE id = $1")
-            .bind(row.id)
-            .bind(&fan_out.held)
-            .execute(&mut *conn)
-            .await?;
+        store::add_exemptions(conn, row.id, &fan_out.held).await?;
         row.exemptions.extend(fan_out.held.iter().cloned());
         if fan_out.tasks == 0 {
             let explanation = "everything in scope is under a legal hold";
@@ -338,11 +342,7 @@ async fn take_effect(
             "recorded refusals in the consent ledger for {}",
             refused.join(", ")
         );
-        sqlx::query("UPDATE privacy_requests SET explanation = $2 WHERE id = $1")
-            .bind(row.id)
-            .bind(&explanation)
-            .execute(&mut *conn)
-            .await?;
+        store::set_explanation(conn, row.id, &explanation).await?;
         transition(
             conn,
             ctx,
@@ -423,11 +423,7 @@ async fn verify(
             .map_err(|e| Error::Internal(format!("stored agent does not decode: {e}")))?;
         if let Some(evidence) = agent_evidence {
             agent.evidence_reference = evidence.to_owned();
-            sqlx::query("UPDATE privacy_requests SET agent = $2 WHERE id = $1")
-                .bind(id)
-                .bind(json!(agent))
-                .execute(&mut *conn)
-                .await?;
+            store::set_agent(conn, id, &json!(agent)).await?;
         }
         if !agent.has_evidence() {
             return Err(Error::precondition(
@@ -467,16 +463,7 @@ async fn extend(
     let due = clock
         .extend(today)
         .map_err(|e| deadline_error(&row.name(), e))?;
-    sqlx::query(
-        "UPDATE privacy_requests
-         SET extended = true, extension_reason = $2, due_date = $3, update_time = now()
-         WHERE id = $1",
-    )
-    .bind(id)
-    .bind(reason)
-    .bind(due)
-    .execute(&mut *conn)
-    .await?;
+    store::set_extended(conn, id, reason, due).await?;
     transition(conn, ctx, &mut row, Action::Extend, state, reason).await?;
     journal(
         conn,
@@ -503,18 +490,7 @@ async fn hold(
     let pauses = reason
         .pause_reason()
         .is_some_and(|p| rules_of(&row).is_ok_and(|r| r.pauses_clock_for(p)));
-    sqlx::query(
-        "UPDATE privacy_requests
-         SET held_from = $2, hold_reason = $3, hold_start = $4, hold_pauses_clock = $5
-         WHERE id = $1",
-    )
-    .bind(id)
-    .bind(from.as_str())
-    .bind(reason.as_str())
-    .bind(today)
-    .bind(pauses)
-    .execute(&mut *conn)
-    .await?;
+    store::set_hold(conn, id, from, reason, today, pauses).await?;
     transition(
         conn,
         ctx,
@@ -561,18 +537,8 @@ async fn resume(
     let original_due = clock
         .original_due()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    sqlx::query(
-        "UPDATE privacy_requests
-         SET held_from = NULL, hold_reason = NULL, hold_start = NULL, hold_pauses_clock = false,
-             paused_days = $2, due_date = $3, original_due_date = $4
-         WHERE id = $1",
-    )
-    .bind(id)
-    .bind(i32::try_from(clock.paused_days()).unwrap_or(i32::MAX))
-    .bind(due)
-    .bind(original_due)
-    .execute(&mut *conn)
-    .await?;
+    let paused_days = i32::try_from(clock.paused_days()).unwrap_or(i32::MAX);
+    store::end_hold(conn, id, paused_days, due, original_due).await?;
     transition(conn, ctx, &mut row, Action::Resume, to, explanation).await?;
     if to == State::InProgress {
         // Tasks may have finished while it was held.
@@ -591,16 +557,7 @@ async fn deny(
 ) -> Result<ConsistencyToken> {
     let mut row = store::must_get(conn, id, true).await?;
     model::check(&row.name(), Action::Deny, row.state()?, Some(State::Denied))?;
-    sqlx::query(
-        "UPDATE privacy_requests
-         SET denial_reason = $2, explanation = $3, held_from = NULL, hold_reason = NULL
-         WHERE id = $1",
-    )
-    .bind(id)
-    .bind(reason.as_str())
-    .bind(explanation)
-    .execute(&mut *conn)
-    .await?;
+    store::set_denial(conn, id, reason, explanation).await?;
     store::abandon_open_tasks(conn, id).await?;
     let why = format!("{}: {explanation}", reason.as_str());
     transition(conn, ctx, &mut row, Action::Deny, State::Denied, &why).await?;
@@ -621,11 +578,7 @@ async fn cancel(
         row.state()?,
         Some(State::Canceled),
     )?;
-    sqlx::query("UPDATE privacy_requests SET explanation = $2 WHERE id = $1")
-        .bind(id)
-        .bind(explanation)
-        .execute(&mut *conn)
-        .await?;
+    store::set_explanation(conn, id, explanation).await?;
     store::abandon_open_tasks(conn, id).await?;
     transition(
         conn,
@@ -689,12 +642,7 @@ async fn finish(
     } else {
         State::PartiallyCompleted
     };
-    sqlx::query("UPDATE privacy_requests SET explanation = $2, exemptions = $3 WHERE id = $1")
-        .bind(row.id)
-        .bind(explanation)
-        .bind(exemptions)
-        .execute(&mut *conn)
-        .await?;
+    store::set_outcome(conn, row.id, explanation, exemptions).await?;
     transition(conn, ctx, row, action, to, explanation).await?;
     if request_type(row)? == RequestType::Deletion {
         store::erase_subject(conn, &row.subject_id, row.id).await?;
@@ -758,18 +706,14 @@ async fn appeal(
         .map(|p| p.after(receive_time.date_naive()))
         .transpose()
         .map_err(|e| Error::invalid("receive_time", e.to_string()))?;
-    sqlx::query(
-        "UPDATE privacy_requests
-         SET appeal_state = 'PENDING', appeal_statement = $2, appeal_create_time = $3,
-             appeal_due_date = $4, appeal_regulator_contact_required = $5, update_time = now()
-         WHERE id = $1",
+    store::open_appeal(
+        conn,
+        id,
+        statement,
+        receive_time,
+        due,
+        appeal_rules.regulator_contact_required,
     )
-    .bind(id)
-    .bind(statement)
-    .bind(receive_time)
-    .bind(due)
-    .bind(appeal_rules.regulator_contact_required)
-    .execute(&mut *conn)
     .await?;
     transition(conn, ctx, &mut row, Action::Appeal, state, "appealed").await?;
     journal(
@@ -813,26 +757,10 @@ async fn decide_appeal(
             ),
         ));
     }
-    sqlx::query(
-        "UPDATE privacy_requests
-         SET appeal_state = $2, appeal_explanation = $3, appeal_regulator_contact_provided = $4,
-             appeal_decide_time = now(), update_time = now()
-         WHERE id = $1",
-    )
-    .bind(id)
-    .bind(decision.as_str())
-    .bind(explanation)
-    .bind(regulator_contact_provided)
-    .execute(&mut *conn)
-    .await?;
+    store::decide_appeal(conn, id, decision, explanation, regulator_contact_provided).await?;
     match decision {
         AppealState::Granted => {
-            sqlx::query(
-                "UPDATE privacy_requests SET denial_reason = NULL, exemptions = '{}' WHERE id = $1",
-            )
-            .bind(id)
-            .execute(&mut *conn)
-            .await?;
+            store::clear_outcome(conn, id).await?;
             row.denial_reason = None;
             row.exemptions.clear();
             let why = format!("appeal granted: {explanation}");

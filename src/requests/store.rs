@@ -1,9 +1,11 @@
 //! The SQL of privacy requests.
+use std::collections::HashMap;
+
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
-use super::model::{Action, DataAction, State};
+use super::model::{Action, AppealState, DataAction, DenialReason, HoldReason, State};
 use crate::error::{Error, Result};
 use crate::rpc::Context;
 
@@ -253,6 +255,166 @@ pub async fn transitions(conn: &mut PgConnection, id: i64) -> Result<Vec<Transit
     .await?)
 }
 
+/// One UPDATE of a request's row by id, with its parameters from $2 on.
+async fn update(
+    conn: &mut PgConnection,
+    set: &'static str,
+    id: i64,
+    bind: impl FnOnce(
+        sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+) -> Result<()> {
+    let sql = format!("UPDATE privacy_requests SET {set}, update_time = now() WHERE id = $1");
+    bind(sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Appends exemptions (scopes a legal hold kept out).
+pub async fn add_exemptions(conn: &mut PgConnection, id: i64, held: &[String]) -> Result<()> {
+    update(conn, "exemptions = exemptions || $2", id, |q| q.bind(held)).await
+}
+
+pub async fn set_explanation(conn: &mut PgConnection, id: i64, explanation: &str) -> Result<()> {
+    update(conn, "explanation = $2", id, |q| q.bind(explanation)).await
+}
+
+pub async fn set_agent(conn: &mut PgConnection, id: i64, agent: &Value) -> Result<()> {
+    update(conn, "agent = $2", id, |q| q.bind(agent)).await
+}
+
+pub async fn set_extended(
+    conn: &mut PgConnection,
+    id: i64,
+    reason: &str,
+    due: NaiveDate,
+) -> Result<()> {
+    update(
+        conn,
+        "extended = true, extension_reason = $2, due_date = $3",
+        id,
+        |q| q.bind(reason).bind(due),
+    )
+    .await
+}
+
+pub async fn set_hold(
+    conn: &mut PgConnection,
+    id: i64,
+    from: State,
+    reason: HoldReason,
+    since: NaiveDate,
+    pauses_clock: bool,
+) -> Result<()> {
+    update(
+        conn,
+        "held_from = $2, hold_reason = $3, hold_start = $4, hold_pauses_clock = $5",
+        id,
+        |q| {
+            q.bind(from.as_str())
+                .bind(reason.as_str())
+                .bind(since)
+                .bind(pauses_clock)
+        },
+    )
+    .await
+}
+
+/// Clears the hold and stores the clock it leaves behind.
+pub async fn end_hold(
+    conn: &mut PgConnection,
+    id: i64,
+    paused_days: i32,
+    due: NaiveDate,
+    original_due: NaiveDate,
+) -> Result<()> {
+    update(
+        conn,
+        "held_from = NULL, hold_reason = NULL, hold_start = NULL, hold_pauses_clock = false,
+         paused_days = $2, due_date = $3, original_due_date = $4",
+        id,
+        |q| q.bind(paused_days).bind(due).bind(original_due),
+    )
+    .await
+}
+
+pub async fn set_denial(
+    conn: &mut PgConnection,
+    id: i64,
+    reason: DenialReason,
+    explanation: &str,
+) -> Result<()> {
+    update(
+        conn,
+        "denial_reason = $2, explanation = $3, held_from = NULL, hold_reason = NULL",
+        id,
+        |q| q.bind(reason.as_str()).bind(explanation),
+    )
+    .await
+}
+
+pub async fn set_outcome(
+    conn: &mut PgConnection,
+    id: i64,
+    explanation: &str,
+    exemptions: &[String],
+) -> Result<()> {
+    update(conn, "explanation = $2, exemptions = $3", id, |q| {
+        q.bind(explanation).bind(exemptions)
+    })
+    .await
+}
+
+/// Forgets a denial and its exemptions (an appeal reopened the request).
+pub async fn clear_outcome(conn: &mut PgConnection, id: i64) -> Result<()> {
+    update(conn, "denial_reason = NULL, exemptions = '{}'", id, |q| q).await
+}
+
+pub async fn open_appeal(
+    conn: &mut PgConnection,
+    id: i64,
+    statement: &str,
+    received: DateTime<Utc>,
+    due: Option<NaiveDate>,
+    regulator_contact_required: bool,
+) -> Result<()> {
+    update(
+        conn,
+        "appeal_state = 'PENDING', appeal_statement = $2, appeal_create_time = $3,
+         appeal_due_date = $4, appeal_regulator_contact_required = $5",
+        id,
+        |q| {
+            q.bind(statement)
+                .bind(received)
+                .bind(due)
+                .bind(regulator_contact_required)
+        },
+    )
+    .await
+}
+
+pub async fn decide_appeal(
+    conn: &mut PgConnection,
+    id: i64,
+    decision: AppealState,
+    explanation: &str,
+    regulator_contact_provided: bool,
+) -> Result<()> {
+    update(
+        conn,
+        "appeal_state = $2, appeal_explanation = $3, appeal_regulator_contact_provided = $4,
+         appeal_decide_time = now()",
+        id,
+        |q| {
+            q.bind(decision.as_str())
+                .bind(explanation)
+                .bind(regulator_contact_provided)
+        },
+    )
+    .await
+}
+
 /// Sets the state (and the close time when it closes).
 pub async fn set_state(conn: &mut PgConnection, id: i64, state: State) -> Result<()> {
     sqlx::query(
@@ -269,22 +431,42 @@ pub async fn set_state(conn: &mut PgConnection, id: i64, state: State) -> Result
     Ok(())
 }
 
+/// The counts' SQL, over the tasks of the requests in `$1`.
+const TASK_COUNTS: &str = "
+    SELECT privacy_request_id AS id, count(*) AS total,
+           count(*) FILTER (WHERE state = 'SUCCEEDED') AS succeeded,
+           count(*) FILTER (WHERE state = 'EXEMPTED') AS exempt,
+           count(*) FILTER (WHERE state = 'FAILED'
+               OR (state = 'LEASED' AND lease_expire_time < now() AND attempts >= max_attempts))
+               AS failed,
+           count(*) FILTER (WHERE state = 'QUEUED'
+               OR (state = 'LEASED' AND NOT (lease_expire_time < now() AND attempts >= max_attempts)))
+               AS open
+    FROM tasks WHERE privacy_request_id = ANY ($1) GROUP BY privacy_request_id";
+
+#[derive(sqlx::FromRow)]
+struct CountsRow {
+    id: i64,
+    #[sqlx(flatten)]
+    counts: TaskCounts,
+}
+
 pub async fn task_counts(conn: &mut PgConnection, id: i64) -> Result<TaskCounts> {
-    Ok(sqlx::query_as(
-        "SELECT count(*) AS total,
-                count(*) FILTER (WHERE state = 'SUCCEEDED') AS succeeded,
-                count(*) FILTER (WHERE state = 'EXEMPTED') AS exempt,
-                count(*) FILTER (WHERE state = 'FAILED'
-                    OR (state = 'LEASED' AND lease_expire_time < now() AND attempts >= max_attempts))
-                    AS failed,
-                count(*) FILTER (WHERE state = 'QUEUED'
-                    OR (state = 'LEASED' AND NOT (lease_expire_time < now() AND attempts >= max_attempts)))
-                    AS open
-         FROM tasks WHERE privacy_request_id = $1",
-    )
-    .bind(id)
-    .fetch_one(conn)
-    .await?)
+    let row: Option<CountsRow> = sqlx::query_as(TASK_COUNTS)
+        .bind(vec![id])
+        .fetch_optional(conn)
+        .await?;
+    Ok(row.map(|r| r.counts).unwrap_or_default())
+}
+
+/// The task counts of many requests in one query (requests without tasks
+/// are absent).
+pub async fn task_counts_of(pool: &PgPool, ids: &[i64]) -> Result<HashMap<i64, TaskCounts>> {
+    let rows: Vec<CountsRow> = sqlx::query_as(TASK_COUNTS)
+        .bind(ids)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.counts)).collect())
 }
 
 /// The exemptions the request's exempted tasks gave, "dataSystems/x: why".

@@ -5,13 +5,13 @@ use serde_json::json;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
-use super::model::{EventKind, RetentionAction, RetentionPeriod, Trigger, parse_category};
+use super::model::{EventKind, RetentionAction, RetentionPeriod, Trigger};
 use super::store::{self, EntryRow, HoldRow, NewHold, PolicyRow, Write};
 use super::sweeper::{self, SweepSettings};
 use crate::caller::Caller;
-use crate::consent::model::{SubjectId, parse_text};
+use crate::consent::model::{SubjectId, parse_required_text, parse_text};
 use crate::convert::{opt_timestamp, parse_opt_timestamp, timestamp};
-use crate::datasystems::model::DataSystemId;
+use crate::datasystems::model::{DataSystemId, parse_category};
 use crate::error::{Error, Violations};
 use crate::idempotency::RequestId;
 use crate::journal::{self, ChangeEntry, ChangeKind};
@@ -191,13 +191,6 @@ fn parse_hold_name(name: &str) -> Result<i64, String> {
         .ok_or_else(|| "must be \"legalHolds/{id}\"".into())
 }
 
-fn required_text(raw: &str) -> Result<String, String> {
-    if raw.trim().is_empty() {
-        return Err("is required".into());
-    }
-    parse_text(raw, MAX_TEXT)
-}
-
 fn optional<T>(raw: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, String> {
     if raw.is_empty() {
         Ok(None)
@@ -311,7 +304,10 @@ impl RetentionService for RetentionApi {
         );
         let category = v.check("retention_override.category", parse_category(&o.category));
         let period = v.check("retention_override.period", parse_period(o.period.as_ref()));
-        let reason = v.check("retention_override.reason", required_text(&o.reason));
+        let reason = v.check(
+            "retention_override.reason",
+            parse_required_text(&o.reason, MAX_TEXT),
+        );
         let (Some(rid), Some(subject), Some(category), Some(period), Some(reason)) =
             (rid, subject, category, period, reason)
         else {
@@ -444,7 +440,10 @@ impl RetentionService for RetentionApi {
                 DataSystemId::parse_name(s).map(|s| s.as_str().to_owned())
             }),
         );
-        let reason = v.check("legal_hold.reason", required_text(&h.reason));
+        let reason = v.check(
+            "legal_hold.reason",
+            parse_required_text(&h.reason, MAX_TEXT),
+        );
         let end_time = v.check(
             "legal_hold.end_time",
             parse_opt_timestamp(h.end_time.as_ref()).and_then(|t| match t {
@@ -519,7 +518,7 @@ impl RetentionService for RetentionApi {
         let mut v = Violations::new();
         let rid = request_id(&mut v, &req.request_id);
         let id = v.check("name", parse_hold_name(&req.name));
-        let reason = v.check("reason", required_text(&req.reason));
+        let reason = v.check("reason", parse_required_text(&req.reason, MAX_TEXT));
         let (Some(rid), Some(id), Some(reason)) = (rid, id, reason) else {
             return Err(v.into_error().into());
         };

@@ -64,21 +64,6 @@ impl RetentionPeriod {
     }
 }
 
-/// A data category key: 1-63 of `[a-z0-9_]`, starting with a letter.
-pub fn parse_category(raw: &str) -> Result<String, String> {
-    let ok = !raw.is_empty()
-        && raw.len() <= 63
-        && raw.as_bytes()[0].is_ascii_lowercase()
-        && raw
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
-        Ok(raw.to_owned())
-    } else {
-        Err("must be a data category key (a-z, 0-9, _), e.g. account_information".into())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
