@@ -25,6 +25,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply the database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Make a bearer token for a caller: prints the token (hand it to the
+    /// caller's secret store) and its hash (for the callers file).
+    NewToken,
 }
 
 #[derive(Debug, Args)]
@@ -57,6 +60,10 @@ pub struct ServeArgs {
     /// Calls handled at once before shedding with RESOURCE_EXHAUSTED.
     #[arg(long)]
     pub max_concurrent_calls: Option<usize>,
+    /// Serve beyond loopback without authentication or TLS (not for
+    /// production; logged as INSECURE).
+    #[arg(long)]
+    pub allow_insecure: bool,
 }
 
 /// The name of the database the service uses inside the embedded cluster.
@@ -64,9 +71,15 @@ const EMBEDDED_DATABASE: &str = "privacy_records";
 
 impl Cli {
     fn layer(&self) -> Layer {
+        let no_database = DatabaseArgs {
+            data_dir: None,
+            pg_bin_dir: None,
+            log_format: None,
+        };
         let db = match &self.command {
             Command::Serve(s) => &s.database,
             Command::Migrate(d) => d,
+            Command::NewToken => &no_database,
         };
         let mut layer = Layer {
             data_dir: db.data_dir.clone(),
@@ -79,6 +92,7 @@ impl Cli {
             layer.migrate_on_start = s.no_migrate.then_some(false);
             layer.shutdown_grace_ms = s.shutdown_grace_ms;
             layer.max_concurrent_calls = s.max_concurrent_calls;
+            layer.allow_insecure = s.allow_insecure.then_some(true);
         }
         layer
     }
@@ -89,6 +103,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Runs the command; the embedded database, if started, is stopped whatever
 /// the outcome.
 pub async fn run(cli: Cli) -> Result<(), BoxError> {
+    if let Command::NewToken = cli.command {
+        return new_token();
+    }
     let settings = Settings::load(
         cli.config.as_deref(),
         |k| std::env::var(k).ok(),
@@ -116,6 +133,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
         match cli.command {
             Command::Serve(_) => serve(settings, &url).await,
             Command::Migrate(_) => migrate(&settings, &url).await,
+            Command::NewToken => unreachable!("handled before the database starts"),
         }
     }
     .await;
@@ -139,6 +157,18 @@ async fn migrate(settings: &Settings, url: &str) -> Result<(), BoxError> {
     crate::db::migrate(&pool).await?;
     tracing::info!(version = crate::db::head_version(), "schema at head");
     pool.close().await;
+    Ok(())
+}
+
+/// 32 random bytes as a token, and the SHA-256 the callers file keeps.
+fn new_token() -> Result<(), BoxError> {
+    use sha2::Digest;
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no random source: {e}"))?;
+    let token = hex::encode(bytes);
+    let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+    println!("token: {token}");
+    println!("token_sha256 = [\"{hash}\"]");
     Ok(())
 }
 

@@ -85,6 +85,30 @@ pub struct Settings {
     pub idempotency_key_ttl: Duration,
     /// How often the audit sealer links new events into the hash chain.
     pub audit_seal_interval: Duration,
+    /// Who may call, and how they prove it.
+    pub security: SecuritySettings,
+}
+
+/// Transport security and caller authentication. With no `callers_file`
+/// every call is allowed (the quick start, on loopback only).
+#[derive(Debug, Clone, Default)]
+pub struct SecuritySettings {
+    /// PEM server certificate (chain); with `tls_key_file`, serve TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the server certificate.
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA that signs client certificates (mutual TLS). Clients without a
+    /// certificate may still connect and present a bearer token.
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// TOML file of callers: their certificate names, token hashes and
+    /// permissions. Set: every call but health and reflection must
+    /// authenticate.
+    pub callers_file: Option<PathBuf>,
+    /// Serve beyond loopback without authentication or TLS (logged loudly).
+    pub allow_insecure: bool,
+    /// A second, plaintext listener serving only grpc.health.v1 (for
+    /// Kubernetes gRPC probes, which do not speak TLS).
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// Settings of the privacy-request service.
@@ -135,6 +159,7 @@ impl Default for Settings {
             retention_sweep_batch: 5000,
             idempotency_key_ttl: Duration::from_secs(7 * 24 * 3600),
             audit_seal_interval: Duration::from_secs(1),
+            security: SecuritySettings::default(),
         }
     }
 }
@@ -169,6 +194,12 @@ pub struct Layer {
     pub retention_sweep_batch: Option<i64>,
     pub idempotency_key_ttl_secs: Option<u64>,
     pub audit_seal_interval_ms: Option<u64>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_client_ca_file: Option<PathBuf>,
+    pub callers_file: Option<PathBuf>,
+    pub allow_insecure: Option<bool>,
+    pub health_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,6 +297,12 @@ impl Layer {
             retention_sweep_batch: parse(&get, "RETENTION_SWEEP_BATCH")?,
             idempotency_key_ttl_secs: parse(&get, "IDEMPOTENCY_KEY_TTL_SECS")?,
             audit_seal_interval_ms: parse(&get, "AUDIT_SEAL_INTERVAL_MS")?,
+            tls_cert_file: parse(&get, "TLS_CERT_FILE")?,
+            tls_key_file: parse(&get, "TLS_KEY_FILE")?,
+            tls_client_ca_file: parse(&get, "TLS_CLIENT_CA_FILE")?,
+            callers_file: parse(&get, "CALLERS_FILE")?,
+            allow_insecure: parse(&get, "ALLOW_INSECURE")?,
+            health_listen: parse(&get, "HEALTH_LISTEN")?,
         })
     }
 }
@@ -346,6 +383,23 @@ impl Settings {
         if let Some(v) = layer.audit_seal_interval_ms {
             self.audit_seal_interval = ms(v);
         }
+        let security = &mut self.security;
+        for (slot, value) in [
+            (&mut security.tls_cert_file, layer.tls_cert_file),
+            (&mut security.tls_key_file, layer.tls_key_file),
+            (&mut security.tls_client_ca_file, layer.tls_client_ca_file),
+            (&mut security.callers_file, layer.callers_file),
+        ] {
+            if value.is_some() {
+                *slot = value;
+            }
+        }
+        if let Some(v) = layer.allow_insecure {
+            security.allow_insecure = v;
+        }
+        if let Some(v) = layer.health_listen {
+            security.health_listen = Some(v);
+        }
     }
 
     /// Defaults < file < environment < flags.
@@ -399,6 +453,27 @@ impl Settings {
             "watch_heartbeat_ms",
             self.watch_heartbeat.as_millis() as u64,
         )?;
+        let security = &self.security;
+        if security.tls_cert_file.is_some() != security.tls_key_file.is_some() {
+            return Err(ConfigError::Invalid {
+                name: "tls_cert_file",
+                reason: "tls_cert_file and tls_key_file go together".into(),
+            });
+        }
+        if security.tls_client_ca_file.is_some() && security.tls_cert_file.is_none() {
+            return Err(ConfigError::Invalid {
+                name: "tls_client_ca_file",
+                reason: "client certificates need TLS: set tls_cert_file and tls_key_file".into(),
+            });
+        }
+        if security.tls_client_ca_file.is_some() && security.callers_file.is_none() {
+            return Err(ConfigError::Invalid {
+                name: "tls_client_ca_file",
+                reason:
+                    "client certificates name callers: set callers_file to say what each may call"
+                        .into(),
+            });
+        }
         Ok(())
     }
 }

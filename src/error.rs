@@ -70,6 +70,10 @@ pub enum Error {
     Unavailable(#[source] sqlx::Error),
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The caller is authenticated but may not act on this resource (e.g. a
+    /// data system's worker and another system's task).
+    #[error("{caller} may not act on {resource}")]
+    PermissionDenied { caller: String, resource: String },
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -267,6 +271,9 @@ impl From<Error> for Status {
                 "the server is shutting down; retry against another replica",
                 ErrorReason::ShuttingDown,
             ),
+            Error::PermissionDenied { caller, resource } => {
+                return permission_denied_status(&caller, "resource", &resource);
+            }
             Error::Internal(cause) => {
                 tracing::error!(error = %cause, "internal error");
                 status(Code::Internal, "internal error", ErrorReason::InternalError)
@@ -286,6 +293,41 @@ pub fn overloaded_status() -> Status {
     );
     details.set_retry_info(Some(Duration::from_millis(100)));
     Status::with_error_details(code, message, details)
+}
+
+/// UNAUTHENTICATED (reason CALLER_UNAUTHENTICATED) for a call to `method`;
+/// `why` says what was missing or wrong, never the credential itself.
+pub fn unauthenticated_status(method: &str, why: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(
+        reason_name(ErrorReason::CallerUnauthenticated),
+        ERROR_DOMAIN,
+        HashMap::from([("method".to_owned(), method.to_owned())]),
+    );
+    Status::with_error_details(
+        Code::Unauthenticated,
+        format!("unauthenticated: {why}; present a client certificate or a bearer token"),
+        details,
+    )
+}
+
+/// PERMISSION_DENIED (reason CALLER_NOT_PERMITTED): `caller` may not use
+/// `what` (`method` or `resource`) `name`.
+pub fn permission_denied_status(caller: &str, what: &str, name: &str) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info(
+        reason_name(ErrorReason::CallerNotPermitted),
+        ERROR_DOMAIN,
+        HashMap::from([
+            ("caller".to_owned(), caller.to_owned()),
+            (what.to_owned(), name.to_owned()),
+        ]),
+    );
+    Status::with_error_details(
+        Code::PermissionDenied,
+        format!("caller {caller:?} may not use {what} {name}"),
+        details,
+    )
 }
 
 /// Collects field violations while parsing a request, so that one response

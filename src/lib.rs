@@ -6,6 +6,7 @@
 //! inside one transaction with `idempotency` and `journal`) →
 //! `<domain>::store` (SQL) → `error` (the one mapping to gRPC statuses).
 pub mod audit;
+pub mod auth;
 pub mod caller;
 pub mod changefeed;
 pub mod cli;

@@ -1,28 +1,44 @@
 //! The server-wide middleware around every call, in order: a tracing span
 //! (method, caller, request id), then load shedding at the concurrency limit
-//! (RESOURCE_EXHAUSTED with ErrorInfo OVERLOADED). Health and reflection are
-//! never shed, so probes keep answering under load.
+//! (RESOURCE_EXHAUSTED with ErrorInfo OVERLOADED), then authentication and
+//! the caller's permission for the method (UNAUTHENTICATED /
+//! PERMISSION_DENIED, audited). Health and reflection are never shed and
+//! need no credentials, so probes keep answering under load.
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use futures::future::BoxFuture;
 use http::{Request, Response};
+use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use tonic::body::Body;
-use tonic::transport::server::TcpConnectInfo;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 use tracing::Instrument;
+
+use crate::auth::{self, Authenticator};
 
 #[derive(Clone)]
 pub struct RpcLayer {
     limiter: Arc<Semaphore>,
+    auth: Option<Arc<Authenticator>>,
+    /// Where refused calls are audited.
+    pool: PgPool,
 }
 
 impl RpcLayer {
-    pub fn new(max_concurrent_calls: usize) -> Self {
+    /// `auth` is `None` when no callers are configured: every call is let
+    /// through and named by its peer address.
+    pub fn new(
+        max_concurrent_calls: usize,
+        auth: Option<Arc<Authenticator>>,
+        pool: PgPool,
+    ) -> Self {
         Self {
             limiter: Arc::new(Semaphore::new(max_concurrent_calls)),
+            auth,
+            pool,
         }
     }
 }
@@ -34,6 +50,8 @@ impl<S> Layer<S> for RpcLayer {
         RpcService {
             inner,
             limiter: self.limiter.clone(),
+            auth: self.auth.clone(),
+            pool: self.pool.clone(),
         }
     }
 }
@@ -42,10 +60,30 @@ impl<S> Layer<S> for RpcLayer {
 pub struct RpcService<S> {
     inner: S,
     limiter: Arc<Semaphore>,
+    auth: Option<Arc<Authenticator>>,
+    pool: PgPool,
 }
 
-fn never_shed(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.") || path.starts_with("/grpc.reflection.")
+/// The peer address and, under TLS, the client certificate's names.
+fn connection_of(request: &Request<Body>) -> (String, Vec<String>) {
+    let extensions = request.extensions();
+    if let Some(tls) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>() {
+        let peer = tls.get_ref().remote_addr();
+        let names = tls
+            .peer_certs()
+            .and_then(|certs| certs.first().map(|c| auth::tls::certificate_names(c)))
+            .unwrap_or_default();
+        return (describe(peer), names);
+    }
+    let peer = extensions
+        .get::<TcpConnectInfo>()
+        .and_then(|info| info.remote_addr());
+    (describe(peer), Vec::new())
+}
+
+fn describe(peer: Option<std::net::SocketAddr>) -> String {
+    peer.map(|a| a.to_string())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 impl<S> Service<Request<Body>> for RpcService<S>
@@ -62,14 +100,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let method = request.uri().path().to_owned();
-        let peer = request
-            .extensions()
-            .get::<TcpConnectInfo>()
-            .and_then(|info| info.remote_addr())
-            .map(|a| a.to_string())
-            .unwrap_or_else(|| "unknown".into());
+        let (peer, certificate_names) = connection_of(&request);
         let header_id = request
             .headers()
             .get("x-request-id")
@@ -79,14 +112,16 @@ where
         let span = tracing::info_span!(
             "rpc",
             method = %method,
-            caller = %format!("peer:{peer}"),
+            caller = tracing::field::Empty,
+            peer = %peer,
             request_id = tracing::field::Empty,
         );
         if !header_id.is_empty() {
             span.record("request_id", header_id.as_str());
         }
 
-        let permit = if never_shed(&method) {
+        let open = auth::is_open(&method);
+        let permit = if open {
             None
         } else {
             match self.limiter.clone().try_acquire_owned() {
@@ -99,6 +134,45 @@ where
                 }
             }
         };
+
+        match &self.auth {
+            Some(authenticator) if !open => {
+                match authenticator.authorize(&method, request.headers(), &certificate_names) {
+                    Ok(caller) => {
+                        span.record("caller", caller.as_str());
+                        request.extensions_mut().insert(caller);
+                    }
+                    Err(denial) => {
+                        let name = method.trim_start_matches('/').to_owned();
+                        let status = denial.status(&name);
+                        let pool = self.pool.clone();
+                        let request_id = (!header_id.is_empty()).then_some(header_id);
+                        return Box::pin(
+                            async move {
+                                let (actor, outcome, reason) = auth::denial_fields(&denial);
+                                tracing::warn!(%actor, %outcome, %reason, "call refused");
+                                auth::audit_denial(
+                                    &pool,
+                                    &actor,
+                                    &method,
+                                    outcome,
+                                    &reason,
+                                    &peer,
+                                    request_id.as_deref(),
+                                )
+                                .await;
+                                drop(permit);
+                                Ok(status.into_http::<Body>())
+                            }
+                            .instrument(span),
+                        );
+                    }
+                }
+            }
+            _ => {
+                span.record("caller", format!("peer:{peer}").as_str());
+            }
+        }
 
         // The clone taken for this call must be the one that was polled ready.
         let clone = self.inner.clone();

@@ -1,6 +1,7 @@
 //! What every gRPC service here shares: who is calling, the idempotent
 //! mutation wrapper (AIP-155 request id → one transaction → response with
 //! its consistency token), paging, and time checks at the edge.
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -9,7 +10,7 @@ use sqlx::{PgConnection, PgPool};
 use tonic::{Response, Status};
 
 use crate::caller::Caller;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::idempotency::{self, RequestId};
 use crate::journal::AuditEntry;
 use crate::tokens::ConsistencyToken;
@@ -27,9 +28,27 @@ pub struct Context {
     pub actor: String,
     pub method: &'static str,
     pub request_id: String,
+    /// The data systems the caller is limited to (`None`: all).
+    pub data_systems: Option<Arc<[String]>>,
 }
 
 impl Context {
+    /// A context for work the service does on its own behalf (`actor` names
+    /// the job), not limited to any data system.
+    pub fn internal(actor: impl Into<String>, method: &'static str, request_id: String) -> Self {
+        Context {
+            actor: actor.into(),
+            method,
+            request_id,
+            data_systems: None,
+        }
+    }
+
+    /// PERMISSION_DENIED unless the caller may act for data system `system`.
+    pub fn check_system(&self, system: &str, resource: &str) -> Result<()> {
+        crate::caller::check_system(&self.actor, self.data_systems.as_ref(), system, resource)
+    }
+
     /// The audit entry of this call for `target`.
     pub fn audit<'a>(
         &'a self,
@@ -66,15 +85,17 @@ where
 {
     note_request_id(request_id);
     let ctx = Context {
-        actor: caller.0,
+        actor: caller.as_str().to_owned(),
         method,
         request_id: request_id.as_str().to_owned(),
+        data_systems: caller.data_systems().cloned(),
     };
     let fingerprint = idempotency::fingerprint(method, request);
-    let (response, token) = idempotency::run(pool, method, request_id, &fingerprint, |conn| {
+    let outcome = idempotency::run(pool, method, request_id, &fingerprint, |conn| {
         work(conn, ctx.clone())
     })
-    .await?;
+    .await;
+    let (response, token) = audit_refusal(pool, method, outcome).await?;
     Ok(with_token(response, token))
 }
 
@@ -115,4 +136,23 @@ pub fn not_in_future(t: DateTime<Utc>) -> Result<DateTime<Utc>, String> {
     } else {
         Ok(t)
     }
+}
+
+/// Audits a refusal to act on a resource (PERMISSION_DENIED: a caller
+/// limited to some data systems reaching for another's) before returning
+/// it; the refused change itself was rolled back.
+pub async fn audit_refusal<T>(pool: &PgPool, method: &str, result: Result<T>) -> Result<T> {
+    if let Err(Error::PermissionDenied { caller, resource }) = &result {
+        crate::auth::audit_denial(
+            pool,
+            caller,
+            method,
+            "PERMISSION_DENIED",
+            &format!("may not act on {resource}"),
+            "",
+            None,
+        )
+        .await;
+    }
+    result
 }

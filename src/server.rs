@@ -3,16 +3,18 @@
 //! background, and shuts down gracefully.
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::audit::grpc::AuditApi;
+use crate::auth::{Authenticator, Callers};
 use crate::config::Settings;
 use crate::consent::grpc::{ConsentApi, WatchSettings};
 use crate::datasystems::grpc::DataSystemApi;
@@ -29,8 +31,12 @@ use crate::retention::sweeper::{self, SweepSettings};
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    /// The plaintext health-only listener, when configured.
+    health_listener: Option<TcpListener>,
     pool: PgPool,
     settings: Settings,
+    auth: Option<Arc<Authenticator>>,
+    tls: Option<ServerTlsConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +52,44 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("the embedded jurisdiction rules table is invalid: {0}")]
     Rules(#[from] crate::rules::RulesError),
+    #[error(transparent)]
+    Callers(#[from] crate::auth::CallersError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::auth::tls::TlsFileError),
+    /// Safe by default: no unauthenticated or clear-text service beyond
+    /// loopback unless explicitly asked for.
+    #[error("refusing to serve on {addr}: {reason}")]
+    Insecure {
+        addr: SocketAddr,
+        reason: &'static str,
+    },
+}
+
+/// Refuses a listener beyond loopback that would take calls without
+/// authentication, or bearer tokens in clear text, unless `allow_insecure`
+/// (then says so in the log).
+fn check_exposure(settings: &Settings) -> Result<(), ServeError> {
+    let security = &settings.security;
+    let addr = settings.listen;
+    let problem = if addr.ip().is_loopback() {
+        None
+    } else if security.callers_file.is_none() {
+        Some("no authentication is configured (set callers_file)")
+    } else if security.tls_cert_file.is_none() {
+        Some(
+            "bearer tokens would cross the network in clear text (set tls_cert_file and tls_key_file)",
+        )
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(reason) if security.allow_insecure => {
+            tracing::warn!(%addr, reason, "INSECURE: serving anyway because allow_insecure is set");
+            Ok(())
+        }
+        Some(reason) => Err(ServeError::Insecure { addr, reason }),
+    }
 }
 
 impl Application {
@@ -54,6 +98,27 @@ impl Application {
         // A broken rules table must stop the server before it takes traffic.
         let rules = crate::rules::table()?;
         tracing::info!(version = rules.version(), "jurisdiction rules loaded");
+        check_exposure(&settings)?;
+        let auth = match &settings.security.callers_file {
+            Some(path) => {
+                let callers = Callers::load(path)?;
+                tracing::info!(path = %path.display(), "callers must authenticate");
+                Some(Arc::new(Authenticator::new(callers)))
+            }
+            None => {
+                tracing::warn!("no callers_file: every call is allowed (loopback only)");
+                None
+            }
+        };
+        let tls = crate::auth::tls::server_config(&settings.security)?;
+        let health_listener = match settings.security.health_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let addr = settings.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -64,13 +129,23 @@ impl Application {
         Ok(Self {
             listener,
             local_addr,
+            health_listener,
             pool,
             settings,
+            auth,
+            tls,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address of the plaintext health-only listener, if any.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes, then: health NOT_SERVING, wait the
@@ -83,8 +158,11 @@ impl Application {
         let Application {
             listener,
             local_addr,
+            health_listener,
             pool,
             settings,
+            auth,
+            tls,
         } = self;
         let (reporter, health_service) = tonic_health::server::health_reporter();
         crate::health::set_all(&reporter, ServingStatus::NotServing).await;
@@ -179,9 +257,34 @@ impl Application {
             tokio::time::sleep(delay).await;
         };
 
-        tracing::info!(%local_addr, "serving gRPC");
-        let server = Server::builder()
-            .layer(RpcLayer::new(settings.max_concurrent_calls))
+        if let Some(listener) = health_listener {
+            let health_only = health_service.clone();
+            let mut stopped = stop_rx.clone();
+            tokio::spawn(async move {
+                let incoming = TcpIncoming::from(listener);
+                let result = Server::builder()
+                    .add_service(health_only)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "the health listener failed");
+                }
+            });
+        }
+
+        tracing::info!(%local_addr, tls = tls.is_some(), "serving gRPC");
+        let mut builder = Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        let server = builder
+            .layer(RpcLayer::new(
+                settings.max_concurrent_calls,
+                auth,
+                pool.clone(),
+            ))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(health_service)
             .add_service(reflection_v1)

@@ -100,11 +100,7 @@ fn settings(batch: i64) -> SweepSettings {
 }
 
 fn ctx() -> Context {
-    Context {
-        actor: "test-sweeper".into(),
-        method: "RetentionSweeper",
-        request_id: request_id(),
-    }
+    Context::internal("test-sweeper", "RetentionSweeper", request_id())
 }
 
 async fn sweep_at(pool: &PgPool, now: DateTime<Utc>) -> SweepTotals {

@@ -126,11 +126,7 @@ async fn a_change_that_commits_late_is_delivered_before_later_ids_not_skipped() 
 
     // T1 takes its transaction id first and stays open.
     let mut slow = pool.begin().await.expect("begin");
-    let ctx = Context {
-        actor: "test".into(),
-        method: "test/slow",
-        request_id: request_id(),
-    };
+    let ctx = Context::internal("test", "test/slow", request_id());
     let new = NewConsent {
         subject_id: SubjectId::parse("slow").expect("id"),
         purpose: PurposeKey::parse("api_io_storage").expect("key"),

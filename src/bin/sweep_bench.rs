@@ -101,11 +101,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|i| {
             let pool = pool.clone();
             tokio::spawn(async move {
-                let ctx = Context {
-                    actor: format!("sweep-bench-{i}"),
-                    method: "RetentionSweeper",
-                    request_id: format!("sweep-bench-{i}"),
-                };
+                let ctx = Context::internal(
+                    format!("sweep-bench-{i}"),
+                    "RetentionSweeper",
+                    format!("sweep-bench-{i}"),
+                );
                 sweeper::sweep(&pool, now, &settings, &ctx).await
             })
         })

@@ -16,7 +16,7 @@ use crate::error::{Error, Result, Violations};
 use crate::idempotency::RequestId;
 use crate::proto;
 use crate::proto::data_system_service_server::DataSystemService;
-use crate::rpc::{mutate, not_in_future, paginate};
+use crate::rpc::{self, mutate, not_in_future, paginate};
 use crate::tokens::{PageToken, page_size};
 
 /// The largest export a task may return.
@@ -457,6 +457,13 @@ impl DataSystemService for DataSystemApi {
                 lease_seconds: lease_seconds?,
             })
         })?;
+        let scope = crate::caller::check_system(
+            caller.as_str(),
+            caller.data_systems(),
+            claim.data_system.as_str(),
+            &claim.data_system.name(),
+        );
+        rpc::audit_refusal(&self.pool, METHOD, scope).await?;
         mutate(
             &self.pool,
             METHOD,
@@ -573,11 +580,19 @@ impl DataSystemService for DataSystemApi {
         &self,
         request: Request<proto::GetTaskRequest>,
     ) -> Result<Response<proto::Task>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let id = TaskId::parse_name(&req.name).map_err(|e| Error::invalid("name", e))?;
         let task = store::get_task(&self.pool, id.0)
             .await?
             .ok_or_else(|| Error::NotFound(id.name()))?;
+        let scope = crate::caller::check_system(
+            caller.as_str(),
+            caller.data_systems(),
+            &task.data_system_id,
+            &id.name(),
+        );
+        rpc::audit_refusal(&self.pool, "privacy.v1.DataSystemService/GetTask", scope).await?;
         Ok(Response::new(task_to_proto(&task)))
     }
 
@@ -585,6 +600,7 @@ impl DataSystemService for DataSystemApi {
         &self,
         request: Request<proto::ListTasksRequest>,
     ) -> Result<Response<proto::ListTasksResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let mut v = Violations::new();
         let data_system = if req.data_system.is_empty() {
@@ -618,6 +634,22 @@ impl DataSystemService for DataSystemApi {
         else {
             return Err(v.into_error().into());
         };
+        // A caller limited to some data systems lists one of them at a time.
+        if let Some(systems) = caller.data_systems() {
+            let scope = match &data_system {
+                Some(id) => crate::caller::check_system(
+                    caller.as_str(),
+                    Some(systems),
+                    id.as_str(),
+                    &id.name(),
+                ),
+                None => Err(Error::PermissionDenied {
+                    caller: caller.as_str().to_owned(),
+                    resource: "every data system's tasks (name a data_system)".to_owned(),
+                }),
+            };
+            rpc::audit_refusal(&self.pool, "privacy.v1.DataSystemService/ListTasks", scope).await?;
+        }
         let filter = TaskFilter {
             data_system,
             privacy_request_id,

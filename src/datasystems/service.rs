@@ -143,6 +143,18 @@ async fn journal_task(
     .await
 }
 
+/// Locks a task for a change, refusing a caller limited to other data
+/// systems (PERMISSION_DENIED; nothing is written).
+async fn lock_own_task(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    id: TaskId,
+) -> Result<(Task, DateTime<Utc>)> {
+    let (task, now) = store::lock_task(conn, id.0).await?;
+    ctx.check_system(&task.data_system_id, &id.name())?;
+    Ok((task, now))
+}
+
 /// Extends a live lease; an expired one is refused, since another worker
 /// may be about to claim the task.
 pub async fn renew(
@@ -152,7 +164,7 @@ pub async fn renew(
     lease: LeaseId,
     lease_seconds: i32,
 ) -> Result<(Task, ConsistencyToken)> {
-    let (task, now) = store::lock_task(conn, id.0).await?;
+    let (task, now) = lock_own_task(conn, ctx, id).await?;
     hold_lease(&task, lease, now, Expired::Refused)?;
     let task = store::renew_lease(conn, id.0, lease_seconds).await?;
     let token = journal_task(
@@ -172,7 +184,7 @@ pub async fn complete(
     lease: LeaseId,
     result: &TaskResult,
 ) -> Result<(Task, ConsistencyToken)> {
-    let (task, now) = store::lock_task(conn, id.0).await?;
+    let (task, now) = lock_own_task(conn, ctx, id).await?;
     // An expired lease still completes while nobody has claimed the task
     // again (a claim replaces the lease id): the work is done, and refusing
     // it would only make another worker do it twice. Once reclaimed (or
@@ -229,7 +241,7 @@ pub async fn fail(
     retryable: bool,
     error_message: &str,
 ) -> Result<(Task, ConsistencyToken)> {
-    let (task, now) = store::lock_task(conn, id.0).await?;
+    let (task, now) = lock_own_task(conn, ctx, id).await?;
     // As for CompleteTask: an expired lease nobody has taken over still
     // reports its attempt.
     hold_lease(&task, lease, now, Expired::Accepted)?;

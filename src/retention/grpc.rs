@@ -583,11 +583,11 @@ impl RetentionService for RetentionApi {
         // Each batch commits on its own (a sweep may be long), so a retry with
         // the same request id sweeps again: harmless, it takes only what is
         // still due.
-        let ctx = rpc::Context {
-            actor: caller.0,
-            method: "privacy.v1.RetentionService/RunRetentionSweep",
-            request_id: rid.as_str().to_owned(),
-        };
+        let ctx = rpc::Context::internal(
+            caller.as_str(),
+            "privacy.v1.RetentionService/RunRetentionSweep",
+            rid.as_str().to_owned(),
+        );
         let totals = sweeper::sweep(&self.pool, Utc::now(), &self.sweep, &ctx).await?;
         Ok(Response::new(proto::RunRetentionSweepResponse {
             tasks_created: totals.tasks_created,

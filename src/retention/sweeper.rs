@@ -100,11 +100,11 @@ pub async fn sweep(
 /// (the database away, the schema not yet migrated) are logged and retried
 /// at the next interval.
 pub async fn run(pool: PgPool, settings: SweepSettings, mut stop: watch::Receiver<bool>) {
-    let ctx = Context {
-        actor: "privacy-records/retention-sweeper".into(),
-        method: "RetentionSweeper",
-        request_id: String::new(),
-    };
+    let ctx = Context::internal(
+        "privacy-records/retention-sweeper",
+        "RetentionSweeper",
+        String::new(),
+    );
     loop {
         tokio::select! {
             _ = tokio::time::sleep(settings.interval) => {}

@@ -1,0 +1,629 @@
+//! Callers and permissions over real gRPC and PostgreSQL: every method of
+//! the contract (read from the descriptor set, so new RPCs are covered
+//! without editing this file) refuses a call without credentials and a
+//! caller without permission; mutual TLS names callers by certificate;
+//! workers touch only their own data system's tasks; refusals are audited
+//! without the secret; and a server beyond loopback will not start open.
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut};
+use common::{TestDb, TestServer, error_reason, grant, request_id, test_settings};
+use privacy_records::config::Settings;
+use privacy_records::proto::consent_service_client::ConsentServiceClient;
+use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
+use privacy_records::proto::{
+    CheckConsentRequest, ClaimTasksRequest, DataAction, DataSystem, RegisterDataSystemRequest,
+    data_system,
+};
+use privacy_records::server::{Application, ServeError};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::{Code, Request, Status};
+
+const CONSOLE_TOKEN: &str = "console-token-0123456789";
+const NOBODY_TOKEN: &str = "nobody-token-0123456789";
+const MAILER_TOKEN: &str = "mailer-token-0123456789";
+const WORKER_TOKEN: &str = "crm-worker-token-0123456789";
+
+fn sha(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn callers_toml() -> String {
+    format!(
+        r#"
+[[caller]]
+name = "privacy-console"
+token_sha256 = ["{console}"]
+allow = ["*"]
+
+[[caller]]
+name = "nobody"
+token_sha256 = ["{nobody}"]
+allow = []
+
+[[caller]]
+name = "mailer"
+token_sha256 = ["{mailer}"]
+allow = ["privacy.v1.ConsentService/CheckConsent", "privacy.v1.ConsentService/BatchCheckConsent"]
+
+[[caller]]
+name = "crm-worker"
+token_sha256 = ["{worker}"]
+allow = ["privacy.v1.DataSystemService/*"]
+data_systems = ["crm"]
+"#,
+        console = sha(CONSOLE_TOKEN),
+        nobody = sha(NOBODY_TOKEN),
+        mailer = sha(MAILER_TOKEN),
+        worker = sha(WORKER_TOKEN),
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+fn with_token<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("metadata");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// Bytes in, bytes out: calls any method by path with an encoded message.
+#[derive(Default, Clone)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        Ok(Some(bytes.to_vec()))
+    }
+}
+
+/// Every RPC of the contract: (path, server-streaming).
+fn contract_methods() -> Vec<(String, bool)> {
+    let set = prost_types::FileDescriptorSet::decode(privacy_records::proto::FILE_DESCRIPTOR_SET)
+        .expect("descriptor set");
+    let mut methods = Vec::new();
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                methods.push((
+                    format!("/{}.{}/{}", file.package(), service.name(), method.name()),
+                    method.server_streaming(),
+                ));
+            }
+        }
+    }
+    methods
+}
+
+/// Calls `path` with an empty message, with the token if any; the status
+/// (OK when the call went through).
+async fn call_raw(channel: &Channel, path: &str, streaming: bool, token: Option<&str>) -> Status {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.expect("ready");
+    let mut request = Request::new(Vec::new());
+    if let Some(token) = token {
+        request = with_token(Vec::new(), token);
+    }
+    let path: http::uri::PathAndQuery = path.parse().expect("path");
+    let outcome = if streaming {
+        grpc.server_streaming(request, path, RawCodec)
+            .await
+            .map(|_| ())
+    } else {
+        grpc.unary(request, path, RawCodec).await.map(|_| ())
+    };
+    match outcome {
+        Ok(()) => Status::ok(""),
+        Err(status) => status,
+    }
+}
+
+fn plain_channel(server: &TestServer) -> Channel {
+    Channel::from_shared(format!("http://{}", server.addr))
+        .expect("uri")
+        .connect_lazy()
+}
+
+async fn start_with_callers(dir: &Path) -> TestServer {
+    let mut settings = test_settings();
+    settings.security.callers_file = Some(write(dir, "callers.toml", &callers_toml()));
+    TestServer::start_with(settings).await
+}
+
+#[tokio::test]
+async fn every_method_refuses_strangers_and_callers_without_permission() {
+    let dir = common::scratch_dir();
+    // Health stays open: start_with waits for SERVING without credentials.
+    let server = start_with_callers(dir.path()).await;
+    let channel = plain_channel(&server);
+    let methods = contract_methods();
+    assert!(methods.len() > 40, "the contract has all its services");
+
+    for (path, streaming) in &methods {
+        let status = call_raw(&channel, path, *streaming, None).await;
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{path} without credentials"
+        );
+        assert_eq!(error_reason(&status).0, "CALLER_UNAUTHENTICATED", "{path}");
+
+        let status = call_raw(&channel, path, *streaming, Some("not-a-known-token")).await;
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{path} with an unknown token"
+        );
+
+        let status = call_raw(&channel, path, *streaming, Some(NOBODY_TOKEN)).await;
+        assert_eq!(status.code(), Code::PermissionDenied, "{path} for nobody");
+        assert_eq!(error_reason(&status).0, "CALLER_NOT_PERMITTED", "{path}");
+
+        let status = call_raw(&channel, path, *streaming, Some(CONSOLE_TOKEN)).await;
+        assert!(
+            !matches!(
+                status.code(),
+                Code::Unauthenticated | Code::PermissionDenied
+            ),
+            "{path} for the console: {status:?}"
+        );
+    }
+
+    // Health and reflection need no credentials.
+    let mut health = server.health.clone();
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "privacy.v1.ConsentService".into(),
+        })
+        .await
+        .expect("health without credentials");
+    let reflection = call_raw(
+        &channel,
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        true,
+        None,
+    )
+    .await;
+    assert_ne!(reflection.code(), Code::Unauthenticated);
+
+    // Each refusal is audited: who (if known), what, why; never the token.
+    let pool = server.db.pool().await;
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT actor, method, details::text FROM audit_events WHERE target = 'auth'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("audit");
+    assert_eq!(rows.len(), methods.len() * 3);
+    let denied_nobody = rows
+        .iter()
+        .filter(|(actor, _, details)| actor == "nobody" && details.contains("PERMISSION_DENIED"))
+        .count();
+    assert_eq!(denied_nobody, methods.len());
+    assert!(
+        rows.iter()
+            .any(|(actor, method, details)| actor == "unauthenticated"
+                && method == "privacy.v1.ConsentService/RecordConsent"
+                && details.contains("no credentials"))
+    );
+    for (_, _, details) in &rows {
+        for token in [CONSOLE_TOKEN, NOBODY_TOKEN, "not-a-known-token"] {
+            assert!(!details.contains(token), "a token reached the audit trail");
+        }
+    }
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn the_audit_trail_names_the_authenticated_caller() {
+    let dir = common::scratch_dir();
+    let server = start_with_callers(dir.path()).await;
+    let mut consent = ConsentServiceClient::new(plain_channel(&server));
+    consent
+        .record_consent(with_token(grant("ann", "api_io_storage"), CONSOLE_TOKEN))
+        .await
+        .expect("the console records");
+    // The mailer may check, not record.
+    let check = CheckConsentRequest {
+        subject_id: "ann".into(),
+        purpose: "api_io_storage".into(),
+        ..Default::default()
+    };
+    consent
+        .check_consent(with_token(check, MAILER_TOKEN))
+        .await
+        .expect("the mailer checks");
+    let refused = consent
+        .record_consent(with_token(grant("ann", "api_io_storage"), MAILER_TOKEN))
+        .await
+        .expect_err("the mailer may not record");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    let pool = server.db.pool().await;
+    let actors: Vec<String> = sqlx::query_scalar(
+        "SELECT actor FROM audit_events WHERE method = 'privacy.v1.ConsentService/RecordConsent' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("audit");
+    assert_eq!(actors, ["privacy-console", "mailer"]);
+    let ledger: Vec<String> = sqlx::query_scalar("SELECT actor FROM consent_records")
+        .fetch_all(&pool)
+        .await
+        .expect("ledger");
+    assert_eq!(ledger, ["privacy-console"]);
+    server.finish().await;
+}
+
+fn system(id: &str) -> RegisterDataSystemRequest {
+    RegisterDataSystemRequest {
+        request_id: request_id(),
+        data_system: Some(DataSystem {
+            id: id.into(),
+            display_name: id.into(),
+            kind: data_system::Kind::Internal as i32,
+            categories: vec!["account_data".into()],
+            country: "US".into(),
+            actions: vec![DataAction::Delete as i32],
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_worker_touches_only_its_own_systems_tasks() {
+    let dir = common::scratch_dir();
+    let server = start_with_callers(dir.path()).await;
+    let mut systems = DataSystemServiceClient::new(plain_channel(&server));
+    for id in ["crm", "billing"] {
+        systems
+            .register_data_system(with_token(system(id), CONSOLE_TOKEN))
+            .await
+            .expect("register");
+    }
+    let claim = |system: &str| ClaimTasksRequest {
+        request_id: request_id(),
+        data_system: format!("dataSystems/{system}"),
+        worker: "w1".into(),
+        max_tasks: 10,
+        lease_seconds: 60,
+    };
+    systems
+        .claim_tasks(with_token(claim("crm"), WORKER_TOKEN))
+        .await
+        .expect("its own system");
+    let refused = systems
+        .claim_tasks(with_token(claim("billing"), WORKER_TOKEN))
+        .await
+        .expect_err("another system");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(error_reason(&refused).0, "CALLER_NOT_PERMITTED");
+
+    // A billing task, and the crm worker reaching for it by name.
+    let pool = server.db.pool().await;
+    let task: i64 = sqlx::query_scalar(
+        "INSERT INTO tasks (data_system_id, subject_id, action, categories, max_attempts)
+         VALUES ('billing', 'ann', 'DELETE', '{account_data}', 5) RETURNING id",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("a task");
+    let get = privacy_records::proto::GetTaskRequest {
+        name: format!("tasks/{task}"),
+    };
+    let refused = systems
+        .get_task(with_token(get.clone(), WORKER_TOKEN))
+        .await
+        .expect_err("another system's task");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    systems
+        .get_task(with_token(get, CONSOLE_TOKEN))
+        .await
+        .expect("the console sees every task");
+    let billing_claim = systems
+        .claim_tasks(with_token(claim("billing"), CONSOLE_TOKEN))
+        .await
+        .expect("the console may claim")
+        .into_inner();
+    let leased = &billing_claim.tasks[0];
+    let complete = privacy_records::proto::CompleteTaskRequest {
+        request_id: request_id(),
+        name: leased.name.clone(),
+        lease_id: leased.lease_id.clone(),
+        result: Some(privacy_records::proto::TaskResult {
+            records_affected: 1,
+            ..Default::default()
+        }),
+    };
+    let refused = systems
+        .complete_task(with_token(complete, WORKER_TOKEN))
+        .await
+        .expect_err("completing another system's task");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let state: String = sqlx::query_scalar("SELECT state FROM tasks WHERE id = $1")
+        .bind(task)
+        .fetch_one(&pool)
+        .await
+        .expect("state");
+    assert_eq!(state, "LEASED", "a refused completion changes nothing");
+    let list_all = privacy_records::proto::ListTasksRequest::default();
+    let refused = systems
+        .list_tasks(with_token(list_all, WORKER_TOKEN))
+        .await
+        .expect_err("a scoped worker lists its own systems only");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events WHERE target = 'auth' AND actor = 'crm-worker'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("audit");
+    assert_eq!(
+        audited, 4,
+        "claim, get, complete and list refusals are audited"
+    );
+    server.finish().await;
+}
+
+struct TestPki {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+}
+
+fn issue(
+    names: Vec<String>,
+    common_name: &str,
+    usage: rcgen::ExtendedKeyUsagePurpose,
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(names).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.extended_key_usages = vec![usage];
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, issuer).expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+fn client_identity(common_name: &str, issuer: &rcgen::Issuer<'_, rcgen::KeyPair>) -> Identity {
+    let (cert, key) = issue(
+        Vec::new(),
+        common_name,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        issuer,
+    );
+    Identity::from_pem(cert, key)
+}
+
+fn new_ca() -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "privacy-records test CA");
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("self-sign");
+    (cert.pem(), rcgen::Issuer::new(params, key))
+}
+
+#[tokio::test]
+async fn mutual_tls_names_callers_by_certificate() {
+    let dir = common::scratch_dir();
+    let (ca_pem, ca) = new_ca();
+    let (server_cert, server_key) = issue(
+        vec!["localhost".into(), "127.0.0.1".into()],
+        "privacy-records",
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        &ca,
+    );
+    let pki = TestPki {
+        ca: ca_pem,
+        server_cert,
+        server_key,
+    };
+    let mut settings = test_settings();
+    settings.security.callers_file = Some(write(dir.path(), "callers.toml", &callers_toml()));
+    settings.security.tls_cert_file = Some(write(dir.path(), "server.pem", &pki.server_cert));
+    settings.security.tls_key_file = Some(write(dir.path(), "server.key", &pki.server_key));
+    settings.security.tls_client_ca_file = Some(write(dir.path(), "ca.pem", &pki.ca));
+    settings.security.health_listen = Some("127.0.0.1:0".parse().expect("addr"));
+
+    let db = TestDb::new().await;
+    let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
+    let app = Application::build(settings, pool).await.expect("build");
+    let addr = app.local_addr();
+    let health_addr = app.health_addr().expect("health listener");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app.run_until(async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("run");
+    });
+
+    // The plaintext health listener answers probes without TLS.
+    let health_channel = Channel::from_shared(format!("http://{health_addr}"))
+        .expect("uri")
+        .connect_lazy();
+    let probe = tonic_health::pb::health_client::HealthClient::new(health_channel);
+    common::wait_until("health over the probe port", || {
+        let mut probe = probe.clone();
+        async move {
+            probe
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok_and(|r| r.into_inner().status == 1)
+        }
+    })
+    .await;
+
+    let tls = |identity: Option<Identity>| {
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&pki.ca))
+            .domain_name("localhost");
+        if let Some(identity) = identity {
+            config = config.identity(identity);
+        }
+        Channel::from_shared(format!("https://{addr}"))
+            .expect("uri")
+            .tls_config(config)
+            .expect("tls")
+            .connect_lazy()
+    };
+    let check = || CheckConsentRequest {
+        subject_id: "ann".into(),
+        purpose: "api_io_storage".into(),
+        ..Default::default()
+    };
+
+    // The mailer's certificate: it may check, not record.
+    let mut mailer = ConsentServiceClient::new(tls(Some(client_identity("mailer", &ca))));
+    mailer.check_consent(check()).await.expect("mailer checks");
+    let refused = mailer
+        .record_consent(grant("ann", "api_io_storage"))
+        .await
+        .expect_err("mailer records");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    // The console's certificate records, and the audit trail names it.
+    let mut console = ConsentServiceClient::new(tls(Some(client_identity("privacy-console", &ca))));
+    console
+        .record_consent(grant("ann", "api_io_storage"))
+        .await
+        .expect("console records");
+
+    // A certificate from the CA that names no caller has no permissions.
+    let mut stranger = ConsentServiceClient::new(tls(Some(client_identity("stranger", &ca))));
+    let refused = stranger.check_consent(check()).await.expect_err("stranger");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    // TLS without a client certificate: a bearer token, or nothing at all.
+    let mut anonymous = ConsentServiceClient::new(tls(None));
+    anonymous
+        .check_consent(with_token(check(), MAILER_TOKEN))
+        .await
+        .expect("token over TLS");
+    let refused = anonymous
+        .check_consent(check())
+        .await
+        .expect_err("no credentials");
+    assert_eq!(refused.code(), Code::Unauthenticated);
+
+    // A certificate from another CA does not get through the handshake.
+    let (_, other_ca) = new_ca();
+    let mut forged =
+        ConsentServiceClient::new(tls(Some(client_identity("privacy-console", &other_ca))));
+    forged
+        .check_consent(check())
+        .await
+        .expect_err("a certificate from an untrusted CA");
+
+    let pool = db.pool().await;
+    let actors: Vec<String> = sqlx::query_scalar(
+        "SELECT actor FROM audit_events WHERE method = 'privacy.v1.ConsentService/RecordConsent' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("audit");
+    assert_eq!(actors, ["mailer", "privacy-console"]);
+
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .expect("stops")
+        .expect("task");
+    db.drop_db().await;
+}
+
+async fn build(settings: Settings) -> Result<Application, ServeError> {
+    let db = TestDb::empty().await;
+    let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
+    let outcome = Application::build(settings, pool).await;
+    db.drop_db().await;
+    outcome
+}
+
+#[tokio::test]
+async fn a_server_beyond_loopback_will_not_start_open() {
+    let dir = common::scratch_dir();
+    let open = Settings {
+        listen: "0.0.0.0:0".parse().expect("addr"),
+        ..test_settings()
+    };
+    let err = build(open.clone()).await.err().expect("refused");
+    assert!(matches!(err, ServeError::Insecure { .. }), "{err}");
+    assert!(err.to_string().contains("callers_file"), "{err}");
+
+    // Tokens without TLS would cross the network in clear.
+    let mut tokens_only = open.clone();
+    tokens_only.security.callers_file = Some(write(dir.path(), "callers.toml", &callers_toml()));
+    let err = build(tokens_only).await.err().expect("refused");
+    assert!(err.to_string().contains("clear text"), "{err}");
+
+    // Explicitly insecure: starts (and says so in the log).
+    let mut insecure = open;
+    insecure.security.allow_insecure = true;
+    build(insecure).await.expect("allowed when asked for");
+
+    // Loopback without authentication: the quick start.
+    build(test_settings()).await.expect("loopback");
+
+    // A callers file with a typo stops the start.
+    let mut typo = test_settings();
+    typo.security.callers_file = Some(write(
+        dir.path(),
+        "typo.toml",
+        "[[caller]]\nname = \"a\"\nallow = [\"privacy.v1.ConsentService/RecordConsnt\"]\n",
+    ));
+    let err = build(typo).await.err().expect("refused");
+    assert!(matches!(err, ServeError::Callers(_)), "{err}");
+}
