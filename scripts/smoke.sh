@@ -10,10 +10,18 @@
 # and released, a graceful SIGTERM (exit status 0), and that a decision survives a
 # restart on the same data directory.
 #
-# Usage: scripts/smoke.sh [--keep]
+# With --secure the same walk runs over TLS with callers configured: a CA, server and
+# client certificates made with openssl, bearer tokens from `privacy-records new-token`,
+# every call with -cacert/-cert/-key and -H authorization; plus the refusals (no
+# credentials: UNAUTHENTICATED; the mailer recording consent: PERMISSION_DENIED, both in
+# the audit trail), the plaintext probe port, and a server beyond loopback without
+# authentication refusing to start.
+#
+# Usage: scripts/smoke.sh [--secure] [--keep]
 #   PRIVACY_RECORDS_BIN  server binary (default: target/release/privacy-records)
 #   GRPCURL              grpcurl binary (default: grpcurl on PATH)
 #   SMOKE_WAIT_SECS      how long to wait for SERVING (default: 60)
+#   --secure             TLS, client certificates and tokens (needs openssl)
 #   --keep               keep the temporary directory (data dir and server logs)
 #
 # Prints `smoke: N passed, 0 failed` when every step passed; otherwise names the
@@ -24,10 +32,12 @@ BIN=${PRIVACY_RECORDS_BIN:-target/release/privacy-records}
 GRPCURL=${GRPCURL:-grpcurl}
 WAIT_SECS=${SMOKE_WAIT_SECS:-60}
 KEEP=0
+SECURE=0
 for arg in "$@"; do
     case "$arg" in
         --keep) KEEP=1 ;;
-        -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+        --secure) SECURE=1 ;;
+        -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "smoke: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -86,10 +96,28 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# How grpcurl reaches the server and proves who it is (set up below; --secure: TLS, a
+# client certificate and a bearer token).
+TRANSPORT=(-plaintext)
+CREDENTIALS=()
+
 # Runs grpcurl, keeping its combined output in LAST_OUTPUT; returns grpcurl's status.
 grpc() {
     local status=0
-    LAST_OUTPUT=$("$GRPCURL" -plaintext -max-time 10 "$@" 2>&1) || status=$?
+    LAST_OUTPUT=$("$GRPCURL" "${TRANSPORT[@]}" "${CREDENTIALS[@]}" -max-time 10 "$@" 2>&1) \
+        || status=$?
+    return "$status"
+}
+
+# grpc_as TRANSPORT-AND-CREDENTIAL-FLAGS... -- GRPCURL-ARGS...: one call with other flags.
+grpc_as() {
+    local flags=() status=0
+    while [[ $1 != "--" ]]; do
+        flags+=("$1")
+        shift
+    done
+    shift
+    LAST_OUTPUT=$("$GRPCURL" "${flags[@]}" -max-time 10 "$@" 2>&1) || status=$?
     return "$status"
 }
 
@@ -121,8 +149,57 @@ free_port() {
 
 start_server() {
     SERVER_LOG="$WORK/server-$1.log"
-    "$BIN" serve --listen "$ADDR" --data-dir "$DATA_DIR" >"$SERVER_LOG" 2>&1 &
+    env "${SERVER_ENV[@]}" "$BIN" serve --listen "$ADDR" --data-dir "$DATA_DIR" \
+        >"$SERVER_LOG" 2>&1 &
     SERVER_PID=$!
+}
+
+# A key and a certificate signed by the smoke CA: issue NAME SUBJECT-CN EXTENSIONS.
+issue() {
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$2" \
+        -keyout "$WORK/$1.key" -out "$WORK/$1.csr" 2>/dev/null || return 1
+    printf '%b' "$3" >"$WORK/$1.ext"
+    openssl x509 -req -in "$WORK/$1.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
+        -CAcreateserial -days 1 -extfile "$WORK/$1.ext" -out "$WORK/$1.pem" 2>/dev/null
+}
+
+# The CA, the server's and the console's certificates, two tokens, the callers file.
+set_up_security() {
+    local console mailer
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+        -subj "/CN=privacy-records smoke CA" -keyout "$WORK/ca.key" -out "$WORK/ca.pem" \
+        -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null || return 1
+    issue server localhost \
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n" || return 1
+    issue console privacy-console "extendedKeyUsage=clientAuth\n" || return 1
+    console=$("$BIN" new-token) || return 1
+    mailer=$("$BIN" new-token) || return 1
+    CONSOLE_TOKEN=$(sed -n 's/^token: //p' <<<"$console")
+    MAILER_TOKEN=$(sed -n 's/^token: //p' <<<"$mailer")
+    cat >"$WORK/callers.toml" <<CALLERS
+# The privacy team's console: everything, by certificate or token.
+[[caller]]
+name = "privacy-console"
+$(grep '^token_sha256' <<<"$console")
+allow = ["*"]
+
+# The mailer checks consent before sending; it may not change it.
+[[caller]]
+name = "mailer"
+$(grep '^token_sha256' <<<"$mailer")
+allow = ["privacy.v1.ConsentService/CheckConsent", "privacy.v1.ConsentService/BatchCheckConsent"]
+CALLERS
+    PROBE_ADDR="127.0.0.1:$(free_port)"
+    SERVER_ENV=(
+        "PRIVACY_RECORDS_TLS_CERT_FILE=$WORK/server.pem"
+        "PRIVACY_RECORDS_TLS_KEY_FILE=$WORK/server.key"
+        "PRIVACY_RECORDS_TLS_CLIENT_CA_FILE=$WORK/ca.pem"
+        "PRIVACY_RECORDS_CALLERS_FILE=$WORK/callers.toml"
+        "PRIVACY_RECORDS_HEALTH_LISTEN=$PROBE_ADDR"
+    )
+    TRANSPORT=(-cacert "$WORK/ca.pem" -cert "$WORK/console.pem" -key "$WORK/console.key")
+    CREDENTIALS=(-H "authorization: Bearer $CONSOLE_TOKEN")
 }
 
 # Polls the overall health until SERVING, at most WAIT_SECS seconds.
@@ -175,7 +252,23 @@ chmod 0755 "$WORK"
 DATA_DIR="$WORK/data"
 ADDR="127.0.0.1:$(free_port)"
 SUBJECT="smoke-$(date +%s)-$$"
+SERVER_ENV=()
 pass
+
+if [[ $SECURE == 1 ]]; then
+    step "a CA, certificates and tokens for the secure run"
+    command -v openssl >/dev/null || fail "openssl not found (apt-get install openssl)"
+    set_up_security || fail "could not make the certificates, tokens or callers file"
+    pass
+
+    step "serving beyond loopback without authentication is refused"
+    status=0
+    LAST_OUTPUT=$(timeout 60 "$BIN" serve --listen "0.0.0.0:$(free_port)" \
+        --data-dir "$WORK/open" 2>&1) || status=$?
+    [[ $status != 0 ]] || fail "the server started open beyond loopback"
+    expect "refusing to serve" "callers_file"
+    pass
+fi
 
 # --- first start ---------------------------------------------------------------
 
@@ -205,6 +298,54 @@ grpc -d '{"service": "privacy.v1.ConsentService"}' "$ADDR" grpc.health.v1.Health
     || fail "health check failed"
 expect '"SERVING"'
 pass
+
+if [[ $SECURE == 1 ]]; then
+    step "without credentials: CheckConsent is UNAUTHENTICATED; reflection still answers"
+    if grpc_as -cacert "$WORK/ca.pem" -- -d "{\"subjectId\": \"$SUBJECT\", \"purpose\": \"model_training\"}" \
+        "$ADDR" privacy.v1.ConsentService/CheckConsent; then
+        fail "CheckConsent without credentials succeeded"
+    fi
+    expect "Unauthenticated" "CALLER_UNAUTHENTICATED"
+    grpc_as -cacert "$WORK/ca.pem" -- "$ADDR" list || fail "reflection without credentials failed"
+    expect "privacy.v1.ConsentService"
+    pass
+
+    step "the mailer's token over TLS may check consent but not record it"
+    MAILER=(-cacert "$WORK/ca.pem" -H "authorization: Bearer $MAILER_TOKEN")
+    grpc_as "${MAILER[@]}" -- -d "{\"subjectId\": \"$SUBJECT\", \"purpose\": \"model_training\"}" \
+        "$ADDR" privacy.v1.ConsentService/CheckConsent || fail "the mailer's CheckConsent failed"
+    expect '"verdict"'
+    if grpc_as "${MAILER[@]}" -- -d "{
+        \"requestId\": \"$(new_uuid)\", \"subjectId\": \"$SUBJECT\",
+        \"purpose\": \"model_training\", \"decision\": \"REFUSED\", \"source\": \"API\"
+    }" "$ADDR" privacy.v1.ConsentService/RecordConsent; then
+        fail "the mailer recorded consent"
+    fi
+    expect "PermissionDenied" "CALLER_NOT_PERMITTED"
+    pass
+
+    step "the console's client certificate alone is enough (mutual TLS)"
+    grpc_as "${TRANSPORT[@]}" -- -d '{"name": "jurisdictionRules/US-VA"}' "$ADDR" \
+        privacy.v1.PrivacyRequestService/GetJurisdictionRules || fail "mTLS call failed"
+    expect '"code": "US-VA"'
+    pass
+
+    step "both refusals are in the audit trail, by actor"
+    grpc -d '{"actor": "mailer", "method": "privacy.v1.ConsentService/RecordConsent"}' "$ADDR" \
+        privacy.v1.AuditService/ListAuditEvents || fail "ListAuditEvents failed"
+    expect '"target": "auth"' 'PERMISSION_DENIED'
+    grpc -d '{"actor": "unauthenticated"}' "$ADDR" privacy.v1.AuditService/ListAuditEvents \
+        || fail "ListAuditEvents failed"
+    expect 'UNAUTHENTICATED' 'no credentials'
+    if grep -qF "$MAILER_TOKEN" <<<"$LAST_OUTPUT"; then fail "a token is in the audit trail"; fi
+    pass
+
+    step "the plaintext probe port answers health (for Kubernetes gRPC probes)"
+    grpc_as -plaintext -- -d '{"service": ""}' "$PROBE_ADDR" grpc.health.v1.Health/Check \
+        || fail "health on the probe port failed"
+    expect '"SERVING"'
+    pass
+fi
 
 step "GetJurisdictionRules answers for California, with citations"
 grpc -d '{"name": "jurisdictionRules/US-CA"}' "$ADDR" \

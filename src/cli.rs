@@ -113,6 +113,10 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
     )?;
     crate::telemetry::init(settings.log_format, &settings.log_filter);
     tracing::debug!(?settings, "effective settings");
+    if let Command::Serve(_) = cli.command {
+        // Before the embedded database starts: a refusal should be quick.
+        crate::server::check_exposure(&settings)?;
+    }
 
     let (url, embedded) = match &settings.database_url {
         Some(url) => (url.expose().to_owned(), None),

@@ -68,7 +68,7 @@ pub enum ServeError {
 /// Refuses a listener beyond loopback that would take calls without
 /// authentication, or bearer tokens in clear text, unless `allow_insecure`
 /// (then says so in the log).
-fn check_exposure(settings: &Settings) -> Result<(), ServeError> {
+pub fn check_exposure(settings: &Settings) -> Result<(), ServeError> {
     let security = &settings.security;
     let addr = settings.listen;
     let problem = if addr.ip().is_loopback() {
@@ -259,11 +259,21 @@ impl Application {
 
         if let Some(listener) = health_listener {
             let health_only = health_service.clone();
+            // Reflection of the health service alone, so grpcurl works here too.
+            let probe_reflection = || {
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .with_service_name("grpc.health.v1.Health")
+            };
+            let probe_reflection_v1 = probe_reflection().build_v1()?;
+            let probe_reflection_v1alpha = probe_reflection().build_v1alpha()?;
             let mut stopped = stop_rx.clone();
             tokio::spawn(async move {
                 let incoming = TcpIncoming::from(listener);
                 let result = Server::builder()
                     .add_service(health_only)
+                    .add_service(probe_reflection_v1)
+                    .add_service(probe_reflection_v1alpha)
                     .serve_with_incoming_shutdown(incoming, async move {
                         let _ = stopped.wait_for(|s| *s).await;
                     })
