@@ -12,11 +12,12 @@ use std::time::Duration;
 use bytes::{Buf, BufMut};
 use common::{TestDb, TestServer, error_reason, grant, request_id, test_settings};
 use privacy_records::config::Settings;
+use privacy_records::proto::audit_service_client::AuditServiceClient;
 use privacy_records::proto::consent_service_client::ConsentServiceClient;
 use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
 use privacy_records::proto::{
     CheckConsentRequest, ClaimTasksRequest, DataAction, DataSystem, RegisterDataSystemRequest,
-    data_system,
+    VerifyAuditLogRequest, data_system,
 };
 use privacy_records::server::{Application, ServeError};
 use prost::Message;
@@ -251,6 +252,27 @@ async fn every_method_refuses_strangers_and_callers_without_permission() {
             assert!(!details.contains(token), "a token reached the audit trail");
         }
     }
+    // The refusals are sealed into the hash chain like any other event.
+    let mut audit = AuditServiceClient::new(channel.clone());
+    common::wait_until("the refusals to be sealed", || {
+        let mut audit = audit.clone();
+        async move {
+            let verdict = audit
+                .verify_audit_log(with_token(VerifyAuditLogRequest {}, CONSOLE_TOKEN))
+                .await
+                .expect("verify")
+                .into_inner();
+            assert!(verdict.intact, "{verdict:?}");
+            verdict.unsealed_events == 0
+        }
+    })
+    .await;
+    let verdict = audit
+        .verify_audit_log(with_token(VerifyAuditLogRequest {}, CONSOLE_TOKEN))
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(verdict.events_verified >= (methods.len() * 3) as i64);
     server.finish().await;
 }
 

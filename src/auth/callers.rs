@@ -236,12 +236,11 @@ mod tests {
     fn the_example_file_loads() {
         let callers = Callers::parse(include_str!("../../docs/callers.example.toml"))
             .expect("docs/callers.example.toml is valid");
-        let hash: [u8; 32] = hex::decode(
-            "0000000000000000000000000000000000000000000000000000000000000003",
-        )
-        .unwrap()
-        .try_into()
-        .unwrap();
+        let hash: [u8; 32] =
+            hex::decode("0000000000000000000000000000000000000000000000000000000000000003")
+                .unwrap()
+                .try_into()
+                .unwrap();
         let worker = callers.by_token_hash(&hash).expect("billing-worker");
         assert_eq!(worker.name, "billing-worker");
         assert!(!worker.may_call("/privacy.v1.PrivacyRequestService/DenyPrivacyRequest"));
