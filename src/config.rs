@@ -85,6 +85,13 @@ pub struct Settings {
     pub idempotency_key_ttl: Duration,
     /// How often the audit sealer links new events into the hash chain.
     pub audit_seal_interval: Duration,
+    // -- keys (personal data at rest; see crate::keys) --
+    /// A keyring file (TOML: master keys, the active one, the lookup key).
+    pub master_key_file: Option<PathBuf>,
+    /// Master keys from the environment: `id:base64[,id:base64...]`, first active.
+    pub master_key: Option<Secret>,
+    /// The resolved keyring (`keys::resolve`, before `serve`); empty until then.
+    pub keys: crate::keys::Keyring,
 }
 
 /// Settings of the privacy-request service.
@@ -93,8 +100,8 @@ pub struct RequestSettings {
     /// Refuse (FAILED_PRECONDITION RIGHT_NOT_AVAILABLE) a request for a right
     /// the jurisdiction does not grant, instead of honouring it voluntarily.
     pub refuse_voluntary: bool,
-    /// The key of the keyed hash (HMAC-SHA-256) of subject identifiers. Unset:
-    /// a random key generated once and kept in the database.
+    /// The key of the keyed hash (HMAC-SHA-256) of subject identifiers, when
+    /// it is not the keyring's `lookup_key` (see crate::keys).
     pub identifier_hash_key: Option<Secret>,
     /// Claims of a data-system task before it fails for good.
     pub task_max_attempts: u32,
@@ -135,6 +142,9 @@ impl Default for Settings {
             retention_sweep_batch: 5000,
             idempotency_key_ttl: Duration::from_secs(7 * 24 * 3600),
             audit_seal_interval: Duration::from_secs(1),
+            master_key_file: None,
+            master_key: None,
+            keys: crate::keys::Keyring::default(),
         }
     }
 }
@@ -169,6 +179,9 @@ pub struct Layer {
     pub retention_sweep_batch: Option<i64>,
     pub idempotency_key_ttl_secs: Option<u64>,
     pub audit_seal_interval_ms: Option<u64>,
+    // -- keys --
+    pub master_key_file: Option<PathBuf>,
+    pub master_key: Option<Secret>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -266,6 +279,11 @@ impl Layer {
             retention_sweep_batch: parse(&get, "RETENTION_SWEEP_BATCH")?,
             idempotency_key_ttl_secs: parse(&get, "IDEMPOTENCY_KEY_TTL_SECS")?,
             audit_seal_interval_ms: parse(&get, "AUDIT_SEAL_INTERVAL_MS")?,
+            // -- keys --
+            master_key_file: parse(&get, "MASTER_KEY_FILE")?,
+            master_key: get(&format!("{ENV_PREFIX}MASTER_KEY"))
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
         })
     }
 }
@@ -345,6 +363,13 @@ impl Settings {
         }
         if let Some(v) = layer.audit_seal_interval_ms {
             self.audit_seal_interval = ms(v);
+        }
+        // -- keys --
+        if let Some(v) = layer.master_key_file {
+            self.master_key_file = Some(v);
+        }
+        if let Some(v) = layer.master_key {
+            self.master_key = Some(v);
         }
     }
 

@@ -53,6 +53,7 @@ impl Context {
 /// `x-consistency-token` header.
 pub async fn mutate<Req, R, F>(
     pool: &PgPool,
+    keys: &crate::keys::Keyring,
     method: &'static str,
     caller: Caller,
     request_id: &RequestId,
@@ -71,10 +72,11 @@ where
         request_id: request_id.as_str().to_owned(),
     };
     let fingerprint = idempotency::fingerprint(method, request);
-    let (response, token) = idempotency::run(pool, method, request_id, &fingerprint, |conn| {
-        work(conn, ctx.clone())
-    })
-    .await?;
+    let (response, token) =
+        idempotency::run(pool, keys, method, request_id, &fingerprint, |conn| {
+            work(conn, ctx.clone())
+        })
+        .await?;
     Ok(with_token(response, token))
 }
 
