@@ -460,11 +460,15 @@ impl Keyring {
         Ok(KeyBytes(mac.finalize().into_bytes().into()))
     }
 
-    /// Seals a stored response: `[len][master key id][sealed]`.
+    /// Seals a stored response: `[0][len][master key id][sealed]`. The
+    /// leading zero (never the first byte of an encoded protobuf message,
+    /// field number 0 being invalid) tells it from a response stored in
+    /// clear by an earlier version.
     pub fn seal_response(&self, request_id: &str, response: &[u8]) -> Result<Vec<u8>> {
         let id = self.active_id()?;
         let sealed = aead_seal(&self.response_key(id)?, request_id.as_bytes(), response)?;
-        let mut out = Vec::with_capacity(1 + id.len() + sealed.len());
+        let mut out = Vec::with_capacity(2 + id.len() + sealed.len());
+        out.push(0);
         out.push(id.len() as u8);
         out.extend_from_slice(id.as_bytes());
         out.extend_from_slice(&sealed);
@@ -473,6 +477,10 @@ impl Keyring {
 
     pub fn open_response(&self, request_id: &str, stored: &[u8]) -> Result<Vec<u8>> {
         let bad = || Error::Internal("a stored idempotency response does not open".into());
+        let Some((&0, stored)) = stored.split_first() else {
+            // Stored in clear before responses were sealed (or empty).
+            return Ok(stored.to_vec());
+        };
         let (&len, rest) = stored.split_first().ok_or_else(bad)?;
         let len = usize::from(len);
         if rest.len() < len {
@@ -825,6 +833,11 @@ mod tests {
         assert_ne!(new.active_id().unwrap(), "mk-1");
         assert_eq!(new.open_response("req-1", &sealed).unwrap(), b"response");
         assert!(new.open_response("req-2", &sealed).is_err());
+        // A response an earlier version stored in clear replays as it is.
+        assert_eq!(
+            new.open_response("req-1", b"\x08\x01").unwrap(),
+            b"\x08\x01"
+        );
     }
 
     #[test]
