@@ -590,3 +590,66 @@ async fn an_embedded_install_generates_its_keyring_once_carrying_the_old_hash_ke
     pool.close().await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn the_rotate_key_command_adds_an_active_master_key_and_rewraps_under_it() {
+    let db = common::TestDb::new().await;
+    let pool = db.pool().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("keyring.toml");
+    let old = test_keyring();
+    old.write_file(&path, true).expect("keyring file");
+    let mut conn = pool.acquire().await.expect("conn");
+    let sealed = old
+        .sealer(&mut conn, "ann")
+        .await
+        .expect("data key")
+        .seal(keys::column::TASK_EXPORT, b"{}")
+        .expect("seal");
+    drop(conn);
+
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_privacy-records"))
+        .args(["rotate-key", "--new-master-key", "--master-key-file"])
+        .arg(&path)
+        .env("DATABASE_URL", &db.url)
+        .env_remove("PRIVACY_RECORDS_MASTER_KEY")
+        .env_remove("PRIVACY_RECORDS_IDENTIFIER_HASH_KEY")
+        .env("PRIVACY_RECORDS_LOG_FILTER", "warn")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run rotate-key");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("re-wrapped 1 data keys"), "{stdout}");
+
+    let new = Keyring::from_file(&path, None).expect("rotated keyring");
+    let active = new.active_id().expect("active").to_owned();
+    assert_ne!(active, "test-mk-1");
+    assert!(
+        new.master_ids().contains(&"test-mk-1".to_owned()),
+        "old key kept"
+    );
+    let masters: Vec<String> = sqlx::query_scalar("SELECT master_key_id FROM subject_keys")
+        .fetch_all(&pool)
+        .await
+        .expect("masters");
+    assert_eq!(masters, vec![active]);
+    let opener = new
+        .opener(&pool, [sealed.as_slice()])
+        .await
+        .expect("opener");
+    assert_eq!(
+        opener
+            .open("ann", keys::column::TASK_EXPORT, &sealed)
+            .expect("open")
+            .as_deref(),
+        Some(&b"{}"[..])
+    );
+    pool.close().await;
+    db.drop_db().await;
+}
