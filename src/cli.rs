@@ -28,9 +28,25 @@ pub enum Command {
     /// Make a bearer token for a caller: prints the token (hand it to the
     /// caller's secret store) and its hash (for the callers file).
     NewToken,
+    /// Re-wrap every subject data key under the active master key (in
+    /// batches, resumable); optionally generate a new active master key first.
+    RotateKey(RotateKeyArgs),
 }
 
 #[derive(Debug, Args)]
+pub struct RotateKeyArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Add a freshly generated master key to the keyring file and make it
+    /// active (the old keys stay until you remove them).
+    #[arg(long)]
+    pub new_master_key: bool,
+    /// Data keys re-wrapped per transaction.
+    #[arg(long, default_value_t = 1000)]
+    pub batch: i64,
+}
+
+#[derive(Debug, Default, Args)]
 pub struct DatabaseArgs {
     /// Where the embedded PostgreSQL keeps its data (ignored with DATABASE_URL).
     #[arg(long)]
@@ -41,6 +57,9 @@ pub struct DatabaseArgs {
     /// Log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// The keyring file (master keys; also PRIVACY_RECORDS_MASTER_KEY_FILE).
+    #[arg(long)]
+    pub master_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -71,20 +90,18 @@ const EMBEDDED_DATABASE: &str = "privacy_records";
 
 impl Cli {
     fn layer(&self) -> Layer {
-        let no_database = DatabaseArgs {
-            data_dir: None,
-            pg_bin_dir: None,
-            log_format: None,
-        };
+        let no_database = DatabaseArgs::default();
         let db = match &self.command {
             Command::Serve(s) => &s.database,
             Command::Migrate(d) => d,
             Command::NewToken => &no_database,
+            Command::RotateKey(r) => &r.database,
         };
         let mut layer = Layer {
             data_dir: db.data_dir.clone(),
             pg_bin_dir: db.pg_bin_dir.clone(),
             log_format: db.log_format,
+            master_key_file: db.master_key_file.clone(),
             ..Layer::default()
         };
         if let Command::Serve(s) = &self.command {
@@ -138,6 +155,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             Command::Serve(_) => serve(settings, &url).await,
             Command::Migrate(_) => migrate(&settings, &url).await,
             Command::NewToken => unreachable!("handled before the database starts"),
+            Command::RotateKey(args) => rotate_key(settings, &url, &args).await,
         }
     }
     .await;
@@ -149,8 +167,9 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
     outcome
 }
 
-async fn serve(settings: Settings, url: &str) -> Result<(), BoxError> {
+async fn serve(mut settings: Settings, url: &str) -> Result<(), BoxError> {
     let pool = crate::db::pool(url, &settings)?;
+    settings.keys = crate::keys::resolve(&settings, &pool).await?;
     let app = crate::server::Application::build(settings, pool).await?;
     app.run_until(shutdown_signal()).await?;
     Ok(())
@@ -173,6 +192,55 @@ fn new_token() -> Result<(), BoxError> {
     let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
     println!("token: {token}");
     println!("token_sha256 = [\"{hash}\"]");
+    Ok(())
+}
+
+/// `rotate-key`: optionally a new active master key in the keyring file,
+/// then every data key re-wrapped under the active key.
+async fn rotate_key(
+    mut settings: Settings,
+    url: &str,
+    args: &RotateKeyArgs,
+) -> Result<(), BoxError> {
+    let pool = crate::db::pool(url, &settings)?;
+    crate::db::migrate(&pool).await?;
+    let mut keys = crate::keys::resolve(&settings, &pool).await?;
+    if args.new_master_key {
+        if settings.master_key.is_some() {
+            return Err(
+                "--new-master-key needs a keyring file; the master keys come from \
+                        PRIVACY_RECORDS_MASTER_KEY: add a key there (first = active)"
+                    .into(),
+            );
+        }
+        let path = settings
+            .master_key_file
+            .clone()
+            .unwrap_or_else(|| crate::keys::default_file(&settings.data_dir));
+        keys = crate::keys::Keyring::from_file(
+            &path,
+            settings
+                .requests
+                .identifier_hash_key
+                .as_ref()
+                .map(|s| s.expose().as_bytes()),
+        )?
+        .with_new_master()?;
+        keys.write_file_keeping_lookup(&path, settings.requests.identifier_hash_key.is_some())?;
+        tracing::info!(active = keys.active_id()?, path = %path.display(), "new active master key");
+    }
+    settings.keys = keys;
+    let n = crate::keys::rotate(&pool, &settings.keys, args.batch).await?;
+    tracing::info!(
+        rewrapped = n,
+        active = settings.keys.active_id()?,
+        "rotation done"
+    );
+    println!(
+        "re-wrapped {n} data keys under master key {}",
+        settings.keys.active_id()?
+    );
+    pool.close().await;
     Ok(())
 }
 

@@ -87,6 +87,13 @@ pub struct Settings {
     pub audit_seal_interval: Duration,
     /// Who may call, and how they prove it.
     pub security: SecuritySettings,
+    // -- keys (personal data at rest; see crate::keys) --
+    /// A keyring file (TOML: master keys, the active one, the lookup key).
+    pub master_key_file: Option<PathBuf>,
+    /// Master keys from the environment: `id:base64[,id:base64...]`, first active.
+    pub master_key: Option<Secret>,
+    /// The resolved keyring (`keys::resolve`, before `serve`); empty until then.
+    pub keys: crate::keys::Keyring,
 }
 
 /// Transport security and caller authentication. With no `callers_file`
@@ -117,8 +124,8 @@ pub struct RequestSettings {
     /// Refuse (FAILED_PRECONDITION RIGHT_NOT_AVAILABLE) a request for a right
     /// the jurisdiction does not grant, instead of honouring it voluntarily.
     pub refuse_voluntary: bool,
-    /// The key of the keyed hash (HMAC-SHA-256) of subject identifiers. Unset:
-    /// a random key generated once and kept in the database.
+    /// The key of the keyed hash (HMAC-SHA-256) of subject identifiers, when
+    /// it is not the keyring's `lookup_key` (see crate::keys).
     pub identifier_hash_key: Option<Secret>,
     /// Claims of a data-system task before it fails for good.
     pub task_max_attempts: u32,
@@ -160,6 +167,9 @@ impl Default for Settings {
             idempotency_key_ttl: Duration::from_secs(7 * 24 * 3600),
             audit_seal_interval: Duration::from_secs(1),
             security: SecuritySettings::default(),
+            master_key_file: None,
+            master_key: None,
+            keys: crate::keys::Keyring::default(),
         }
     }
 }
@@ -200,6 +210,9 @@ pub struct Layer {
     pub callers_file: Option<PathBuf>,
     pub allow_insecure: Option<bool>,
     pub health_listen: Option<SocketAddr>,
+    // -- keys --
+    pub master_key_file: Option<PathBuf>,
+    pub master_key: Option<Secret>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -303,6 +316,11 @@ impl Layer {
             callers_file: parse(&get, "CALLERS_FILE")?,
             allow_insecure: parse(&get, "ALLOW_INSECURE")?,
             health_listen: parse(&get, "HEALTH_LISTEN")?,
+            // -- keys --
+            master_key_file: parse(&get, "MASTER_KEY_FILE")?,
+            master_key: get(&format!("{ENV_PREFIX}MASTER_KEY"))
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
         })
     }
 }
@@ -399,6 +417,13 @@ impl Settings {
         }
         if let Some(v) = layer.health_listen {
             security.health_listen = Some(v);
+        }
+        // -- keys --
+        if let Some(v) = layer.master_key_file {
+            self.master_key_file = Some(v);
+        }
+        if let Some(v) = layer.master_key {
+            self.master_key = Some(v);
         }
     }
 

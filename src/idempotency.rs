@@ -12,6 +12,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::db::retry_on_conflict;
 use crate::error::{Error, Result};
+use crate::keys::Keyring;
 use crate::tokens::ConsistencyToken;
 
 /// A client-chosen idempotency key: 1-128 printable ASCII characters.
@@ -122,6 +123,7 @@ async fn finish(
 /// a fresh transaction), so it must do all its writes through `conn`.
 pub async fn run<R, F>(
     pool: &PgPool,
+    keys: &Keyring,
     method: &'static str,
     request_id: &RequestId,
     fingerprint: &[u8],
@@ -136,6 +138,7 @@ where
         match begin(&mut tx, request_id, method, fingerprint).await? {
             Begun::Replay(bytes, token) => {
                 tx.rollback().await?;
+                let bytes = keys.open_response(request_id.as_str(), &bytes)?;
                 let response = R::decode(bytes.as_slice()).map_err(|e| {
                     Error::Internal(format!("stored response does not decode: {e}"))
                 })?;
@@ -153,7 +156,10 @@ where
             }
             Begun::Fresh => {
                 let (response, token) = work(&mut tx).await?;
-                finish(&mut tx, request_id, &response.encode_to_vec(), &token).await?;
+                // Responses echo personal data (evidence, corrections,
+                // exports): stored sealed.
+                let sealed = keys.seal_response(request_id.as_str(), &response.encode_to_vec())?;
+                finish(&mut tx, request_id, &sealed, &token).await?;
                 tx.commit().await?;
                 Ok((response, token))
             }

@@ -2,18 +2,13 @@
 //! keyed hashes: HMAC-SHA-256 under a key the database does not derive, so
 //! a leaked table cannot be reversed by hashing a list of emails.
 //!
-//! The key comes from configuration (`identifier_hash_key`). Without one, a
-//! random key is generated once and kept in `service_keys` — an interim
-//! measure until keys move out of the database with the security work.
+//! The key is the keyring's lookup key (`crate::keys`), from configuration,
+//! never from the database. The identifiers' values are sealed beside the
+//! hashes (`request_identifiers.value_sealed`).
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use sqlx::PgPool;
 
-use crate::config::Secret;
-use crate::error::{Error, Result};
 use crate::requests::model::IdentifierKind;
-
-const KEY_NAME: &str = "identifier_hash_key";
 
 /// The HMAC key for identifiers.
 #[derive(Clone)]
@@ -26,24 +21,9 @@ impl std::fmt::Debug for HashKey {
 }
 
 impl HashKey {
-    /// The configured key, or the one kept in the database (created on first use).
-    pub async fn load(pool: &PgPool, configured: Option<&Secret>) -> Result<Self> {
-        if let Some(secret) = configured {
-            return Ok(HashKey(secret.expose().as_bytes().to_vec()));
-        }
-        let mut fresh = [0u8; 32];
-        getrandom::fill(&mut fresh)
-            .map_err(|e| Error::Internal(format!("no random source for a key: {e}")))?;
-        sqlx::query("INSERT INTO service_keys (name, key) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(KEY_NAME)
-            .bind(&fresh[..])
-            .execute(pool)
-            .await?;
-        let key: Vec<u8> = sqlx::query_scalar("SELECT key FROM service_keys WHERE name = $1")
-            .bind(KEY_NAME)
-            .fetch_one(pool)
-            .await?;
-        Ok(HashKey(key))
+    /// A key from the keyring (`crate::keys`).
+    pub fn new(key: Vec<u8>) -> Self {
+        HashKey(key)
     }
 
     /// The keyed hash of an already normalised identifier of `kind`.

@@ -21,6 +21,7 @@ pub mod health;
 pub mod idempotency;
 pub mod identifiers;
 pub mod journal;
+pub mod keys;
 pub mod middleware;
 pub mod requests;
 pub mod retention;

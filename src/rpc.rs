@@ -72,6 +72,7 @@ impl Context {
 /// `x-consistency-token` header.
 pub async fn mutate<Req, R, F>(
     pool: &PgPool,
+    keys: &crate::keys::Keyring,
     method: &'static str,
     caller: Caller,
     request_id: &RequestId,
@@ -91,7 +92,7 @@ where
         data_systems: caller.data_systems().cloned(),
     };
     let fingerprint = idempotency::fingerprint(method, request);
-    let outcome = idempotency::run(pool, method, request_id, &fingerprint, |conn| {
+    let outcome = idempotency::run(pool, keys, method, request_id, &fingerprint, |conn| {
         work(conn, ctx.clone())
     })
     .await;

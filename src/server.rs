@@ -204,6 +204,7 @@ impl Application {
                 heartbeat: settings.watch_heartbeat,
             },
             stop_rx.clone(),
+            settings.keys.clone(),
         ))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -211,13 +212,15 @@ impl Application {
         let requests = PrivacyRequestServiceServer::new(PrivacyRequestApi::new(
             pool.clone(),
             settings.requests.clone(),
+            settings.keys.clone(),
         ))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
 
-        let data_systems = DataSystemServiceServer::new(DataSystemApi::new(pool.clone()))
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit);
+        let data_systems =
+            DataSystemServiceServer::new(DataSystemApi::new(pool.clone(), settings.keys.clone()))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
 
         let sweep = SweepSettings {
             interval: settings.retention_sweep_interval,
@@ -229,9 +232,13 @@ impl Application {
         let sweeper = settings
             .retention_sweeper
             .then(|| tokio::spawn(sweeper::run(pool.clone(), sweep, stop_rx.clone())));
-        let retention = RetentionServiceServer::new(RetentionApi::new(pool.clone(), sweep))
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit);
+        let retention = RetentionServiceServer::new(RetentionApi::new(
+            pool.clone(),
+            sweep,
+            settings.keys.clone(),
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
 
         let sealer = tokio::spawn(crate::audit::sealer::run(
             pool.clone(),

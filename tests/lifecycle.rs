@@ -201,6 +201,7 @@ fn spawn_binary(db: &TestDb, port: u16) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_privacy-records"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", &db.url)
+        .envs(common::test_key_env())
         .env("PRIVACY_RECORDS_HEALTH_INTERVAL_MS", "100")
         .env("PRIVACY_RECORDS_LOG_FILTER", "warn")
         .stdin(Stdio::null())

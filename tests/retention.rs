@@ -605,6 +605,12 @@ async fn own_records_follow_retention_too() {
                 kind: proto::identifier::Kind::EmailAddress as i32,
                 value: "old@example.com".into(),
             }],
+            // Sealed under the subject's data key; minimising drops it too.
+            agent: Some(proto::Agent {
+                display_name: "Agent".into(),
+                contact: "agent@example.org".into(),
+                ..Default::default()
+            }),
             ..Default::default()
         })
         .await
@@ -644,6 +650,7 @@ async fn own_records_follow_retention_too() {
         .into_inner();
     assert_eq!(kept.subject_id, "minimized");
     assert_eq!(kept.explanation, "");
+    assert!(kept.agent.is_none());
     assert_eq!(kept.request_type, RequestType::Access as i32);
     assert_eq!(kept.state, proto::privacy_request::State::Canceled as i32);
     let identifiers: i64 = sqlx::query_scalar("SELECT count(*) FROM request_identifiers")

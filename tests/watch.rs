@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{PATIENCE, TestServer, request_id, storage_grant};
+use common::{PATIENCE, TestServer, request_id, storage_grant, test_keyring};
 use privacy_records::changefeed;
 use privacy_records::consent::model::{Decision, NewConsent, PurposeKey, Source, SubjectId};
 use privacy_records::consent::service::{self, Context};
@@ -138,7 +138,7 @@ async fn a_change_that_commits_late_is_delivered_before_later_ids_not_skipped() 
         effective_time: None,
         expire_time: None,
     };
-    let (slow_record, _) = service::record_consent(&mut slow, &ctx, &new)
+    let (slow_record, _) = service::record_consent(&test_keyring(), &mut slow, &ctx, &new)
         .await
         .expect("slow write");
 

@@ -43,14 +43,21 @@ pub struct ConsentApi {
     pool: PgPool,
     watch: WatchSettings,
     shutdown: watch::Receiver<bool>,
+    keys: crate::keys::Keyring,
 }
 
 impl ConsentApi {
-    pub fn new(pool: PgPool, watch: WatchSettings, shutdown: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        watch: WatchSettings,
+        shutdown: watch::Receiver<bool>,
+        keys: crate::keys::Keyring,
+    ) -> Self {
         Self {
             pool,
             watch,
             shutdown,
+            keys,
         }
     }
 }
@@ -483,6 +490,7 @@ impl ConsentService for ConsentApi {
         v.finish()?;
         crate::rpc::mutate(
             &self.pool,
+            &self.keys,
             METHOD,
             caller,
             &request_id,
@@ -563,6 +571,7 @@ impl ConsentService for ConsentApi {
         v.finish()?;
         crate::rpc::mutate(
             &self.pool,
+            &self.keys,
             METHOD,
             caller,
             &request_id,
@@ -589,16 +598,18 @@ impl ConsentService for ConsentApi {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let (request_id, new) = parse_new_consent(&req)?;
+        let keys = self.keys.clone();
         crate::rpc::mutate(
             &self.pool,
+            &self.keys,
             METHOD,
             caller,
             &request_id,
             &req,
             move |conn, ctx| {
-                let new = new.clone();
+                let (new, keys) = (new.clone(), keys.clone());
                 Box::pin(async move {
-                    let (record, token) = service::record_consent(conn, &ctx, &new).await?;
+                    let (record, token) = service::record_consent(&keys, conn, &ctx, &new).await?;
                     let response = proto::RecordConsentResponse {
                         record: Some(record_to_proto(&record)),
                         consistency_token: token.encode(),
@@ -633,7 +644,8 @@ impl ConsentService for ConsentApi {
         };
         // Every read goes to the primary, which already reflects every
         // acknowledged write: a valid token is satisfied by construction.
-        let answers = service::check(&self.pool, std::slice::from_ref(&query), as_of).await?;
+        let answers =
+            service::check(&self.keys, &self.pool, std::slice::from_ref(&query), as_of).await?;
         let outcome = answers
             .outcomes
             .first()
@@ -683,7 +695,7 @@ impl ConsentService for ConsentApi {
         ) else {
             return Err(v.into_error().into());
         };
-        let answers = service::check(&self.pool, &queries, as_of).await?;
+        let answers = service::check(&self.keys, &self.pool, &queries, as_of).await?;
         Ok(Response::new(proto::BatchCheckConsentResponse {
             results: queries
                 .iter()
@@ -713,6 +725,7 @@ impl ConsentService for ConsentApi {
             return Err(v.into_error().into());
         };
         let (queries, answers) = service::consent_state(
+            &self.keys,
             &self.pool,
             &subject,
             jurisdiction.as_ref(),
@@ -760,6 +773,7 @@ impl ConsentService for ConsentApi {
             return Err(v.into_error().into());
         };
         let records = store::list_records(
+            &self.keys,
             &self.pool,
             subject.as_ref(),
             purpose.as_ref(),
@@ -814,7 +828,10 @@ impl ConsentService for ConsentApi {
         let pool = self.pool.clone();
         let settings = self.watch.clone();
         let shutdown = self.shutdown.clone();
-        tokio::spawn(watch_loop(pool, settings, shutdown, start, subject, tx));
+        let keys = self.keys.clone();
+        tokio::spawn(watch_loop(
+            pool, keys, settings, shutdown, start, subject, tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -867,6 +884,7 @@ impl ConsentService for ConsentApi {
         v.finish()?;
         crate::rpc::mutate(
             &self.pool,
+            &self.keys,
             METHOD,
             caller,
             &request_id,
@@ -930,7 +948,8 @@ impl ConsentService for ConsentApi {
             return Err(v.into_error().into());
         };
         let version = service::reconsent_version(&self.pool, version_id.as_deref()).await?;
-        let grants = store::grants_predating(&self.pool, &version, after, limit + 1).await?;
+        let grants =
+            store::grants_predating(&self.keys, &self.pool, &version, after, limit + 1).await?;
         let (page, next) = paginate(grants, limit, |r| {
             PageToken::encode(&filters, &(&r.subject_id, &r.purpose))
         });
@@ -977,6 +996,7 @@ impl ConsentService for ConsentApi {
         let (minor, parental_consent) = (req.minor, req.parental_consent);
         crate::rpc::mutate(
             &self.pool,
+            &self.keys,
             METHOD,
             caller,
             &request_id,
@@ -1018,6 +1038,7 @@ fn parse_sha256(raw: &str) -> Result<String, String> {
 /// the client resumes from its last token).
 async fn watch_loop(
     pool: PgPool,
+    keys: crate::keys::Keyring,
     settings: WatchSettings,
     mut shutdown: watch::Receiver<bool>,
     start: FeedPosition,
@@ -1057,7 +1078,7 @@ async fn watch_loop(
                 .iter()
                 .filter_map(|e| e.consent_record_id)
                 .collect();
-            let records = match store::records_by_id(&pool, &ids).await {
+            let records = match store::records_by_id(&keys, &pool, &ids).await {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = tx.send(Err(e.into())).await;

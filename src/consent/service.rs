@@ -13,6 +13,7 @@ use super::model::{
 use super::store;
 use crate::error::{Error, Result};
 use crate::journal::{self, ChangeEntry, ChangeKind};
+use crate::keys::Keyring;
 use crate::proto::ErrorReason;
 use crate::tokens::ConsistencyToken;
 
@@ -154,6 +155,7 @@ pub async fn update_purpose(
 /// granted, a NOT_CONSENT_BASED one takes no decisions, and a purpose that
 /// requires evidence for a grant gets it.
 pub async fn record_consent(
+    keys: &Keyring,
     conn: &mut PgConnection,
     ctx: &Context,
     new: &NewConsent,
@@ -199,7 +201,7 @@ pub async fn record_consent(
             ),
         ));
     }
-    let record = store::append_consent(conn, new, &ctx.request_id, &ctx.actor).await?;
+    let record = store::append_consent(keys, conn, new, &ctx.request_id, &ctx.actor).await?;
     let target = format!(
         "subjects/{}/consentRecords/{}",
         record.subject_id, record.id
@@ -246,6 +248,7 @@ pub struct CheckAnswers {
 
 /// Decides many questions in one read. An unknown purpose is NOT_FOUND.
 pub async fn check(
+    keys: &Keyring,
     pool: &PgPool,
     queries: &[CheckQuery],
     as_of: Option<DateTime<Utc>>,
@@ -254,7 +257,7 @@ pub async fn check(
         .iter()
         .map(|q| (q.subject.clone(), q.purpose.clone()))
         .collect();
-    let (rows, snapshot) = store::decision_inputs(pool, &pairs, as_of).await?;
+    let (rows, snapshot) = store::decision_inputs(keys, pool, &pairs, as_of).await?;
     let mut outcomes = Vec::with_capacity(rows.len());
     for (query, row) in queries.iter().zip(&rows) {
         let purpose = row
@@ -281,6 +284,7 @@ pub async fn check(
 
 /// Every purpose's decision for one subject.
 pub async fn consent_state(
+    keys: &Keyring,
     pool: &PgPool,
     subject: &SubjectId,
     jurisdiction: Option<&Jurisdiction>,
@@ -307,7 +311,7 @@ pub async fn consent_state(
             },
         ));
     }
-    let answers = check(pool, &queries, as_of).await?;
+    let answers = check(keys, pool, &queries, as_of).await?;
     Ok((queries, answers))
 }
 

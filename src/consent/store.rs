@@ -13,13 +13,14 @@ use super::model::{
     Purpose, PurposeFields, PurposeKey, Source, Subject, SubjectId,
 };
 use crate::error::{Error, Result};
+use crate::keys::{Keyring, column};
 
 const PURPOSE_COLUMNS: &str = "key, display_name, description, consent_model, jurisdiction_models, \
      required_evidence, honors_gpc, reconsent_on_material_change, create_time, update_time, revision";
 
 const RECORD_COLUMNS: &str = "id, subject_id, purpose_key, decision, source, policy_version, jurisdiction, \
      evidence_kind, evidence_reference, evidence_description, effective_time, expire_time, \
-     record_time, request_id, actor";
+     record_time, request_id, actor, evidence_sealed";
 
 // The statements on the hot paths (every check, every RecordConsent) are
 // built once; the others are formatted per call.
@@ -32,8 +33,8 @@ static APPEND_CONSENT: LazyLock<Arc<str>> = LazyLock::new(|| {
     format!(
         "INSERT INTO consent_records (subject_id, purpose_key, decision, source, policy_version,
              jurisdiction, evidence_kind, evidence_reference, evidence_description,
-             effective_time, expire_time, request_id, actor)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, now()), $11, $12, $13)
+             effective_time, expire_time, request_id, actor, evidence_sealed)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, now()), $11, $12, $13, $14)
          RETURNING {RECORD_COLUMNS}"
     )
     .into()
@@ -264,13 +265,89 @@ pub async fn update_purpose(
 
 // ---- the ledger -----------------------------------------------------------
 
+/// The sealed form of evidence: its reference and description.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SealedEvidence {
+    reference: String,
+    description: String,
+}
+
+/// The sealed evidence column of a row read with `prefix`.
+fn sealed_evidence(row: &PgRow, prefix: &str) -> Result<Option<Vec<u8>>> {
+    Ok(row.try_get(format!("{prefix}evidence_sealed").as_str())?)
+}
+
+/// Puts the opened evidence into records read with sealed evidence (one
+/// key query for all; none when nothing is sealed, as on most checks).
+/// Evidence whose data key was destroyed reads as empty text.
+async fn open_evidence<'e>(
+    keys: &Keyring,
+    db: impl sqlx::PgExecutor<'e>,
+    records: Vec<(&mut ConsentRecord, Vec<u8>)>,
+) -> Result<()> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let opener = keys
+        .opener(db, records.iter().map(|(_, s)| s.as_slice()))
+        .await?;
+    for (record, sealed) in records {
+        let opened: Option<SealedEvidence> =
+            opener.open_json(&record.subject_id, column::CONSENT_EVIDENCE, &sealed)?;
+        if let (Some(e), Some(o)) = (record.evidence.as_mut(), opened) {
+            e.reference = o.reference;
+            e.description = o.description;
+        }
+    }
+    Ok(())
+}
+
+/// Records read by `SELECT {RECORD_COLUMNS}`, with their evidence opened.
+async fn records_from_rows(
+    keys: &Keyring,
+    pool: &PgPool,
+    rows: &[PgRow],
+) -> Result<Vec<ConsentRecord>> {
+    let mut out = Vec::with_capacity(rows.len());
+    let mut sealed = Vec::new();
+    for row in rows {
+        out.push(record_from_row(row, "")?.ok_or_else(|| corrupt("record", "null"))?);
+        sealed.push(sealed_evidence(row, "")?);
+    }
+    let pending = out
+        .iter_mut()
+        .zip(sealed)
+        .filter_map(|(r, s)| s.map(|s| (r, s)))
+        .collect();
+    open_evidence(keys, pool, pending).await?;
+    Ok(out)
+}
+
+/// Appends a decision; its evidence (free text about a person) is sealed
+/// under the subject's data key, which is created then if need be: a
+/// decision without evidence never touches the key table.
 pub async fn append_consent(
+    keys: &Keyring,
     conn: &mut PgConnection,
     new: &NewConsent,
     request_id: &str,
     actor: &str,
 ) -> Result<ConsentRecord> {
     let evidence = new.evidence.as_ref();
+    let evidence_sealed = match evidence {
+        Some(e) => Some(
+            keys.sealer(&mut *conn, new.subject_id.as_str())
+                .await?
+                .seal_json(
+                    column::CONSENT_EVIDENCE,
+                    &SealedEvidence {
+                        reference: e.reference.clone(),
+                        description: e.description.clone(),
+                    },
+                )?,
+        ),
+        None => None,
+    };
     let result = sqlx::query(sqlx::AssertSqlSafe(Arc::clone(&APPEND_CONSENT)))
         .bind(new.subject_id.as_str())
         .bind(new.purpose.as_str())
@@ -279,12 +356,14 @@ pub async fn append_consent(
         .bind(new.policy_version.as_deref())
         .bind(new.jurisdiction.as_ref().map(|j| j.as_str()))
         .bind(evidence.map(|e| e.kind.as_str()))
-        .bind(evidence.map(|e| e.reference.as_str()))
-        .bind(evidence.map(|e| e.description.as_str()))
+        // The clear columns stay empty; the sealed one holds both.
+        .bind(evidence.map(|_| ""))
+        .bind(evidence.map(|_| ""))
         .bind(new.effective_time)
         .bind(new.expire_time)
         .bind(request_id)
         .bind(actor)
+        .bind(evidence_sealed)
         .fetch_one(conn)
         .await;
     let row = match result {
@@ -306,7 +385,10 @@ pub async fn append_consent(
             });
         }
     };
-    record_from_row(&row, "")?.ok_or_else(|| corrupt("consent record", "null"))
+    let mut record = record_from_row(&row, "")?.ok_or_else(|| corrupt("consent record", "null"))?;
+    // What was just sealed is what the caller gave.
+    record.evidence = new.evidence.clone();
+    Ok(record)
 }
 
 /// One (subject, purpose) question and what the database says about it.
@@ -329,6 +411,7 @@ pub struct Snapshot {
 
 /// Reads everything `decide` needs for many pairs in one statement.
 pub async fn decision_inputs(
+    keys: &Keyring,
     pool: &PgPool,
     pairs: &[(SubjectId, PurposeKey)],
     as_of: Option<DateTime<Utc>>,
@@ -358,16 +441,22 @@ pub async fn decision_inputs(
         }
         None => return Err(Error::Internal("a decision read returned no rows".into())),
     };
-    let decisions = rows
-        .iter()
-        .map(|row| {
-            Ok(DecisionRow {
-                purpose: purpose_from_row(row, "p_")?,
-                minor: row.try_get("minor")?,
-                latest: record_from_row(row, "r_")?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let mut decisions = Vec::with_capacity(rows.len());
+    let mut sealed = Vec::new();
+    for row in &rows {
+        decisions.push(DecisionRow {
+            purpose: purpose_from_row(row, "p_")?,
+            minor: row.try_get("minor")?,
+            latest: record_from_row(row, "r_")?,
+        });
+        sealed.push(sealed_evidence(row, "r_")?);
+    }
+    let pending = decisions
+        .iter_mut()
+        .zip(sealed)
+        .filter_map(|(d, s)| d.latest.as_mut().zip(s))
+        .collect();
+    open_evidence(keys, pool, pending).await?;
     Ok((decisions, snapshot))
 }
 
@@ -395,6 +484,7 @@ pub async fn all_purpose_keys(pool: &PgPool) -> Result<Vec<PurposeKey>> {
 
 /// A page of the ledger, oldest first.
 pub async fn list_records(
+    keys: &Keyring,
     pool: &PgPool,
     subject: Option<&SubjectId>,
     purpose: Option<&PurposeKey>,
@@ -417,13 +507,15 @@ pub async fn list_records(
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    rows.iter()
-        .map(|r| record_from_row(r, "").and_then(|x| x.ok_or_else(|| corrupt("record", "null"))))
-        .collect()
+    records_from_rows(keys, pool, &rows).await
 }
 
 /// Ledger entries by id (for the watch stream).
-pub async fn records_by_id(pool: &PgPool, ids: &[i64]) -> Result<HashMap<i64, ConsentRecord>> {
+pub async fn records_by_id(
+    keys: &Keyring,
+    pool: &PgPool,
+    ids: &[i64],
+) -> Result<HashMap<i64, ConsentRecord>> {
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
@@ -432,13 +524,11 @@ pub async fn records_by_id(pool: &PgPool, ids: &[i64]) -> Result<HashMap<i64, Co
         .bind(ids)
         .fetch_all(pool)
         .await?;
-    let mut out = HashMap::with_capacity(rows.len());
-    for row in &rows {
-        if let Some(r) = record_from_row(row, "")? {
-            out.insert(r.id, r);
-        }
-    }
-    Ok(out)
+    Ok(records_from_rows(keys, pool, &rows)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r))
+        .collect())
 }
 
 // ---- policy versions ------------------------------------------------------
@@ -535,6 +625,7 @@ pub async fn list_policy_versions(
 
 /// Current grants of re-consent purposes that predate `version`.
 pub async fn grants_predating(
+    keys: &Keyring,
     pool: &PgPool,
     version: &PolicyVersion,
     after: Option<(String, String)>,
@@ -569,9 +660,7 @@ pub async fn grants_predating(
         .bind(limit)
         .fetch_all(pool)
         .await?;
-    rows.iter()
-        .map(|r| record_from_row(r, "").and_then(|x| x.ok_or_else(|| corrupt("record", "null"))))
-        .collect()
+    records_from_rows(keys, pool, &rows).await
 }
 
 // ---- subjects -------------------------------------------------------------

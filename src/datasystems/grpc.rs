@@ -24,11 +24,12 @@ const MAX_EXPORT_BYTES: usize = 1024 * 1024;
 
 pub struct DataSystemApi {
     pool: PgPool,
+    keys: crate::keys::Keyring,
 }
 
 impl DataSystemApi {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, keys: crate::keys::Keyring) -> Self {
+        Self { pool, keys }
     }
 }
 
@@ -388,6 +389,7 @@ impl DataSystemService for DataSystemApi {
         })?;
         mutate(
             &self.pool,
+            &self.keys,
             METHOD,
             caller,
             &request_id,
@@ -464,16 +466,20 @@ impl DataSystemService for DataSystemApi {
             &claim.data_system.name(),
         );
         rpc::audit_refusal(&self.pool, METHOD, scope).await?;
+        let keys = self.keys.clone();
         mutate(
             &self.pool,
+            &self.keys,
             METHOD,
             caller,
             &request_id,
             &req,
             move |conn, ctx| {
+                let keys = keys.clone();
                 let claim = claim.clone();
                 Box::pin(async move {
-                    let (tasks, token) = service::claim(conn, &ctx, &claim).await?;
+                    let (mut tasks, token) = service::claim(conn, &ctx, &claim).await?;
+                    store::open_tasks(&keys, conn, &mut tasks).await?;
                     let tasks = tasks.iter().map(leased_task_to_proto).collect();
                     Ok((proto::ClaimTasksResponse { tasks }, token))
                 })
@@ -495,15 +501,19 @@ impl DataSystemService for DataSystemApi {
             let seconds = v.check("lease_seconds", parse_lease_seconds(req.lease_seconds));
             Some((id?, lease?, seconds?))
         })?;
+        let keys = self.keys.clone();
         mutate(
             &self.pool,
+            &self.keys,
             METHOD,
             caller,
             &request_id,
             &req,
             move |conn, ctx| {
+                let keys = keys.clone();
                 Box::pin(async move {
-                    let (task, token) = service::renew(conn, &ctx, id, lease, seconds).await?;
+                    let (mut task, token) = service::renew(conn, &ctx, id, lease, seconds).await?;
+                    store::open_tasks(&keys, conn, std::slice::from_mut(&mut task)).await?;
                     Ok((leased_task_to_proto(&task), token))
                 })
             },
@@ -524,16 +534,21 @@ impl DataSystemService for DataSystemApi {
             let result = parse_result(v, req.result.as_ref());
             Some((id?, lease?, result?))
         })?;
+        let keys = self.keys.clone();
         mutate(
             &self.pool,
+            &self.keys,
             METHOD,
             caller,
             &request_id,
             &req,
             move |conn, ctx| {
+                let keys = keys.clone();
                 let result = result.clone();
                 Box::pin(async move {
-                    let (task, token) = service::complete(conn, &ctx, id, lease, &result).await?;
+                    let (mut task, token) =
+                        service::complete(&keys, conn, &ctx, id, lease, &result).await?;
+                    store::open_tasks(&keys, conn, std::slice::from_mut(&mut task)).await?;
                     Ok((task_to_proto(&task), token))
                 })
             },
@@ -558,17 +573,22 @@ impl DataSystemService for DataSystemApi {
             Some((id?, lease?, message?))
         })?;
         let retryable = req.retryable;
+        let keys = self.keys.clone();
         mutate(
             &self.pool,
+            &self.keys,
             METHOD,
             caller,
             &request_id,
             &req,
             move |conn, ctx| {
+                let keys = keys.clone();
                 let message = message.clone();
                 Box::pin(async move {
                     let (task, token) =
                         service::fail(conn, &ctx, id, lease, retryable, &message).await?;
+                    let mut task = task;
+                    store::open_tasks(&keys, conn, std::slice::from_mut(&mut task)).await?;
                     Ok((task_to_proto(&task), token))
                 })
             },
@@ -583,7 +603,7 @@ impl DataSystemService for DataSystemApi {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let id = TaskId::parse_name(&req.name).map_err(|e| Error::invalid("name", e))?;
-        let task = store::get_task(&self.pool, id.0)
+        let mut task = store::get_task(&self.pool, id.0)
             .await?
             .ok_or_else(|| Error::NotFound(id.name()))?;
         let scope = crate::caller::check_system(
@@ -593,6 +613,8 @@ impl DataSystemService for DataSystemApi {
             &id.name(),
         );
         rpc::audit_refusal(&self.pool, "privacy.v1.DataSystemService/GetTask", scope).await?;
+        let mut conn = self.pool.acquire().await.map_err(Error::from)?;
+        store::open_tasks(&self.keys, &mut conn, std::slice::from_mut(&mut task)).await?;
         Ok(Response::new(task_to_proto(&task)))
     }
 
@@ -656,7 +678,10 @@ impl DataSystemService for DataSystemApi {
             state,
         };
         let tasks = store::list_tasks(&self.pool, &filter, after, limit + 1).await?;
-        let (page, next) = paginate(tasks, limit, |t| PageToken::encode(&filters, &t.id));
+        let (mut page, next) = paginate(tasks, limit, |t| PageToken::encode(&filters, &t.id));
+        let mut conn = self.pool.acquire().await.map_err(Error::from)?;
+        store::open_tasks(&self.keys, &mut conn, &mut page).await?;
+        drop(conn);
         Ok(Response::new(proto::ListTasksResponse {
             tasks: page.iter().map(task_to_proto).collect(),
             next_page_token: next,
@@ -675,6 +700,7 @@ impl DataSystemService for DataSystemApi {
         })?;
         mutate(
             &self.pool,
+            &self.keys,
             METHOD,
             caller,
             &request_id,

@@ -250,6 +250,13 @@ pub struct TaskResult {
 /// One field a CORRECT task changes (the jsonb `corrections` column).
 pub use crate::requests::model::FieldCorrection as Correction;
 
+/// The sealed values of a task.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SealedParts {
+    pub corrections: Option<Vec<u8>>,
+    pub export: Option<Vec<u8>>,
+}
+
 /// A task as stored. `lease_id` is only ever shown to the claimer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {
@@ -268,6 +275,10 @@ pub struct Task {
     pub lease_expire_time: Option<DateTime<Utc>>,
     /// Present once SUCCEEDED or EXEMPTED.
     pub result: Option<TaskResult>,
+    /// The sealed corrections and export as read (`crate::keys`), until
+    /// `store::open_tasks` puts them in clear into `corrections` and
+    /// `result.export_json`.
+    pub sealed: SealedParts,
     pub last_error: Option<String>,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,

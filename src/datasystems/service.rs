@@ -14,6 +14,7 @@ use super::store;
 use crate::consent::model::ConsentModel;
 use crate::error::{Error, Result};
 use crate::journal::{self, ChangeEntry, ChangeKind};
+use crate::keys::{Keyring, column};
 use crate::proto::ErrorReason;
 use crate::requests::progress::task_settled;
 use crate::rpc::Context;
@@ -178,6 +179,7 @@ pub async fn renew(
 }
 
 pub async fn complete(
+    keys: &Keyring,
     conn: &mut PgConnection,
     ctx: &Context,
     id: TaskId,
@@ -203,7 +205,20 @@ pub async fn complete(
         Some(_) => TaskState::Exempted,
         None => TaskState::Succeeded,
     };
-    let task = store::complete(conn, id.0, state, result).await?;
+    // The export is personal data: sealed under the subject's data key.
+    // It is still JSON the access package (and PostgreSQL) can hold.
+    if let Some(export) = &result.export_json {
+        store::check_jsonb(conn, export).await?;
+    }
+    let export_sealed = match &result.export_json {
+        Some(export) => Some(
+            keys.sealer(conn, &task.subject_id)
+                .await?
+                .seal(column::TASK_EXPORT, export.as_bytes())?,
+        ),
+        None => None,
+    };
+    let task = store::complete(conn, id.0, state, result, export_sealed.as_deref()).await?;
     // The proof, not the exported data: the audit trail is append-only and
     // must not keep a copy of personal data.
     let token = journal_task(

@@ -7,10 +7,12 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use super::model::{
     Claim, Correction, DataAction, DataSystem, DataSystemFields, DataSystemId, Disclosure,
-    DisclosureBasis, Kind, NewDisclosure, PurposeKey, Task, TaskFilter, TaskResult, TaskState,
+    DisclosureBasis, Kind, NewDisclosure, PurposeKey, SealedParts, Task, TaskFilter, TaskResult,
+    TaskState,
 };
 use crate::consent::model::ConsentModel;
 use crate::error::{Error, Result};
+use crate::keys::{Keyring, column};
 
 macro_rules! system_columns {
     () => {
@@ -22,15 +24,18 @@ macro_rules! system_columns {
 /// leave the exported documents out).
 macro_rules! task_columns {
     () => {
-        task_columns!("export_json::text")
+        task_columns!("export_json::text", "export_sealed")
     };
-    ($export:literal) => {
+    ($export:literal, $sealed:literal) => {
         concat!(
             "id, data_system_id, privacy_request_id, subject_id, action, categories, corrections, \
              state, attempts, max_attempts, worker, lease_id, lease_expire_time, records_affected, \
              content_sha256, system_reference, ",
             $export,
-            " AS export_json, exempt_reason, last_error, create_time, update_time"
+            " AS export_json, exempt_reason, last_error, create_time, update_time, \
+             corrections_sealed, ",
+            $sealed,
+            " AS export_sealed"
         )
     };
 }
@@ -172,10 +177,44 @@ fn task_from_row(row: &PgRow) -> Result<Task> {
         lease_id: row.try_get("lease_id")?,
         lease_expire_time: row.try_get("lease_expire_time")?,
         result,
+        sealed: SealedParts {
+            corrections: row.try_get("corrections_sealed")?,
+            export: row.try_get("export_sealed")?,
+        },
         last_error: row.try_get("last_error")?,
         create_time: row.try_get("create_time")?,
         update_time: row.try_get("update_time")?,
     })
+}
+
+/// Opens the sealed corrections and exports of tasks read from the
+/// database (one key query for all; none when nothing is sealed). Values
+/// whose data key was destroyed read as absent.
+pub async fn open_tasks(keys: &Keyring, conn: &mut PgConnection, tasks: &mut [Task]) -> Result<()> {
+    let opener = keys
+        .opener(
+            conn,
+            tasks.iter().flat_map(|t| {
+                [t.sealed.corrections.as_deref(), t.sealed.export.as_deref()]
+                    .into_iter()
+                    .flatten()
+            }),
+        )
+        .await?;
+    for t in tasks {
+        let sealed = std::mem::take(&mut t.sealed);
+        if let Some(s) = sealed.corrections {
+            t.corrections = opener
+                .open_json(&t.subject_id, column::CORRECTIONS, &s)?
+                .unwrap_or_default();
+        }
+        if let (Some(s), Some(result)) = (sealed.export, t.result.as_mut()) {
+            result.export_json = opener
+                .open(&t.subject_id, column::TASK_EXPORT, &s)?
+                .map(|b| String::from_utf8_lossy(&b).into_owned());
+        }
+    }
+    Ok(())
 }
 
 fn one_task(row: Option<PgRow>, id: i64) -> Result<Task> {
@@ -281,16 +320,19 @@ pub async fn renew_lease(conn: &mut PgConnection, id: i64, lease_seconds: i32) -
 }
 
 /// Settles a task as SUCCEEDED or EXEMPTED with its result.
+/// `export_sealed` is the export, sealed by the caller; the clear column
+/// stays empty.
 pub async fn complete(
     conn: &mut PgConnection,
     id: i64,
     state: TaskState,
     result: &TaskResult,
+    export_sealed: Option<&[u8]>,
 ) -> Result<Task> {
     let row = sqlx::query(concat!(
         "UPDATE tasks
          SET state = $2, lease_id = NULL, lease_expire_time = NULL, records_affected = $3,
-             content_sha256 = $4, system_reference = $5, export_json = $6::jsonb,
+             content_sha256 = $4, system_reference = $5, export_json = NULL, export_sealed = $6,
              exempt_reason = $7, update_time = now()
          WHERE id = $1
          RETURNING ",
@@ -301,24 +343,28 @@ pub async fn complete(
     .bind(result.records_affected)
     .bind(result.content_sha256.as_deref())
     .bind(&result.system_reference)
-    .bind(result.export_json.as_deref())
+    .bind(export_sealed)
     .bind(result.exempt_reason.as_deref())
     .fetch_optional(conn)
-    .await;
-    match row {
-        // A data exception (class 22) can only come from the export: JSON
-        // that serde accepts but jsonb does not (a \u0000, a number beyond
-        // numeric's range).
-        Err(e)
-            if result.export_json.is_some()
-                && crate::error::sqlstate(&e).is_some_and(|s| s.starts_with("22")) =>
-        {
-            Err(Error::invalid(
-                "result.export_json",
-                "is JSON PostgreSQL cannot store",
-            ))
-        }
-        row => one_task(row?, id),
+    .await?;
+    one_task(row, id)
+}
+
+/// Refuses JSON that serde accepts but jsonb does not (a \u0000, a number
+/// beyond numeric's range), as when exports were stored as jsonb: the access
+/// package must be able to hold them.
+pub async fn check_jsonb(conn: &mut PgConnection, export: &str) -> Result<()> {
+    match sqlx::query("SELECT $1::jsonb IS NULL")
+        .bind(export)
+        .execute(conn)
+        .await
+    {
+        Ok(_) => Ok(()),
+        // A data exception (class 22).
+        Err(e) if crate::error::sqlstate(&e).is_some_and(|s| s.starts_with("22")) => Err(
+            Error::invalid("result.export_json", "is JSON PostgreSQL cannot store"),
+        ),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -394,7 +440,7 @@ pub async fn list_tasks(
         "SELECT {} FROM tasks
          WHERE {by_system} AND {by_request} AND {by_state} AND id > $4
          ORDER BY id LIMIT $5",
-        task_columns!("NULL::text")
+        task_columns!("NULL::text", "NULL::bytea")
     );
     let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(f.data_system.as_ref().map(|s| s.as_str()))

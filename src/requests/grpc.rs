@@ -4,7 +4,6 @@
 use chrono::{NaiveDate, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
-use tokio::sync::OnceCell;
 use tonic::{Request, Response, Status};
 
 use super::model::{
@@ -21,6 +20,7 @@ use crate::datasystems::model::parse_category;
 use crate::error::{Result as DomainResult, Violations};
 use crate::idempotency::RequestId;
 use crate::identifiers::HashKey;
+use crate::keys::Keyring;
 use crate::proto::privacy_request;
 use crate::rpc::{self, not_in_future, paginate};
 use crate::tokens::{PageToken, page_size};
@@ -33,26 +33,21 @@ use crate::rules::{self, Cite, Cited, JurisdictionRules, Period, RequestType, Re
 pub struct PrivacyRequestApi {
     pool: PgPool,
     settings: RequestSettings,
-    key: OnceCell<HashKey>,
+    keys: Keyring,
 }
 
 impl PrivacyRequestApi {
-    pub fn new(pool: PgPool, settings: RequestSettings) -> Self {
+    pub fn new(pool: PgPool, settings: RequestSettings, keys: Keyring) -> Self {
         Self {
             pool,
             settings,
-            key: OnceCell::new(),
+            keys,
         }
     }
 
-    /// The identifier hash key, loaded on first use (the database may not
-    /// be up when the server starts).
-    async fn key(&self) -> DomainResult<&HashKey> {
-        self.key
-            .get_or_try_init(|| {
-                HashKey::load(&self.pool, self.settings.identifier_hash_key.as_ref())
-            })
-            .await
+    /// The identifier hash key.
+    fn key(&self) -> DomainResult<HashKey> {
+        self.keys.hash_key()
     }
 }
 
@@ -60,7 +55,8 @@ impl PrivacyRequestApi {
     async fn env(&self) -> DomainResult<Env> {
         Ok(Env {
             settings: self.settings.clone(),
-            key: self.key().await?.clone(),
+            key: self.key()?,
+            keys: self.keys.clone(),
         })
     }
 
@@ -87,6 +83,7 @@ impl PrivacyRequestApi {
         let env = self.env().await?;
         rpc::mutate(
             &self.pool,
+            &self.keys,
             method,
             caller,
             &request_id,
@@ -95,7 +92,7 @@ impl PrivacyRequestApi {
                 let (env, change) = (env.clone(), change.clone());
                 Box::pin(async move {
                     let token = service::apply(conn, &ctx, &env, id, &change).await?;
-                    Ok((load(conn, id).await?, token))
+                    Ok((load(&env.keys, conn, id).await?, token))
                 })
             },
         )
@@ -363,8 +360,13 @@ fn request_to_proto(
 }
 
 /// Reads a request with its history and task summary, as the API shows it.
-async fn load(conn: &mut PgConnection, id: i64) -> DomainResult<proto::PrivacyRequest> {
-    let row = store::must_get(conn, id, false).await?;
+async fn load(
+    keys: &Keyring,
+    conn: &mut PgConnection,
+    id: i64,
+) -> DomainResult<proto::PrivacyRequest> {
+    let mut row = store::must_get(conn, id, false).await?;
+    store::open(keys, conn, std::slice::from_mut(&mut row)).await?;
     let transitions = store::transitions(conn, id).await?;
     let tasks = store::task_counts(conn, id).await?;
     Ok(request_to_proto(&row, &transitions, tasks, today()))
@@ -585,6 +587,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
         let env = self.env().await?;
         rpc::mutate(
             &self.pool,
+            &self.keys,
             METHOD,
             caller,
             &request_id,
@@ -593,7 +596,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
                 let (env, new) = (env.clone(), new.clone());
                 Box::pin(async move {
                     let (id, token) = service::create(conn, &ctx, &env, &new).await?;
-                    Ok((load(conn, id).await?, token))
+                    Ok((load(&env.keys, conn, id).await?, token))
                 })
             },
         )
@@ -613,7 +616,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
             .acquire()
             .await
             .map_err(crate::error::Error::from)?;
-        Ok(Response::new(load(&mut conn, id).await?))
+        Ok(Response::new(load(&self.keys, &mut conn, id).await?))
     }
 
     async fn list_privacy_requests(
@@ -709,7 +712,10 @@ impl PrivacyRequestService for PrivacyRequestApi {
             due_before,
         };
         let rows = store::list(&self.pool, &filter, after.unwrap_or(0), limit + 1).await?;
-        let (page, next) = paginate(rows, limit, |r| PageToken::encode(&filters, &r.id));
+        let (mut page, next) = paginate(rows, limit, |r| PageToken::encode(&filters, &r.id));
+        let mut conn = self.pool.acquire().await.map_err(Error::from)?;
+        store::open(&self.keys, &mut conn, &mut page).await?;
+        drop(conn);
         let today = today();
         let ids: Vec<i64> = page.iter().map(|r| r.id).collect();
         let counts = store::task_counts_of(&self.pool, &ids).await?;
@@ -962,7 +968,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
             .acquire()
             .await
             .map_err(crate::error::Error::from)?;
-        let package = service::access_package(&mut conn, id).await?;
+        let package = service::access_package(&self.keys, &mut conn, id).await?;
         let content = serde_json::to_string_pretty(&package)
             .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
         Ok(Response::new(proto::AccessPackage {
@@ -1073,7 +1079,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
             );
         }
         v.finish()?;
-        let key = self.key().await?;
+        let key = self.key()?;
         let kinds: Vec<String> = ids.iter().map(|(k, _)| k.as_str().to_owned()).collect();
         let hashes: Vec<Vec<u8>> = ids.iter().map(|(k, val)| key.hash(*k, val)).collect();
         let matched_kinds = store::suppressed(&self.pool, &kinds, &hashes).await?;

@@ -17,6 +17,7 @@ use crate::consent::service as consent;
 use crate::error::{Error, Result};
 use crate::identifiers::HashKey;
 use crate::journal::{self, ChangeEntry, ChangeKind};
+use crate::keys::{Keyring, column};
 use crate::proto::ErrorReason;
 use crate::rpc::Context;
 use crate::rules::{self, Clock, JurisdictionRules, Period, RequestType, Unit};
@@ -27,6 +28,8 @@ use crate::tokens::ConsistencyToken;
 pub struct Env {
     pub settings: RequestSettings,
     pub key: HashKey,
+    /// Seals the personal data a request carries (`crate::keys`).
+    pub keys: Keyring,
 }
 
 /// A request as filed, validated at the edge.
@@ -187,6 +190,25 @@ pub async fn create(
         .map(|(k, _)| k.as_str().to_owned())
         .collect();
     kinds.dedup();
+    // Personal data is sealed under the subject's data key; a request that
+    // carries none never touches the key table.
+    let carries_personal_data =
+        new.agent.is_some() || !new.corrections.is_empty() || !new.identifiers.is_empty();
+    let sealer = if carries_personal_data {
+        Some(env.keys.sealer(conn, new.subject.as_str()).await?)
+    } else {
+        None
+    };
+    let agent_sealed = match (&sealer, &new.agent) {
+        (Some(s), Some(a)) => Some(s.seal_json(column::REQUEST_AGENT, a)?),
+        _ => None,
+    };
+    let corrections_sealed = match &sealer {
+        Some(s) if !new.corrections.is_empty() => {
+            Some(s.seal_json(column::CORRECTIONS, &new.corrections)?)
+        }
+        _ => None,
+    };
     let id = store::insert(
         conn,
         &NewRow {
@@ -197,8 +219,10 @@ pub async fn create(
             rules_version: table.version(),
             channel: new.channel.as_str(),
             identifier_kinds: kinds,
-            agent: new.agent.as_ref().map(|a| json!(a)),
-            corrections: json!(new.corrections),
+            agent: None,
+            corrections: json!([]),
+            agent_sealed,
+            corrections_sealed,
             categories: &new.categories,
             receive_time,
             received_date,
@@ -220,6 +244,7 @@ pub async fn create(
     )
     .await?;
     let mut row = store::must_get(conn, id, true).await?;
+    store::open(&env.keys, conn, std::slice::from_mut(&mut row)).await?;
     store::record_transition(
         conn,
         &row,
@@ -233,16 +258,22 @@ pub async fn create(
 
     // Identifiers are kept only as keyed hashes; the subject id's own hash
     // joins them so a deletion can suppress it too.
+    // The values themselves are sealed beside their hashes.
     let mut kinds = vec![IdentifierKind::SubjectId.as_str().to_owned()];
     let mut hashes = vec![
         env.key
             .hash(IdentifierKind::SubjectId, new.subject.as_str()),
     ];
+    let mut values = vec![None];
     for (kind, value) in &new.identifiers {
         kinds.push(kind.as_str().to_owned());
         hashes.push(env.key.hash(*kind, value));
+        values.push(match &sealer {
+            Some(s) => Some(s.seal(column::IDENTIFIER_VALUE, value.as_bytes())?),
+            None => None,
+        });
     }
-    store::insert_identifiers(conn, id, new.subject.as_str(), &kinds, &hashes).await?;
+    store::insert_identifiers(conn, id, new.subject.as_str(), &kinds, &hashes, &values).await?;
 
     let waiting_for = match &new.agent {
         Some(agent) if !agent.has_evidence() => {
@@ -304,7 +335,7 @@ async fn take_effect(
     row: &mut RequestRow,
 ) -> Result<()> {
     let t = request_type(row)?;
-    let refused = refuse_purposes(conn, ctx, row, t).await?;
+    let refused = refuse_purposes(&env.keys, conn, ctx, row, t).await?;
     if t == RequestType::Deletion {
         // Deletion closes the account: the retention schedule's
         // account-closure clocks start (the same path data systems report on).
@@ -359,6 +390,7 @@ async fn take_effect(
 /// Appends a refusal for each purpose the request type refuses (skipping
 /// purposes not based on consent in the jurisdiction). Returns the purposes.
 async fn refuse_purposes(
+    keyring: &Keyring,
     conn: &mut PgConnection,
     ctx: &Context,
     row: &RequestRow,
@@ -389,7 +421,7 @@ async fn refuse_purposes(
             effective_time: None,
             expire_time: None,
         };
-        match consent::record_consent(conn, ctx, &new).await {
+        match consent::record_consent(keyring, conn, ctx, &new).await {
             Ok(_) => refused.push(key),
             // A purpose not based on consent here takes no decisions.
             Err(Error::FailedPrecondition {
@@ -418,12 +450,14 @@ async fn verify(
         row.state()?,
         Some(State::InProgress),
     )?;
+    store::open(&env.keys, conn, std::slice::from_mut(&mut row)).await?;
     if let Some(agent) = row.agent.clone() {
         let mut agent: Agent = serde_json::from_value(agent)
             .map_err(|e| Error::Internal(format!("stored agent does not decode: {e}")))?;
         if let Some(evidence) = agent_evidence {
             agent.evidence_reference = evidence.to_owned();
-            store::set_agent(conn, id, &json!(agent)).await?;
+            let sealer = env.keys.sealer(conn, &row.subject_id).await?;
+            store::set_agent(conn, id, &sealer.seal_json(column::REQUEST_AGENT, &agent)?).await?;
         }
         if !agent.has_evidence() {
             return Err(Error::precondition(
@@ -645,7 +679,7 @@ async fn finish(
     store::set_outcome(conn, row.id, explanation, exemptions).await?;
     transition(conn, ctx, row, action, to, explanation).await?;
     if request_type(row)? == RequestType::Deletion {
-        store::erase_subject(conn, &row.subject_id, row.id).await?;
+        store::erase_subject(conn, &row.subject_id, row.id, &ctx.request_id).await?;
     }
     Ok(())
 }
@@ -678,6 +712,7 @@ pub(super) async fn complete_if_done(
 async fn appeal(
     conn: &mut PgConnection,
     ctx: &Context,
+    env: &Env,
     id: i64,
     statement: &str,
     receive_time: DateTime<Utc>,
@@ -706,10 +741,16 @@ async fn appeal(
         .map(|p| p.after(receive_time.date_naive()))
         .transpose()
         .map_err(|e| Error::invalid("receive_time", e.to_string()))?;
+    // The subject's own words: sealed.
+    let sealed = env
+        .keys
+        .sealer(conn, &row.subject_id)
+        .await?
+        .seal(column::APPEAL_STATEMENT, statement.as_bytes())?;
     store::open_appeal(
         conn,
         id,
-        statement,
+        &sealed,
         receive_time,
         due,
         appeal_rules.regulator_contact_required,
@@ -864,6 +905,7 @@ pub async fn apply(
             appeal(
                 conn,
                 ctx,
+                env,
                 id,
                 statement,
                 receive_time.unwrap_or_else(Utc::now),
@@ -891,7 +933,11 @@ pub async fn apply(
 
 /// The JSON export of a completed access or portability request: what each
 /// data system exported, and this service's own records of the subject.
-pub async fn access_package(conn: &mut PgConnection, id: i64) -> Result<serde_json::Value> {
+pub async fn access_package(
+    keys: &Keyring,
+    conn: &mut PgConnection,
+    id: i64,
+) -> Result<serde_json::Value> {
     let row = store::must_get(conn, id, false).await?;
     let t = request_type(&row)?;
     if !matches!(t, RequestType::Access | RequestType::Portability) {
@@ -913,7 +959,7 @@ pub async fn access_package(conn: &mut PgConnection, id: i64) -> Result<serde_js
             ],
         });
     }
-    let systems: Vec<_> = store::exports(conn, id)
+    let systems: Vec<_> = store::exports(keys, conn, id)
         .await?
         .into_iter()
         .map(|e| {

@@ -7,6 +7,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::model::{Action, AppealState, DataAction, DenialReason, HoldReason, State};
 use crate::error::{Error, Result};
+use crate::keys::{Keyring, column};
 use crate::rpc::Context;
 
 /// A request as stored.
@@ -59,6 +60,12 @@ pub struct RequestRow {
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
     pub close_time: Option<DateTime<Utc>>,
+    /// The sealed agent, corrections and appeal statement (`crate::keys`);
+    /// `open` puts them, in clear, into `agent`, `corrections` and
+    /// `appeal_statement`.
+    pub agent_sealed: Option<Vec<u8>>,
+    pub corrections_sealed: Option<Vec<u8>>,
+    pub appeal_statement_sealed: Option<Vec<u8>>,
 }
 
 impl RequestRow {
@@ -116,6 +123,49 @@ pub struct NewRow<'a> {
     pub free_limit_exceeded: bool,
     pub prior_requests_12_months: i32,
     pub deadline_citation: Value,
+    pub agent_sealed: Option<Vec<u8>>,
+    pub corrections_sealed: Option<Vec<u8>>,
+}
+
+/// Opens the sealed values of requests read from the database (one key
+/// query for all of them); values whose data key was destroyed read as
+/// absent (agent none, corrections empty, statement blank).
+pub async fn open(keys: &Keyring, conn: &mut PgConnection, rows: &mut [RequestRow]) -> Result<()> {
+    let opener = keys
+        .opener(
+            conn,
+            rows.iter().flat_map(|r| {
+                [
+                    r.agent_sealed.as_deref(),
+                    r.corrections_sealed.as_deref(),
+                    r.appeal_statement_sealed.as_deref(),
+                ]
+                .into_iter()
+                .flatten()
+            }),
+        )
+        .await?;
+    for r in rows {
+        let subject = r.subject_id.as_str();
+        if let Some(s) = r.agent_sealed.take() {
+            r.agent = opener.open_json(subject, column::REQUEST_AGENT, &s)?;
+        }
+        if let Some(s) = r.corrections_sealed.take() {
+            r.corrections = opener
+                .open_json(subject, column::CORRECTIONS, &s)?
+                .unwrap_or_else(|| Value::Array(Vec::new()));
+            r.corrections_sealed = Some(s);
+        }
+        if let Some(s) = r.appeal_statement_sealed.take() {
+            r.appeal_statement = Some(
+                opener
+                    .open(subject, column::APPEAL_STATEMENT, &s)?
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default(),
+            );
+        }
+    }
+    Ok(())
 }
 
 pub async fn insert(conn: &mut PgConnection, r: &NewRow<'_>) -> Result<i64> {
@@ -125,9 +175,10 @@ pub async fn insert(conn: &mut PgConnection, r: &NewRow<'_>) -> Result<i64> {
              identifier_kinds, agent, corrections, categories, state, receive_time,
              received_date, period_amount, period_unit, extension_amount, extension_unit,
              original_due_date, due_date, verification_required, agent_may_file, statutory,
-             free_limit_exceeded, prior_requests_12_months, deadline_citation)
+             free_limit_exceeded, prior_requests_12_months, deadline_citation,
+             agent_sealed, corrections_sealed)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'RECEIVED', $11, $12, $13, $14, $15,
-                 $16, $17, $17, $18, $19, $20, $21, $22, $23)
+                 $16, $17, $17, $18, $19, $20, $21, $22, $23, $24, $25)
          RETURNING id",
     )
     .bind(r.subject_id)
@@ -153,6 +204,8 @@ pub async fn insert(conn: &mut PgConnection, r: &NewRow<'_>) -> Result<i64> {
     .bind(r.free_limit_exceeded)
     .bind(r.prior_requests_12_months)
     .bind(&r.deadline_citation)
+    .bind(&r.agent_sealed)
+    .bind(&r.corrections_sealed)
     .fetch_one(conn)
     .await?;
     Ok(id)
@@ -201,16 +254,18 @@ pub async fn insert_identifiers(
     subject_id: &str,
     kinds: &[String],
     hashes: &[Vec<u8>],
+    sealed_values: &[Option<Vec<u8>>],
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO request_identifiers (privacy_request_id, subject_id, kind, hash)
-         SELECT $1, $2, k, h FROM unnest($3::text[], $4::bytea[]) AS t (k, h)
+        "INSERT INTO request_identifiers (privacy_request_id, subject_id, kind, hash, value_sealed)
+         SELECT $1, $2, k, h, v FROM unnest($3::text[], $4::bytea[], $5::bytea[]) AS t (k, h, v)
          ON CONFLICT DO NOTHING",
     )
     .bind(id)
     .bind(subject_id)
     .bind(kinds)
     .bind(hashes)
+    .bind(sealed_values)
     .execute(conn)
     .await?;
     Ok(())
@@ -280,8 +335,12 @@ pub async fn set_explanation(conn: &mut PgConnection, id: i64, explanation: &str
     update(conn, "explanation = $2", id, |q| q.bind(explanation)).await
 }
 
-pub async fn set_agent(conn: &mut PgConnection, id: i64, agent: &Value) -> Result<()> {
-    update(conn, "agent = $2", id, |q| q.bind(agent)).await
+/// Replaces the agent with its sealed form (the clear column is emptied).
+pub async fn set_agent(conn: &mut PgConnection, id: i64, agent_sealed: &[u8]) -> Result<()> {
+    update(conn, "agent = NULL, agent_sealed = $2", id, |q| {
+        q.bind(agent_sealed)
+    })
+    .await
 }
 
 pub async fn set_extended(
@@ -374,18 +433,19 @@ pub async fn clear_outcome(conn: &mut PgConnection, id: i64) -> Result<()> {
 pub async fn open_appeal(
     conn: &mut PgConnection,
     id: i64,
-    statement: &str,
+    statement_sealed: &[u8],
     received: DateTime<Utc>,
     due: Option<NaiveDate>,
     regulator_contact_required: bool,
 ) -> Result<()> {
     update(
         conn,
-        "appeal_state = 'PENDING', appeal_statement = $2, appeal_create_time = $3,
+        "appeal_state = 'PENDING', appeal_statement = '', appeal_statement_sealed = $2,
+         appeal_create_time = $3,
          appeal_due_date = $4, appeal_regulator_contact_required = $5",
         id,
         |q| {
-            q.bind(statement)
+            q.bind(statement_sealed)
                 .bind(received)
                 .bind(due)
                 .bind(regulator_contact_required)
@@ -522,8 +582,8 @@ pub async fn fan_out(
     .await?;
     let done = sqlx::query(
         "INSERT INTO tasks (data_system_id, privacy_request_id, subject_id, action, categories,
-                            corrections, max_attempts)
-         SELECT d.id, $1, $2, $3, cats.categories, $5, $6
+                            corrections, max_attempts, corrections_sealed)
+         SELECT d.id, $1, $2, $3, cats.categories, $5, $6, $8
          FROM data_systems d
          CROSS JOIN LATERAL (
              SELECT ARRAY(
@@ -539,9 +599,18 @@ pub async fn fan_out(
     .bind(&row.subject_id)
     .bind(action.as_str())
     .bind(&row.categories)
-    .bind(&row.corrections)
+    // Sealed corrections travel sealed; only a request from before sealing
+    // copies its clear ones.
+    .bind(if row.corrections_sealed.is_some() {
+        Value::Array(Vec::new())
+    } else {
+        row.corrections.clone()
+    })
     .bind(max_attempts)
     .bind(respects_holds)
+    // The request's sealed corrections, as they are: same subject, same
+    // column name, so the tasks need no key of their own.
+    .bind(&row.corrections_sealed)
     .execute(conn)
     .await?;
     Ok(FanOut {
@@ -578,11 +647,30 @@ pub async fn refused_purposes(conn: &mut PgConnection, request_type: &str) -> Re
 /// subject keep only what the law requires: the request metadata (CCPA
 /// 11 CCR 7101: 24 months) and the consent ledger (the proof of refusals),
 /// not correction values, agent contacts, exported data or identifiers.
+///
+/// Crypto-shredding: the subject's data key is destroyed in this same
+/// transaction, so every value sealed under it, here and in backups, is
+/// unreadable from the commit on. The sealed columns are emptied too, and
+/// the stored responses of the subject's earlier calls are forgotten (they
+/// are sealed under the service's own key, not the subject's); `current`,
+/// the request id of the call doing the erasure, keeps its response.
 pub async fn erase_subject(
     conn: &mut PgConnection,
     subject_id: &str,
     request_id: i64,
+    current: &str,
 ) -> Result<()> {
+    crate::keys::shred(conn, subject_id).await?;
+    sqlx::query(
+        "DELETE FROM idempotency_keys
+         WHERE request_id IN (SELECT request_id FROM audit_events
+                              WHERE subject_id = $1 AND request_id IS NOT NULL)
+           AND request_id <> $2",
+    )
+    .bind(subject_id)
+    .bind(current)
+    .execute(&mut *conn)
+    .await?;
     sqlx::query(
         "INSERT INTO suppression_entries (kind, hash, privacy_request_id)
          SELECT DISTINCT kind, hash, $2 FROM request_identifiers WHERE subject_id = $1
@@ -598,16 +686,19 @@ pub async fn erase_subject(
         .await?;
     sqlx::query(
         "UPDATE privacy_requests
-         SET corrections = '[]'::jsonb,
+         SET corrections = '[]'::jsonb, corrections_sealed = NULL, agent_sealed = NULL,
              agent = CASE WHEN agent IS NULL THEN NULL ELSE agent - 'contact' END,
-             appeal_statement = CASE WHEN appeal_statement IS NULL THEN NULL ELSE '' END
+             appeal_statement = CASE WHEN appeal_statement IS NULL THEN NULL ELSE '' END,
+             appeal_statement_sealed = NULL
          WHERE subject_id = $1",
     )
     .bind(subject_id)
     .execute(&mut *conn)
     .await?;
     sqlx::query(
-        "UPDATE tasks SET export_json = NULL, corrections = '[]'::jsonb WHERE subject_id = $1",
+        "UPDATE tasks SET export_json = NULL, corrections = '[]'::jsonb, export_sealed = NULL,
+                          corrections_sealed = NULL
+         WHERE subject_id = $1",
     )
     .bind(subject_id)
     .execute(&mut *conn)
@@ -728,17 +819,34 @@ pub struct ExportRow {
     pub system_reference: Option<String>,
     pub export_json: Option<Value>,
     pub exempt_reason: Option<String>,
+    pub subject_id: String,
+    pub export_sealed: Option<Vec<u8>>,
 }
 
-pub async fn exports(conn: &mut PgConnection, id: i64) -> Result<Vec<ExportRow>> {
-    Ok(sqlx::query_as(
+/// The request's tasks with their exports, opened (an export whose data
+/// key was destroyed reads as absent).
+pub async fn exports(keys: &Keyring, conn: &mut PgConnection, id: i64) -> Result<Vec<ExportRow>> {
+    let mut rows: Vec<ExportRow> = sqlx::query_as(
         "SELECT id, data_system_id, state, categories, records_affected, content_sha256,
-                system_reference, export_json, exempt_reason
+                system_reference, export_json, exempt_reason, subject_id, export_sealed
          FROM tasks WHERE privacy_request_id = $1 ORDER BY id",
     )
     .bind(id)
-    .fetch_all(conn)
-    .await?)
+    .fetch_all(&mut *conn)
+    .await?;
+    let opener = keys
+        .opener(conn, rows.iter().filter_map(|r| r.export_sealed.as_deref()))
+        .await?;
+    for r in &mut rows {
+        if let Some(s) = r.export_sealed.take() {
+            r.export_json = opener
+                .open(&r.subject_id, column::TASK_EXPORT, &s)?
+                .map(|b| serde_json::from_slice(&b))
+                .transpose()
+                .map_err(|e| Error::Internal(format!("a sealed export: {e}")))?;
+        }
+    }
+    Ok(rows)
 }
 
 /// The subject's consent ledger, oldest first, as JSON objects.

@@ -23,11 +23,12 @@ use crate::rules::Unit;
 pub struct RetentionApi {
     pool: PgPool,
     sweep: SweepSettings,
+    keys: crate::keys::Keyring,
 }
 
 impl RetentionApi {
-    pub fn new(pool: PgPool, sweep: SweepSettings) -> Self {
-        Self { pool, sweep }
+    pub fn new(pool: PgPool, sweep: SweepSettings, keys: crate::keys::Keyring) -> Self {
+        Self { pool, sweep, keys }
     }
 }
 
@@ -75,34 +76,42 @@ impl RetentionApi {
         else {
             return Err(v.into_error().into());
         };
-        rpc::mutate(&self.pool, method, caller, &rid, req, move |conn, ctx| {
-            let (category, reason) = (category.clone(), reason.clone());
-            Box::pin(async move {
-                require_category(conn, &category).await?;
-                let name = format!("retentionPolicies/{category}");
-                let row =
-                    store::set_policy(conn, write, &category, trigger, period, action, &reason)
-                        .await?
-                        .ok_or_else(|| match write {
-                            Write::Create => Error::AlreadyExists(name.clone()),
-                            Write::Replace => Error::NotFound(name.clone()),
-                        })?;
-                let token = journal::record(
-                    conn,
-                    ctx.audit(
-                        &name,
-                        None,
-                        json!({
-                            "trigger": row.trigger, "period_amount": row.period_amount,
-                            "period_unit": row.period_unit, "action": row.action,
-                        }),
-                    ),
-                    ChangeEntry::resource(ChangeKind::RetentionChanged, &name, None),
-                )
-                .await?;
-                Ok((policy_to_proto(&row), token))
-            })
-        })
+        rpc::mutate(
+            &self.pool,
+            &self.keys,
+            method,
+            caller,
+            &rid,
+            req,
+            move |conn, ctx| {
+                let (category, reason) = (category.clone(), reason.clone());
+                Box::pin(async move {
+                    require_category(conn, &category).await?;
+                    let name = format!("retentionPolicies/{category}");
+                    let row =
+                        store::set_policy(conn, write, &category, trigger, period, action, &reason)
+                            .await?
+                            .ok_or_else(|| match write {
+                                Write::Create => Error::AlreadyExists(name.clone()),
+                                Write::Replace => Error::NotFound(name.clone()),
+                            })?;
+                    let token = journal::record(
+                        conn,
+                        ctx.audit(
+                            &name,
+                            None,
+                            json!({
+                                "trigger": row.trigger, "period_amount": row.period_amount,
+                                "period_unit": row.period_unit, "action": row.action,
+                            }),
+                        ),
+                        ChangeEntry::resource(ChangeKind::RetentionChanged, &name, None),
+                    )
+                    .await?;
+                    Ok((policy_to_proto(&row), token))
+                })
+            },
+        )
         .await
     }
 }
@@ -313,29 +322,37 @@ impl RetentionService for RetentionApi {
         else {
             return Err(v.into_error().into());
         };
-        rpc::mutate(&self.pool, METHOD, caller, &rid, &req, move |conn, ctx| {
-            let (subject, category, reason, o) =
-                (subject.clone(), category.clone(), reason.clone(), o.clone());
-            Box::pin(async move {
-                require_category(conn, &category).await?;
-                store::set_override(conn, subject.as_str(), &category, period, &reason).await?;
-                let name = format!(
-                    "subjects/{}/retentionOverrides/{category}",
-                    subject.as_str()
-                );
-                let token = journal::record(
-                    conn,
-                    ctx.audit(&name, Some(subject.as_str()), json!({ "reason": reason })),
-                    ChangeEntry::resource(
-                        ChangeKind::RetentionChanged,
-                        &name,
-                        Some(subject.as_str()),
-                    ),
-                )
-                .await?;
-                Ok((o, token))
-            })
-        })
+        rpc::mutate(
+            &self.pool,
+            &self.keys,
+            METHOD,
+            caller,
+            &rid,
+            &req,
+            move |conn, ctx| {
+                let (subject, category, reason, o) =
+                    (subject.clone(), category.clone(), reason.clone(), o.clone());
+                Box::pin(async move {
+                    require_category(conn, &category).await?;
+                    store::set_override(conn, subject.as_str(), &category, period, &reason).await?;
+                    let name = format!(
+                        "subjects/{}/retentionOverrides/{category}",
+                        subject.as_str()
+                    );
+                    let token = journal::record(
+                        conn,
+                        ctx.audit(&name, Some(subject.as_str()), json!({ "reason": reason })),
+                        ChangeEntry::resource(
+                            ChangeKind::RetentionChanged,
+                            &name,
+                            Some(subject.as_str()),
+                        ),
+                    )
+                    .await?;
+                    Ok((o, token))
+                })
+            },
+        )
         .await
     }
 
@@ -375,45 +392,54 @@ impl RetentionService for RetentionApi {
             return Err(v.into_error().into());
         };
         let at = at.unwrap_or_else(Utc::now);
-        rpc::mutate(&self.pool, METHOD, caller, &rid, &req, move |conn, ctx| {
-            let (subject, category, system) = (subject.clone(), category.clone(), system.clone());
-            Box::pin(async move {
-                if let Some(c) = &category {
-                    require_category(conn, c).await?;
-                }
-                let system_id = system.as_ref().map(|s| s.as_str().to_owned());
-                let changed = store::record_event(
-                    conn,
-                    subject.as_str(),
-                    category.as_deref(),
-                    system_id.as_deref(),
-                    event,
-                    at,
-                    None,
-                )
-                .await?;
-                let name = format!("subjects/{}/retentionSchedule", subject.as_str());
-                let token = journal::record(
-                    conn,
-                    ctx.audit(
-                        &name,
-                        Some(subject.as_str()),
-                        json!({ "event": event.as_str(), "category": category,
+        rpc::mutate(
+            &self.pool,
+            &self.keys,
+            METHOD,
+            caller,
+            &rid,
+            &req,
+            move |conn, ctx| {
+                let (subject, category, system) =
+                    (subject.clone(), category.clone(), system.clone());
+                Box::pin(async move {
+                    if let Some(c) = &category {
+                        require_category(conn, c).await?;
+                    }
+                    let system_id = system.as_ref().map(|s| s.as_str().to_owned());
+                    let changed = store::record_event(
+                        conn,
+                        subject.as_str(),
+                        category.as_deref(),
+                        system_id.as_deref(),
+                        event,
+                        at,
+                        None,
+                    )
+                    .await?;
+                    let name = format!("subjects/{}/retentionSchedule", subject.as_str());
+                    let token = journal::record(
+                        conn,
+                        ctx.audit(
+                            &name,
+                            Some(subject.as_str()),
+                            json!({ "event": event.as_str(), "category": category,
                                 "data_system": system_id, "entries_changed": changed.len() }),
-                    ),
-                    ChangeEntry::resource(
-                        ChangeKind::RetentionChanged,
-                        &name,
-                        Some(subject.as_str()),
-                    ),
-                )
-                .await?;
-                let response = proto::RecordLifecycleEventResponse {
-                    changed: changed.iter().map(entry_to_proto).collect(),
-                };
-                Ok((response, token))
-            })
-        })
+                        ),
+                        ChangeEntry::resource(
+                            ChangeKind::RetentionChanged,
+                            &name,
+                            Some(subject.as_str()),
+                        ),
+                    )
+                    .await?;
+                    let response = proto::RecordLifecycleEventResponse {
+                        changed: changed.iter().map(entry_to_proto).collect(),
+                    };
+                    Ok((response, token))
+                })
+            },
+        )
         .await
     }
 
@@ -468,31 +494,38 @@ impl RetentionService for RetentionApi {
         ) else {
             return Err(v.into_error().into());
         };
-        rpc::mutate(&self.pool, METHOD, caller, &rid, &req, move |conn, ctx| {
-            let (subject, category, system, reason) = (
-                subject.clone(),
-                category.clone(),
-                system.clone(),
-                reason.clone(),
-            );
-            Box::pin(async move {
-                if let Some(c) = &category {
-                    require_category(conn, c).await?;
-                }
-                let hold = store::place_hold(
-                    conn,
-                    &NewHold {
-                        subject_id: subject.as_deref(),
-                        category: category.as_deref(),
-                        data_system_id: system.as_deref(),
-                        reason: &reason,
-                        end_time: end,
-                    },
-                    &ctx.actor,
-                )
-                .await?;
-                let name = format!("legalHolds/{}", hold.id);
-                let token = journal::record(
+        rpc::mutate(
+            &self.pool,
+            &self.keys,
+            METHOD,
+            caller,
+            &rid,
+            &req,
+            move |conn, ctx| {
+                let (subject, category, system, reason) = (
+                    subject.clone(),
+                    category.clone(),
+                    system.clone(),
+                    reason.clone(),
+                );
+                Box::pin(async move {
+                    if let Some(c) = &category {
+                        require_category(conn, c).await?;
+                    }
+                    let hold = store::place_hold(
+                        conn,
+                        &NewHold {
+                            subject_id: subject.as_deref(),
+                            category: category.as_deref(),
+                            data_system_id: system.as_deref(),
+                            reason: &reason,
+                            end_time: end,
+                        },
+                        &ctx.actor,
+                    )
+                    .await?;
+                    let name = format!("legalHolds/{}", hold.id);
+                    let token = journal::record(
                     conn,
                     ctx.audit(
                         &name,
@@ -502,9 +535,10 @@ impl RetentionService for RetentionApi {
                     ChangeEntry::resource(ChangeKind::RetentionChanged, &name, subject.as_deref()),
                 )
                 .await?;
-                Ok((hold_to_proto(&hold), token))
-            })
-        })
+                    Ok((hold_to_proto(&hold), token))
+                })
+            },
+        )
         .await
     }
 
@@ -522,38 +556,46 @@ impl RetentionService for RetentionApi {
         let (Some(rid), Some(id), Some(reason)) = (rid, id, reason) else {
             return Err(v.into_error().into());
         };
-        rpc::mutate(&self.pool, METHOD, caller, &rid, &req, move |conn, ctx| {
-            let reason = reason.clone();
-            Box::pin(async move {
-                let name = format!("legalHolds/{id}");
-                let hold = store::get_hold(conn, id)
-                    .await?
-                    .ok_or_else(|| Error::NotFound(name.clone()))?;
-                if hold.release_time.is_some() {
-                    return Err(Error::precondition(
-                        crate::proto::ErrorReason::InvalidStateTransition,
-                        &name,
-                        format!("{name} is already released"),
-                    ));
-                }
-                let hold = store::release_hold(conn, id, &ctx.actor, &reason).await?;
-                let token = journal::record(
-                    conn,
-                    ctx.audit(
-                        &name,
-                        hold.subject_id.as_deref(),
-                        json!({ "reason": reason }),
-                    ),
-                    ChangeEntry::resource(
-                        ChangeKind::RetentionChanged,
-                        &name,
-                        hold.subject_id.as_deref(),
-                    ),
-                )
-                .await?;
-                Ok((hold_to_proto(&hold), token))
-            })
-        })
+        rpc::mutate(
+            &self.pool,
+            &self.keys,
+            METHOD,
+            caller,
+            &rid,
+            &req,
+            move |conn, ctx| {
+                let reason = reason.clone();
+                Box::pin(async move {
+                    let name = format!("legalHolds/{id}");
+                    let hold = store::get_hold(conn, id)
+                        .await?
+                        .ok_or_else(|| Error::NotFound(name.clone()))?;
+                    if hold.release_time.is_some() {
+                        return Err(Error::precondition(
+                            crate::proto::ErrorReason::InvalidStateTransition,
+                            &name,
+                            format!("{name} is already released"),
+                        ));
+                    }
+                    let hold = store::release_hold(conn, id, &ctx.actor, &reason).await?;
+                    let token = journal::record(
+                        conn,
+                        ctx.audit(
+                            &name,
+                            hold.subject_id.as_deref(),
+                            json!({ "reason": reason }),
+                        ),
+                        ChangeEntry::resource(
+                            ChangeKind::RetentionChanged,
+                            &name,
+                            hold.subject_id.as_deref(),
+                        ),
+                    )
+                    .await?;
+                    Ok((hold_to_proto(&hold), token))
+                })
+            },
+        )
         .await
     }
 

@@ -452,7 +452,8 @@ pub async fn minimize_request_records(
          UPDATE privacy_requests r
          SET subject_id = 'minimized', corrections = '[]'::jsonb, agent = NULL,
              categories = '{}', explanation = '', exemptions = '{}', appeal_statement = NULL,
-             appeal_explanation = NULL, identifier_kinds = '{}', minimize_time = now()
+             appeal_explanation = NULL, identifier_kinds = '{}', minimize_time = now(),
+             agent_sealed = NULL, corrections_sealed = NULL, appeal_statement_sealed = NULL
          FROM old WHERE r.id = old.id
          RETURNING r.id",
     )
@@ -466,7 +467,8 @@ pub async fn minimize_request_records(
             .execute(&mut *conn)
             .await?;
         sqlx::query(
-            "UPDATE tasks SET export_json = NULL, corrections = '[]'::jsonb
+            "UPDATE tasks SET export_json = NULL, corrections = '[]'::jsonb, export_sealed = NULL,
+                              corrections_sealed = NULL
              WHERE privacy_request_id = ANY ($1)",
         )
         .bind(&ids)

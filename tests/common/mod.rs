@@ -194,8 +194,28 @@ pub fn test_settings() -> Settings {
         db_max_connections: 16,
         // Tests drive the retention sweeper themselves, with their own clock.
         retention_sweeper: false,
+        keys: test_keyring(),
         ..Settings::default()
     }
+}
+
+/// The tests' keyring as the environment gives it to a spawned binary.
+pub fn test_key_env() -> [(&'static str, String); 2] {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    [
+        ("PRIVACY_RECORDS_MASTER_KEY", format!("test-mk-1:{key}")),
+        (
+            "PRIVACY_RECORDS_IDENTIFIER_HASH_KEY",
+            "test-lookup-key".into(),
+        ),
+    ]
+}
+
+/// The fixed keyring of the tests (master key `test-mk-1`).
+pub fn test_keyring() -> privacy_records::keys::Keyring {
+    privacy_records::keys::Keyring::from_parts(&[("test-mk-1", [7u8; 32])], b"test-lookup-key")
+        .expect("test keyring")
 }
 
 /// A server running in this process, on its own database.

@@ -1,0 +1,176 @@
+//! Logs never carry identifiers, evidence or secrets (issue 5): a server
+//! runs with every `tracing` event at debug level captured into a buffer,
+//! requests carrying them go through it (valid and invalid ones), and the
+//! buffer is searched. To cover a new kind of secret (bearer tokens...), add
+//! it to `SECRETS` and send it in `exercise`.
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use common::{TestServer, request_id};
+use privacy_records::proto::privacy_request_service_client::PrivacyRequestServiceClient;
+use privacy_records::proto::{
+    self, Agent, CheckSuppressionRequest, CreatePrivacyRequestRequest, Evidence, Identifier,
+    RecordConsentRequest, RequestType, identifier,
+};
+use tonic::transport::Channel;
+
+const EMAIL: &str = "log.secret@example.com";
+const PHONE: &str = "+15555550199";
+const DEVICE: &str = "device-secret-8c1f";
+const EVIDENCE_REF: &str = "evidence-secret-ref-31";
+const EVIDENCE_TEXT: &str = "evidence secret free text";
+const AGENT_CONTACT: &str = "agent.log.secret@example.org";
+
+/// Everything that must never reach a log line.
+const SECRETS: &[&str] = &[
+    EMAIL,
+    PHONE,
+    DEVICE,
+    EVIDENCE_REF,
+    EVIDENCE_TEXT,
+    AGENT_CONTACT,
+];
+
+/// A `tracing` writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .map_err(|_| std::io::Error::other("poisoned"))?
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+    }
+}
+
+fn identifiers() -> Vec<Identifier> {
+    vec![
+        Identifier {
+            kind: identifier::Kind::EmailAddress as i32,
+            value: EMAIL.into(),
+        },
+        Identifier {
+            kind: identifier::Kind::PhoneNumber as i32,
+            value: PHONE.into(),
+        },
+        Identifier {
+            kind: identifier::Kind::DeviceId as i32,
+            value: DEVICE.into(),
+        },
+    ]
+}
+
+/// Calls that carry the secrets: valid ones, a retry, and refused ones.
+async fn exercise(server: &TestServer) {
+    let channel = Channel::from_shared(format!("http://{}", server.addr))
+        .expect("uri")
+        .connect_lazy();
+    let mut requests = PrivacyRequestServiceClient::new(channel);
+    let mut consent = server.consent.clone();
+
+    let grant = RecordConsentRequest {
+        request_id: request_id(),
+        subject_id: "log-subject".into(),
+        purpose: "model_training".into(),
+        decision: proto::ConsentDecision::Granted as i32,
+        source: proto::ConsentSource::WrittenAgreementSource as i32,
+        evidence: Some(Evidence {
+            kind: proto::EvidenceKind::WrittenAgreement as i32,
+            reference: EVIDENCE_REF.into(),
+            description: EVIDENCE_TEXT.into(),
+        }),
+        ..Default::default()
+    };
+    consent.record_consent(grant.clone()).await.expect("grant");
+    consent.record_consent(grant.clone()).await.expect("replay");
+    // The same request id with another payload: refused.
+    let _ = consent
+        .record_consent(RecordConsentRequest {
+            purpose: "api_io_storage".into(),
+            ..grant.clone()
+        })
+        .await
+        .expect_err("reused id");
+    // Evidence where the purpose takes none: refused with a field violation.
+    let _ = consent
+        .record_consent(RecordConsentRequest {
+            request_id: request_id(),
+            purpose: "no_such_purpose".into(),
+            ..grant
+        })
+        .await;
+
+    requests
+        .create_privacy_request(CreatePrivacyRequestRequest {
+            request_id: request_id(),
+            subject_id: "log-subject".into(),
+            request_type: RequestType::Access as i32,
+            jurisdiction: "US-CA".into(),
+            channel: proto::privacy_request::Channel::WebForm as i32,
+            identifiers: identifiers(),
+            agent: Some(Agent {
+                display_name: "Agent".into(),
+                contact: AGENT_CONTACT.into(),
+                evidence_reference: EVIDENCE_REF.into(),
+                evidence_description: EVIDENCE_TEXT.into(),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    // Invalid: no jurisdiction; the identifiers ride along.
+    let _ = requests
+        .create_privacy_request(CreatePrivacyRequestRequest {
+            request_id: request_id(),
+            subject_id: "log-subject".into(),
+            request_type: RequestType::Deletion as i32,
+            identifiers: identifiers(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("invalid");
+    requests
+        .check_suppression(CheckSuppressionRequest {
+            identifiers: identifiers(),
+            ..Default::default()
+        })
+        .await
+        .expect("suppression");
+}
+
+#[tokio::test]
+async fn logs_at_debug_level_never_carry_identifiers_or_evidence() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let server = TestServer::start().await;
+    exercise(&server).await;
+    server.finish().await;
+
+    let logs = captured.text();
+    assert!(
+        logs.contains("privacy.v1.ConsentService/RecordConsent"),
+        "the capture works: the RPC spans are there"
+    );
+    for secret in SECRETS {
+        assert!(!logs.contains(secret), "{secret:?} reached the log");
+    }
+}
