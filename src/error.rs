@@ -288,6 +288,18 @@ pub fn overloaded_status() -> Status {
     Status::with_error_details(code, message, details)
 }
 
+/// A request that is not valid protobuf for its method (no `Error` variant:
+/// the codec refuses it before any handler runs). tonic's own codec says
+/// INTERNAL; the caller's message is at fault, so INVALID_ARGUMENT.
+pub fn malformed_status(message: impl Into<String>) -> Status {
+    let (code, message, details) = status(
+        Code::InvalidArgument,
+        message,
+        ErrorReason::MalformedMessage,
+    );
+    Status::with_error_details(code, message, details)
+}
+
 /// Collects field violations while parsing a request, so that one response
 /// names every invalid field at once.
 #[derive(Debug, Default)]

@@ -20,6 +20,7 @@ pub mod health;
 pub mod idempotency;
 pub mod identifiers;
 pub mod journal;
+pub mod limits;
 pub mod middleware;
 pub mod requests;
 pub mod retention;
@@ -33,6 +34,7 @@ pub mod tokens;
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
     tonic::include_proto!("privacy.v1");
+    include!(concat!(env!("OUT_DIR"), "/privacy_v1_limits.rs"));
 
     /// The encoded file descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
