@@ -16,6 +16,12 @@ use crate::proto::ErrorReason;
 /// `ErrorInfo.domain` of every error this service returns.
 pub const ERROR_DOMAIN: &str = "privacy-records.v1";
 
+/// At most this many field violations go into one status: the details
+/// travel in a header, and a request with hundreds of invalid items would
+/// otherwise make it larger than clients accept (HTTP/2 refuses the whole
+/// response, and the caller sees INTERNAL).
+pub const MAX_FIELD_VIOLATIONS: usize = 20;
+
 /// One invalid field: its path in the request (`purpose.key`,
 /// `checks[3].subject_id`) and why it is invalid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -164,12 +170,15 @@ fn status(
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let (code, message, details) = match err {
-            Error::InvalidArgument(violations) => {
-                let (code, message, mut details) = status(
-                    Code::InvalidArgument,
-                    format!("invalid argument: {}", describe(&violations)),
-                    ErrorReason::FieldViolation,
-                );
+            Error::InvalidArgument(mut violations) => {
+                let more = violations.len().saturating_sub(MAX_FIELD_VIOLATIONS);
+                violations.truncate(MAX_FIELD_VIOLATIONS);
+                let mut message = format!("invalid argument: {}", describe(&violations));
+                if more > 0 {
+                    message.push_str(&format!(" (and {more} more)"));
+                }
+                let (code, message, mut details) =
+                    status(Code::InvalidArgument, message, ErrorReason::FieldViolation);
                 for v in violations {
                     details.add_bad_request_violation(v.field, v.description);
                 }

@@ -30,8 +30,9 @@ use crate::error::{Error, FieldViolation};
 pub const DEFAULT_MAX_BYTES: usize = 1024;
 /// The limit of a repeated or map field whose comment states none.
 pub const DEFAULT_MAX_ITEMS: usize = 1000;
-/// At most this many violations are reported for one request.
-pub const MAX_REPORTED: usize = 100;
+/// At most this many violations are collected for one request (no more fit
+/// in a status).
+pub const MAX_REPORTED: usize = crate::error::MAX_FIELD_VIOLATIONS;
 
 /// Where a field is in a request, built on the stack while walking and
 /// rendered (`checks[3].subject_id`) only when a limit is exceeded.
@@ -139,7 +140,10 @@ impl Found {
             let field = at.field(name);
             for (i, v) in values.iter().enumerate() {
                 if v.len() > max_bytes {
-                    self.add(&field.index(i), format!("must be at most {max_bytes} bytes"));
+                    self.add(
+                        &field.index(i),
+                        format!("must be at most {max_bytes} bytes"),
+                    );
                 }
             }
         }
@@ -158,7 +162,10 @@ impl Found {
             let field = at.field(name);
             for (i, v) in values.iter().enumerate() {
                 if v.len() > max_bytes {
-                    self.add(&field.index(i), format!("must be at most {max_bytes} bytes"));
+                    self.add(
+                        &field.index(i),
+                        format!("must be at most {max_bytes} bytes"),
+                    );
                 }
             }
         }
