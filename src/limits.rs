@@ -394,7 +394,7 @@ mod tests {
             content: "x".repeat(10 * DEFAULT_MAX_BYTES),
             ..Default::default()
         };
-        assert!(!<proto::AccessPackage as DecodeCheck>::IS_REQUEST);
+        const { assert!(!<proto::AccessPackage as DecodeCheck>::IS_REQUEST) };
         assert!(resp.request_violations().is_empty());
     }
 

@@ -107,10 +107,10 @@ fn panics() -> &'static Mutex<Vec<String>> {
         std::panic::set_hook(Box::new(move |info| {
             let thread = std::thread::current();
             let name = thread.name().unwrap_or("");
-            if name.starts_with("fuzz-") {
-                if let Ok(mut p) = panics().lock() {
-                    p.push(format!("{name}: {info}"));
-                }
+            if name.starts_with("fuzz-")
+                && let Ok(mut p) = panics().lock()
+            {
+                p.push(format!("{name}: {info}"));
             }
             previous(info);
         }));
@@ -437,7 +437,6 @@ fn hints(field: &str) -> Option<BoxedStrategy<String>> {
     })
 }
 
-/// `hints` gives the empty-string strategy for fields it knows nothing about;
 // ---- the checks ---------------------------------------------------------------
 
 /// What every write leaves behind: the last audit event, the last change
