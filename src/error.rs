@@ -16,6 +16,29 @@ use crate::proto::ErrorReason;
 /// `ErrorInfo.domain` of every error this service returns.
 pub const ERROR_DOMAIN: &str = "privacy-records.v1";
 
+/// At most this many field violations go into one status, each field and
+/// description cut to `MAX_VIOLATION_TEXT` bytes, and the message names the
+/// first `MESSAGE_VIOLATIONS`: the status travels in headers, and a request
+/// with hundreds of invalid items (or descriptions echoing long input) would
+/// otherwise make them larger than clients accept (HTTP/2 refuses the whole
+/// response, and the caller sees INTERNAL).
+pub const MAX_FIELD_VIOLATIONS: usize = 20;
+const MAX_VIOLATION_TEXT: usize = 128;
+const MESSAGE_VIOLATIONS: usize = 5;
+
+/// `text` cut to at most `max` bytes, on a character boundary.
+fn cut(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max.saturating_sub(3);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
 /// One invalid field: its path in the request (`purpose.key`,
 /// `checks[3].subject_id`) and why it is invalid.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,11 +192,22 @@ impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let (code, message, details) = match err {
             Error::InvalidArgument(violations) => {
-                let (code, message, mut details) = status(
-                    Code::InvalidArgument,
-                    format!("invalid argument: {}", describe(&violations)),
-                    ErrorReason::FieldViolation,
-                );
+                let total = violations.len();
+                let violations: Vec<FieldViolation> = violations
+                    .into_iter()
+                    .take(MAX_FIELD_VIOLATIONS)
+                    .map(|v| FieldViolation {
+                        field: cut(v.field, MAX_VIOLATION_TEXT),
+                        description: cut(v.description, MAX_VIOLATION_TEXT),
+                    })
+                    .collect();
+                let shown = &violations[..violations.len().min(MESSAGE_VIOLATIONS)];
+                let mut message = format!("invalid argument: {}", describe(shown));
+                if total > shown.len() {
+                    message.push_str(&format!(" (and {} more)", total - shown.len()));
+                }
+                let (code, message, mut details) =
+                    status(Code::InvalidArgument, message, ErrorReason::FieldViolation);
                 for v in violations {
                     details.add_bad_request_violation(v.field, v.description);
                 }
@@ -330,6 +364,18 @@ pub fn permission_denied_status(caller: &str, what: &str, name: &str) -> Status 
     )
 }
 
+/// A request that is not valid protobuf for its method (no `Error` variant:
+/// the codec refuses it before any handler runs). tonic's own codec says
+/// INTERNAL; the caller's message is at fault, so INVALID_ARGUMENT.
+pub fn malformed_status(message: impl Into<String>) -> Status {
+    let (code, message, details) = status(
+        Code::InvalidArgument,
+        message,
+        ErrorReason::MalformedMessage,
+    );
+    Status::with_error_details(code, message, details)
+}
+
 /// Collects field violations while parsing a request, so that one response
 /// names every invalid field at once.
 #[derive(Debug, Default)]
@@ -376,5 +422,33 @@ impl Violations {
         } else {
             Err(Error::InvalidArgument(self.0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_types::StatusExt;
+
+    #[test]
+    fn a_status_carries_a_bounded_number_of_short_violations() {
+        let many = (0..500)
+            .map(|i| FieldViolation::new(format!("items[{i}].value"), "é".repeat(1000)))
+            .collect();
+        let status = Status::from(Error::InvalidArgument(many));
+        let details = status.get_error_details();
+        let violations = &details.bad_request().expect("bad request").field_violations;
+        assert_eq!(violations.len(), MAX_FIELD_VIOLATIONS);
+        assert!(
+            violations
+                .iter()
+                .all(|v| v.description.len() <= MAX_VIOLATION_TEXT)
+        );
+        assert!(
+            status.message().ends_with("(and 495 more)"),
+            "{}",
+            status.message()
+        );
+        assert!(status.message().len() < 1000);
     }
 }

@@ -22,6 +22,7 @@ pub mod idempotency;
 pub mod identifiers;
 pub mod journal;
 pub mod keys;
+pub mod limits;
 pub mod middleware;
 pub mod requests;
 pub mod retention;
@@ -35,6 +36,7 @@ pub mod tokens;
 #[allow(clippy::all, missing_docs)]
 pub mod proto {
     tonic::include_proto!("privacy.v1");
+    include!(concat!(env!("OUT_DIR"), "/privacy_v1_limits.rs"));
 
     /// The encoded file descriptor set, for server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -39,6 +39,9 @@ fn text_filter(v: &mut Violations, field: &str, raw: &str) -> Option<Option<Stri
         field,
         if raw.len() > 512 {
             Err("must be at most 512 characters".to_owned())
+        } else if raw.contains('\0') {
+            // PostgreSQL text cannot hold NUL: the query would fail.
+            Err("must not contain NUL characters".to_owned())
         } else {
             Ok((!raw.is_empty()).then(|| raw.to_owned()))
         },

@@ -462,9 +462,7 @@ impl RetentionService for RetentionApi {
         let category = v.check("legal_hold.category", optional(&h.category, parse_category));
         let system = v.check(
             "legal_hold.data_system",
-            optional(&h.data_system, |s| {
-                DataSystemId::parse_name(s).map(|s| s.as_str().to_owned())
-            }),
+            optional(&h.data_system, DataSystemId::parse_name),
         );
         let reason = v.check(
             "legal_hold.reason",
@@ -512,6 +510,13 @@ impl RetentionService for RetentionApi {
                     if let Some(c) = &category {
                         require_category(conn, c).await?;
                     }
+                    // An unknown system would break the foreign key: INTERNAL.
+                    if let Some(id) = &system
+                        && !crate::datasystems::store::data_system_exists(conn, id).await?
+                    {
+                        return Err(Error::NotFound(format!("dataSystems/{}", id.as_str())));
+                    }
+                    let system = system.as_ref().map(|s| s.as_str().to_owned());
                     let hold = store::place_hold(
                         conn,
                         &NewHold {
