@@ -1,20 +1,23 @@
 //! Logs never carry identifiers, evidence or secrets (issue 5): a server
-//! runs with every `tracing` event at debug level captured into a buffer,
-//! requests carrying them go through it (valid and invalid ones), and the
-//! buffer is searched. To cover a new kind of secret (bearer tokens...), add
-//! it to `SECRETS` and send it in `exercise`.
+//! with callers configured runs with every `tracing` event at debug level
+//! captured into a buffer, requests carrying them go through it (valid and
+//! invalid ones, accepted and refused bearer tokens), and the buffer is
+//! searched. To cover a new kind of secret, add it to `SECRETS` and send it
+//! in `exercise`.
 mod common;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use common::{TestServer, request_id};
+use privacy_records::proto::consent_service_client::ConsentServiceClient;
 use privacy_records::proto::privacy_request_service_client::PrivacyRequestServiceClient;
 use privacy_records::proto::{
-    self, Agent, CheckSuppressionRequest, CreatePrivacyRequestRequest, Evidence, Identifier,
-    RecordConsentRequest, RequestType, identifier,
+    self, Agent, CheckConsentRequest, CheckSuppressionRequest, CreatePrivacyRequestRequest,
+    Evidence, Identifier, RecordConsentRequest, RequestType, identifier,
 };
 use tonic::transport::Channel;
+use tonic::{Request, Status};
 
 const EMAIL: &str = "log.secret@example.com";
 const PHONE: &str = "+15555550199";
@@ -22,6 +25,9 @@ const DEVICE: &str = "device-secret-8c1f";
 const EVIDENCE_REF: &str = "evidence-secret-ref-31";
 const EVIDENCE_TEXT: &str = "evidence secret free text";
 const AGENT_CONTACT: &str = "agent.log.secret@example.org";
+const CONSOLE_TOKEN: &str = "console-token-secret-5d1e";
+const MAILER_TOKEN: &str = "mailer-token-secret-90ab";
+const UNKNOWN_TOKEN: &str = "unknown-token-secret-77c3";
 
 /// Everything that must never reach a log line.
 const SECRETS: &[&str] = &[
@@ -31,7 +37,32 @@ const SECRETS: &[&str] = &[
     EVIDENCE_REF,
     EVIDENCE_TEXT,
     AGENT_CONTACT,
+    CONSOLE_TOKEN,
+    MAILER_TOKEN,
+    UNKNOWN_TOKEN,
 ];
+
+/// The console may call anything; the mailer only checks consent.
+fn callers_toml() -> String {
+    use sha2::{Digest, Sha256};
+    let hash = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
+    format!(
+        "[[caller]]\nname = \"console\"\ntoken_sha256 = [\"{}\"]\nallow = [\"*\"]\n\
+         [[caller]]\nname = \"mailer\"\ntoken_sha256 = [\"{}\"]\n\
+         allow = [\"privacy.v1.ConsentService/CheckConsent\"]\n",
+        hash(CONSOLE_TOKEN),
+        hash(MAILER_TOKEN)
+    )
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+fn bearer(token: &'static str) -> impl FnMut(Request<()>) -> Result<Request<()>, Status> + Clone {
+    move |mut request: Request<()>| {
+        let value = format!("Bearer {token}").parse().expect("metadata");
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+}
 
 /// A `tracing` writer into a shared buffer.
 #[derive(Clone, Default)]
@@ -78,8 +109,10 @@ async fn exercise(server: &TestServer) {
     let channel = Channel::from_shared(format!("http://{}", server.addr))
         .expect("uri")
         .connect_lazy();
-    let mut requests = PrivacyRequestServiceClient::new(channel);
-    let mut consent = server.consent.clone();
+    let mut requests =
+        PrivacyRequestServiceClient::with_interceptor(channel.clone(), bearer(CONSOLE_TOKEN));
+    let mut consent =
+        ConsentServiceClient::with_interceptor(channel.clone(), bearer(CONSOLE_TOKEN));
 
     let grant = RecordConsentRequest {
         request_id: request_id(),
@@ -149,6 +182,28 @@ async fn exercise(server: &TestServer) {
         })
         .await
         .expect("suppression");
+
+    // Refused tokens: one the server does not know, one without permission.
+    let check = CheckConsentRequest {
+        subject_id: "log-subject".into(),
+        purpose: "model_training".into(),
+        ..Default::default()
+    };
+    let mut stranger =
+        ConsentServiceClient::with_interceptor(channel.clone(), bearer(UNKNOWN_TOKEN));
+    stranger
+        .check_consent(check.clone())
+        .await
+        .expect_err("unknown token");
+    let mut mailer = ConsentServiceClient::with_interceptor(channel, bearer(MAILER_TOKEN));
+    mailer
+        .check_consent(check)
+        .await
+        .expect("the mailer checks");
+    mailer
+        .record_consent(common::grant("log-subject", "api_io_storage"))
+        .await
+        .expect_err("the mailer may not record");
 }
 
 #[tokio::test]
@@ -161,7 +216,12 @@ async fn logs_at_debug_level_never_carry_identifiers_or_evidence() {
         .with_ansi(false)
         .init();
 
-    let server = TestServer::start().await;
+    let dir = common::scratch_dir();
+    let callers = dir.path().join("callers.toml");
+    std::fs::write(&callers, callers_toml()).expect("callers file");
+    let mut settings = common::test_settings();
+    settings.security.callers_file = Some(callers);
+    let server = TestServer::start_with(settings).await;
     exercise(&server).await;
     server.finish().await;
 
@@ -169,6 +229,10 @@ async fn logs_at_debug_level_never_carry_identifiers_or_evidence() {
     assert!(
         logs.contains("privacy.v1.ConsentService/RecordConsent"),
         "the capture works: the RPC spans are there"
+    );
+    assert!(
+        logs.contains("unknown bearer token") && logs.contains("actor=mailer"),
+        "the refusals are logged (without the tokens)"
     );
     for secret in SECRETS {
         assert!(!logs.contains(secret), "{secret:?} reached the log");
