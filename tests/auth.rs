@@ -9,7 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::{Buf, BufMut};
+use common::raw::RawCodec;
 use common::{TestDb, TestServer, error_reason, grant, request_id, test_settings};
 use privacy_records::config::Settings;
 use privacy_records::proto::audit_service_client::AuditServiceClient;
@@ -22,7 +22,6 @@ use privacy_records::proto::{
 use privacy_records::server::{Application, ServeError};
 use prost::Message;
 use sha2::{Digest, Sha256};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request, Status};
@@ -78,44 +77,6 @@ fn with_token<T>(message: T, token: &str) -> Request<T> {
     let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("metadata");
     request.metadata_mut().insert("authorization", value);
     request
-}
-
-/// Bytes in, bytes out: calls any method by path with an encoded message.
-#[derive(Default, Clone)]
-struct RawCodec;
-
-struct RawEncoder;
-struct RawDecoder;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> RawDecoder {
-        RawDecoder
-    }
-}
-
-impl Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = Vec<u8>;
-    type Error = Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        let bytes = src.copy_to_bytes(src.remaining());
-        Ok(Some(bytes.to_vec()))
-    }
 }
 
 /// Every RPC of the contract: (path, server-streaming).

@@ -2,15 +2,14 @@
 //! all, are refused with INVALID_ARGUMENT before any handler runs.
 mod common;
 
+use common::raw::RawCodec;
 use common::{TestServer, error_reason, grant};
 use privacy_records::proto::privacy_request_service_client::PrivacyRequestServiceClient;
 use privacy_records::proto::{
     BatchCheckConsentRequest, CheckConsentRequest, CheckSuppressionRequest, ConsentCheck,
     Identifier,
 };
-use prost::bytes::{Buf, BufMut};
 use tonic::Code;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
@@ -137,49 +136,6 @@ async fn a_request_within_the_limits_still_gets_every_field_rule() {
     fields.sort();
     assert_eq!(fields, ["purpose", "subject_id"]);
     server.finish().await;
-}
-
-/// Sends bytes as they are.
-#[derive(Clone, Default)]
-struct RawCodec;
-struct Raw;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = Raw;
-    type Decoder = Raw;
-    fn encoder(&mut self) -> Raw {
-        Raw
-    }
-    fn decoder(&mut self) -> Raw {
-        Raw
-    }
-}
-
-impl Encoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
-    }
-}
-
-impl Decoder for Raw {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
-    }
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::default()
-    }
 }
 
 #[tokio::test]

@@ -4,6 +4,8 @@
 //! (`CREATE DATABASE t TEMPLATE tmpl`). Servers run in-process on port 0.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::path::PathBuf;
 use std::time::Duration;
 
