@@ -1,11 +1,11 @@
-//! `privacy.v1.RetentionService`: decode, validate, run the write once per
-//! request id in one transaction with its audit event, encode.
+//! `privacy.v1.RetentionService`: decode, validate, run the write (in
+//! `service`) once per request id in one transaction, encode.
 use chrono::Utc;
-use serde_json::json;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use super::model::{EventKind, RetentionAction, RetentionPeriod, Trigger};
+use super::service::{self, NewPolicy};
 use super::store::{self, EntryRow, HoldRow, NewHold, PolicyRow, Write};
 use super::sweeper::{self, SweepSettings};
 use crate::caller::Caller;
@@ -14,7 +14,6 @@ use crate::convert::{opt_timestamp, parse_opt_timestamp, timestamp};
 use crate::datasystems::model::{DataSystemId, parse_category};
 use crate::error::{Error, Violations};
 use crate::idempotency::RequestId;
-use crate::journal::{self, ChangeEntry, ChangeKind};
 use crate::proto;
 use crate::proto::retention_service_server::RetentionService;
 use crate::rpc::{self, not_in_future};
@@ -76,6 +75,13 @@ impl RetentionApi {
         else {
             return Err(v.into_error().into());
         };
+        let policy = NewPolicy {
+            category,
+            trigger,
+            period,
+            action,
+            legal_reason: reason,
+        };
         rpc::mutate(
             &self.pool,
             &self.keys,
@@ -84,30 +90,9 @@ impl RetentionApi {
             &rid,
             req,
             move |conn, ctx| {
-                let (category, reason) = (category.clone(), reason.clone());
+                let policy = policy.clone();
                 Box::pin(async move {
-                    require_category(conn, &category).await?;
-                    let name = format!("retentionPolicies/{category}");
-                    let row =
-                        store::set_policy(conn, write, &category, trigger, period, action, &reason)
-                            .await?
-                            .ok_or_else(|| match write {
-                                Write::Create => Error::AlreadyExists(name.clone()),
-                                Write::Replace => Error::NotFound(name.clone()),
-                            })?;
-                    let token = journal::record(
-                        conn,
-                        ctx.audit(
-                            &name,
-                            None,
-                            json!({
-                                "trigger": row.trigger, "period_amount": row.period_amount,
-                                "period_unit": row.period_unit, "action": row.action,
-                            }),
-                        ),
-                        ChangeEntry::resource(ChangeKind::RetentionChanged, &name, None),
-                    )
-                    .await?;
+                    let (row, token) = service::write_policy(conn, &ctx, write, &policy).await?;
                     Ok((policy_to_proto(&row), token))
                 })
             },
@@ -210,17 +195,6 @@ fn optional<T>(raw: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<O
 
 fn request_id(v: &mut Violations, raw: &str) -> Option<RequestId> {
     v.check("request_id", RequestId::parse(raw))
-}
-
-async fn require_category(
-    conn: &mut sqlx::PgConnection,
-    category: &str,
-) -> crate::error::Result<()> {
-    if store::category_exists(conn, category).await? {
-        Ok(())
-    } else {
-        Err(Error::NotFound(format!("dataCategories/{category}")))
-    }
 }
 
 #[tonic::async_trait]
@@ -333,20 +307,13 @@ impl RetentionService for RetentionApi {
                 let (subject, category, reason, o) =
                     (subject.clone(), category.clone(), reason.clone(), o.clone());
                 Box::pin(async move {
-                    require_category(conn, &category).await?;
-                    store::set_override(conn, subject.as_str(), &category, period, &reason).await?;
-                    let name = format!(
-                        "subjects/{}/retentionOverrides/{category}",
-                        subject.as_str()
-                    );
-                    let token = journal::record(
+                    let token = service::set_override(
                         conn,
-                        ctx.audit(&name, Some(subject.as_str()), json!({ "reason": reason })),
-                        ChangeEntry::resource(
-                            ChangeKind::RetentionChanged,
-                            &name,
-                            Some(subject.as_str()),
-                        ),
+                        &ctx,
+                        subject.as_str(),
+                        &category,
+                        period,
+                        &reason,
                     )
                     .await?;
                     Ok((o, token))
@@ -403,34 +370,14 @@ impl RetentionService for RetentionApi {
                 let (subject, category, system) =
                     (subject.clone(), category.clone(), system.clone());
                 Box::pin(async move {
-                    if let Some(c) = &category {
-                        require_category(conn, c).await?;
-                    }
-                    let system_id = system.as_ref().map(|s| s.as_str().to_owned());
-                    let changed = store::record_event(
+                    let (changed, token) = service::record_event(
                         conn,
+                        &ctx,
                         subject.as_str(),
                         category.as_deref(),
-                        system_id.as_deref(),
+                        system.as_ref().map(DataSystemId::as_str),
                         event,
                         at,
-                        None,
-                    )
-                    .await?;
-                    let name = format!("subjects/{}/retentionSchedule", subject.as_str());
-                    let token = journal::record(
-                        conn,
-                        ctx.audit(
-                            &name,
-                            Some(subject.as_str()),
-                            json!({ "event": event.as_str(), "category": category,
-                                "data_system": system_id, "entries_changed": changed.len() }),
-                        ),
-                        ChangeEntry::resource(
-                            ChangeKind::RetentionChanged,
-                            &name,
-                            Some(subject.as_str()),
-                        ),
                     )
                     .await?;
                     let response = proto::RecordLifecycleEventResponse {
@@ -507,40 +454,16 @@ impl RetentionService for RetentionApi {
                     reason.clone(),
                 );
                 Box::pin(async move {
-                    if let Some(c) = &category {
-                        require_category(conn, c).await?;
-                    }
-                    // An unknown system would break the foreign key: INTERNAL.
-                    if let Some(id) = &system
-                        && !crate::datasystems::store::data_system_exists(conn, id).await?
-                    {
-                        return Err(Error::NotFound(format!("dataSystems/{}", id.as_str())));
-                    }
-                    let system = system.as_ref().map(|s| s.as_str().to_owned());
-                    let hold = store::place_hold(
-                        conn,
-                        &NewHold {
-                            subject_id: subject.as_deref(),
-                            category: category.as_deref(),
-                            data_system_id: system.as_deref(),
-                            reason: &reason,
-                            end_time: end,
-                        },
-                        &ctx.actor,
-                    )
-                    .await?;
-                    let name = format!("legalHolds/{}", hold.id);
-                    let token = journal::record(
-                    conn,
-                    ctx.audit(
-                        &name,
-                        subject.as_deref(),
-                        json!({ "category": category, "data_system": system, "reason": reason }),
-                    ),
-                    ChangeEntry::resource(ChangeKind::RetentionChanged, &name, subject.as_deref()),
-                )
-                .await?;
-                    Ok((hold_to_proto(&hold), token))
+                    let hold = NewHold {
+                        subject_id: subject.as_deref(),
+                        category: category.as_deref(),
+                        data_system_id: system.as_ref().map(DataSystemId::as_str),
+                        reason: &reason,
+                        end_time: end,
+                    };
+                    let (row, token) =
+                        service::place_hold(conn, &ctx, &hold, system.as_ref()).await?;
+                    Ok((hold_to_proto(&row), token))
                 })
             },
         )
@@ -571,32 +494,7 @@ impl RetentionService for RetentionApi {
             move |conn, ctx| {
                 let reason = reason.clone();
                 Box::pin(async move {
-                    let name = format!("legalHolds/{id}");
-                    let hold = store::get_hold(conn, id)
-                        .await?
-                        .ok_or_else(|| Error::NotFound(name.clone()))?;
-                    if hold.release_time.is_some() {
-                        return Err(Error::precondition(
-                            crate::proto::ErrorReason::InvalidStateTransition,
-                            &name,
-                            format!("{name} is already released"),
-                        ));
-                    }
-                    let hold = store::release_hold(conn, id, &ctx.actor, &reason).await?;
-                    let token = journal::record(
-                        conn,
-                        ctx.audit(
-                            &name,
-                            hold.subject_id.as_deref(),
-                            json!({ "reason": reason }),
-                        ),
-                        ChangeEntry::resource(
-                            ChangeKind::RetentionChanged,
-                            &name,
-                            hold.subject_id.as_deref(),
-                        ),
-                    )
-                    .await?;
+                    let (hold, token) = service::release_hold(conn, &ctx, id, &reason).await?;
                     Ok((hold_to_proto(&hold), token))
                 })
             },

@@ -4,5 +4,6 @@
 //! has fallen due into tasks for the data systems.
 pub mod grpc;
 pub mod model;
+pub mod service;
 pub mod store;
 pub mod sweeper;
