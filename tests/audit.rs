@@ -10,9 +10,7 @@ use privacy_records::proto::{ListAuditEventsRequest, VerifyAuditLogRequest};
 use tonic::transport::Channel;
 
 fn client(server: &TestServer) -> AuditServiceClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{}", server.addr))
-        .expect("uri")
-        .connect_lazy();
+    let channel = server.channel();
     AuditServiceClient::new(channel)
 }
 

@@ -121,9 +121,7 @@ async fn call_raw(channel: &Channel, path: &str, streaming: bool, token: Option<
 }
 
 fn plain_channel(server: &TestServer) -> Channel {
-    Channel::from_shared(format!("http://{}", server.addr))
-        .expect("uri")
-        .connect_lazy()
+    server.channel()
 }
 
 async fn start_with_callers(dir: &Path) -> TestServer {

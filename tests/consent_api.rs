@@ -2,7 +2,7 @@
 //! database per test, the generated gRPC client.
 mod common;
 
-use common::{TestServer, error_reason, grant, refuse, request_id};
+use common::{TestServer, error_reason, grant, refuse, request_id, ts};
 use privacy_records::proto::{
     BatchCheckConsentRequest, CheckConsentRequest, ConsentCheck, ConsentDecision, ConsentModel,
     ConsentSource, CreatePurposeRequest, DecisionReason, Evidence, EvidenceKind,
@@ -13,13 +13,6 @@ use privacy_records::proto::{
 };
 use prost_types::{FieldMask, Timestamp};
 use tonic::Code;
-
-fn ts(t: chrono::DateTime<chrono::Utc>) -> Timestamp {
-    Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
-}
 
 fn written_agreement() -> Option<Evidence> {
     Some(Evidence {

@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{PATIENCE, TestServer, error_reason, request_id};
+use common::{PATIENCE, TestServer, error_reason, request_id, ts};
 use privacy_records::proto::data_system::Kind;
 use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
 use privacy_records::proto::{
@@ -25,17 +25,8 @@ use tonic::transport::Channel;
 type Client = DataSystemServiceClient<Channel>;
 
 fn client(server: &TestServer) -> Client {
-    let channel = Channel::from_shared(format!("http://{}", server.addr))
-        .expect("uri")
-        .connect_lazy();
+    let channel = server.channel();
     DataSystemServiceClient::new(channel)
-}
-
-fn ts(t: DateTime<Utc>) -> Timestamp {
-    Timestamp {
-        seconds: t.timestamp(),
-        nanos: t.timestamp_subsec_nanos() as i32,
-    }
 }
 
 fn system(id: &str) -> DataSystem {

@@ -462,9 +462,7 @@ impl Fuzz {
             };
             let server = TestServer::start_with(settings).await;
             let pool = server.db.pool().await;
-            let channel = Channel::from_shared(format!("http://{}", server.addr))
-                .expect("uri")
-                .connect_lazy();
+            let channel = server.channel();
             seed(channel.clone()).await;
             (server, pool, tonic::client::Grpc::new(channel))
         });

@@ -10,9 +10,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 fn client(server: &TestServer) -> PrivacyRequestServiceClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{}", server.addr))
-        .expect("uri")
-        .connect_lazy();
+    let channel = server.channel();
     PrivacyRequestServiceClient::new(channel)
 }
 

@@ -10,7 +10,6 @@ use privacy_records::proto::{
     Identifier,
 };
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 /// The field violations of a status, as (field, description).
@@ -98,9 +97,7 @@ async fn too_many_items_and_nested_fields_are_named_by_their_path() {
         )]
     );
 
-    let channel = Channel::from_shared(format!("http://{}", server.addr))
-        .expect("uri")
-        .connect_lazy();
+    let channel = server.channel();
     let err = PrivacyRequestServiceClient::new(channel)
         .check_suppression(CheckSuppressionRequest {
             identifiers: vec![Identifier {
@@ -141,9 +138,7 @@ async fn a_request_within_the_limits_still_gets_every_field_rule() {
 #[tokio::test]
 async fn garbage_bytes_are_a_malformed_message_not_an_internal_error() {
     let server = TestServer::start().await;
-    let channel = Channel::from_shared(format!("http://{}", server.addr))
-        .expect("uri")
-        .connect_lazy();
+    let channel = server.channel();
     let mut grpc = tonic::client::Grpc::new(channel);
     // Field 1 with wire type 7 (there is none), then a string that runs
     // past the end, then invalid UTF-8 in a string field.

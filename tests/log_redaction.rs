@@ -16,7 +16,6 @@ use privacy_records::proto::{
     self, Agent, CheckConsentRequest, CheckSuppressionRequest, CreatePrivacyRequestRequest,
     Evidence, Identifier, RecordConsentRequest, RequestType, identifier,
 };
-use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 const EMAIL: &str = "log.secret@example.com";
@@ -106,9 +105,7 @@ fn identifiers() -> Vec<Identifier> {
 
 /// Calls that carry the secrets: valid ones, a retry, and refused ones.
 async fn exercise(server: &TestServer) {
-    let channel = Channel::from_shared(format!("http://{}", server.addr))
-        .expect("uri")
-        .connect_lazy();
+    let channel = server.channel();
     let mut requests =
         PrivacyRequestServiceClient::with_interceptor(channel.clone(), bearer(CONSOLE_TOKEN));
     let mut consent =

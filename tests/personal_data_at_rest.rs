@@ -37,9 +37,7 @@ struct Clients {
 }
 
 fn clients(server: &TestServer) -> Clients {
-    let channel = Channel::from_shared(format!("http://{}", server.addr))
-        .expect("uri")
-        .connect_lazy();
+    let channel = server.channel();
     Clients {
         consent: ConsentServiceClient::new(channel.clone()),
         requests: PrivacyRequestServiceClient::new(channel.clone()),

@@ -23,9 +23,7 @@ use tonic::transport::Channel;
 type Client = PrivacyRequestServiceClient<Channel>;
 
 fn client(server: &TestServer) -> Client {
-    let channel = Channel::from_shared(format!("http://{}", server.addr))
-        .expect("uri")
-        .connect_lazy();
+    let channel = server.channel();
     PrivacyRequestServiceClient::new(channel)
 }
 

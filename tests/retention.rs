@@ -28,9 +28,7 @@ struct Clients {
 }
 
 fn clients(server: &TestServer) -> Clients {
-    let channel = Channel::from_shared(format!("http://{}", server.addr))
-        .expect("uri")
-        .connect_lazy();
+    let channel = server.channel();
     Clients {
         retention: RetentionServiceClient::new(channel.clone()),
         systems: DataSystemServiceClient::new(channel.clone()),

@@ -267,6 +267,13 @@ impl TestServer {
         server
     }
 
+    /// A new lazily connecting channel to this server.
+    pub fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.addr))
+            .expect("uri")
+            .connect_lazy()
+    }
+
     pub async fn health_of(&self, service: &str) -> Option<ServingStatus> {
         let mut health = self.health.clone();
         let response = health
@@ -382,4 +389,12 @@ pub fn refuse(subject: &str, purpose: &str) -> privacy_records::proto::RecordCon
 /// the plain write the lifecycle and watch tests drive.
 pub fn storage_grant(subject: &str) -> privacy_records::proto::RecordConsentRequest {
     grant(subject, "api_io_storage")
+}
+
+/// The protobuf timestamp of `t`.
+pub fn ts(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
 }
