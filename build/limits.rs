@@ -355,11 +355,8 @@ fn field_check(
 
     let optional = f.proto3_optional();
     Ok(match (repeated, ty) {
-        (true, Type::String) => format!(
-            "        found.texts(&self.{rust}, at, \"{name}\", {max_items}, {max_bytes});\n"
-        ),
-        (true, Type::Bytes) => format!(
-            "        found.byte_lists(&self.{rust}, at, \"{name}\", {max_items}, {max_bytes});\n"
+        (true, Type::String | Type::Bytes) => format!(
+            "        found.items(&self.{rust}, at, \"{name}\", {max_items}, {max_bytes});\n"
         ),
         (true, Type::Message) if needs.contains(f.type_name()) => format!(
             "        if found.count(self.{rust}.len(), at, \"{name}\", {max_items}) {{ let field = at.field(\"{name}\"); for (i, v) in self.{rust}.iter().enumerate() {{ v.check_limits(&field.index(i), found); }} }}\n"

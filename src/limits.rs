@@ -127,10 +127,10 @@ impl Found {
         }
     }
 
-    /// A repeated string field: the count, then each item's size.
-    pub fn texts(
+    /// A repeated string or bytes field: the count, then each item's size.
+    pub fn items<T: AsRef<[u8]>>(
         &mut self,
-        values: &[String],
+        values: &[T],
         at: &Path<'_>,
         name: &'static str,
         max_items: usize,
@@ -139,34 +139,7 @@ impl Found {
         if self.count(values.len(), at, name, max_items) {
             let field = at.field(name);
             for (i, v) in values.iter().enumerate() {
-                if v.len() > max_bytes {
-                    self.add(
-                        &field.index(i),
-                        format!("must be at most {max_bytes} bytes"),
-                    );
-                }
-            }
-        }
-    }
-
-    /// A repeated bytes field: the count, then each item's size.
-    pub fn byte_lists(
-        &mut self,
-        values: &[Vec<u8>],
-        at: &Path<'_>,
-        name: &'static str,
-        max_items: usize,
-        max_bytes: usize,
-    ) {
-        if self.count(values.len(), at, name, max_items) {
-            let field = at.field(name);
-            for (i, v) in values.iter().enumerate() {
-                if v.len() > max_bytes {
-                    self.add(
-                        &field.index(i),
-                        format!("must be at most {max_bytes} bytes"),
-                    );
-                }
+                self.bytes_at(v.as_ref(), &field.index(i), max_bytes);
             }
         }
     }
