@@ -52,6 +52,11 @@ impl Caller {
     pub fn data_systems(&self) -> Option<&Arc<[String]>> {
         self.data_systems.as_ref()
     }
+
+    /// PERMISSION_DENIED unless this caller may act for data system `system`.
+    pub fn check_system(&self, system: &str, resource: &str) -> Result<()> {
+        check_system(&self.name, self.data_systems.as_ref(), system, resource)
+    }
 }
 
 /// PERMISSION_DENIED unless a caller limited to `scope` may act for the

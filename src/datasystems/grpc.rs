@@ -459,12 +459,7 @@ impl DataSystemService for DataSystemApi {
                 lease_seconds: lease_seconds?,
             })
         })?;
-        let scope = crate::caller::check_system(
-            caller.as_str(),
-            caller.data_systems(),
-            claim.data_system.as_str(),
-            &claim.data_system.name(),
-        );
+        let scope = caller.check_system(claim.data_system.as_str(), &claim.data_system.name());
         rpc::audit_refusal(&self.pool, METHOD, scope).await?;
         let keys = self.keys.clone();
         mutate(
@@ -606,12 +601,7 @@ impl DataSystemService for DataSystemApi {
         let mut task = store::get_task(&self.pool, id.0)
             .await?
             .ok_or_else(|| Error::NotFound(id.name()))?;
-        let scope = crate::caller::check_system(
-            caller.as_str(),
-            caller.data_systems(),
-            &task.data_system_id,
-            &id.name(),
-        );
+        let scope = caller.check_system(&task.data_system_id, &id.name());
         rpc::audit_refusal(&self.pool, "privacy.v1.DataSystemService/GetTask", scope).await?;
         let mut conn = self.pool.acquire().await.map_err(Error::from)?;
         store::open_tasks(&self.keys, &mut conn, std::slice::from_mut(&mut task)).await?;
@@ -657,14 +647,9 @@ impl DataSystemService for DataSystemApi {
             return Err(v.into_error().into());
         };
         // A caller limited to some data systems lists one of them at a time.
-        if let Some(systems) = caller.data_systems() {
+        if caller.data_systems().is_some() {
             let scope = match &data_system {
-                Some(id) => crate::caller::check_system(
-                    caller.as_str(),
-                    Some(systems),
-                    id.as_str(),
-                    &id.name(),
-                ),
+                Some(id) => caller.check_system(id.as_str(), &id.name()),
                 None => Err(Error::PermissionDenied {
                     caller: caller.as_str().to_owned(),
                     resource: "every data system's tasks (name a data_system)".to_owned(),
