@@ -27,8 +27,10 @@ fn client(server: &TestServer) -> Client {
     PrivacyRequestServiceClient::new(channel)
 }
 
+/// Midnight UTC of `date`: received dates are UTC dates, and midnight of
+/// today is never in the future, whatever the hour the tests run at.
 fn at(date: NaiveDate) -> Timestamp {
-    let t = date.and_hms_opt(10, 0, 0).expect("time").and_utc();
+    let t = date.and_hms_opt(0, 0, 0).expect("time").and_utc();
     Timestamp {
         seconds: t.timestamp(),
         nanos: 0,
