@@ -30,9 +30,13 @@ pub struct FeedEvent {
 pub struct FeedBatch {
     pub events: Vec<FeedEvent>,
     pub next: FeedPosition,
+    /// The read's snapshot xmax: every transaction that had committed when
+    /// the read began has a smaller id.
+    pub xmax: i64,
 }
 
 type Row = (
+    i64,
     i64,
     Option<i64>,
     Option<i64>,
@@ -70,8 +74,9 @@ pub async fn read(
         "$3::text IS NULL"
     };
     let sql = format!(
-        "WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin)
-         SELECT snap.xmin::text::bigint, e.xid::text::bigint, e.id, e.kind, e.subject_id,
+        "WITH snap AS MATERIALIZED (SELECT pg_snapshot_xmin(s) AS xmin, pg_snapshot_xmax(s) AS xmax
+                                    FROM (SELECT pg_current_snapshot() AS s) cs)
+         SELECT snap.xmin::text::bigint, snap.xmax::text::bigint, e.xid::text::bigint, e.id, e.kind, e.subject_id,
                 e.purpose_key, e.consent_record_id, e.policy_version, e.change_time
          FROM snap
          LEFT JOIN LATERAL (
@@ -93,8 +98,9 @@ pub async fn read(
         .await?;
 
     let xmin = rows.first().map(|r| r.0).unwrap_or(from.xid);
+    let xmax = rows.first().map(|r| r.1).unwrap_or(xmin);
     let mut events = Vec::with_capacity(rows.len());
-    for (_, xid, id, kind, subject_id, purpose_key, record_id, policy_version, time) in rows {
+    for (_, _, xid, id, kind, subject_id, purpose_key, record_id, policy_version, time) in rows {
         let (Some(xid), Some(id), Some(kind), Some(change_time)) = (xid, id, kind, time) else {
             continue;
         };
@@ -121,5 +127,5 @@ pub async fn read(
         // Everything below xmin has been read.
         _ => from.max(FeedPosition { xid: xmin, id: 0 }),
     };
-    Ok(FeedBatch { events, next })
+    Ok(FeedBatch { events, next, xmax })
 }

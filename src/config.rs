@@ -72,6 +72,13 @@ pub struct Settings {
     pub watch_poll_interval: Duration,
     /// How often an idle watch stream sends a heartbeat with a fresh token.
     pub watch_heartbeat: Duration,
+    /// Subjects the consent decision cache keeps at most (0: no cache).
+    pub cache_max_subjects: usize,
+    /// How far behind PostgreSQL a check without a consistency token may be
+    /// answered from the cache.
+    pub cache_max_staleness: Duration,
+    /// How often the cache's change-feed follower polls when nothing wakes it.
+    pub cache_poll_interval: Duration,
     /// How privacy requests are handled.
     pub requests: RequestSettings,
     /// Run the retention sweeper inside `serve`.
@@ -160,6 +167,9 @@ impl Default for Settings {
             health_interval: Duration::from_secs(1),
             watch_poll_interval: Duration::from_millis(100),
             watch_heartbeat: Duration::from_secs(10),
+            cache_max_subjects: 1_000_000,
+            cache_max_staleness: Duration::from_secs(1),
+            cache_poll_interval: Duration::from_millis(100),
             requests: RequestSettings::default(),
             retention_sweeper: true,
             retention_sweep_interval: Duration::from_secs(60),
@@ -196,6 +206,9 @@ pub struct Layer {
     pub health_interval_ms: Option<u64>,
     pub watch_poll_interval_ms: Option<u64>,
     pub watch_heartbeat_ms: Option<u64>,
+    pub cache_max_subjects: Option<usize>,
+    pub cache_max_staleness_ms: Option<u64>,
+    pub cache_poll_interval_ms: Option<u64>,
     pub refuse_voluntary_requests: Option<bool>,
     pub identifier_hash_key: Option<Secret>,
     pub task_max_attempts: Option<u32>,
@@ -300,6 +313,9 @@ impl Layer {
             health_interval_ms: parse(&get, "HEALTH_INTERVAL_MS")?,
             watch_poll_interval_ms: parse(&get, "WATCH_POLL_INTERVAL_MS")?,
             watch_heartbeat_ms: parse(&get, "WATCH_HEARTBEAT_MS")?,
+            cache_max_subjects: parse(&get, "CACHE_MAX_SUBJECTS")?,
+            cache_max_staleness_ms: parse(&get, "CACHE_MAX_STALENESS_MS")?,
+            cache_poll_interval_ms: parse(&get, "CACHE_POLL_INTERVAL_MS")?,
             refuse_voluntary_requests: parse(&get, "REFUSE_VOLUNTARY_REQUESTS")?,
             identifier_hash_key: get(&format!("{ENV_PREFIX}IDENTIFIER_HASH_KEY"))
                 .filter(|s| !s.is_empty())
@@ -376,6 +392,15 @@ impl Settings {
         }
         if let Some(v) = layer.watch_heartbeat_ms {
             self.watch_heartbeat = ms(v);
+        }
+        if let Some(v) = layer.cache_max_subjects {
+            self.cache_max_subjects = v;
+        }
+        if let Some(v) = layer.cache_max_staleness_ms {
+            self.cache_max_staleness = ms(v);
+        }
+        if let Some(v) = layer.cache_poll_interval_ms {
+            self.cache_poll_interval = ms(v);
         }
         if let Some(v) = layer.refuse_voluntary_requests {
             self.requests.refuse_voluntary = v;
@@ -477,6 +502,10 @@ impl Settings {
         positive(
             "watch_heartbeat_ms",
             self.watch_heartbeat.as_millis() as u64,
+        )?;
+        positive(
+            "cache_poll_interval_ms",
+            self.cache_poll_interval.as_millis() as u64,
         )?;
         let security = &self.security;
         if security.tls_cert_file.is_some() != security.tls_key_file.is_some() {

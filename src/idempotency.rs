@@ -161,6 +161,7 @@ where
                 let sealed = keys.seal_response(request_id.as_str(), &response.encode_to_vec())?;
                 finish(&mut tx, request_id, &sealed, &token).await?;
                 tx.commit().await?;
+                crate::journal::LOCAL_WRITES.committed();
                 Ok((response, token))
             }
         }

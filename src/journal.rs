@@ -1,8 +1,13 @@
 //! The audit event and the change event every mutation writes, in the same
 //! transaction as the change itself, in one statement. It returns the
 //! transaction's consistency token.
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{LazyLock, Mutex};
+
 use serde_json::Value;
 use sqlx::PgConnection;
+use tokio::sync::watch;
 
 use crate::error::Result;
 use crate::tokens::ConsistencyToken;
@@ -115,5 +120,81 @@ pub async fn record(
     .bind(change.resource)
     .fetch_one(conn)
     .await?;
+    LOCAL_WRITES.note(change.kind, change.subject_id, xid);
     Ok(ConsistencyToken { xid })
+}
+
+/// The writes this process made that affect consent decisions, kept until
+/// its decision caches have applied them from the change feed. A check
+/// without a token about a subject this process just wrote to is answered
+/// from PostgreSQL meanwhile: a caller reading through the server it wrote
+/// through sees its write, token or not. A fence is set before its
+/// transaction commits; one whose transaction rolls back only costs a few
+/// checks a trip to PostgreSQL until the feed passes it.
+pub struct LocalWrites {
+    /// Subject → the newest transaction id that changed its decisions.
+    subjects: Mutex<HashMap<String, i64>>,
+    /// The newest fence in `subjects`, 0 when there is none (a check then
+    /// skips the lock). Changed only with `subjects` locked.
+    newest_subject: AtomicI64,
+    /// The newest change to every subject's decisions (a purpose, a policy version).
+    everyone: AtomicI64,
+    /// Bumped after each commit, to wake the change-feed followers at once.
+    committed: watch::Sender<u64>,
+}
+
+pub static LOCAL_WRITES: LazyLock<LocalWrites> = LazyLock::new(|| LocalWrites {
+    subjects: Mutex::new(HashMap::new()),
+    newest_subject: AtomicI64::new(0),
+    everyone: AtomicI64::new(0),
+    committed: watch::Sender::new(0),
+});
+
+impl LocalWrites {
+    fn note(&self, kind: ChangeKind, subject_id: Option<&str>, xid: i64) {
+        match (kind, subject_id) {
+            (ChangeKind::ConsentRecorded | ChangeKind::SubjectChanged, Some(subject)) => {
+                let mut subjects = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
+                let fence = subjects.entry(subject.to_owned()).or_insert(xid);
+                *fence = (*fence).max(xid);
+                self.newest_subject.fetch_max(xid, Ordering::AcqRel);
+            }
+            (ChangeKind::PurposeChanged | ChangeKind::PolicyVersionPublished, _) => {
+                self.everyone.fetch_max(xid, Ordering::AcqRel);
+            }
+            _ => {}
+        }
+    }
+
+    /// The newest local write a check about `subject` must see.
+    pub fn fence(&self, subject: &str) -> i64 {
+        let everyone = self.everyone.load(Ordering::Acquire);
+        if self.newest_subject.load(Ordering::Acquire) == 0 {
+            return everyone;
+        }
+        let subjects = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
+        subjects.get(subject).copied().unwrap_or(0).max(everyone)
+    }
+
+    /// Forgets the subject fences a follower has applied (xid <= `applied`).
+    pub fn applied(&self, applied: i64) {
+        if self.newest_subject.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut subjects = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
+        subjects.retain(|_, xid| *xid > applied);
+        if subjects.is_empty() {
+            self.newest_subject.store(0, Ordering::Release);
+        }
+    }
+
+    /// Called after a transaction that wrote events commits.
+    pub fn committed(&self) {
+        self.committed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that changes after every local commit.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
+    }
 }

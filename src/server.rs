@@ -16,6 +16,7 @@ use tonic_health::ServingStatus;
 use crate::audit::grpc::AuditApi;
 use crate::auth::{Authenticator, Callers};
 use crate::config::Settings;
+use crate::consent::cache::{CacheSettings, DecisionCache};
 use crate::consent::grpc::{ConsentApi, WatchSettings};
 use crate::datasystems::grpc::DataSystemApi;
 use crate::middleware::RpcLayer;
@@ -196,6 +197,17 @@ impl Application {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
+        let cache = DecisionCache::new(CacheSettings {
+            max_subjects: settings.cache_max_subjects,
+            max_staleness: settings.cache_max_staleness,
+            poll_interval: settings.cache_poll_interval,
+        });
+        let follower = tokio::spawn(cache.clone().follow(pool.clone(), stop_rx.clone()));
+        let notifier = tokio::spawn(crate::consent::cache::notify_others(
+            pool.clone(),
+            stop_rx.clone(),
+        ));
+
         let limit = settings.max_message_bytes;
         let consent = ConsentServiceServer::new(ConsentApi::new(
             pool.clone(),
@@ -205,6 +217,7 @@ impl Application {
             },
             stop_rx.clone(),
             settings.keys.clone(),
+            cache,
         ))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -330,6 +343,8 @@ impl Application {
             let _ = sweeper.await;
         }
         let _ = sealer.await;
+        let _ = follower.await;
+        let _ = notifier.await;
         pool.close().await;
         tracing::info!("server stopped");
         outcome

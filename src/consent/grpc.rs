@@ -11,12 +11,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::cache::DecisionCache;
 use super::decision::Outcome;
 use super::model::{
     self as m, ConsentModel, ConsentRecord, Decision, Evidence, EvidenceKind, Jurisdiction,
     NewConsent, PolicyVersion, Purpose, PurposeFields, PurposeKey, Source, Subject, SubjectId,
 };
-use super::service::{self, CheckQuery, PurposeMask};
+use super::service::{self, CheckQuery, PurposeMask, ReadAt};
 use super::store;
 use crate::caller::Caller;
 use crate::changefeed;
@@ -44,6 +45,7 @@ pub struct ConsentApi {
     watch: WatchSettings,
     shutdown: watch::Receiver<bool>,
     keys: crate::keys::Keyring,
+    cache: DecisionCache,
 }
 
 impl ConsentApi {
@@ -52,12 +54,14 @@ impl ConsentApi {
         watch: WatchSettings,
         shutdown: watch::Receiver<bool>,
         keys: crate::keys::Keyring,
+        cache: DecisionCache,
     ) -> Self {
         Self {
             pool,
             watch,
             shutdown,
             keys,
+            cache,
         }
     }
 }
@@ -639,13 +643,17 @@ impl ConsentService for ConsentApi {
         );
         let as_of = parse_as_of(&mut v, req.as_of_time.as_ref());
         let token = parse_token(&mut v, &req.consistency_token);
-        let (Some(query), Some(as_of), Some(_token)) = (query, as_of, token) else {
+        let (Some(query), Some(as_of), Some(token)) = (query, as_of, token) else {
             return Err(v.into_error().into());
         };
-        // Every read goes to the primary, which already reflects every
-        // acknowledged write: a valid token is satisfied by construction.
-        let answers =
-            service::check(&self.keys, &self.pool, std::slice::from_ref(&query), as_of).await?;
+        let answers = service::check_cached(
+            &self.cache,
+            &self.keys,
+            &self.pool,
+            std::slice::from_ref(&query),
+            ReadAt { as_of, token },
+        )
+        .await?;
         let outcome = answers
             .outcomes
             .first()
@@ -688,14 +696,22 @@ impl ConsentService for ConsentApi {
         if !v.is_empty() {
             return Err(v.into_error().into());
         }
-        let (Some(queries), Some(as_of), Some(_token)) = (
+        let (Some(queries), Some(as_of), Some(token)) = (
             queries.into_iter().collect::<Option<Vec<_>>>(),
             as_of,
             token,
         ) else {
             return Err(v.into_error().into());
         };
-        let answers = service::check(&self.keys, &self.pool, &queries, as_of).await?;
+        let answers =
+            service::check_cached(
+                &self.cache,
+                &self.keys,
+                &self.pool,
+                &queries,
+                ReadAt { as_of, token },
+            )
+            .await?;
         Ok(Response::new(proto::BatchCheckConsentResponse {
             results: queries
                 .iter()
@@ -719,18 +735,19 @@ impl ConsentService for ConsentApi {
         );
         let as_of = parse_as_of(&mut v, req.as_of_time.as_ref());
         let token = parse_token(&mut v, &req.consistency_token);
-        let (Some(subject), Some(jurisdiction), Some(as_of), Some(_token)) =
+        let (Some(subject), Some(jurisdiction), Some(as_of), Some(token)) =
             (subject, jurisdiction, as_of, token)
         else {
             return Err(v.into_error().into());
         };
         let (queries, answers) = service::consent_state(
+            &self.cache,
             &self.keys,
             &self.pool,
             &subject,
             jurisdiction.as_ref(),
             req.gpc_signal,
-            as_of,
+            ReadAt { as_of, token },
         )
         .await?;
         Ok(Response::new(proto::ConsentState {

@@ -1,6 +1,7 @@
 //! Consent: the purposes catalogue, the append-only ledger of grants and
 //! refusals, policy versions, and the decision "may this subject's data be
 //! used for this purpose?".
+pub mod cache;
 pub mod decision;
 pub mod grpc;
 pub mod model;

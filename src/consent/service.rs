@@ -5,6 +5,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
+use super::cache::DecisionCache;
 use super::decision::{self, Inputs, Outcome};
 use super::model::{
     ConsentModel, ConsentRecord, Decision, Jurisdiction, NewConsent, PolicyVersion, Purpose,
@@ -282,17 +283,51 @@ pub async fn check(
     })
 }
 
+/// What a read must reflect: the state at a past time, or now and at least
+/// a write's consistency token.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReadAt {
+    pub as_of: Option<DateTime<Utc>>,
+    pub token: Option<ConsistencyToken>,
+}
+
+/// Decides from the decision cache when it may answer (see
+/// `consent::cache`), else from PostgreSQL. A check as of a past time always
+/// reads PostgreSQL.
+pub async fn check_cached(
+    cache: &DecisionCache,
+    keys: &Keyring,
+    pool: &PgPool,
+    queries: &[CheckQuery],
+    read: ReadAt,
+) -> Result<CheckAnswers> {
+    if read.as_of.is_none()
+        && let Some(answers) = cache.check(pool, queries, read.token).await?
+    {
+        return Ok(answers);
+    }
+    check(keys, pool, queries, read.as_of).await
+}
+
 /// Every purpose's decision for one subject.
 pub async fn consent_state(
+    cache: &DecisionCache,
     keys: &Keyring,
     pool: &PgPool,
     subject: &SubjectId,
     jurisdiction: Option<&Jurisdiction>,
     gpc_signal: bool,
-    as_of: Option<DateTime<Utc>>,
+    read: ReadAt,
 ) -> Result<(Vec<CheckQuery>, CheckAnswers)> {
-    let queries: Vec<CheckQuery> = store::all_purpose_keys(pool)
-        .await?
+    let purposes = match cache.purpose_keys() {
+        Some(keys) => keys
+            .iter()
+            .map(|k| PurposeKey::parse(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Error::Internal("a cached purpose key does not parse".into()))?,
+        None => store::all_purpose_keys(pool).await?,
+    };
+    let queries: Vec<CheckQuery> = purposes
         .into_iter()
         .map(|purpose| CheckQuery {
             subject: subject.clone(),
@@ -311,7 +346,7 @@ pub async fn consent_state(
             },
         ));
     }
-    let answers = check(keys, pool, &queries, as_of).await?;
+    let answers = check_cached(cache, keys, pool, &queries, read).await?;
     Ok((queries, answers))
 }
 

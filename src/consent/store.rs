@@ -74,6 +74,34 @@ static DECISION_INPUTS: LazyLock<Arc<str>> = LazyLock::new(|| {
     .into()
 });
 
+/// Every purpose's latest entry for each subject in `$1` at the snapshot's
+/// time (the decision cache's load), the subject's minor flag, and whether
+/// an entry takes effect later. One row per entry, or one with no entry.
+static SUBJECT_STATES: LazyLock<Arc<str>> = LazyLock::new(|| {
+    format!(
+        "WITH snap AS MATERIALIZED (
+             SELECT now() AS at,
+                    pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin),
+         q AS (SELECT DISTINCT unnest($1::text[]) AS subject_id)
+         SELECT q.subject_id AS q_subject, snap.at AS snap_at, snap.xmin AS snap_xmin,
+                s.minor_since,
+                EXISTS (SELECT 1 FROM consent_records f
+                        WHERE f.subject_id = q.subject_id AND f.effective_time > snap.at)
+                    AS has_future,
+                {r}
+         FROM q CROSS JOIN snap
+         LEFT JOIN subjects s ON s.subject_id = q.subject_id
+         LEFT JOIN LATERAL (
+             SELECT DISTINCT ON (c.purpose_key) c.* FROM consent_records c
+             WHERE c.subject_id = q.subject_id AND c.effective_time <= snap.at
+             ORDER BY c.purpose_key, c.effective_time DESC, c.id DESC
+         ) r ON true
+         ORDER BY q.subject_id",
+        r = prefixed("r", "r_", RECORD_COLUMNS),
+    )
+    .into()
+});
+
 fn corrupt(what: &str, value: &str) -> Error {
     Error::Internal(format!("unexpected {what} in the database: {value:?}"))
 }
@@ -458,6 +486,78 @@ pub async fn decision_inputs(
         .collect();
     open_evidence(keys, pool, pending).await?;
     Ok((decisions, snapshot))
+}
+
+/// What the decision cache keeps of one subject: the minor flag and the
+/// latest entry per purpose in effect now.
+#[derive(Debug)]
+pub struct SubjectState {
+    pub subject_id: String,
+    pub minor_since: Option<DateTime<Utc>>,
+    /// The latest entry per purpose effective at the snapshot's time.
+    pub latest: Vec<ConsentRecord>,
+    /// Whether the subject has an entry that takes effect after the
+    /// snapshot's time (its state will change without a new write).
+    pub has_future_entry: bool,
+}
+
+/// Every purpose's latest entry for many subjects, in one statement, and
+/// the snapshot it was read at. Evidence stays sealed (the records carry
+/// the kind only): the cache does not keep opened evidence.
+pub async fn subject_states(
+    pool: &PgPool,
+    subjects: &[&str],
+) -> Result<(Vec<SubjectState>, Snapshot)> {
+    let rows = sqlx::query(sqlx::AssertSqlSafe(Arc::clone(&SUBJECT_STATES)))
+        .bind(subjects)
+        .fetch_all(pool)
+        .await?;
+    let snapshot = match rows.first() {
+        Some(row) => Snapshot {
+            at: row.try_get("snap_at")?,
+            xmin: row.try_get("snap_xmin")?,
+            material_change: None,
+        },
+        None => return Err(Error::Internal("a subject read returned no rows".into())),
+    };
+    let mut states: Vec<SubjectState> = Vec::new();
+    for row in &rows {
+        let subject_id: String = row.try_get("q_subject")?;
+        if states.last().is_none_or(|s| s.subject_id != subject_id) {
+            states.push(SubjectState {
+                subject_id,
+                minor_since: row.try_get("minor_since")?,
+                latest: Vec::new(),
+                has_future_entry: row.try_get("has_future")?,
+            });
+        }
+        if let (Some(record), Some(state)) = (record_from_row(row, "r_")?, states.last_mut()) {
+            state.latest.push(record);
+        }
+    }
+    Ok((states, snapshot))
+}
+
+/// Every purpose, for the decision cache's catalogue.
+pub async fn all_purposes(pool: &PgPool) -> Result<Vec<Purpose>> {
+    list_purposes(pool, None, i64::MAX).await
+}
+
+/// Every material policy version, oldest effective first.
+pub async fn material_versions(pool: &PgPool) -> Result<Vec<MaterialChange>> {
+    let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT version_id, effective_time FROM policy_versions
+         WHERE material ORDER BY effective_time, version_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(version_id, effective_time)| MaterialChange {
+            version_id,
+            effective_time,
+        })
+        .collect())
 }
 
 /// `p.key AS p_key, p.display_name AS p_display_name, ...`

@@ -1,0 +1,472 @@
+//! The consent decision cache: what `decide` needs per subject, in memory,
+//! kept coherent by the change feed. `docs/caching.md` states what it
+//! promises; in short:
+//!
+//! - A follower task reads the change feed (`crate::changefeed`), woken at
+//!   once by this process's commits and by `NOTIFY` from other processes,
+//!   and polls every `poll_interval` besides. Each event about a subject
+//!   evicts that subject; a purpose or policy-version change reloads the
+//!   catalogue. `applied` is the feed position it has caught up with: every
+//!   transaction with an id <= `applied` is in the cache's view.
+//! - A check with a consistency token newer than `applied` is answered from
+//!   PostgreSQL, so read-your-writes holds across processes. A check without
+//!   a token is answered from the cache only while the cache is at most
+//!   `max_staleness` behind PostgreSQL, and never about a subject (or
+//!   catalogue) this process wrote to and the feed has not yet passed
+//!   (`journal::LOCAL_WRITES`). Checks "as of" a past time bypass the cache.
+//! - A miss loads the subject's whole state in one query (all misses of a
+//!   batch in the same query) and keeps it only if that read is at least as
+//!   new as `applied`, under a lock the follower takes to apply events: a
+//!   load can never put back a state an applied event already replaced.
+//! - Subjects whose deciding entries carry evidence are not kept (opened
+//!   evidence stays out of memory, so crypto-shredding reaches it); their
+//!   checks go to PostgreSQL.
+//! - The cache holds at most `max_subjects` subjects (quick_cache, CLOCK-Pro
+//!   eviction). If the feed cannot be read, every check goes to PostgreSQL
+//!   until the follower catches up again, which starts from an empty cache.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+
+use super::decision::{self, Inputs, MaterialChange};
+use super::model::{ConsentRecord, Purpose};
+use super::service::{CheckAnswers, CheckQuery};
+use super::store;
+use crate::changefeed;
+use crate::error::Result;
+use crate::journal::{ChangeKind, LOCAL_WRITES};
+use crate::tokens::{ConsistencyToken, FeedPosition};
+
+/// The channel this service's processes wake each other's followers on.
+pub const CHANNEL: &str = "privacy_records_changes";
+
+/// Feed events read per poll.
+const FEED_BATCH: i64 = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    /// Subjects kept at most; 0 turns the cache off.
+    pub max_subjects: usize,
+    /// How far behind PostgreSQL a check without a token may be answered.
+    pub max_staleness: Duration,
+    /// How often the follower polls the feed when nothing wakes it.
+    pub poll_interval: Duration,
+}
+
+/// What `decide` needs about one subject, as of the snapshot it was loaded at.
+#[derive(Debug)]
+struct SubjectEntry {
+    minor_since: Option<DateTime<Utc>>,
+    /// The latest entry per purpose (no entry: the purpose's default).
+    latest: Box<[ConsentRecord]>,
+}
+
+/// The purposes and the material policy versions.
+#[derive(Debug, Default)]
+struct Catalog {
+    purposes: BTreeMap<String, Purpose>,
+    /// Oldest effective first.
+    material: Vec<MaterialChange>,
+}
+
+impl Catalog {
+    async fn load(pool: &PgPool) -> Result<Self> {
+        let purposes = store::all_purposes(pool)
+            .await?
+            .into_iter()
+            .map(|p| (p.key.as_str().to_owned(), p))
+            .collect();
+        let material = store::material_versions(pool).await?;
+        Ok(Catalog { purposes, material })
+    }
+
+    /// The latest material version in effect at `at`.
+    fn material_at(&self, at: DateTime<Utc>) -> Option<&MaterialChange> {
+        self.material.iter().rev().find(|v| v.effective_time <= at)
+    }
+}
+
+/// Not yet caught up: every check goes to PostgreSQL.
+const UNSYNCED: i64 = -1;
+
+struct Shared {
+    settings: CacheSettings,
+    subjects: quick_cache::sync::Cache<String, Arc<SubjectEntry>>,
+    catalog: RwLock<Arc<Catalog>>,
+    /// Every transaction with an id <= this is applied (`UNSYNCED`: none).
+    applied: AtomicI64,
+    /// When PostgreSQL was last known to be exactly what the cache says
+    /// (nanoseconds since `epoch`; 0: never).
+    fresh_as_of: AtomicU64,
+    epoch: Instant,
+    /// Held shared by loads while they check `applied` and insert, and
+    /// exclusively by the follower while it applies events.
+    gate: RwLock<()>,
+}
+
+/// A handle to the cache; cheap to clone.
+#[derive(Clone)]
+pub struct DecisionCache {
+    shared: Option<Arc<Shared>>,
+}
+
+/// Counters for the bench and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub subjects: usize,
+    pub applied: i64,
+}
+
+impl DecisionCache {
+    pub fn new(settings: CacheSettings) -> Self {
+        if settings.max_subjects == 0 {
+            return Self::disabled();
+        }
+        DecisionCache {
+            shared: Some(Arc::new(Shared {
+                settings,
+                subjects: quick_cache::sync::Cache::new(settings.max_subjects),
+                catalog: RwLock::new(Arc::default()),
+                applied: AtomicI64::new(UNSYNCED),
+                fresh_as_of: AtomicU64::new(0),
+                epoch: Instant::now(),
+                gate: RwLock::new(()),
+            })),
+        }
+    }
+
+    /// A cache that answers nothing: every check goes to PostgreSQL.
+    pub fn disabled() -> Self {
+        DecisionCache { shared: None }
+    }
+
+    pub fn stats(&self) -> CacheStats {
+        match &self.shared {
+            Some(s) => CacheStats {
+                subjects: s.subjects.len(),
+                applied: s.applied.load(Ordering::Acquire),
+            },
+            None => CacheStats::default(),
+        }
+    }
+
+    /// Answers every query from the cache (loading missing subjects), or
+    /// `None` when the check must be answered by PostgreSQL: the cache is
+    /// off, behind the token or too stale, a subject was written here and
+    /// not yet applied, a purpose is not in the catalogue, or a subject is
+    /// not cacheable.
+    pub async fn check(
+        &self,
+        pool: &PgPool,
+        queries: &[CheckQuery],
+        token: Option<ConsistencyToken>,
+    ) -> Result<Option<CheckAnswers>> {
+        let Some(shared) = &self.shared else {
+            return Ok(None);
+        };
+        let applied = shared.applied.load(Ordering::Acquire);
+        if applied == UNSYNCED {
+            return Ok(None);
+        }
+        match token {
+            Some(t) if t.xid > applied => return Ok(None),
+            Some(_) => {}
+            None => {
+                if !shared.fresh_enough() {
+                    return Ok(None);
+                }
+                if queries
+                    .iter()
+                    .any(|q| LOCAL_WRITES.fence(q.subject.as_str()) > applied)
+                {
+                    return Ok(None);
+                }
+            }
+        }
+        let catalog = shared.catalog();
+        if queries
+            .iter()
+            .any(|q| !catalog.purposes.contains_key(q.purpose.as_str()))
+        {
+            return Ok(None);
+        }
+
+        let mut found: HashMap<&str, Arc<SubjectEntry>> = HashMap::with_capacity(queries.len());
+        let mut missing: Vec<&str> = Vec::new();
+        for q in queries {
+            let subject = q.subject.as_str();
+            if found.contains_key(subject) || missing.contains(&subject) {
+                continue;
+            }
+            match shared.subjects.get(subject) {
+                Some(entry) => {
+                    found.insert(subject, entry);
+                }
+                None => missing.push(subject),
+            }
+        }
+        let mut at = Utc::now();
+        if !missing.is_empty() {
+            let (states, snapshot) = store::subject_states(pool, &missing).await?;
+            at = snapshot.at;
+            let mut cacheable = Vec::with_capacity(states.len());
+            for state in states {
+                if state.latest.iter().any(|r| r.evidence.is_some()) {
+                    // Answered by PostgreSQL, which opens the evidence.
+                    return Ok(None);
+                }
+                let entry = Arc::new(SubjectEntry {
+                    minor_since: state.minor_since,
+                    latest: state.latest.into_boxed_slice(),
+                });
+                if !state.has_future_entry {
+                    cacheable.push((state.subject_id.clone(), Arc::clone(&entry)));
+                }
+                if let Some(subject) = missing.iter().find(|s| **s == state.subject_id) {
+                    found.insert(subject, entry);
+                }
+            }
+            shared.insert(snapshot.xmin, cacheable);
+        }
+
+        let material = catalog.material_at(at);
+        let mut outcomes = Vec::with_capacity(queries.len());
+        for q in queries {
+            let (Some(entry), Some(purpose)) = (
+                found.get(q.subject.as_str()),
+                catalog.purposes.get(q.purpose.as_str()),
+            ) else {
+                return Ok(None);
+            };
+            outcomes.push(decision::decide(&Inputs {
+                purpose,
+                jurisdiction: q.jurisdiction.as_ref(),
+                gpc_signal: q.gpc_signal,
+                minor: entry.minor_since.is_some_and(|t| t <= at),
+                latest: entry.latest.iter().find(|r| r.purpose == q.purpose.as_str()),
+                material_change: material,
+                at,
+            }));
+        }
+        Ok(Some(CheckAnswers {
+            outcomes,
+            token: ConsistencyToken { xid: applied },
+        }))
+    }
+
+    /// Every purpose key, in order, when the cache can answer for them.
+    pub fn purpose_keys(&self) -> Option<Vec<String>> {
+        let shared = self.shared.as_ref()?;
+        if shared.applied.load(Ordering::Acquire) == UNSYNCED {
+            return None;
+        }
+        Some(shared.catalog().purposes.keys().cloned().collect())
+    }
+
+    /// Follows the change feed until `stop` turns true. Spawn it once per cache.
+    pub async fn follow(self, pool: PgPool, mut stop: watch::Receiver<bool>) {
+        let Some(shared) = self.shared else {
+            return;
+        };
+        let mut local = LOCAL_WRITES.subscribe();
+        let mut listener: Option<PgListener> = None;
+        let mut position: Option<FeedPosition> = None;
+        let mut waiting: Vec<(Instant, i64)> = Vec::new();
+        let mut failing = false;
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            if listener.is_none() {
+                listener = listen(&pool).await;
+            }
+            match shared.catch_up(&pool, &mut position, &mut waiting).await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("decision cache following the change feed again");
+                        failing = false;
+                    }
+                }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "decision cache cannot read the change feed; checks go to PostgreSQL");
+                        failing = true;
+                    }
+                    shared.reset();
+                    position = None;
+                    waiting.clear();
+                }
+            }
+            let notified = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await.map(|_| ()),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.changed() => {}
+                _ = local.changed() => {}
+                r = notified => {
+                    if r.is_err() {
+                        listener = None;
+                    }
+                }
+                _ = tokio::time::sleep(shared.settings.poll_interval) => {}
+            }
+        }
+    }
+}
+
+/// A LISTEN connection, or none for now (the follower polls meanwhile).
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await.ok()?;
+    listener.listen(CHANNEL).await.ok()?;
+    Some(listener)
+}
+
+impl Shared {
+    fn catalog(&self) -> Arc<Catalog> {
+        Arc::clone(&self.catalog.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn nanos_since_epoch(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    fn fresh_enough(&self) -> bool {
+        let fresh = self.fresh_as_of.load(Ordering::Acquire);
+        fresh != 0
+            && self.nanos_since_epoch(Instant::now()).saturating_sub(fresh)
+                <= u64::try_from(self.settings.max_staleness.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Keeps loaded subjects, unless the follower has applied events the
+    /// load's snapshot may not include (its xmin is older than `applied`).
+    fn insert(&self, snapshot_xmin: i64, entries: Vec<(String, Arc<SubjectEntry>)>) {
+        let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
+        let applied = self.applied.load(Ordering::Acquire);
+        if applied == UNSYNCED || snapshot_xmin - 1 < applied {
+            return;
+        }
+        for (subject, entry) in entries {
+            self.subjects.insert(subject, entry);
+        }
+    }
+
+    /// Forgets everything: the next successful poll starts over.
+    fn reset(&self) {
+        let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+        self.applied.store(UNSYNCED, Ordering::Release);
+        self.fresh_as_of.store(0, Ordering::Release);
+        self.subjects.clear();
+    }
+
+    /// Reads the feed from `position` until caught up, applying each batch.
+    /// Starting over (no position) loads the catalogue and starts at the
+    /// feed's head with an empty cache.
+    async fn catch_up(
+        &self,
+        pool: &PgPool,
+        position: &mut Option<FeedPosition>,
+        waiting: &mut Vec<(Instant, i64)>,
+    ) -> Result<()> {
+        let mut from = match *position {
+            Some(p) => p,
+            None => {
+                let head = changefeed::head(pool).await?;
+                let catalog = Catalog::load(pool).await?;
+                let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+                self.subjects.clear();
+                *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+                self.applied.store(head.xid - 1, Ordering::Release);
+                head
+            }
+        };
+        loop {
+            let started = Instant::now();
+            let batch = changefeed::read(pool, from, None, FEED_BATCH).await?;
+            let catalog_changed = batch.events.iter().any(|e| {
+                matches!(
+                    e.kind,
+                    ChangeKind::PurposeChanged | ChangeKind::PolicyVersionPublished
+                )
+            });
+            let catalog = if catalog_changed {
+                Some(Catalog::load(pool).await?)
+            } else {
+                None
+            };
+            let applied = batch.next.xid - 1;
+            {
+                let _gate = self.gate.write().unwrap_or_else(|e| e.into_inner());
+                for event in &batch.events {
+                    if let Some(subject) = &event.subject_id {
+                        self.subjects.remove(subject.as_str());
+                    }
+                }
+                if let Some(catalog) = catalog {
+                    *self.catalog.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(catalog);
+                }
+                self.applied.store(applied, Ordering::Release);
+            }
+            LOCAL_WRITES.applied(applied);
+            // Every commit before a poll began is applied once `applied`
+            // reaches that poll's xmax: from then on the cache was exactly
+            // PostgreSQL as of the poll's start.
+            if waiting.last().is_none_or(|(_, xmax)| *xmax != batch.xmax) {
+                waiting.push((started, batch.xmax));
+            }
+            let caught_up = waiting.iter().rposition(|(_, xmax)| *xmax <= applied + 1);
+            if let Some(i) = caught_up {
+                let (at, _) = waiting[i];
+                self.fresh_as_of
+                    .store(self.nanos_since_epoch(at), Ordering::Release);
+                waiting.drain(..=i);
+            }
+            waiting.truncate(64);
+            *position = Some(batch.next);
+            from = batch.next;
+            if (batch.events.len() as i64) < FEED_BATCH {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Wakes the other processes' followers after this process's commits: one
+/// `NOTIFY` per burst of commits, sent after they committed and outside
+/// any write transaction (a `NOTIFY` inside each write would serialise
+/// every commit on PostgreSQL's notify queue lock).
+pub async fn notify_others(pool: PgPool, mut stop: watch::Receiver<bool>) {
+    let mut local = LOCAL_WRITES.subscribe();
+    loop {
+        tokio::select! {
+            changed = local.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = stop.changed() => {}
+        }
+        if *stop.borrow() {
+            return;
+        }
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(CHANNEL)
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(error = %e, "could not notify the other processes of a change");
+        }
+        // Commits during this pause share the next notification.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
