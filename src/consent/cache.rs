@@ -108,6 +108,9 @@ struct Shared {
     /// Held shared by loads while they check `applied` and insert, and
     /// exclusively by the follower while it applies events.
     gate: RwLock<()>,
+    hits: AtomicU64,
+    loads: AtomicU64,
+    passes: AtomicU64,
 }
 
 /// A handle to the cache; cheap to clone.
@@ -116,11 +119,19 @@ pub struct DecisionCache {
     shared: Option<Arc<Shared>>,
 }
 
-/// Counters for the bench and tests.
+/// What the cache holds and has done, for tests and the bench.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CacheStats {
+    /// Subjects kept.
     pub subjects: usize,
+    /// The feed position applied (-1: not following).
     pub applied: i64,
+    /// Checks answered from memory alone.
+    pub hits: u64,
+    /// Checks answered after loading a subject.
+    pub loads: u64,
+    /// Checks left to PostgreSQL.
+    pub passes: u64,
 }
 
 impl DecisionCache {
@@ -137,6 +148,9 @@ impl DecisionCache {
                 fresh_as_of: AtomicU64::new(0),
                 epoch: Instant::now(),
                 gate: RwLock::new(()),
+                hits: AtomicU64::new(0),
+                loads: AtomicU64::new(0),
+                passes: AtomicU64::new(0),
             })),
         }
     }
@@ -151,6 +165,9 @@ impl DecisionCache {
             Some(s) => CacheStats {
                 subjects: s.subjects.len(),
                 applied: s.applied.load(Ordering::Acquire),
+                hits: s.hits.load(Ordering::Relaxed),
+                loads: s.loads.load(Ordering::Relaxed),
+                passes: s.passes.load(Ordering::Relaxed),
             },
             None => CacheStats::default(),
         }
@@ -170,94 +187,26 @@ impl DecisionCache {
         let Some(shared) = &self.shared else {
             return Ok(None);
         };
-        let applied = shared.applied.load(Ordering::Acquire);
-        if applied == UNSYNCED {
-            return Ok(None);
-        }
-        match token {
-            Some(t) if t.xid > applied => return Ok(None),
-            Some(_) => {}
-            None => {
-                if !shared.fresh_enough() {
-                    return Ok(None);
-                }
-                if queries
-                    .iter()
-                    .any(|q| LOCAL_WRITES.fence(q.subject.as_str()) > applied)
-                {
-                    return Ok(None);
-                }
-            }
-        }
-        let catalog = shared.catalog();
-        if queries
-            .iter()
-            .any(|q| !catalog.purposes.contains_key(q.purpose.as_str()))
-        {
-            return Ok(None);
-        }
+        let answers = shared.check(pool, queries, token).await?;
+        let counter = match &answers {
+            None => &shared.passes,
+            Some((_, false)) => &shared.hits,
+            Some((_, true)) => &shared.loads,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(answers.map(|(answers, _)| answers))
+    }
 
-        let mut found: HashMap<&str, Arc<SubjectEntry>> = HashMap::with_capacity(queries.len());
-        let mut missing: Vec<&str> = Vec::new();
-        for q in queries {
-            let subject = q.subject.as_str();
-            if found.contains_key(subject) || missing.contains(&subject) {
-                continue;
-            }
-            match shared.subjects.get(subject) {
-                Some(entry) => {
-                    found.insert(subject, entry);
-                }
-                None => missing.push(subject),
-            }
-        }
-        let mut at = Utc::now();
-        if !missing.is_empty() {
-            let (states, snapshot) = store::subject_states(pool, &missing).await?;
-            at = snapshot.at;
-            let mut cacheable = Vec::with_capacity(states.len());
-            for state in states {
-                if state.latest.iter().any(|r| r.evidence.is_some()) {
-                    // Answered by PostgreSQL, which opens the evidence.
-                    return Ok(None);
-                }
-                let entry = Arc::new(SubjectEntry {
-                    minor_since: state.minor_since,
-                    latest: state.latest.into_boxed_slice(),
-                });
-                if !state.has_future_entry {
-                    cacheable.push((state.subject_id.clone(), Arc::clone(&entry)));
-                }
-                if let Some(subject) = missing.iter().find(|s| **s == state.subject_id) {
-                    found.insert(subject, entry);
-                }
-            }
-            shared.insert(snapshot.xmin, cacheable);
-        }
+    /// The two halves of a miss, public so that tests can put a write
+    /// between them: read subjects from PostgreSQL...
+    pub async fn load(&self, pool: &PgPool, subjects: &[&str]) -> Result<Loaded> {
+        load(pool, subjects).await
+    }
 
-        let material = catalog.material_at(at);
-        let mut outcomes = Vec::with_capacity(queries.len());
-        for q in queries {
-            let (Some(entry), Some(purpose)) = (
-                found.get(q.subject.as_str()),
-                catalog.purposes.get(q.purpose.as_str()),
-            ) else {
-                return Ok(None);
-            };
-            outcomes.push(decision::decide(&Inputs {
-                purpose,
-                jurisdiction: q.jurisdiction.as_ref(),
-                gpc_signal: q.gpc_signal,
-                minor: entry.minor_since.is_some_and(|t| t <= at),
-                latest: entry.latest.iter().find(|r| r.purpose == q.purpose.as_str()),
-                material_change: material,
-                at,
-            }));
-        }
-        Ok(Some(CheckAnswers {
-            outcomes,
-            token: ConsistencyToken { xid: applied },
-        }))
+    /// ... and keep them, if nothing applied since may be missing from the
+    /// read. Returns whether they were kept.
+    pub fn keep(&self, loaded: &Loaded) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.keep(loaded))
     }
 
     /// Every purpose key, in order, when the cache can answer for them.
@@ -323,6 +272,42 @@ impl DecisionCache {
     }
 }
 
+/// Subjects read from PostgreSQL for the cache, not yet kept.
+pub struct Loaded {
+    /// The read's snapshot xmin and time.
+    xmin: i64,
+    at: DateTime<Utc>,
+    /// Each subject, its state, and whether it may be kept (no entry that
+    /// takes effect later).
+    entries: Vec<(String, Arc<SubjectEntry>, bool)>,
+    /// Some deciding entry carries evidence: nothing of this read is kept.
+    with_evidence: bool,
+}
+
+/// Reads subjects' states in one query.
+async fn load(pool: &PgPool, subjects: &[&str]) -> Result<Loaded> {
+    let (states, snapshot) = store::subject_states(pool, subjects).await?;
+    let with_evidence = states
+        .iter()
+        .any(|s| s.latest.iter().any(|r| r.evidence.is_some()));
+    let entries = states
+        .into_iter()
+        .map(|state| {
+            let entry = Arc::new(SubjectEntry {
+                minor_since: state.minor_since,
+                latest: state.latest.into_boxed_slice(),
+            });
+            (state.subject_id, entry, !state.has_future_entry)
+        })
+        .collect();
+    Ok(Loaded {
+        xmin: snapshot.xmin,
+        at: snapshot.at,
+        entries,
+        with_evidence,
+    })
+}
+
 /// A LISTEN connection, or none for now (the follower polls meanwhile).
 async fn listen(pool: &PgPool) -> Option<PgListener> {
     let mut listener = PgListener::connect_with(pool).await.ok()?;
@@ -331,6 +316,100 @@ async fn listen(pool: &PgPool) -> Option<PgListener> {
 }
 
 impl Shared {
+    /// The answers and whether a subject was loaded for them, or `None`.
+    async fn check(
+        &self,
+        pool: &PgPool,
+        queries: &[CheckQuery],
+        token: Option<ConsistencyToken>,
+    ) -> Result<Option<(CheckAnswers, bool)>> {
+        let applied = self.applied.load(Ordering::Acquire);
+        if applied == UNSYNCED {
+            return Ok(None);
+        }
+        match token {
+            Some(t) if t.xid > applied => return Ok(None),
+            Some(_) => {}
+            None => {
+                if !self.fresh_enough() {
+                    return Ok(None);
+                }
+                if queries
+                    .iter()
+                    .any(|q| LOCAL_WRITES.fence(q.subject.as_str()) > applied)
+                {
+                    return Ok(None);
+                }
+            }
+        }
+        let catalog = self.catalog();
+        if queries
+            .iter()
+            .any(|q| !catalog.purposes.contains_key(q.purpose.as_str()))
+        {
+            return Ok(None);
+        }
+
+        let mut found: HashMap<&str, Arc<SubjectEntry>> = HashMap::with_capacity(queries.len());
+        let mut missing: Vec<&str> = Vec::new();
+        for q in queries {
+            let subject = q.subject.as_str();
+            if found.contains_key(subject) || missing.contains(&subject) {
+                continue;
+            }
+            match self.subjects.get(subject) {
+                Some(entry) => {
+                    found.insert(subject, entry);
+                }
+                None => missing.push(subject),
+            }
+        }
+        let mut at = Utc::now();
+        let loaded = !missing.is_empty();
+        if loaded {
+            let batch = load(pool, &missing).await?;
+            if batch.with_evidence {
+                // Answered by PostgreSQL, which opens the evidence.
+                return Ok(None);
+            }
+            at = batch.at;
+            self.keep(&batch);
+            for (subject, entry, _) in batch.entries {
+                if let Some(subject) = missing.iter().find(|s| **s == subject) {
+                    found.insert(subject, entry);
+                }
+            }
+        }
+
+        let material = catalog.material_at(at);
+        let mut outcomes = Vec::with_capacity(queries.len());
+        for q in queries {
+            let (Some(entry), Some(purpose)) = (
+                found.get(q.subject.as_str()),
+                catalog.purposes.get(q.purpose.as_str()),
+            ) else {
+                return Ok(None);
+            };
+            outcomes.push(decision::decide(&Inputs {
+                purpose,
+                jurisdiction: q.jurisdiction.as_ref(),
+                gpc_signal: q.gpc_signal,
+                minor: entry.minor_since.is_some_and(|t| t <= at),
+                latest: entry
+                    .latest
+                    .iter()
+                    .find(|r| r.purpose == q.purpose.as_str()),
+                material_change: material,
+                at,
+            }));
+        }
+        let answers = CheckAnswers {
+            outcomes,
+            token: ConsistencyToken { xid: applied },
+        };
+        Ok(Some((answers, loaded)))
+    }
+
     fn catalog(&self) -> Arc<Catalog> {
         Arc::clone(&self.catalog.read().unwrap_or_else(|e| e.into_inner()))
     }
@@ -349,16 +428,20 @@ impl Shared {
     }
 
     /// Keeps loaded subjects, unless the follower has applied events the
-    /// load's snapshot may not include (its xmin is older than `applied`).
-    fn insert(&self, snapshot_xmin: i64, entries: Vec<(String, Arc<SubjectEntry>)>) {
+    /// load's snapshot may not include (its xmin is older than `applied`):
+    /// such a load could put back a state an applied event replaced.
+    fn keep(&self, batch: &Loaded) -> bool {
         let _gate = self.gate.read().unwrap_or_else(|e| e.into_inner());
         let applied = self.applied.load(Ordering::Acquire);
-        if applied == UNSYNCED || snapshot_xmin - 1 < applied {
-            return;
+        if batch.with_evidence || applied == UNSYNCED || batch.xmin - 1 < applied {
+            return false;
         }
-        for (subject, entry) in entries {
-            self.subjects.insert(subject, entry);
+        for (subject, entry, cacheable) in &batch.entries {
+            if *cacheable {
+                self.subjects.insert(subject.clone(), Arc::clone(entry));
+            }
         }
+        true
     }
 
     /// Forgets everything: the next successful poll starts over.

@@ -703,15 +703,14 @@ impl ConsentService for ConsentApi {
         ) else {
             return Err(v.into_error().into());
         };
-        let answers =
-            service::check_cached(
-                &self.cache,
-                &self.keys,
-                &self.pool,
-                &queries,
-                ReadAt { as_of, token },
-            )
-            .await?;
+        let answers = service::check_cached(
+            &self.cache,
+            &self.keys,
+            &self.pool,
+            &queries,
+            ReadAt { as_of, token },
+        )
+        .await?;
         Ok(Response::new(proto::BatchCheckConsentResponse {
             results: queries
                 .iter()

@@ -1,0 +1,328 @@
+//! The consent decision cache against real PostgreSQL: what it answers,
+//! when it leaves a check to PostgreSQL, and that it never keeps a stale
+//! state once the change feed has carried the change.
+//!
+//! "Foreign" writes below go straight to PostgreSQL (a ledger row and its
+//! change event in one transaction, as another server process would write
+//! them), so this process's own-write fences play no part: the cache learns
+//! of them only through the feed, exactly as from another process.
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{TestDb, TestServer, test_keyring, test_settings};
+use privacy_records::consent::cache::{CacheSettings, DecisionCache};
+use privacy_records::consent::model::{PurposeKey, Reason, SubjectId};
+use privacy_records::consent::service::{self, CheckQuery};
+use privacy_records::tokens::ConsistencyToken;
+use sqlx::PgPool;
+use tokio::sync::watch;
+
+const OPT_IN: &str = "api_io_storage";
+
+struct Followed {
+    cache: DecisionCache,
+    pool: PgPool,
+    _db: TestDb,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Followed {
+    async fn start(max_subjects: usize) -> Followed {
+        Self::on(TestDb::new().await, max_subjects, Duration::from_millis(50)).await
+    }
+
+    /// A cache following the feed of database `db`.
+    async fn on(db: TestDb, max_subjects: usize, poll_interval: Duration) -> Followed {
+        let pool = db.pool().await;
+        let cache = DecisionCache::new(CacheSettings {
+            max_subjects,
+            max_staleness: Duration::from_secs(1),
+            poll_interval,
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(cache.clone().follow(pool.clone(), stopped));
+        common::wait_until("the cache follows the feed", || {
+            let cache = cache.clone();
+            async move { cache.stats().applied >= 0 }
+        })
+        .await;
+        Followed {
+            cache,
+            pool,
+            _db: db,
+            stop,
+            task,
+        }
+    }
+
+    async fn finish(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+
+    /// The cache's answer (None: left to PostgreSQL).
+    async fn cached(&self, subject: &str, token: Option<i64>) -> Option<(bool, Reason)> {
+        let token = token.map(|xid| ConsistencyToken { xid });
+        self.cache
+            .check(&self.pool, &[query(subject)], token)
+            .await
+            .expect("cache check")
+            .map(|a| (a.outcomes[0].allowed, a.outcomes[0].reason))
+    }
+
+    /// The cache's answer without a token, waiting while the cache is not
+    /// fresh enough to give one (a transaction anywhere in the cluster holds
+    /// back the feed, and the test cluster is shared).
+    async fn cached_fresh(&self, subject: &str) -> (bool, Reason) {
+        let deadline = tokio::time::Instant::now() + common::PATIENCE;
+        loop {
+            if let Some(answer) = self.cached(subject, None).await {
+                return answer;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cache never answered without a token: {:?}",
+                self.cache.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// PostgreSQL's answer.
+    async fn truth(&self, subjects: &[String]) -> Vec<bool> {
+        let queries: Vec<CheckQuery> = subjects.iter().map(|s| query(s)).collect();
+        service::check(&test_keyring(), &self.pool, &queries, None)
+            .await
+            .expect("check")
+            .outcomes
+            .iter()
+            .map(|o| o.allowed)
+            .collect()
+    }
+}
+
+fn query(subject: &str) -> CheckQuery {
+    CheckQuery {
+        subject: SubjectId::parse(subject).expect("subject"),
+        purpose: PurposeKey::parse(OPT_IN).expect("purpose"),
+        jurisdiction: None,
+        gpc_signal: false,
+    }
+}
+
+/// Records a decision as another process would; returns its transaction id.
+async fn foreign_write(pool: &PgPool, subject: &str, granted: bool) -> i64 {
+    let mut tx = pool.begin().await.expect("begin");
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO consent_records (subject_id, purpose_key, decision, source, effective_time,
+                                      request_id, actor)
+         VALUES ($1, $2, $3, 'WEB_FORM', now(), gen_random_uuid()::text, 'another-process')
+         RETURNING id",
+    )
+    .bind(subject)
+    .bind(OPT_IN)
+    .bind(if granted { "GRANTED" } else { "REFUSED" })
+    .fetch_one(&mut *tx)
+    .await
+    .expect("insert record");
+    let xid: i64 = sqlx::query_scalar(
+        "INSERT INTO change_events (kind, subject_id, purpose_key, consent_record_id)
+         VALUES ('CONSENT_RECORDED', $1, $2, $3) RETURNING xid::text::bigint",
+    )
+    .bind(subject)
+    .bind(OPT_IN)
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await
+    .expect("insert change event");
+    tx.commit().await.expect("commit");
+    xid
+}
+
+#[tokio::test]
+async fn a_foreign_write_is_seen_with_its_token_at_once_and_without_one_soon() {
+    let f = Followed::start(1000).await;
+    // Unknown subject of an opt-in purpose: denied by default, then kept.
+    assert_eq!(f.cached_fresh("alice").await, (false, Reason::DefaultOptIn));
+    assert_eq!(f.cache.stats().loads, 1);
+    assert_eq!(f.cached_fresh("alice").await, (false, Reason::DefaultOptIn));
+    assert_eq!(f.cache.stats().hits, 1, "the second check is a hit");
+    assert_eq!(f.cache.stats().subjects, 1);
+
+    let xid = foreign_write(&f.pool, "alice", true).await;
+    // With the write's token the cache either answers with the grant (it
+    // has applied the write) or leaves the check to PostgreSQL: never the
+    // old default.
+    let mut left_to_postgres = 0;
+    loop {
+        match f.cached("alice", Some(xid)).await {
+            None => left_to_postgres += 1,
+            Some(answer) => {
+                assert_eq!(answer, (true, Reason::ExplicitGrant));
+                break;
+            }
+        }
+        assert!(left_to_postgres < 100_000, "the cache never caught up");
+        tokio::task::yield_now().await;
+    }
+    // Without a token: the grant, once the feed carried it (it has now).
+    assert_eq!(f.cached_fresh("alice").await, (true, Reason::ExplicitGrant));
+    assert!(f.cache.stats().applied >= xid);
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn a_load_older_than_an_applied_write_is_not_kept() {
+    let f = Followed::start(1000).await;
+    let old = f.cache.load(&f.pool, &["bob"]).await.expect("load");
+    let xid = foreign_write(&f.pool, "bob", true).await;
+    common::wait_until("the feed carries the grant", || {
+        let cache = f.cache.clone();
+        async move { cache.stats().applied >= xid }
+    })
+    .await;
+    // The read predates the grant the follower already applied: keeping it
+    // would answer "denied" until bob's next change.
+    assert!(!f.cache.keep(&old), "a stale read was kept");
+    assert_eq!(
+        f.cached("bob", Some(xid)).await,
+        Some((true, Reason::ExplicitGrant))
+    );
+    // A read after the grant is kept.
+    let new = f.cache.load(&f.pool, &["bob"]).await.expect("load");
+    assert!(f.cache.keep(&new));
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn loads_racing_the_feed_never_leave_a_stale_state_behind() {
+    // Writers flip a few subjects' decisions while checkers load them into
+    // the cache concurrently. Once the writes stop and the feed has carried
+    // them, every cached answer must be PostgreSQL's: a load that read an
+    // old snapshot must not have put an old state back after the eviction.
+    // The follower polls all the time, so evictions land while loads are
+    // in flight: the race the load's snapshot check exists for.
+    let f = Followed::on(TestDb::new().await, 1000, Duration::from_millis(1)).await;
+    let f = Arc::new(f);
+    let subjects: Vec<String> = (0..4).map(|i| format!("racer-{i}")).collect();
+    for round in 0..5 {
+        let mut tasks = Vec::new();
+        for w in 0..4 {
+            let (f, subjects) = (Arc::clone(&f), subjects.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut last = 0;
+                for i in 0..40 {
+                    let subject = &subjects[(w * 7 + i) % subjects.len()];
+                    last = foreign_write(&f.pool, subject, (i + round) % 2 == 0).await;
+                }
+                last
+            }));
+        }
+        let checkers: Vec<_> = (0..8)
+            .map(|c| {
+                let (f, subjects) = (Arc::clone(&f), subjects.clone());
+                tokio::spawn(async move {
+                    for i in 0..400 {
+                        // Token 0: answered whatever the staleness, so loads happen.
+                        let _ = f.cached(&subjects[(c + i) % subjects.len()], Some(0)).await;
+                    }
+                })
+            })
+            .collect();
+        let mut newest = 0;
+        for t in tasks {
+            newest = newest.max(t.await.expect("writer"));
+        }
+        for c in checkers {
+            c.await.expect("checker");
+        }
+        common::wait_until("the feed carries every write", || {
+            let f = Arc::clone(&f);
+            async move { f.cache.stats().applied >= newest }
+        })
+        .await;
+        let truth = f.truth(&subjects).await;
+        for (subject, expected) in subjects.iter().zip(truth) {
+            let cached = f.cached(subject, Some(newest)).await;
+            assert_eq!(
+                cached.map(|(allowed, _)| allowed),
+                Some(expected),
+                "round {round}: {subject} is stale in the cache"
+            );
+        }
+    }
+    let stats = f.cache.stats();
+    assert!(stats.hits > 0 && stats.loads > 0, "{stats:?}");
+    match Arc::try_unwrap(f) {
+        Ok(f) => f.finish().await,
+        Err(_) => panic!("the test still holds the cache"),
+    }
+}
+
+#[tokio::test]
+async fn the_cache_keeps_at_most_its_configured_subjects() {
+    let f = Followed::start(50).await;
+    for i in 0..500 {
+        let answer = f.cached(&format!("many-{i}"), Some(0)).await;
+        assert!(answer.is_some(), "check {i}: {:?}", f.cache.stats());
+    }
+    let held = f.cache.stats().subjects;
+    // quick_cache splits the capacity over shards, rounding each up a little.
+    assert!(held > 0 && held <= 64, "holds {held} subjects");
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn subjects_with_evidence_are_left_to_postgres() {
+    let server = TestServer::start_with(test_settings()).await;
+    let same_db = TestDb {
+        name: server.db.name.clone(),
+        url: server.db.url.clone(),
+    };
+    let f = Followed::on(same_db, 100, Duration::from_millis(50)).await;
+    // A grant with evidence, recorded through the server.
+    let mut consent = server.consent.clone();
+    let mut with_evidence = common::grant("evidenced", OPT_IN);
+    with_evidence.evidence = Some(privacy_records::proto::Evidence {
+        kind: privacy_records::proto::EvidenceKind::WrittenAgreement as i32,
+        reference: "contract 7".into(),
+        description: "signed".into(),
+    });
+    let token = consent
+        .record_consent(with_evidence)
+        .await
+        .expect("record")
+        .into_inner()
+        .consistency_token;
+    let xid = ConsistencyToken::parse(&token).expect("token").xid;
+    common::wait_until("the feed carries the grant", || {
+        let cache = f.cache.clone();
+        async move { cache.stats().applied >= xid }
+    })
+    .await;
+    assert_eq!(f.cached("evidenced", Some(xid)).await, None);
+    assert_eq!(f.cache.stats().subjects, 0);
+
+    // Through the server the same check answers, evidence and all.
+    let answer = consent
+        .check_consent(privacy_records::proto::CheckConsentRequest {
+            subject_id: "evidenced".into(),
+            purpose: OPT_IN.into(),
+            consistency_token: token,
+            ..Default::default()
+        })
+        .await
+        .expect("check")
+        .into_inner();
+    let evidence = answer
+        .deciding_record
+        .and_then(|r| r.evidence)
+        .expect("evidence");
+    assert_eq!(evidence.reference, "contract 7");
+
+    f.finish().await;
+    server.finish().await;
+}
