@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// Calls handled at once before shedding with RESOURCE_EXHAUSTED.
     #[arg(long)]
     pub max_concurrent_calls: Option<usize>,
+    /// Subjects the consent decision cache keeps at most (0: no cache).
+    #[arg(long)]
+    pub cache_max_subjects: Option<usize>,
     /// Serve beyond loopback without authentication or TLS (not for
     /// production; logged as INSECURE).
     #[arg(long)]
@@ -109,6 +112,7 @@ impl Cli {
             layer.migrate_on_start = s.no_migrate.then_some(false);
             layer.shutdown_grace_ms = s.shutdown_grace_ms;
             layer.max_concurrent_calls = s.max_concurrent_calls;
+            layer.cache_max_subjects = s.cache_max_subjects;
             layer.allow_insecure = s.allow_insecure.then_some(true);
         }
         layer

@@ -25,7 +25,7 @@
 //!   eviction). If the feed cannot be read, every check goes to PostgreSQL
 //!   until the follower catches up again, which starts from an empty cache.
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,9 @@ struct Shared {
     hits: AtomicU64,
     loads: AtomicU64,
     passes: AtomicU64,
+    /// A check named a purpose the catalogue lacks: reload it on the next
+    /// poll (a purpose written without a change event, e.g. by a migration).
+    catalog_suspect: AtomicBool,
 }
 
 /// A handle to the cache; cheap to clone.
@@ -151,6 +154,7 @@ impl DecisionCache {
                 hits: AtomicU64::new(0),
                 loads: AtomicU64::new(0),
                 passes: AtomicU64::new(0),
+                catalog_suspect: AtomicBool::new(false),
             })),
         }
     }
@@ -227,6 +231,14 @@ impl DecisionCache {
         let mut listener: Option<PgListener> = None;
         let mut position: Option<FeedPosition> = None;
         let mut waiting: Vec<(Instant, i64)> = Vec::new();
+        // The schema must be at head first: a catalogue read halfway through
+        // the migrations would miss the purposes they insert.
+        while !crate::db::is_ready(&pool).await {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(shared.settings.poll_interval) => {}
+            }
+        }
         let mut failing = false;
         loop {
             if *stop.borrow() {
@@ -347,6 +359,7 @@ impl Shared {
             .iter()
             .any(|q| !catalog.purposes.contains_key(q.purpose.as_str()))
         {
+            self.catalog_suspect.store(true, Ordering::Release);
             return Ok(None);
         }
 
@@ -476,12 +489,13 @@ impl Shared {
         loop {
             let started = Instant::now();
             let batch = changefeed::read(pool, from, None, FEED_BATCH).await?;
-            let catalog_changed = batch.events.iter().any(|e| {
-                matches!(
-                    e.kind,
-                    ChangeKind::PurposeChanged | ChangeKind::PolicyVersionPublished
-                )
-            });
+            let catalog_changed = self.catalog_suspect.swap(false, Ordering::AcqRel)
+                || batch.events.iter().any(|e| {
+                    matches!(
+                        e.kind,
+                        ChangeKind::PurposeChanged | ChangeKind::PolicyVersionPublished
+                    )
+                });
             let catalog = if catalog_changed {
                 Some(Catalog::load(pool).await?)
             } else {
