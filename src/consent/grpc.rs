@@ -26,6 +26,7 @@ use crate::idempotency::RequestId;
 use crate::journal::ChangeKind;
 use crate::proto;
 use crate::proto::consent_service_server::ConsentService;
+use crate::reads::Reads;
 use crate::rpc::{not_in_future, paginate};
 use crate::tokens::{ConsistencyToken, FeedPosition, PageToken, page_size};
 
@@ -40,7 +41,9 @@ pub struct WatchSettings {
 }
 
 pub struct ConsentApi {
+    /// The primary: writes, and reads that are not routed.
     pool: PgPool,
+    reads: Reads,
     watch: WatchSettings,
     shutdown: watch::Receiver<bool>,
     keys: crate::keys::Keyring,
@@ -48,13 +51,14 @@ pub struct ConsentApi {
 
 impl ConsentApi {
     pub fn new(
-        pool: PgPool,
+        reads: Reads,
         watch: WatchSettings,
         shutdown: watch::Receiver<bool>,
         keys: crate::keys::Keyring,
     ) -> Self {
         Self {
-            pool,
+            pool: reads.primary().clone(),
+            reads,
             watch,
             shutdown,
             keys,
@@ -639,13 +643,17 @@ impl ConsentService for ConsentApi {
         );
         let as_of = parse_as_of(&mut v, req.as_of_time.as_ref());
         let token = parse_token(&mut v, &req.consistency_token);
-        let (Some(query), Some(as_of), Some(_token)) = (query, as_of, token) else {
+        let (Some(query), Some(as_of), Some(token)) = (query, as_of, token) else {
             return Err(v.into_error().into());
         };
-        // Every read goes to the primary, which already reflects every
-        // acknowledged write: a valid token is satisfied by construction.
-        let answers =
-            service::check(&self.keys, &self.pool, std::slice::from_ref(&query), as_of).await?;
+        let answers = service::check(
+            &self.keys,
+            &self.reads,
+            std::slice::from_ref(&query),
+            as_of,
+            token,
+        )
+        .await?;
         let outcome = answers
             .outcomes
             .first()
@@ -688,14 +696,14 @@ impl ConsentService for ConsentApi {
         if !v.is_empty() {
             return Err(v.into_error().into());
         }
-        let (Some(queries), Some(as_of), Some(_token)) = (
+        let (Some(queries), Some(as_of), Some(token)) = (
             queries.into_iter().collect::<Option<Vec<_>>>(),
             as_of,
             token,
         ) else {
             return Err(v.into_error().into());
         };
-        let answers = service::check(&self.keys, &self.pool, &queries, as_of).await?;
+        let answers = service::check(&self.keys, &self.reads, &queries, as_of, token).await?;
         Ok(Response::new(proto::BatchCheckConsentResponse {
             results: queries
                 .iter()
@@ -719,18 +727,19 @@ impl ConsentService for ConsentApi {
         );
         let as_of = parse_as_of(&mut v, req.as_of_time.as_ref());
         let token = parse_token(&mut v, &req.consistency_token);
-        let (Some(subject), Some(jurisdiction), Some(as_of), Some(_token)) =
+        let (Some(subject), Some(jurisdiction), Some(as_of), Some(token)) =
             (subject, jurisdiction, as_of, token)
         else {
             return Err(v.into_error().into());
         };
         let (queries, answers) = service::consent_state(
             &self.keys,
-            &self.pool,
+            &self.reads,
             &subject,
             jurisdiction.as_ref(),
             req.gpc_signal,
             as_of,
+            token,
         )
         .await?;
         Ok(Response::new(proto::ConsentState {
@@ -767,20 +776,24 @@ impl ConsentService for ConsentApi {
             PageToken::decode::<i64>(&filters, &req.page_token),
         );
         let token = parse_token(&mut v, &req.consistency_token);
-        let (Some(subject), Some(purpose), Some(limit), Some(after), Some(_token)) =
+        let (Some(subject), Some(purpose), Some(limit), Some(after), Some(token)) =
             (subject, purpose, limit, after, token)
         else {
             return Err(v.into_error().into());
         };
-        let records = store::list_records(
-            &self.keys,
-            &self.pool,
-            subject.as_ref(),
-            purpose.as_ref(),
-            after,
-            limit + 1,
-        )
-        .await?;
+        let records = self
+            .reads
+            .read(token, |pool| {
+                store::list_records(
+                    &self.keys,
+                    pool,
+                    subject.as_ref(),
+                    purpose.as_ref(),
+                    after,
+                    limit + 1,
+                )
+            })
+            .await?;
         let (page, next) = paginate(records, limit, |r| PageToken::encode(&filters, &r.id));
         Ok(Response::new(proto::ListConsentRecordsResponse {
             records: page.iter().map(record_to_proto).collect(),

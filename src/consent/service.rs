@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::journal::{self, ChangeEntry, ChangeKind};
 use crate::keys::Keyring;
 use crate::proto::ErrorReason;
+use crate::reads::Reads;
 use crate::tokens::ConsistencyToken;
 
 pub use crate::rpc::Context;
@@ -246,20 +247,38 @@ pub struct CheckAnswers {
     pub token: ConsistencyToken,
 }
 
-/// Decides many questions in one read. An unknown purpose is NOT_FOUND.
+/// Decides many questions in one read, on the replica when it is fresh
+/// enough for `token`, else on the primary (see crate::reads). An unknown
+/// purpose is NOT_FOUND.
 pub async fn check(
     keys: &Keyring,
-    pool: &PgPool,
+    reads: &Reads,
     queries: &[CheckQuery],
     as_of: Option<DateTime<Utc>>,
+    token: Option<ConsistencyToken>,
 ) -> Result<CheckAnswers> {
     let pairs: Vec<(SubjectId, PurposeKey)> = queries
         .iter()
         .map(|q| (q.subject.clone(), q.purpose.clone()))
         .collect();
-    let (rows, snapshot) = store::decision_inputs(keys, pool, &pairs, as_of).await?;
+    let (rows, snapshot) = reads
+        .read_checked(
+            token,
+            |pool| store::decision_inputs(keys, pool, &pairs, as_of),
+            |(_, snapshot)| Some(snapshot.xmin),
+        )
+        .await?;
+    decide_all(queries, &rows, &snapshot)
+}
+
+/// The decisions for the rows read, and the token of the snapshot read.
+fn decide_all(
+    queries: &[CheckQuery],
+    rows: &[store::DecisionRow],
+    snapshot: &store::Snapshot,
+) -> Result<CheckAnswers> {
     let mut outcomes = Vec::with_capacity(rows.len());
-    for (query, row) in queries.iter().zip(&rows) {
+    for (query, row) in queries.iter().zip(rows) {
         let purpose = row
             .purpose
             .as_ref()
@@ -282,17 +301,38 @@ pub async fn check(
     })
 }
 
-/// Every purpose's decision for one subject.
+/// Every purpose's decision for one subject, read like `check`.
 pub async fn consent_state(
+    keys: &Keyring,
+    reads: &Reads,
+    subject: &SubjectId,
+    jurisdiction: Option<&Jurisdiction>,
+    gpc_signal: bool,
+    as_of: Option<DateTime<Utc>>,
+    token: Option<ConsistencyToken>,
+) -> Result<(Vec<CheckQuery>, CheckAnswers)> {
+    let (queries, answers, _) = reads
+        .read_checked(
+            token,
+            |pool| consent_state_on(keys, pool, subject, jurisdiction, gpc_signal, as_of),
+            |(_, _, xmin)| Some(*xmin),
+        )
+        .await?;
+    Ok((queries, answers))
+}
+
+/// `consent_state` on one database, with the oldest snapshot xmin of its
+/// two statements (the purpose list and the decisions).
+async fn consent_state_on(
     keys: &Keyring,
     pool: &PgPool,
     subject: &SubjectId,
     jurisdiction: Option<&Jurisdiction>,
     gpc_signal: bool,
     as_of: Option<DateTime<Utc>>,
-) -> Result<(Vec<CheckQuery>, CheckAnswers)> {
-    let queries: Vec<CheckQuery> = store::all_purpose_keys(pool)
-        .await?
+) -> Result<(Vec<CheckQuery>, CheckAnswers, i64)> {
+    let (purposes, purposes_xmin) = store::all_purpose_keys(pool).await?;
+    let queries: Vec<CheckQuery> = purposes
         .into_iter()
         .map(|purpose| CheckQuery {
             subject: subject.clone(),
@@ -302,17 +342,22 @@ pub async fn consent_state(
         })
         .collect();
     if queries.is_empty() {
-        let token = ConsistencyToken { xid: 0 };
-        return Ok((
-            queries,
-            CheckAnswers {
-                outcomes: vec![],
-                token,
+        let answers = CheckAnswers {
+            outcomes: vec![],
+            token: ConsistencyToken {
+                xid: (purposes_xmin - 1).max(0),
             },
-        ));
+        };
+        return Ok((queries, answers, purposes_xmin));
     }
-    let answers = check(keys, pool, &queries, as_of).await?;
-    Ok((queries, answers))
+    let pairs: Vec<(SubjectId, PurposeKey)> = queries
+        .iter()
+        .map(|q| (q.subject.clone(), q.purpose.clone()))
+        .collect();
+    let (rows, snapshot) = store::decision_inputs(keys, pool, &pairs, as_of).await?;
+    let xmin = purposes_xmin.min(snapshot.xmin);
+    let answers = decide_all(&queries, &rows, &snapshot)?;
+    Ok((queries, answers, xmin))
 }
 
 pub async fn publish_policy_version(
