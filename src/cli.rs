@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use sqlx::{Connection, PgConnection};
 
-use crate::config::{Layer, LogFormat, Settings};
+use crate::config::{Layer, LogFormat, Secret, Settings};
 use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
 
 /// privacy-records: consent, privacy requests, retention and audit, over gRPC.
@@ -73,6 +73,11 @@ pub struct ServeArgs {
     /// schema is at head).
     #[arg(long)]
     pub no_migrate: bool,
+    /// A streaming replica for checks and lists when it is fresh enough
+    /// (also PRIVACY_RECORDS_READ_DATABASE_URL, better for a URL holding a
+    /// password: command lines are visible to other local users).
+    #[arg(long)]
+    pub read_database_url: Option<String>,
     /// Milliseconds calls in flight may take to finish after SIGTERM.
     #[arg(long)]
     pub shutdown_grace_ms: Option<u64>,
@@ -110,6 +115,7 @@ impl Cli {
         if let Command::Serve(s) = &self.command {
             layer.listen = s.listen;
             layer.migrate_on_start = s.no_migrate.then_some(false);
+            layer.read_database_url = s.read_database_url.clone().map(Secret::new);
             layer.shutdown_grace_ms = s.shutdown_grace_ms;
             layer.max_concurrent_calls = s.max_concurrent_calls;
             layer.cache_max_subjects = s.cache_max_subjects;

@@ -46,6 +46,11 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// An existing PostgreSQL server; without it the embedded one is used.
     pub database_url: Option<Secret>,
+    /// A streaming replica of the database for checks and lists (see
+    /// crate::reads); without it every read goes to the primary.
+    pub read_database_url: Option<Secret>,
+    /// The most a replica may lag the primary and still answer reads.
+    pub read_replica_max_lag: Duration,
     /// Directory of the PostgreSQL server binaries for the embedded database.
     pub pg_bin_dir: Option<PathBuf>,
     /// Apply migrations when `serve` starts.
@@ -154,6 +159,8 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             data_dir: crate::embedded_pg::default_data_dir(),
             database_url: None,
+            read_database_url: None,
+            read_replica_max_lag: Duration::from_secs(1),
             pg_bin_dir: None,
             migrate_on_start: true,
             log_format: LogFormat::Plain,
@@ -193,6 +200,8 @@ pub struct Layer {
     pub listen: Option<SocketAddr>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<Secret>,
+    pub read_database_url: Option<Secret>,
+    pub read_replica_max_lag_ms: Option<u64>,
     pub pg_bin_dir: Option<PathBuf>,
     pub migrate_on_start: Option<bool>,
     pub log_format: Option<LogFormat>,
@@ -300,6 +309,10 @@ impl Layer {
             listen: parse(&get, "LISTEN")?,
             data_dir: parse(&get, "DATA_DIR")?,
             database_url,
+            read_database_url: get(&format!("{ENV_PREFIX}READ_DATABASE_URL"))
+                .filter(|s| !s.is_empty())
+                .map(Secret::new),
+            read_replica_max_lag_ms: parse(&get, "READ_REPLICA_MAX_LAG_MS")?,
             pg_bin_dir: parse(&get, "PG_BIN_DIR")?,
             migrate_on_start: parse(&get, "MIGRATE_ON_START")?,
             log_format,
@@ -353,6 +366,12 @@ impl Settings {
         }
         if let Some(v) = layer.database_url {
             self.database_url = Some(v);
+        }
+        if let Some(v) = layer.read_database_url {
+            self.read_database_url = Some(v);
+        }
+        if let Some(v) = layer.read_replica_max_lag_ms {
+            self.read_replica_max_lag = ms(v);
         }
         if let Some(v) = layer.pg_bin_dir {
             self.pg_bin_dir = Some(v);
@@ -491,6 +510,10 @@ impl Settings {
         )?;
         positive("max_message_bytes", self.max_message_bytes as u64)?;
         positive("db_max_connections", u64::from(self.db_max_connections))?;
+        positive(
+            "read_replica_max_lag_ms",
+            self.read_replica_max_lag.as_millis() as u64,
+        )?;
         positive(
             "health_interval_ms",
             self.health_interval.as_millis() as u64,

@@ -24,6 +24,7 @@ pub mod journal;
 pub mod keys;
 pub mod limits;
 pub mod middleware;
+pub mod reads;
 pub mod requests;
 pub mod retention;
 pub mod rpc;

@@ -25,6 +25,7 @@ use crate::proto::consent_service_server::ConsentServiceServer;
 use crate::proto::data_system_service_server::DataSystemServiceServer;
 use crate::proto::privacy_request_service_server::PrivacyRequestServiceServer;
 use crate::proto::retention_service_server::RetentionServiceServer;
+use crate::reads::Reads;
 use crate::requests::grpc::PrivacyRequestApi;
 use crate::retention::grpc::RetentionApi;
 use crate::retention::sweeper::{self, SweepSettings};
@@ -35,6 +36,8 @@ pub struct Application {
     /// The plaintext health-only listener, when configured.
     health_listener: Option<TcpListener>,
     pool: PgPool,
+    /// Where checks and lists go (the primary, or a fresh enough replica).
+    reads: Reads,
     settings: Settings,
     auth: Option<Arc<Authenticator>>,
     tls: Option<ServerTlsConfig>,
@@ -57,6 +60,8 @@ pub enum ServeError {
     Callers(#[from] crate::auth::CallersError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::auth::tls::TlsFileError),
+    #[error("read_database_url: {0}")]
+    ReadDatabase(sqlx::Error),
     /// Safe by default: no unauthenticated or clear-text service beyond
     /// loopback unless explicitly asked for.
     #[error("refusing to serve on {addr}: {reason}")]
@@ -127,11 +132,21 @@ impl Application {
         let local_addr = listener
             .local_addr()
             .map_err(|source| ServeError::Bind { addr, source })?;
+        let reads = match &settings.read_database_url {
+            Some(url) => {
+                let replica =
+                    crate::db::pool(url.expose(), &settings).map_err(ServeError::ReadDatabase)?;
+                tracing::info!(max_lag = ?settings.read_replica_max_lag, "checks and lists may read from the replica");
+                Reads::with_replica(pool.clone(), replica, settings.read_replica_max_lag)
+            }
+            None => Reads::primary_only(pool.clone()),
+        };
         Ok(Self {
             listener,
             local_addr,
             health_listener,
             pool,
+            reads,
             settings,
             auth,
             tls,
@@ -140,6 +155,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// How reads are routed (shares its counters with the running server).
+    pub fn reads(&self) -> Reads {
+        self.reads.clone()
     }
 
     /// The address of the plaintext health-only listener, if any.
@@ -161,6 +181,7 @@ impl Application {
             local_addr,
             health_listener,
             pool,
+            reads,
             settings,
             auth,
             tls,
@@ -209,8 +230,9 @@ impl Application {
         ));
 
         let limit = settings.max_message_bytes;
+        let replica_probe = tokio::spawn(reads.clone().probe(stop_rx.clone()));
         let consent = ConsentServiceServer::new(ConsentApi::new(
-            pool.clone(),
+            reads.clone(),
             WatchSettings {
                 poll_interval: settings.watch_poll_interval,
                 heartbeat: settings.watch_heartbeat,
@@ -223,7 +245,7 @@ impl Application {
         .max_encoding_message_size(limit);
 
         let requests = PrivacyRequestServiceServer::new(PrivacyRequestApi::new(
-            pool.clone(),
+            reads.clone(),
             settings.requests.clone(),
             settings.keys.clone(),
         ))
@@ -231,7 +253,7 @@ impl Application {
         .max_encoding_message_size(limit);
 
         let data_systems =
-            DataSystemServiceServer::new(DataSystemApi::new(pool.clone(), settings.keys.clone()))
+            DataSystemServiceServer::new(DataSystemApi::new(reads.clone(), settings.keys.clone()))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
 
@@ -246,7 +268,7 @@ impl Application {
             .retention_sweeper
             .then(|| tokio::spawn(sweeper::run(pool.clone(), sweep, stop_rx.clone())));
         let retention = RetentionServiceServer::new(RetentionApi::new(
-            pool.clone(),
+            reads.clone(),
             sweep,
             settings.keys.clone(),
         ))
@@ -259,7 +281,7 @@ impl Application {
             5000,
             stop_rx.clone(),
         ));
-        let audit = AuditServiceServer::new(AuditApi::new(pool.clone()))
+        let audit = AuditServiceServer::new(AuditApi::new(reads.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
 
@@ -345,7 +367,8 @@ impl Application {
         let _ = sealer.await;
         let _ = follower.await;
         let _ = notifier.await;
-        pool.close().await;
+        let _ = replica_probe.await;
+        reads.close().await;
         tracing::info!("server stopped");
         outcome
     }

@@ -15,6 +15,7 @@ use common::{TestDb, TestServer, test_keyring, test_settings};
 use privacy_records::consent::cache::{CacheSettings, DecisionCache};
 use privacy_records::consent::model::{PurposeKey, Reason, SubjectId};
 use privacy_records::consent::service::{self, CheckQuery};
+use privacy_records::reads::Reads;
 use privacy_records::tokens::ConsistencyToken;
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -94,7 +95,8 @@ impl Followed {
     /// PostgreSQL's answer.
     async fn truth(&self, subjects: &[String]) -> Vec<bool> {
         let queries: Vec<CheckQuery> = subjects.iter().map(|s| query(s)).collect();
-        service::check(&test_keyring(), &self.pool, &queries, None)
+        let reads = Reads::primary_only(self.pool.clone());
+        service::check(&test_keyring(), &reads, &queries, None, None)
             .await
             .expect("check")
             .outcomes

@@ -1,4 +1,5 @@
 //! `privacy.v1.AuditService`: read the trail, verify the chain.
+use futures::TryFutureExt;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
@@ -7,16 +8,22 @@ use crate::convert::{parse_opt_timestamp, timestamp};
 use crate::error::{Error, Violations};
 use crate::proto;
 use crate::proto::audit_service_server::AuditService;
+use crate::reads::Reads;
 use crate::rpc::paginate;
 use crate::tokens::{PageToken, page_size};
 
 pub struct AuditApi {
+    /// The primary: chain verification reads it.
     pool: PgPool,
+    reads: Reads,
 }
 
 impl AuditApi {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(reads: Reads) -> Self {
+        Self {
+            pool: reads.primary().clone(),
+            reads,
+        }
     }
 }
 
@@ -84,7 +91,8 @@ impl AuditService for AuditApi {
         else {
             return Err(v.into_error().into());
         };
-        let rows: Vec<EventRow> = sqlx::query_as(
+        let list = |pool| {
+            sqlx::query_as::<_, EventRow>(
             "SELECT id, actor, method, target, subject_id, request_id, details::text AS details,
                     occur_time, chain_seq, hash
              FROM audit_events
@@ -98,16 +106,17 @@ impl AuditService for AuditApi {
              ORDER BY id LIMIT $8",
         )
         .bind(after.unwrap_or(0))
-        .bind(subject)
-        .bind(target)
-        .bind(actor)
-        .bind(method)
+        .bind(subject.as_deref())
+        .bind(target.as_deref())
+        .bind(actor.as_deref())
+        .bind(method.as_deref())
         .bind(start)
         .bind(end)
         .bind(limit + 1)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(Error::from)?;
+        .fetch_all(pool)
+        .map_err(Error::from)
+        };
+        let rows = self.reads.read(None, list).await?;
         let (page, next) = paginate(rows, limit, |r| PageToken::encode(&filters, &r.id));
         Ok(Response::new(proto::ListAuditEventsResponse {
             audit_events: page

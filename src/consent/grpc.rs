@@ -27,6 +27,7 @@ use crate::idempotency::RequestId;
 use crate::journal::ChangeKind;
 use crate::proto;
 use crate::proto::consent_service_server::ConsentService;
+use crate::reads::Reads;
 use crate::rpc::{not_in_future, paginate};
 use crate::tokens::{ConsistencyToken, FeedPosition, PageToken, page_size};
 
@@ -41,7 +42,9 @@ pub struct WatchSettings {
 }
 
 pub struct ConsentApi {
+    /// The primary: writes, and reads that are not routed.
     pool: PgPool,
+    reads: Reads,
     watch: WatchSettings,
     shutdown: watch::Receiver<bool>,
     keys: crate::keys::Keyring,
@@ -50,14 +53,15 @@ pub struct ConsentApi {
 
 impl ConsentApi {
     pub fn new(
-        pool: PgPool,
+        reads: Reads,
         watch: WatchSettings,
         shutdown: watch::Receiver<bool>,
         keys: crate::keys::Keyring,
         cache: DecisionCache,
     ) -> Self {
         Self {
-            pool,
+            pool: reads.primary().clone(),
+            reads,
             watch,
             shutdown,
             keys,
@@ -649,7 +653,7 @@ impl ConsentService for ConsentApi {
         let answers = service::check_cached(
             &self.cache,
             &self.keys,
-            &self.pool,
+            &self.reads,
             std::slice::from_ref(&query),
             ReadAt { as_of, token },
         )
@@ -706,7 +710,7 @@ impl ConsentService for ConsentApi {
         let answers = service::check_cached(
             &self.cache,
             &self.keys,
-            &self.pool,
+            &self.reads,
             &queries,
             ReadAt { as_of, token },
         )
@@ -742,7 +746,7 @@ impl ConsentService for ConsentApi {
         let (queries, answers) = service::consent_state(
             &self.cache,
             &self.keys,
-            &self.pool,
+            &self.reads,
             &subject,
             jurisdiction.as_ref(),
             req.gpc_signal,
@@ -783,20 +787,24 @@ impl ConsentService for ConsentApi {
             PageToken::decode::<i64>(&filters, &req.page_token),
         );
         let token = parse_token(&mut v, &req.consistency_token);
-        let (Some(subject), Some(purpose), Some(limit), Some(after), Some(_token)) =
+        let (Some(subject), Some(purpose), Some(limit), Some(after), Some(token)) =
             (subject, purpose, limit, after, token)
         else {
             return Err(v.into_error().into());
         };
-        let records = store::list_records(
-            &self.keys,
-            &self.pool,
-            subject.as_ref(),
-            purpose.as_ref(),
-            after,
-            limit + 1,
-        )
-        .await?;
+        let records = self
+            .reads
+            .read(token, |pool| {
+                store::list_records(
+                    &self.keys,
+                    pool,
+                    subject.as_ref(),
+                    purpose.as_ref(),
+                    after,
+                    limit + 1,
+                )
+            })
+            .await?;
         let (page, next) = paginate(records, limit, |r| PageToken::encode(&filters, &r.id));
         Ok(Response::new(proto::ListConsentRecordsResponse {
             records: page.iter().map(record_to_proto).collect(),

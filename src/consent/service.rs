@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::journal::{self, ChangeEntry, ChangeKind};
 use crate::keys::Keyring;
 use crate::proto::ErrorReason;
+use crate::reads::Reads;
 use crate::tokens::ConsistencyToken;
 
 pub use crate::rpc::Context;
@@ -247,20 +248,38 @@ pub struct CheckAnswers {
     pub token: ConsistencyToken,
 }
 
-/// Decides many questions in one read. An unknown purpose is NOT_FOUND.
+/// Decides many questions in one read, on the replica when it is fresh
+/// enough for `token`, else on the primary (see crate::reads). An unknown
+/// purpose is NOT_FOUND.
 pub async fn check(
     keys: &Keyring,
-    pool: &PgPool,
+    reads: &Reads,
     queries: &[CheckQuery],
     as_of: Option<DateTime<Utc>>,
+    token: Option<ConsistencyToken>,
 ) -> Result<CheckAnswers> {
     let pairs: Vec<(SubjectId, PurposeKey)> = queries
         .iter()
         .map(|q| (q.subject.clone(), q.purpose.clone()))
         .collect();
-    let (rows, snapshot) = store::decision_inputs(keys, pool, &pairs, as_of).await?;
+    let (rows, snapshot) = reads
+        .read_checked(
+            token,
+            |pool| store::decision_inputs(keys, pool, &pairs, as_of),
+            |(_, snapshot)| Some(snapshot.xmin),
+        )
+        .await?;
+    decide_all(queries, &rows, &snapshot)
+}
+
+/// The decisions for the rows read, and the token of the snapshot read.
+fn decide_all(
+    queries: &[CheckQuery],
+    rows: &[store::DecisionRow],
+    snapshot: &store::Snapshot,
+) -> Result<CheckAnswers> {
     let mut outcomes = Vec::with_capacity(rows.len());
-    for (query, row) in queries.iter().zip(&rows) {
+    for (query, row) in queries.iter().zip(rows) {
         let purpose = row
             .purpose
             .as_ref()
@@ -292,42 +311,30 @@ pub struct ReadAt {
 }
 
 /// Decides from the decision cache when it may answer (see
-/// `consent::cache`), else from PostgreSQL. A check as of a past time always
-/// reads PostgreSQL.
+/// `consent::cache`), else from PostgreSQL (a replica when fresh enough). A
+/// check as of a past time always reads PostgreSQL.
 pub async fn check_cached(
     cache: &DecisionCache,
     keys: &Keyring,
-    pool: &PgPool,
+    reads: &Reads,
     queries: &[CheckQuery],
     read: ReadAt,
 ) -> Result<CheckAnswers> {
     if read.as_of.is_none()
-        && let Some(answers) = cache.check(pool, queries, read.token).await?
+        && let Some(answers) = cache.check(reads.primary(), queries, read.token).await?
     {
         return Ok(answers);
     }
-    check(keys, pool, queries, read.as_of).await
+    check(keys, reads, queries, read.as_of, read.token).await
 }
 
-/// Every purpose's decision for one subject.
-pub async fn consent_state(
-    cache: &DecisionCache,
-    keys: &Keyring,
-    pool: &PgPool,
+fn state_queries(
     subject: &SubjectId,
+    purposes: Vec<PurposeKey>,
     jurisdiction: Option<&Jurisdiction>,
     gpc_signal: bool,
-    read: ReadAt,
-) -> Result<(Vec<CheckQuery>, CheckAnswers)> {
-    let purposes = match cache.purpose_keys() {
-        Some(keys) => keys
-            .iter()
-            .map(|k| PurposeKey::parse(k))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| Error::Internal("a cached purpose key does not parse".into()))?,
-        None => store::all_purpose_keys(pool).await?,
-    };
-    let queries: Vec<CheckQuery> = purposes
+) -> Vec<CheckQuery> {
+    purposes
         .into_iter()
         .map(|purpose| CheckQuery {
             subject: subject.clone(),
@@ -335,19 +342,74 @@ pub async fn consent_state(
             jurisdiction: jurisdiction.cloned(),
             gpc_signal,
         })
-        .collect();
-    if queries.is_empty() {
-        let token = ConsistencyToken { xid: 0 };
-        return Ok((
-            queries,
-            CheckAnswers {
-                outcomes: vec![],
-                token,
-            },
-        ));
+        .collect()
+}
+
+/// Every purpose's decision for one subject: from the decision cache when
+/// it may answer, else read like `check`.
+pub async fn consent_state(
+    cache: &DecisionCache,
+    keys: &Keyring,
+    reads: &Reads,
+    subject: &SubjectId,
+    jurisdiction: Option<&Jurisdiction>,
+    gpc_signal: bool,
+    read: ReadAt,
+) -> Result<(Vec<CheckQuery>, CheckAnswers)> {
+    if read.as_of.is_none()
+        && let Some(purposes) = cache.purpose_keys()
+    {
+        let purposes = purposes
+            .iter()
+            .map(|k| PurposeKey::parse(k))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| Error::Internal("a cached purpose key does not parse".into()))?;
+        let queries = state_queries(subject, purposes, jurisdiction, gpc_signal);
+        if !queries.is_empty()
+            && let Some(answers) = cache.check(reads.primary(), &queries, read.token).await?
+        {
+            return Ok((queries, answers));
+        }
     }
-    let answers = check_cached(cache, keys, pool, &queries, read).await?;
+    let (queries, answers, _) = reads
+        .read_checked(
+            read.token,
+            |pool| consent_state_on(keys, pool, subject, jurisdiction, gpc_signal, read.as_of),
+            |(_, _, xmin)| Some(*xmin),
+        )
+        .await?;
     Ok((queries, answers))
+}
+
+/// `consent_state` on one database, with the oldest snapshot xmin of its
+/// two statements (the purpose list and the decisions).
+async fn consent_state_on(
+    keys: &Keyring,
+    pool: &PgPool,
+    subject: &SubjectId,
+    jurisdiction: Option<&Jurisdiction>,
+    gpc_signal: bool,
+    as_of: Option<DateTime<Utc>>,
+) -> Result<(Vec<CheckQuery>, CheckAnswers, i64)> {
+    let (purposes, purposes_xmin) = store::all_purpose_keys(pool).await?;
+    let queries = state_queries(subject, purposes, jurisdiction, gpc_signal);
+    if queries.is_empty() {
+        let answers = CheckAnswers {
+            outcomes: vec![],
+            token: ConsistencyToken {
+                xid: (purposes_xmin - 1).max(0),
+            },
+        };
+        return Ok((queries, answers, purposes_xmin));
+    }
+    let pairs: Vec<(SubjectId, PurposeKey)> = queries
+        .iter()
+        .map(|q| (q.subject.clone(), q.purpose.clone()))
+        .collect();
+    let (rows, snapshot) = store::decision_inputs(keys, pool, &pairs, as_of).await?;
+    let xmin = purposes_xmin.min(snapshot.xmin);
+    let answers = decide_all(&queries, &rows, &snapshot)?;
+    Ok((queries, answers, xmin))
 }
 
 pub async fn publish_policy_version(

@@ -572,14 +572,20 @@ fn prefixed(table: &str, prefix: &str, columns: &str) -> String {
         .join(", ")
 }
 
-/// All purpose keys, for a subject's whole state.
-pub async fn all_purpose_keys(pool: &PgPool) -> Result<Vec<PurposeKey>> {
-    let keys: Vec<String> = sqlx::query_scalar("SELECT key FROM purposes ORDER BY key")
-        .fetch_all(pool)
-        .await?;
-    keys.iter()
+/// All purpose keys, for a subject's whole state, and the snapshot xmin
+/// they were read at.
+pub async fn all_purpose_keys(pool: &PgPool) -> Result<(Vec<PurposeKey>, i64)> {
+    let (keys, xmin): (Vec<String>, i64) = sqlx::query_as(
+        "SELECT array(SELECT key FROM purposes ORDER BY key),
+                pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
+    )
+    .fetch_one(pool)
+    .await?;
+    let keys = keys
+        .iter()
         .map(|k| PurposeKey::parse(k).map_err(|_| corrupt("purpose key", k)))
-        .collect()
+        .collect::<Result<_>>()?;
+    Ok((keys, xmin))
 }
 
 /// A page of the ledger, oldest first.

@@ -16,6 +16,7 @@ use crate::error::{Error, Result, Violations};
 use crate::idempotency::RequestId;
 use crate::proto;
 use crate::proto::data_system_service_server::DataSystemService;
+use crate::reads::Reads;
 use crate::rpc::{self, mutate, not_in_future, paginate};
 use crate::tokens::{PageToken, page_size};
 
@@ -23,13 +24,19 @@ use crate::tokens::{PageToken, page_size};
 const MAX_EXPORT_BYTES: usize = 1024 * 1024;
 
 pub struct DataSystemApi {
+    /// The primary: writes, and reads that are not routed.
     pool: PgPool,
+    reads: Reads,
     keys: crate::keys::Keyring,
 }
 
 impl DataSystemApi {
-    pub fn new(pool: PgPool, keys: crate::keys::Keyring) -> Self {
-        Self { pool, keys }
+    pub fn new(reads: Reads, keys: crate::keys::Keyring) -> Self {
+        Self {
+            pool: reads.primary().clone(),
+            reads,
+            keys,
+        }
     }
 }
 
@@ -662,11 +669,18 @@ impl DataSystemService for DataSystemApi {
             privacy_request_id,
             state,
         };
-        let tasks = store::list_tasks(&self.pool, &filter, after, limit + 1).await?;
-        let (mut page, next) = paginate(tasks, limit, |t| PageToken::encode(&filters, &t.id));
-        let mut conn = self.pool.acquire().await.map_err(Error::from)?;
-        store::open_tasks(&self.keys, &mut conn, &mut page).await?;
-        drop(conn);
+        let (filter, filters) = (&filter, &filters);
+        let (page, next) = self
+            .reads
+            .read(None, |pool| async move {
+                let tasks = store::list_tasks(pool, filter, after, limit + 1).await?;
+                let (mut page, next) =
+                    paginate(tasks, limit, |t| PageToken::encode(filters, &t.id));
+                let mut conn = pool.acquire().await.map_err(Error::from)?;
+                store::open_tasks(&self.keys, &mut conn, &mut page).await?;
+                Ok((page, next))
+            })
+            .await?;
         Ok(Response::new(proto::ListTasksResponse {
             tasks: page.iter().map(task_to_proto).collect(),
             next_page_token: next,

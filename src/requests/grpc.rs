@@ -28,18 +28,22 @@ use crate::tokens::{PageToken, page_size};
 use crate::error::Error;
 use crate::proto;
 use crate::proto::privacy_request_service_server::PrivacyRequestService;
+use crate::reads::Reads;
 use crate::rules::{self, Cite, Cited, JurisdictionRules, Period, RequestType, Resolution, Unit};
 
 pub struct PrivacyRequestApi {
+    /// The primary: writes, and reads that are not routed.
     pool: PgPool,
+    reads: Reads,
     settings: RequestSettings,
     keys: Keyring,
 }
 
 impl PrivacyRequestApi {
-    pub fn new(pool: PgPool, settings: RequestSettings, keys: Keyring) -> Self {
+    pub fn new(reads: Reads, settings: RequestSettings, keys: Keyring) -> Self {
         Self {
-            pool,
+            pool: reads.primary().clone(),
+            reads,
             settings,
             keys,
         }
@@ -711,14 +715,21 @@ impl PrivacyRequestService for PrivacyRequestApi {
             overdue: req.overdue,
             due_before,
         };
-        let rows = store::list(&self.pool, &filter, after.unwrap_or(0), limit + 1).await?;
-        let (mut page, next) = paginate(rows, limit, |r| PageToken::encode(&filters, &r.id));
-        let mut conn = self.pool.acquire().await.map_err(Error::from)?;
-        store::open(&self.keys, &mut conn, &mut page).await?;
-        drop(conn);
+        let (filter, filters) = (&filter, &filters);
+        let (page, next, counts) = self
+            .reads
+            .read(None, |pool| async move {
+                let rows = store::list(pool, filter, after.unwrap_or(0), limit + 1).await?;
+                let (mut page, next) = paginate(rows, limit, |r| PageToken::encode(filters, &r.id));
+                let mut conn = pool.acquire().await.map_err(Error::from)?;
+                store::open(&self.keys, &mut conn, &mut page).await?;
+                drop(conn);
+                let ids: Vec<i64> = page.iter().map(|r| r.id).collect();
+                let counts = store::task_counts_of(pool, &ids).await?;
+                Ok((page, next, counts))
+            })
+            .await?;
         let today = today();
-        let ids: Vec<i64> = page.iter().map(|r| r.id).collect();
-        let counts = store::task_counts_of(&self.pool, &ids).await?;
         let out = page
             .iter()
             .map(|row| {

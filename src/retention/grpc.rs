@@ -16,18 +16,26 @@ use crate::error::{Error, Violations};
 use crate::idempotency::RequestId;
 use crate::proto;
 use crate::proto::retention_service_server::RetentionService;
+use crate::reads::Reads;
 use crate::rpc::{self, not_in_future};
 use crate::rules::Unit;
 
 pub struct RetentionApi {
+    /// The primary: writes, and reads that are not routed.
     pool: PgPool,
+    reads: Reads,
     sweep: SweepSettings,
     keys: crate::keys::Keyring,
 }
 
 impl RetentionApi {
-    pub fn new(pool: PgPool, sweep: SweepSettings, keys: crate::keys::Keyring) -> Self {
-        Self { pool, sweep, keys }
+    pub fn new(reads: Reads, sweep: SweepSettings, keys: crate::keys::Keyring) -> Self {
+        Self {
+            pool: reads.primary().clone(),
+            reads,
+            sweep,
+            keys,
+        }
     }
 }
 
@@ -234,7 +242,9 @@ impl RetentionService for RetentionApi {
         &self,
         _request: Request<proto::ListRetentionPoliciesRequest>,
     ) -> Result<Response<proto::ListRetentionPoliciesResponse>, Status> {
-        let retention_policies = store::policies(&self.pool, None)
+        let retention_policies = self
+            .reads
+            .read(None, |pool| store::policies(pool, None))
             .await?
             .iter()
             .map(policy_to_proto)
@@ -511,7 +521,12 @@ impl RetentionService for RetentionApi {
             SubjectId::parse(s).map(|s| s.as_str().to_owned())
         })
         .map_err(|e| Error::invalid("subject_id", e))?;
-        let holds = store::list_holds(&self.pool, req.include_inactive, subject.as_deref()).await?;
+        let holds = self
+            .reads
+            .read(None, |pool| {
+                store::list_holds(pool, req.include_inactive, subject.as_deref())
+            })
+            .await?;
         Ok(Response::new(proto::ListLegalHoldsResponse {
             legal_holds: holds.iter().map(hold_to_proto).collect(),
         }))

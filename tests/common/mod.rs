@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod raw;
+pub mod replica;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -43,6 +44,9 @@ pub fn scratch_dir() -> tempfile::TempDir {
 
 struct Cluster {
     admin_url: String,
+    /// The primary's socket directory and port (for pg_basebackup).
+    socket_dir: PathBuf,
+    port: u16,
     url_of: Box<dyn Fn(&str) -> String + Send + Sync>,
     template: String,
 }
@@ -74,6 +78,8 @@ async fn cluster() -> &'static Cluster {
             let base = pg.database_url("DBNAME");
             Cluster {
                 admin_url,
+                socket_dir: pg.socket_dir().to_path_buf(),
+                port: pg.port(),
                 url_of: Box::new(move |db| base.replace("DBNAME", db)),
                 template,
             }
@@ -243,6 +249,11 @@ impl TestServer {
     pub async fn start_on(db: TestDb, settings: Settings) -> TestServer {
         let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
         let app = Application::build(settings, pool).await.expect("bind");
+        Self::run(db, app).await
+    }
+
+    /// Runs a built application on `db` until the test stops it.
+    pub async fn run(db: TestDb, app: Application) -> TestServer {
         let addr = app.local_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
