@@ -1487,6 +1487,15 @@ fn mib(kib: u64) -> f64 {
 }
 
 fn print_table(report: &Report) {
+    if !report.scenarios.is_empty() {
+        print_rows(report);
+    }
+    if let Some(m) = &report.memory {
+        print_memory(m);
+    }
+}
+
+fn print_rows(report: &Report) {
     println!(
         "privacy-records-bench: {} | concurrency {} over {} connections | {} run(s) of {}s (+{}s warmup) | {} subjects | batch size {}",
         report.addr,
@@ -1557,30 +1566,31 @@ fn print_table(report: &Report) {
             by_code.join(", ")
         );
     }
-    if let Some(m) = &report.memory {
-        println!();
-        println!(
-            "memory: {} subjects × {} purposes seeded in {:.1}s; {} decisions checked in {:.1}s ({:.0}/s), {} error(s)",
-            m.subjects,
-            m.purposes,
-            m.seed_secs,
-            m.decisions_checked,
-            m.warm_secs,
-            m.decisions_per_sec,
-            m.errors.values().sum::<u64>()
-        );
-        println!(
-            "memory: server pid {}: VmRSS {:.1} MiB before the checks, {:.1} MiB after (VmHWM {:.1} -> {:.1} MiB)",
-            m.server_pid,
-            mib(m.before.vm_rss_kib),
-            mib(m.after.vm_rss_kib),
-            mib(m.before.vm_hwm_kib),
-            mib(m.after.vm_hwm_kib)
-        );
-        if !m.errors.is_empty() {
-            let by_code: Vec<String> = m.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            println!("errors in memory: {}", by_code.join(", "));
-        }
+}
+
+fn print_memory(m: &MemoryReport) {
+    println!();
+    println!(
+        "memory: {} subjects × {} purposes seeded in {:.1}s; {} decisions checked in {:.1}s ({:.0}/s), {} error(s)",
+        m.subjects,
+        m.purposes,
+        m.seed_secs,
+        m.decisions_checked,
+        m.warm_secs,
+        m.decisions_per_sec,
+        m.errors.values().sum::<u64>()
+    );
+    println!(
+        "memory: server pid {}: VmRSS {:.1} MiB before the checks, {:.1} MiB after (VmHWM {:.1} -> {:.1} MiB)",
+        m.server_pid,
+        mib(m.before.vm_rss_kib),
+        mib(m.after.vm_rss_kib),
+        mib(m.before.vm_hwm_kib),
+        mib(m.after.vm_hwm_kib)
+    );
+    if !m.errors.is_empty() {
+        let by_code: Vec<String> = m.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("errors in memory: {}", by_code.join(", "));
     }
 }
 
