@@ -1390,7 +1390,11 @@ impl Summary {
         match (self.mode, rate_fraction) {
             (Mode::Closed, _) => self.scenario.name().to_string(),
             (Mode::Open, Some(f)) => format!("{}@{f:.2}", self.scenario.name()),
-            (Mode::Open, None) => format!("{}@rate", self.scenario.name()),
+            (Mode::Open, None) => format!(
+                "{}@{:.0}/s",
+                self.scenario.name(),
+                self.median_target_rate.unwrap_or(0.0)
+            ),
         }
     }
 }
@@ -1819,5 +1823,118 @@ async fn main() {
     if fail_on_error && errors > 0 {
         eprintln!("privacy-records-bench: {errors} call(s) failed (--fail-on-error)");
         std::process::exit(2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// pgbench 15's summary, as printed after a `-T` run with a custom script.
+    const PGBENCH_OUTPUT: &str = "\
+transaction type: /tmp/x/insert.sql
+scaling factor: 1
+query mode: prepared
+number of clients: 16
+number of threads: 2
+maximum number of tries: 1
+duration: 10 s
+number of transactions actually processed: 47812
+number of failed transactions: 3 (0.006%)
+latency average = 3.346 ms
+initial connection time = 12.531 ms
+tps = 4781.204873 (without initial connection time)
+";
+
+    #[test]
+    fn pgbench_summary_values_are_read() {
+        assert_eq!(pgbench_value(PGBENCH_OUTPUT, "tps = "), Some(4781.204873));
+        assert_eq!(
+            pgbench_value(
+                PGBENCH_OUTPUT,
+                "number of transactions actually processed: "
+            ),
+            Some(47812.0)
+        );
+        assert_eq!(
+            pgbench_value(PGBENCH_OUTPUT, "number of failed transactions: "),
+            Some(3.0)
+        );
+        assert_eq!(pgbench_value(PGBENCH_OUTPUT, "no such line: "), None);
+    }
+
+    #[test]
+    fn pgbench_logs_give_latencies_and_are_removed() {
+        let dir = std::env::temp_dir().join(format!("bench-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let prefix = dir.join("log-1");
+        // client_id transaction_no latency_us script_no epoch_s epoch_us
+        std::fs::write(
+            dir.join("log-1.77"),
+            "0 0 1500 0 1700000000 1\n1 0 900 0 1700000000 2\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("log-1.77.1"), "2 0 2100 0 1700000000 3\n").unwrap();
+        std::fs::write(dir.join("log-2.77"), "0 0 99999 0 1700000000 1\n").unwrap();
+        let mut latencies = read_pgbench_logs(&dir, &prefix).unwrap();
+        latencies.sort_unstable();
+        assert_eq!(latencies, vec![900, 1500, 2100]);
+        assert!(!dir.join("log-1.77").exists());
+        assert!(
+            dir.join("log-2.77").exists(),
+            "another run's log is left alone"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_process_listening_on_a_port_is_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(listening_pid(port), Some(std::process::id()));
+        drop(listener);
+        assert_eq!(listening_pid(port), None);
+    }
+
+    #[test]
+    fn own_memory_is_read() {
+        let m = proc_memory(std::process::id()).unwrap();
+        assert!(m.vm_rss_kib > 0 && m.vm_hwm_kib >= m.vm_rss_kib);
+    }
+
+    #[test]
+    fn rate_fraction_measures_open_right_after_closed() {
+        let args = Args::parse_from([
+            "bench",
+            "--scenarios",
+            "health,pgbench,check,memory",
+            "--rate-fraction",
+            "0.5",
+            "--database-url",
+            "postgres://x",
+        ]);
+        validate(&args).unwrap();
+        assert_eq!(
+            rows(&args),
+            vec![
+                (Scenario::Health, Mode::Closed),
+                (Scenario::Health, Mode::Open),
+                (Scenario::Pgbench, Mode::Closed),
+                (Scenario::Check, Mode::Closed),
+                (Scenario::Check, Mode::Open),
+            ]
+        );
+        let fixed = Args::parse_from(["bench", "--scenarios", "check", "--rate", "100"]);
+        assert_eq!(rows(&fixed), vec![(Scenario::Check, Mode::Open)]);
+    }
+
+    #[test]
+    fn database_scenarios_need_a_url_and_rates_are_bounded() {
+        let no_url = Args::parse_from(["bench", "--scenarios", "pgbench"]);
+        assert!(validate(&no_url).unwrap_err().contains("--database-url"));
+        let zero = Args::parse_from(["bench", "--rate-fraction", "0"]);
+        assert!(validate(&zero).unwrap_err().contains("--rate-fraction"));
+        let both = Args::try_parse_from(["bench", "--rate", "5", "--rate-fraction", "0.5"]);
+        assert!(both.is_err());
     }
 }
