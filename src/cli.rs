@@ -154,7 +154,11 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
                 port: 5432,
             })
             .await?;
-            (pg.database_url(EMBEDDED_DATABASE), Some(pg))
+            let url = pg.database_url(EMBEDDED_DATABASE);
+            // No password in it (local socket, trust): tools such as the bench's
+            // pgbench and memory scenarios can be pointed at the same database.
+            tracing::info!(database_url = %url, "embedded PostgreSQL database URL");
+            (url, Some(pg))
         }
     };
     let outcome = async {

@@ -1,8 +1,9 @@
-//! `privacy-records-bench`: closed-loop load generator for a RUNNING privacy-records server.
+//! `privacy-records-bench`: load generator for a RUNNING privacy-records server.
 //!
-//! It measures, per scenario, requests per second and latency (p50, p99) with
-//! `--concurrency` callers spread over `--connections` HTTP/2 channels, each caller
-//! issuing its next call as soon as the previous one returns:
+//! It measures, per scenario, requests per second and latency (p50, p99, p99.9) with
+//! `--concurrency` callers spread over `--connections` HTTP/2 channels. By default the load
+//! is closed-loop: each caller issues its next call as soon as the previous one returns,
+//! which finds the server's maximum rate. The gRPC scenarios are:
 //!
 //! - `health`: `grpc.health.v1.Health/Check` for service `""`: the cost of the gRPC
 //!   stack alone, the baseline every other scenario is compared with;
@@ -16,6 +17,35 @@
 //! - `tasks`: a data-system worker's cycle, `ClaimTasks` (up to 10) then `CompleteTask` for
 //!   each task claimed (tasks per second are reported too). A claim that finds the queue
 //!   empty is an `QueueEmpty` error: seed enough with `--tasks`.
+//!
+//! Two scenarios talk to the server's PostgreSQL directly and need `--database-url` (for
+//! the embedded database the server logs it at start, `embedded PostgreSQL database URL`;
+//! it is `postgres://postgres@localhost/privacy_records?host=<data-dir>/run&port=5432`,
+//! and its socket directory is readable by root and `postgres` only):
+//!
+//! - `pgbench`: PostgreSQL's own `pgbench` (`--pgbench`, else on PATH, else the newest
+//!   `/usr/lib/postgresql/*/bin`) with `--pgbench-clients` clients doing a durable
+//!   single-row INSERT into a scratch table the bench creates and drops
+//!   (`-n -M prepared -T <duration>`, a custom script): the ceiling for durable writes on
+//!   this database, measured in the same runs as `record`, whose ratio to it is reported.
+//!   Its p50/p99/p99.9 come from pgbench's per-transaction log.
+//! - `memory`: run once, after all runs: seeds `--memory-subjects` subjects × 5 purposes
+//!   straight into `consent_records` with set-based SQL (no audit or change events: use a
+//!   scratch data dir), checks every pair through `BatchCheckConsent` (batches of 100,
+//!   `--concurrency` in parallel) so a decision cache fills, and reports the server's
+//!   VmRSS and VmHWM (`/proc/<pid>/status`) before and after. The pid is `--server-pid`,
+//!   else the process listening on `--addr`'s port (found through `/proc/net/tcp*` and
+//!   `/proc/*/fd`, which needs the same user or root).
+//!
+//! Open-loop latency: with `--rate R` the gRPC scenarios are measured open-loop instead,
+//! R calls per second across all callers on a fixed schedule (a pacer thread releases
+//! each call at its time; a free caller sends it). Latency is measured from the call's
+//! SCHEDULED time, so a server (or client) that falls behind shows up as latency rather
+//! than as fewer samples (no coordinated omission); the achieved rate is reported beside
+//! the target. `--rate-fraction F` measures each gRPC scenario closed-loop and then, in
+//! the same run, open-loop at F times the rate just measured (row `check@0.50`): "p99 at
+//! half the maximum load" in one command. The pacer wakes with the OS timer's precision
+//! (tens of microseconds), which is counted in the latency, never hidden.
 //!
 //! Setup seeds `--subjects` subjects named `bench-<run-uuid>-<n>` with a decision on
 //! `analytics_cookies` (REFUSED for even n, GRANTED for odd n), so checks read real ledger
@@ -38,16 +68,22 @@
 //! target/release/privacy-records serve --listen 127.0.0.1:50051 --data-dir /tmp/pr/data &
 //! target/release/privacy-records-bench --addr http://127.0.0.1:50051 --runs 3
 //! target/release/privacy-records-bench --scenarios health,check --duration 5 --json
+//! target/release/privacy-records-bench --scenarios health,check,record,pgbench \
+//!     --database-url 'postgres://postgres@localhost/privacy_records?host=/tmp/pr/data/run&port=5432'
+//! target/release/privacy-records-bench --scenarios check --rate-fraction 0.5
+//! target/release/privacy-records-bench --scenarios memory --database-url '...'
 //! ```
 //!
 //! Exit status: 0 on success; 1 when setup fails; 2 with `--fail-on-error` when any call failed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, ValueEnum};
+use futures::StreamExt;
 use privacy_records::proto::consent_service_client::ConsentServiceClient;
 use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
 use privacy_records::proto::privacy_request_service_client::PrivacyRequestServiceClient;
@@ -71,7 +107,7 @@ const JURISDICTION: &str = "US-CA";
 #[derive(Parser, Debug)]
 #[command(
     name = "privacy-records-bench",
-    about = "Closed-loop load test of a running privacy-records server"
+    about = "Load test of a running privacy-records server"
 )]
 struct Args {
     /// Server address.
@@ -117,6 +153,29 @@ struct Args {
     /// Exit with status 2 when any call failed.
     #[arg(long)]
     fail_on_error: bool,
+    /// Measure the gRPC scenarios open-loop at this many calls per second (all callers
+    /// together) instead of closed-loop.
+    #[arg(long, conflicts_with = "rate_fraction")]
+    rate: Option<f64>,
+    /// Measure each gRPC scenario closed-loop, then open-loop at this fraction of the
+    /// rate just measured (0 < F <= 1), in the same run.
+    #[arg(long)]
+    rate_fraction: Option<f64>,
+    /// The server's PostgreSQL, for `pgbench` and `memory` (a libpq/sqlx URL).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The pgbench program (default: on PATH, else the newest /usr/lib/postgresql/*/bin).
+    #[arg(long)]
+    pgbench: Option<std::path::PathBuf>,
+    /// pgbench clients (connections), each inserting back to back.
+    #[arg(long, default_value_t = 16)]
+    pgbench_clients: usize,
+    /// Subjects seeded and checked by `memory` (each with 5 purposes).
+    #[arg(long, default_value_t = 1_000_000)]
+    memory_subjects: usize,
+    /// The server's process id, for `memory` (default: the process listening on --addr's port).
+    #[arg(long)]
+    server_pid: Option<u32>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -128,6 +187,8 @@ enum Scenario {
     Record,
     Request,
     Tasks,
+    Pgbench,
+    Memory,
 }
 
 impl Scenario {
@@ -139,6 +200,8 @@ impl Scenario {
             Scenario::Record => "record",
             Scenario::Request => "request",
             Scenario::Tasks => "tasks",
+            Scenario::Pgbench => "pgbench",
+            Scenario::Memory => "memory",
         }
     }
 
@@ -146,6 +209,26 @@ impl Scenario {
     fn needs_tasks(self) -> bool {
         matches!(self, Scenario::Request | Scenario::Tasks)
     }
+
+    /// Whether the scenario is a gRPC call the callers repeat (closed- or open-loop).
+    fn is_grpc(self) -> bool {
+        !matches!(self, Scenario::Pgbench | Scenario::Memory)
+    }
+
+    /// Whether the scenario talks to PostgreSQL directly.
+    fn needs_database(self) -> bool {
+        matches!(self, Scenario::Pgbench | Scenario::Memory)
+    }
+}
+
+/// How a scenario's calls are paced.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Mode {
+    /// Each caller calls again as soon as its call returns: the maximum rate.
+    Closed,
+    /// Calls are released on a fixed schedule; latency counts from the scheduled time.
+    Open,
 }
 
 /// Tasks a `tasks` call claims at most.
@@ -278,6 +361,7 @@ impl Caller {
             Scenario::Record => self.record().await.map(|()| 1),
             Scenario::Request => self.request().await.map(|()| 1),
             Scenario::Tasks => self.claim_and_complete().await,
+            Scenario::Pgbench | Scenario::Memory => Err("NotAGrpcScenario".to_string()),
         }
     }
 
@@ -438,6 +522,10 @@ struct Measurement {
     units_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
+    p999_ms: f64,
+    /// The scheduled rate (open-loop only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_rate: Option<f64>,
     errors: BTreeMap<String, u64>,
 }
 
@@ -451,8 +539,21 @@ impl Measurement {
             units_per_sec: tally.units as f64 / window.as_secs_f64(),
             p50_ms: percentile_ms(&tally.latencies_us, 0.50),
             p99_ms: percentile_ms(&tally.latencies_us, 0.99),
+            p999_ms: percentile_ms(&tally.latencies_us, 0.999),
+            target_rate: None,
             errors: tally.errors,
         }
+    }
+
+    /// A measurement that could not be taken, with the reason as its only error.
+    fn failed(label: String) -> Self {
+        Measurement::from_tally(
+            Tally {
+                errors: BTreeMap::from([(label, 1)]),
+                ..Tally::default()
+            },
+            Duration::from_secs(1),
+        )
     }
 
     fn error_count(&self) -> u64 {
@@ -526,6 +627,104 @@ async fn drive(
         }
     }
     (caller, tally)
+}
+
+/// Runs `scenario` open-loop at `rate` calls per second for warmup + duration: a pacer
+/// thread releases call slots on a fixed schedule and a free caller takes the next slot.
+/// A slot's latency runs from its scheduled time, so calls queued behind a slow server
+/// (or a busy client) count their wait: the measurement omits nothing.
+async fn measure_open(
+    scenario: Scenario,
+    callers: &mut Vec<Caller>,
+    rate: f64,
+    warmup: Duration,
+    duration: Duration,
+) -> Measurement {
+    let start = Instant::now() + Duration::from_millis(10);
+    let window_start = start + warmup;
+    let window_end = window_start + duration;
+    let (slots, receiver) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    // A thread, not a tokio timer: tokio's timer has millisecond granularity, which would
+    // add up to a millisecond to every latency; the OS timer is off by tens of microseconds.
+    let pacer = std::thread::spawn(move || {
+        for k in 0u64.. {
+            let due = start + Duration::from_secs_f64(k as f64 / rate);
+            if due >= window_end {
+                return;
+            }
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if slots.send(due).is_err() {
+                return;
+            }
+        }
+    });
+    let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+    let tasks: Vec<_> = callers
+        .drain(..)
+        .map(|caller| {
+            let receiver = receiver.clone();
+            tokio::spawn(drive_open(caller, scenario, receiver, window_start))
+        })
+        .collect();
+    let mut total = Tally::default();
+    let mut last_done = window_end;
+    for task in tasks {
+        match task.await {
+            Ok((caller, tally, done)) => {
+                callers.push(caller);
+                total.merge(tally);
+                last_done = last_done.max(done);
+            }
+            Err(e) => {
+                *total
+                    .errors
+                    .entry(format!("CallerPanicked: {e}"))
+                    .or_default() += 1
+            }
+        }
+    }
+    if pacer.join().is_err() {
+        *total.errors.entry("PacerPanicked".to_string()).or_default() += 1;
+    }
+    // Calls scheduled inside the window but finished after it stretch the window, so a
+    // server that cannot keep up shows an achieved rate below the target.
+    let mut m = Measurement::from_tally(total, last_done - window_start);
+    m.target_rate = Some(rate);
+    m
+}
+
+/// One open-loop caller: takes the next scheduled slot, sends it, and measures from the
+/// slot's scheduled time; slots before `window_start` are warmup. Returns when the pacer
+/// is done and the queue is empty, with the time its last measured call finished.
+async fn drive_open(
+    mut caller: Caller,
+    scenario: Scenario,
+    slots: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Instant>>>,
+    window_start: Instant,
+) -> (Caller, Tally, Instant) {
+    let mut tally = Tally::default();
+    let mut last_done = window_start;
+    loop {
+        let Some(due) = slots.lock().await.recv().await else {
+            return (caller, tally, last_done);
+        };
+        let result = caller.call(scenario).await;
+        let done = Instant::now();
+        if due < window_start {
+            continue;
+        }
+        last_done = last_done.max(done);
+        match result {
+            Ok(units) => {
+                tally.latencies_us.push((done - due).as_micros() as u64);
+                tally.units += units;
+            }
+            Err(label) => *tally.errors.entry(label).or_default() += 1,
+        }
+    }
 }
 
 async fn connect(addr: &str, connections: usize) -> Result<Vec<Channel>, String> {
@@ -673,13 +872,500 @@ fn is_transient(code: tonic::Code) -> bool {
     )
 }
 
-/// The summary of one scenario over all runs.
+/// PostgreSQL's own pgbench against the server's database: durable single-row INSERTs
+/// into a scratch table, the ceiling `record` is compared with.
+struct Pgbench {
+    program: PathBuf,
+    database_url: String,
+    clients: usize,
+    threads: usize,
+    table: String,
+    /// Holds the script and pgbench's per-transaction logs; removed by `cleanup`.
+    dir: PathBuf,
+    script: PathBuf,
+    runs: usize,
+}
+
+/// What the report says about the pgbench setup.
+#[derive(Serialize)]
+struct PgbenchInfo {
+    program: String,
+    clients: usize,
+    threads: usize,
+    table: String,
+    /// The database's `synchronous_commit` as pgbench's sessions see it.
+    synchronous_commit: String,
+}
+
+impl Pgbench {
+    /// Creates the scratch table and the script.
+    async fn setup(
+        program: PathBuf,
+        pool: &sqlx::PgPool,
+        database_url: &str,
+        clients: usize,
+        run_id: uuid::Uuid,
+    ) -> Result<(Self, PgbenchInfo), String> {
+        let table = format!("bench_pgbench_insert_{}", run_id.simple());
+        // The table name is ours: "bench_pgbench_insert_" and a UUID's hex digits.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE {table} (id bigserial PRIMARY KEY, subject text NOT NULL, \
+             v text NOT NULL, t timestamptz NOT NULL DEFAULT now())"
+        )))
+        .execute(pool)
+        .await
+        .map_err(|e| format!("cannot create the pgbench table {table}: {e}"))?;
+        let synchronous_commit: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(pool)
+            .await
+            .map_err(|e| format!("cannot read synchronous_commit: {e}"))?;
+        let dir = std::env::temp_dir().join(format!("privacy-records-bench-{run_id}"));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        let script = dir.join("insert.sql");
+        let sql = format!(
+            "\\set n random(1, 1000000)\n\
+             INSERT INTO {table} (subject, v) VALUES ('subject-' || :n, 'GRANTED');\n"
+        );
+        std::fs::write(&script, sql)
+            .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let pgbench = Pgbench {
+            program,
+            database_url: database_url.to_string(),
+            clients,
+            threads: cores.min(clients),
+            table: table.clone(),
+            dir,
+            script,
+            runs: 0,
+        };
+        let info = PgbenchInfo {
+            program: pgbench.program.display().to_string(),
+            clients,
+            threads: pgbench.threads,
+            table,
+            synchronous_commit,
+        };
+        Ok((pgbench, info))
+    }
+
+    /// An unmeasured run of `warmup`, then a measured run of `duration` whose TPS is
+    /// pgbench's own ("without initial connection time") and whose latencies come from
+    /// its per-transaction log.
+    async fn measure(&mut self, warmup: Duration, duration: Duration) -> Measurement {
+        if !warmup.is_zero()
+            && let Err(e) = self.run(warmup, None).await
+        {
+            return Measurement::failed(e);
+        }
+        self.runs += 1;
+        let prefix = self.dir.join(format!("log-{}", self.runs));
+        let out = match self.run(duration, Some(&prefix)).await {
+            Ok(out) => out,
+            Err(e) => return Measurement::failed(e),
+        };
+        let mut latencies_us = match read_pgbench_logs(&self.dir, &prefix) {
+            Ok(l) => l,
+            Err(e) => return Measurement::failed(e),
+        };
+        latencies_us.sort_unstable();
+        let (Some(tps), Some(ok)) = (
+            pgbench_value(&out, "tps = "),
+            pgbench_value(&out, "number of transactions actually processed: "),
+        ) else {
+            return Measurement::failed("PgbenchOutputUnparsed".to_string());
+        };
+        let mut errors = BTreeMap::new();
+        if let Some(failed) = pgbench_value(&out, "number of failed transactions: ")
+            && failed > 0.0
+        {
+            errors.insert("PgbenchFailedTransactions".to_string(), failed as u64);
+        }
+        Measurement {
+            ok: ok as u64,
+            req_per_sec: tps,
+            units_per_sec: tps,
+            p50_ms: percentile_ms(&latencies_us, 0.50),
+            p99_ms: percentile_ms(&latencies_us, 0.99),
+            p999_ms: percentile_ms(&latencies_us, 0.999),
+            target_rate: None,
+            errors,
+        }
+    }
+
+    /// Runs pgbench for `length` (whole seconds, at least 1); returns its standard output.
+    async fn run(&self, length: Duration, log_prefix: Option<&Path>) -> Result<String, String> {
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.args(["-n", "-M", "prepared"])
+            .arg("-c")
+            .arg(self.clients.to_string())
+            .arg("-j")
+            .arg(self.threads.to_string())
+            .arg("-T")
+            .arg(length.as_secs().max(1).to_string())
+            .arg("-f")
+            .arg(&self.script);
+        if let Some(prefix) = log_prefix {
+            cmd.arg("-l")
+                .arg(format!("--log-prefix={}", prefix.display()));
+        }
+        // libpq takes a URL where the database name goes.
+        cmd.arg(&self.database_url).kill_on_drop(true);
+        let output = cmd
+            .output()
+            .await
+            .map_err(|e| format!("PgbenchNotRun: {e}"))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            eprintln!("pgbench failed ({}): {}", output.status, stderr.trim());
+            return Err("PgbenchFailed".to_string());
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Drops the scratch table and removes the script and logs.
+    async fn cleanup(&self, pool: &sqlx::PgPool) {
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP TABLE IF EXISTS {}",
+            self.table
+        )))
+        .execute(pool)
+        .await
+        {
+            eprintln!("could not drop the pgbench table {}: {e}", self.table);
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            eprintln!("could not remove {}: {e}", self.dir.display());
+        }
+    }
+}
+
+/// The number after `label` on the first line of pgbench's output that starts with it.
+fn pgbench_value(output: &str, label: &str) -> Option<f64> {
+    output.lines().find_map(|line| {
+        let rest = line.trim().strip_prefix(label)?;
+        rest.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// Latencies (microseconds, the third field) from pgbench's per-transaction logs
+/// `<prefix>.<pid>` and `<prefix>.<pid>.<thread>`; the files are removed once read.
+fn read_pgbench_logs(dir: &Path, prefix: &Path) -> Result<Vec<u64>, String> {
+    let stem = format!(
+        "{}.",
+        prefix.file_name().unwrap_or_default().to_string_lossy()
+    );
+    let mut latencies = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("PgbenchLogUnreadable: {e}"))?;
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(&stem) {
+            continue;
+        }
+        let text = std::fs::read_to_string(entry.path())
+            .map_err(|e| format!("PgbenchLogUnreadable: {e}"))?;
+        latencies.extend(
+            text.lines()
+                .filter_map(|line| line.split_whitespace().nth(2)?.parse::<u64>().ok()),
+        );
+        let _ = std::fs::remove_file(entry.path());
+    }
+    Ok(latencies)
+}
+
+/// `--pgbench`, else pgbench on PATH, else the newest `/usr/lib/postgresql/<v>/bin/pgbench`.
+fn find_pgbench(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(path) = explicit {
+        return Ok(path.to_path_buf());
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("pgbench"));
+    let versioned = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version: u32 = e.file_name().to_str()?.parse().ok()?;
+            Some((version, e.path().join("bin/pgbench")))
+        })
+        .collect::<BTreeMap<_, _>>()
+        .into_values()
+        .rev();
+    on_path
+        .chain(versioned)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            "pgbench not found on PATH nor in /usr/lib/postgresql/*/bin; give --pgbench".to_string()
+        })
+}
+
+/// The purposes `memory` seeds for every subject: consent-based ones of the default
+/// catalogue that take a grant without evidence.
+const MEMORY_PURPOSES: [&str; 5] = [
+    "analytics_cookies",
+    "marketing_email",
+    "targeted_advertising",
+    "personalized_recommendations",
+    "api_io_storage",
+];
+/// Subjects per seeding statement of `memory`.
+const MEMORY_SEED_CHUNK: usize = 50_000;
+/// Pairs per BatchCheckConsent call while `memory` warms the server.
+const MEMORY_BATCH: usize = 100;
+
+/// What the `memory` scenario found.
+#[derive(Serialize)]
+struct MemoryReport {
+    subjects: usize,
+    purposes: usize,
+    server_pid: u32,
+    seed_secs: f64,
+    warm_secs: f64,
+    decisions_checked: u64,
+    decisions_per_sec: f64,
+    errors: BTreeMap<String, u64>,
+    /// After seeding, before the checks.
+    before: ProcMemory,
+    /// After every pair was checked once.
+    after: ProcMemory,
+}
+
+/// A process's resident memory, from `/proc/<pid>/status`.
+#[derive(Serialize, Clone, Copy)]
+struct ProcMemory {
+    /// Resident set size now.
+    vm_rss_kib: u64,
+    /// Peak resident set size so far.
+    vm_hwm_kib: u64,
+}
+
+fn proc_memory(pid: u32) -> Result<ProcMemory, String> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .ok_or_else(|| format!("no {name} in {path}"))
+    };
+    Ok(ProcMemory {
+        vm_rss_kib: field("VmRSS:")?,
+        vm_hwm_kib: field("VmHWM:")?,
+    })
+}
+
+/// The process listening on TCP `port`: the socket's inode from `/proc/net/tcp{,6}`,
+/// then the process holding a descriptor of that socket.
+fn listening_pid(port: u16) -> Option<u32> {
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            // sl local_address rem_address st ... inode (field 9); 0A is LISTEN.
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if fields.len() > 9 && fields[3] == "0A" && local_port == Some(port) {
+                inodes.insert(format!("socket:[{}]", fields[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return None;
+    }
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|proc| {
+        let pid: u32 = proc.file_name().to_str()?.parse().ok()?;
+        let fds = std::fs::read_dir(proc.path().join("fd")).ok()?;
+        fds.flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|target| inodes.contains(target.to_string_lossy().as_ref()))
+            .then_some(pid)
+    })
+}
+
+/// The `memory` scenario: seeds subjects × MEMORY_PURPOSES straight into the ledger,
+/// reads the server's memory, checks every pair once, reads it again.
+async fn measure_memory(
+    args: &Args,
+    pool: &sqlx::PgPool,
+    channels: &[Channel],
+    run_id: uuid::Uuid,
+) -> Result<MemoryReport, String> {
+    let server_pid = match args.server_pid {
+        Some(pid) => pid,
+        None => {
+            let port = args
+                .addr
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.port_u16())
+                .ok_or_else(|| format!("no port in --addr {}; give --server-pid", args.addr))?;
+            listening_pid(port).ok_or_else(|| {
+                format!("no process found listening on port {port}; give --server-pid")
+            })?
+        }
+    };
+    proc_memory(server_pid)?;
+    let found: i64 = sqlx::query_scalar("SELECT count(*) FROM purposes WHERE key = ANY($1)")
+        .bind(&MEMORY_PURPOSES[..])
+        .fetch_one(pool)
+        .await
+        .map_err(|e| format!("cannot read purposes: {e}"))?;
+    if found != MEMORY_PURPOSES.len() as i64 {
+        return Err(format!(
+            "memory needs the default purposes {MEMORY_PURPOSES:?}; {found} of them exist"
+        ));
+    }
+    let prefix = format!("benchmem-{run_id}-");
+    let subjects = args.memory_subjects;
+    eprintln!(
+        "memory: seeding {subjects} subjects × {} purposes ({prefix}N) straight into consent_records ...",
+        MEMORY_PURPOSES.len()
+    );
+    let seeding = Instant::now();
+    // Decision for (n, purpose i): REFUSED when n + i is even, GRANTED when odd.
+    let insert = "INSERT INTO consent_records (subject_id, purpose_key, decision, source, \
+                  jurisdiction, effective_time, request_id, actor) \
+                  SELECT $1 || n, p.key, \
+                         CASE WHEN (n + p.i - 1) % 2 = 0 THEN 'REFUSED' ELSE 'GRANTED' END, \
+                         'IMPORT', 'US-CA', now() - interval '1 day', $1 || n || '/' || p.key, 'bench' \
+                  FROM generate_series($2::bigint, $3::bigint) AS n, \
+                       unnest($4::text[]) WITH ORDINALITY AS p(key, i)";
+    let chunks = (0..subjects).step_by(MEMORY_SEED_CHUNK).map(|first| {
+        let last = (first + MEMORY_SEED_CHUNK).min(subjects) - 1;
+        let prefix = prefix.clone();
+        async move {
+            sqlx::query(insert)
+                .bind(prefix)
+                .bind(first as i64)
+                .bind(last as i64)
+                .bind(&MEMORY_PURPOSES[..])
+                .execute(pool)
+                .await
+                .map_err(|e| format!("seeding consent_records failed: {e}"))
+        }
+    });
+    // Two statements at a time keep both cores busy without a pile of connections.
+    let mut pending = futures::stream::iter(chunks).buffer_unordered(2);
+    while let Some(result) = pending.next().await {
+        result?;
+    }
+    sqlx::query("ANALYZE consent_records")
+        .execute(pool)
+        .await
+        .map_err(|e| format!("ANALYZE consent_records failed: {e}"))?;
+    let seed_secs = seeding.elapsed().as_secs_f64();
+    eprintln!("memory: seeded in {seed_secs:.1}s");
+
+    let before = proc_memory(server_pid)?;
+    eprintln!(
+        "memory: checking every pair through BatchCheckConsent ({MEMORY_BATCH} a call, {} in parallel) ...",
+        args.concurrency
+    );
+    let warming = Instant::now();
+    let pairs = subjects * MEMORY_PURPOSES.len();
+    let batches = pairs.div_ceil(MEMORY_BATCH);
+    let next = Arc::new(AtomicUsize::new(0));
+    let timeout = Duration::from_secs(args.call_timeout.max(1));
+    let tasks: Vec<_> = (0..args.concurrency.min(batches).max(1))
+        .map(|i| {
+            let mut client = ConsentServiceClient::new(channels[i % channels.len()].clone());
+            let (next, prefix) = (next.clone(), prefix.clone());
+            tokio::spawn(async move {
+                let mut tally = Tally::default();
+                loop {
+                    let b = next.fetch_add(1, Ordering::Relaxed);
+                    if b >= batches {
+                        return tally;
+                    }
+                    let range = b * MEMORY_BATCH..((b + 1) * MEMORY_BATCH).min(pairs);
+                    let (checks, expected): (Vec<_>, Vec<_>) = range
+                        .map(|pair| {
+                            let (n, i) =
+                                (pair / MEMORY_PURPOSES.len(), pair % MEMORY_PURPOSES.len());
+                            let check = ConsentCheck {
+                                subject_id: format!("{prefix}{n}"),
+                                purpose: MEMORY_PURPOSES[i].to_string(),
+                                ..Default::default()
+                            };
+                            let want = if (n + i).is_multiple_of(2) {
+                                Verdict::Denied
+                            } else {
+                                Verdict::Allowed
+                            };
+                            (check, want)
+                        })
+                        .unzip();
+                    let request = BatchCheckConsentRequest {
+                        checks,
+                        ..Default::default()
+                    };
+                    let call = client.batch_check_consent(request);
+                    let outcome = match tokio::time::timeout(timeout, call).await {
+                        Err(_) => Err("Timeout".to_string()),
+                        Ok(Err(status)) => Err(code_label(status)),
+                        Ok(Ok(response)) => {
+                            let results = response.into_inner().results;
+                            tally.units += results.len() as u64;
+                            results
+                                .iter()
+                                .zip(&expected)
+                                .try_for_each(|(r, want)| verify_verdict(r.verdict(), *want))
+                        }
+                    };
+                    if let Err(label) = outcome {
+                        *tally.errors.entry(label).or_default() += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut total = Tally::default();
+    for task in tasks {
+        total.merge(
+            task.await
+                .map_err(|e| format!("warming task panicked: {e}"))?,
+        );
+    }
+    let warm_secs = warming.elapsed().as_secs_f64();
+    let after = proc_memory(server_pid)?;
+    Ok(MemoryReport {
+        subjects,
+        purposes: MEMORY_PURPOSES.len(),
+        server_pid,
+        seed_secs,
+        warm_secs,
+        decisions_checked: total.units,
+        decisions_per_sec: total.units as f64 / warm_secs,
+        errors: total.errors,
+        before,
+        after,
+    })
+}
+
+/// The summary of one scenario (in one mode) over all runs.
 #[derive(Serialize)]
 struct Summary {
     scenario: Scenario,
+    mode: Mode,
     median_req_per_sec: f64,
     median_p50_ms: f64,
     median_p99_ms: f64,
+    median_p999_ms: f64,
+    /// Median scheduled rate (open-loop only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    median_target_rate: Option<f64>,
     /// Median decisions per second (batch only).
     #[serde(skip_serializing_if = "Option::is_none")]
     median_decisions_per_sec: Option<f64>,
@@ -689,9 +1375,28 @@ struct Summary {
     /// Errors summed over all runs, by label.
     errors: BTreeMap<String, u64>,
     errors_total: u64,
-    /// median_req_per_sec / health's median_req_per_sec, when health was measured.
+    /// median_req_per_sec / health's median_req_per_sec, when health was measured
+    /// closed-loop (closed-loop gRPC scenarios only).
     ratio_to_health: Option<f64>,
+    /// median_req_per_sec / pgbench's median TPS, when pgbench was measured (record only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio_to_pgbench: Option<f64>,
     runs: Vec<Measurement>,
+}
+
+impl Summary {
+    /// The row's name: the scenario, with the load fraction or rate when open-loop.
+    fn label(&self, rate_fraction: Option<f64>) -> String {
+        match (self.mode, rate_fraction) {
+            (Mode::Closed, _) => self.scenario.name().to_string(),
+            (Mode::Open, Some(f)) => format!("{}@{f:.2}", self.scenario.name()),
+            (Mode::Open, None) => format!(
+                "{}@{:.0}/s",
+                self.scenario.name(),
+                self.median_target_rate.unwrap_or(0.0)
+            ),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -705,7 +1410,15 @@ struct Report {
     subjects: usize,
     tasks: usize,
     batch_size: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_fraction: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pgbench: Option<PgbenchInfo>,
     scenarios: Vec<Summary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    memory: Option<MemoryReport>,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -721,7 +1434,7 @@ fn median(mut values: Vec<f64>) -> f64 {
     }
 }
 
-fn summarize(scenario: Scenario, runs: Vec<Measurement>, batch_size: usize) -> Summary {
+fn summarize(scenario: Scenario, mode: Mode, runs: Vec<Measurement>, batch_size: usize) -> Summary {
     let med = |f: fn(&Measurement) -> f64| median(runs.iter().map(f).collect());
     let median_req_per_sec = med(|m| m.req_per_sec);
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -732,31 +1445,61 @@ fn summarize(scenario: Scenario, runs: Vec<Measurement>, batch_size: usize) -> S
     }
     Summary {
         scenario,
+        mode,
         median_req_per_sec,
         median_p50_ms: med(|m| m.p50_ms),
         median_p99_ms: med(|m| m.p99_ms),
+        median_p999_ms: med(|m| m.p999_ms),
+        median_target_rate: (mode == Mode::Open).then(|| med(|m| m.target_rate.unwrap_or(0.0))),
         median_decisions_per_sec: (scenario == Scenario::Batch)
             .then_some(median_req_per_sec * batch_size as f64),
         median_tasks_per_sec: (scenario == Scenario::Tasks).then(|| med(|m| m.units_per_sec)),
         errors_total: errors.values().sum(),
         errors,
         ratio_to_health: None,
+        ratio_to_pgbench: None,
         runs,
     }
 }
 
-fn set_health_ratios(summaries: &mut [Summary]) {
-    let health = summaries
-        .iter()
-        .find(|s| s.scenario == Scenario::Health)
-        .map(|s| s.median_req_per_sec)
-        .filter(|rps| *rps > 0.0);
+/// Ratios of closed-loop gRPC rows to closed-loop health, and of record to pgbench.
+fn set_ratios(summaries: &mut [Summary]) {
+    let baseline = |summaries: &[Summary], scenario| {
+        summaries
+            .iter()
+            .find(|s| s.scenario == scenario && s.mode == Mode::Closed)
+            .map(|s| s.median_req_per_sec)
+            .filter(|rps| *rps > 0.0)
+    };
+    let health = baseline(summaries, Scenario::Health);
+    let pgbench = baseline(summaries, Scenario::Pgbench);
     for summary in summaries.iter_mut() {
-        summary.ratio_to_health = health.map(|h| summary.median_req_per_sec / h);
+        if summary.mode != Mode::Closed {
+            continue;
+        }
+        if summary.scenario.is_grpc() {
+            summary.ratio_to_health = health.map(|h| summary.median_req_per_sec / h);
+        }
+        if summary.scenario == Scenario::Record {
+            summary.ratio_to_pgbench = pgbench.map(|p| summary.median_req_per_sec / p);
+        }
     }
 }
 
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
 fn print_table(report: &Report) {
+    if !report.scenarios.is_empty() {
+        print_rows(report);
+    }
+    if let Some(m) = &report.memory {
+        print_memory(m);
+    }
+}
+
+fn print_rows(report: &Report) {
     println!(
         "privacy-records-bench: {} | concurrency {} over {} connections | {} run(s) of {}s (+{}s warmup) | {} subjects | batch size {}",
         report.addr,
@@ -768,41 +1511,95 @@ fn print_table(report: &Report) {
         report.subjects,
         report.batch_size
     );
+    if let Some(p) = &report.pgbench {
+        println!(
+            "pgbench: {} | {} clients, {} threads | single-row INSERT, -M prepared | synchronous_commit={}",
+            p.program, p.clients, p.threads, p.synchronous_commit
+        );
+    }
     println!();
     println!(
-        "{:<8} {:>12} {:>10} {:>10} {:>8} {:>10}  notes",
-        "scenario", "req/s", "p50 ms", "p99 ms", "errors", "vs health"
+        "{:<12} {:>12} {:>9} {:>9} {:>9} {:>8} {:>9}  notes",
+        "scenario", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors", "vs health"
     );
     for s in &report.scenarios {
         let ratio = s
             .ratio_to_health
             .map_or("n/a".to_string(), |r| format!("{r:.2}"));
-        let notes = match (s.median_decisions_per_sec, s.median_tasks_per_sec) {
-            (Some(d), _) => format!("{d:.0} decisions/s"),
-            (_, Some(t)) => format!("{t:.0} tasks claimed+completed/s"),
-            _ => String::new(),
-        };
+        let mut notes = Vec::new();
+        if let Some(target) = s.median_target_rate {
+            notes.push(format!("open loop, target {target:.0}/s"));
+        }
+        if let Some(d) = s.median_decisions_per_sec {
+            notes.push(format!("{d:.0} decisions/s"));
+        }
+        if let Some(t) = s.median_tasks_per_sec {
+            notes.push(format!("{t:.0} tasks claimed+completed/s"));
+        }
+        if s.scenario == Scenario::Pgbench {
+            notes.push("TPS of durable single-row INSERTs".to_string());
+        }
+        if let Some(r) = s.ratio_to_pgbench {
+            notes.push(format!("{r:.2} of pgbench TPS"));
+        }
         let row = format!(
-            "{:<8} {:>12.1} {:>10.2} {:>10.2} {:>8} {:>10}  {}",
-            s.scenario.name(),
+            "{:<12} {:>12.1} {:>9.2} {:>9.2} {:>9.2} {:>8} {:>9}  {}",
+            s.label(report.rate_fraction),
             s.median_req_per_sec,
             s.median_p50_ms,
             s.median_p99_ms,
+            s.median_p999_ms,
             s.errors_total,
             ratio,
-            notes
+            notes.join("; ")
         );
         println!("{}", row.trim_end());
     }
     println!();
-    println!("req/s, p50 and p99 are medians over runs; errors are summed over runs.");
+    println!("req/s and latencies are medians over runs; errors are summed over runs.");
+    if report.scenarios.iter().any(|s| s.mode == Mode::Open) {
+        println!(
+            "open loop: calls on a fixed schedule, latency from the scheduled time; req/s is the achieved rate."
+        );
+    }
     for s in report.scenarios.iter().filter(|s| s.errors_total > 0) {
         let by_code: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!("errors in {}: {}", s.scenario.name(), by_code.join(", "));
+        println!(
+            "errors in {}: {}",
+            s.label(report.rate_fraction),
+            by_code.join(", ")
+        );
+    }
+}
+
+fn print_memory(m: &MemoryReport) {
+    println!();
+    println!(
+        "memory: {} subjects × {} purposes seeded in {:.1}s; {} decisions checked in {:.1}s ({:.0}/s), {} error(s)",
+        m.subjects,
+        m.purposes,
+        m.seed_secs,
+        m.decisions_checked,
+        m.warm_secs,
+        m.decisions_per_sec,
+        m.errors.values().sum::<u64>()
+    );
+    println!(
+        "memory: server pid {}: VmRSS {:.1} MiB before the checks, {:.1} MiB after (VmHWM {:.1} -> {:.1} MiB)",
+        m.server_pid,
+        mib(m.before.vm_rss_kib),
+        mib(m.after.vm_rss_kib),
+        mib(m.before.vm_hwm_kib),
+        mib(m.after.vm_hwm_kib)
+    );
+    if !m.errors.is_empty() {
+        let by_code: Vec<String> = m.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!("errors in memory: {}", by_code.join(", "));
     }
 }
 
 fn validate(args: &Args) -> Result<(), String> {
+    let needs_database = args.scenarios.iter().any(|s| s.needs_database());
     let checks = [
         (args.concurrency == 0, "--concurrency must be at least 1"),
         (args.connections == 0, "--connections must be at least 1"),
@@ -817,6 +1614,26 @@ fn validate(args: &Args) -> Result<(), String> {
             args.scenarios.is_empty(),
             "--scenarios must name at least one scenario",
         ),
+        (
+            args.rate.is_some_and(|r| !(r > 0.0 && r <= 1e6)),
+            "--rate must be above 0 and at most 1000000",
+        ),
+        (
+            args.rate_fraction.is_some_and(|f| !(f > 0.0 && f <= 1.0)),
+            "--rate-fraction must be above 0 and at most 1",
+        ),
+        (
+            needs_database && args.database_url.is_none(),
+            "--scenarios pgbench and memory need --database-url",
+        ),
+        (
+            args.pgbench_clients == 0,
+            "--pgbench-clients must be at least 1",
+        ),
+        (
+            args.memory_subjects == 0,
+            "--memory-subjects must be at least 1",
+        ),
     ];
     match checks.iter().find(|(bad, _)| *bad) {
         Some((_, message)) => Err(message.to_string()),
@@ -824,10 +1641,40 @@ fn validate(args: &Args) -> Result<(), String> {
     }
 }
 
+/// The rows each run measures, in order: a gRPC scenario closed-loop, open-loop at
+/// `--rate`, or both with `--rate-fraction` (the open row right after its closed row);
+/// pgbench as is; memory is not a row (it runs once, after the runs).
+fn rows(args: &Args) -> Vec<(Scenario, Mode)> {
+    let mut rows = Vec::new();
+    for &scenario in &args.scenarios {
+        match scenario {
+            Scenario::Memory => {}
+            Scenario::Pgbench => rows.push((scenario, Mode::Closed)),
+            _ if args.rate.is_some() => rows.push((scenario, Mode::Open)),
+            _ if args.rate_fraction.is_some() => {
+                rows.push((scenario, Mode::Closed));
+                rows.push((scenario, Mode::Open));
+            }
+            _ => rows.push((scenario, Mode::Closed)),
+        }
+    }
+    rows
+}
+
 async fn run(args: Args) -> Result<Report, String> {
     validate(&args)?;
     let channels = connect(&args.addr, args.connections).await?;
     require_serving(channels[0].clone()).await?;
+    let pool = match &args.database_url {
+        Some(url) if args.scenarios.iter().any(|s| s.needs_database()) => Some(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(4)
+                .connect(url)
+                .await
+                .map_err(|e| format!("cannot connect to --database-url: {e}"))?,
+        ),
+        _ => None,
+    };
 
     let run_id = uuid::Uuid::new_v4();
     let plan = Arc::new(Plan {
@@ -838,10 +1685,12 @@ async fn run(args: Args) -> Result<Report, String> {
         batch_size: args.batch_size,
         call_timeout: Duration::from_secs(args.call_timeout.max(1)),
     });
-    eprintln!("seeding {} subjects ({}-N) ...", plan.subjects, plan.prefix);
-    let seeding = Instant::now();
-    seed(&channels, plan.clone(), args.concurrency).await?;
-    eprintln!("seeded in {:.1}s", seeding.elapsed().as_secs_f64());
+    if args.scenarios.iter().any(|s| s.is_grpc()) {
+        eprintln!("seeding {} subjects ({}-N) ...", plan.subjects, plan.prefix);
+        let seeding = Instant::now();
+        seed(&channels, plan.clone(), args.concurrency).await?;
+        eprintln!("seeded in {:.1}s", seeding.elapsed().as_secs_f64());
+    }
     if args.scenarios.iter().any(|s| s.needs_tasks()) {
         eprintln!(
             "registering dataSystems/{} and queueing {} tasks ...",
@@ -851,6 +1700,15 @@ async fn run(args: Args) -> Result<Report, String> {
         seed_tasks(&channels, plan.clone(), args.concurrency, args.tasks).await?;
         eprintln!("queued in {:.1}s", queueing.elapsed().as_secs_f64());
     }
+    let (mut pgbench, pgbench_info) = match (&pool, &args.database_url) {
+        (Some(pool), Some(url)) if args.scenarios.contains(&Scenario::Pgbench) => {
+            let program = find_pgbench(args.pgbench.as_deref())?;
+            let (p, info) =
+                Pgbench::setup(program, pool, url, args.pgbench_clients, run_id).await?;
+            (Some(p), Some(info))
+        }
+        _ => (None, None),
+    };
 
     let mut callers: Vec<Caller> = (0..args.concurrency)
         .map(|i| Caller::new(channels[i % channels.len()].clone(), plan.clone()))
@@ -859,30 +1717,68 @@ async fn run(args: Args) -> Result<Report, String> {
         Duration::from_secs(args.warmup),
         Duration::from_secs(args.duration),
     );
-    let mut results: Vec<Vec<Measurement>> = vec![Vec::new(); args.scenarios.len()];
+    let rows = rows(&args);
+    let mut results: Vec<Vec<Measurement>> = vec![Vec::new(); rows.len()];
     for run in 1..=args.runs {
-        for (i, &scenario) in args.scenarios.iter().enumerate() {
-            let m = measure(scenario, &mut callers, warmup, duration).await;
+        // This run's closed-loop rate of the scenario measured last, for --rate-fraction.
+        let mut last_closed_rate = 0.0;
+        for (i, &(scenario, mode)) in rows.iter().enumerate() {
+            let m = match (scenario, mode) {
+                (Scenario::Pgbench, _) => match pgbench.as_mut() {
+                    Some(p) => p.measure(warmup, duration).await,
+                    None => Measurement::failed("NoPgbench".to_string()),
+                },
+                (_, Mode::Closed) => measure(scenario, &mut callers, warmup, duration).await,
+                (_, Mode::Open) => {
+                    let rate = match (args.rate, args.rate_fraction) {
+                        (Some(rate), _) => rate,
+                        (None, fraction) => fraction.unwrap_or(1.0) * last_closed_rate,
+                    };
+                    if rate > 0.0 {
+                        measure_open(scenario, &mut callers, rate, warmup, duration).await
+                    } else {
+                        Measurement::failed("NoClosedLoopRate".to_string())
+                    }
+                }
+            };
+            if mode == Mode::Closed {
+                last_closed_rate = m.req_per_sec;
+            }
+            let target = m
+                .target_rate
+                .map_or(String::new(), |t| format!(" (target {t:.0}/s)"));
             eprintln!(
-                "run {run}/{} {:<6} {:>10.1} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  errors {}",
+                "run {run}/{} {:<7} {:<6} {:>10.1} req/s{target}  p50 {:>7.2} ms  p99 {:>7.2} ms  p99.9 {:>7.2} ms  errors {}",
                 args.runs,
                 scenario.name(),
+                format!("{mode:?}").to_lowercase(),
                 m.req_per_sec,
                 m.p50_ms,
                 m.p99_ms,
+                m.p999_ms,
                 m.error_count()
             );
             results[i].push(m);
         }
     }
 
-    let mut scenarios: Vec<Summary> = args
-        .scenarios
+    let memory = match &pool {
+        Some(pool) if args.scenarios.contains(&Scenario::Memory) => {
+            Some(measure_memory(&args, pool, &channels, run_id).await)
+        }
+        _ => None,
+    };
+    if let (Some(p), Some(pool)) = (&pgbench, &pool) {
+        p.cleanup(pool).await;
+    }
+    let memory = memory.transpose()?;
+
+    let mut scenarios: Vec<Summary> = rows
         .iter()
         .zip(results)
-        .map(|(&scenario, runs)| summarize(scenario, runs, args.batch_size))
+        .map(|(&(scenario, mode), runs)| summarize(scenario, mode, runs, args.batch_size))
         .collect();
-    set_health_ratios(&mut scenarios);
+    set_ratios(&mut scenarios);
     Ok(Report {
         addr: args.addr,
         concurrency: args.concurrency,
@@ -893,7 +1789,11 @@ async fn run(args: Args) -> Result<Report, String> {
         subjects: args.subjects,
         tasks: args.tasks,
         batch_size: args.batch_size,
+        rate: args.rate,
+        rate_fraction: args.rate_fraction,
+        pgbench: pgbench_info,
         scenarios,
+        memory,
     })
 }
 
@@ -923,5 +1823,118 @@ async fn main() {
     if fail_on_error && errors > 0 {
         eprintln!("privacy-records-bench: {errors} call(s) failed (--fail-on-error)");
         std::process::exit(2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// pgbench 15's summary, as printed after a `-T` run with a custom script.
+    const PGBENCH_OUTPUT: &str = "\
+transaction type: /tmp/x/insert.sql
+scaling factor: 1
+query mode: prepared
+number of clients: 16
+number of threads: 2
+maximum number of tries: 1
+duration: 10 s
+number of transactions actually processed: 47812
+number of failed transactions: 3 (0.006%)
+latency average = 3.346 ms
+initial connection time = 12.531 ms
+tps = 4781.204873 (without initial connection time)
+";
+
+    #[test]
+    fn pgbench_summary_values_are_read() {
+        assert_eq!(pgbench_value(PGBENCH_OUTPUT, "tps = "), Some(4781.204873));
+        assert_eq!(
+            pgbench_value(
+                PGBENCH_OUTPUT,
+                "number of transactions actually processed: "
+            ),
+            Some(47812.0)
+        );
+        assert_eq!(
+            pgbench_value(PGBENCH_OUTPUT, "number of failed transactions: "),
+            Some(3.0)
+        );
+        assert_eq!(pgbench_value(PGBENCH_OUTPUT, "no such line: "), None);
+    }
+
+    #[test]
+    fn pgbench_logs_give_latencies_and_are_removed() {
+        let dir = std::env::temp_dir().join(format!("bench-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let prefix = dir.join("log-1");
+        // client_id transaction_no latency_us script_no epoch_s epoch_us
+        std::fs::write(
+            dir.join("log-1.77"),
+            "0 0 1500 0 1700000000 1\n1 0 900 0 1700000000 2\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("log-1.77.1"), "2 0 2100 0 1700000000 3\n").unwrap();
+        std::fs::write(dir.join("log-2.77"), "0 0 99999 0 1700000000 1\n").unwrap();
+        let mut latencies = read_pgbench_logs(&dir, &prefix).unwrap();
+        latencies.sort_unstable();
+        assert_eq!(latencies, vec![900, 1500, 2100]);
+        assert!(!dir.join("log-1.77").exists());
+        assert!(
+            dir.join("log-2.77").exists(),
+            "another run's log is left alone"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_process_listening_on_a_port_is_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(listening_pid(port), Some(std::process::id()));
+        drop(listener);
+        assert_eq!(listening_pid(port), None);
+    }
+
+    #[test]
+    fn own_memory_is_read() {
+        let m = proc_memory(std::process::id()).unwrap();
+        assert!(m.vm_rss_kib > 0 && m.vm_hwm_kib >= m.vm_rss_kib);
+    }
+
+    #[test]
+    fn rate_fraction_measures_open_right_after_closed() {
+        let args = Args::parse_from([
+            "bench",
+            "--scenarios",
+            "health,pgbench,check,memory",
+            "--rate-fraction",
+            "0.5",
+            "--database-url",
+            "postgres://x",
+        ]);
+        validate(&args).unwrap();
+        assert_eq!(
+            rows(&args),
+            vec![
+                (Scenario::Health, Mode::Closed),
+                (Scenario::Health, Mode::Open),
+                (Scenario::Pgbench, Mode::Closed),
+                (Scenario::Check, Mode::Closed),
+                (Scenario::Check, Mode::Open),
+            ]
+        );
+        let fixed = Args::parse_from(["bench", "--scenarios", "check", "--rate", "100"]);
+        assert_eq!(rows(&fixed), vec![(Scenario::Check, Mode::Open)]);
+    }
+
+    #[test]
+    fn database_scenarios_need_a_url_and_rates_are_bounded() {
+        let no_url = Args::parse_from(["bench", "--scenarios", "pgbench"]);
+        assert!(validate(&no_url).unwrap_err().contains("--database-url"));
+        let zero = Args::parse_from(["bench", "--rate-fraction", "0"]);
+        assert!(validate(&zero).unwrap_err().contains("--rate-fraction"));
+        let both = Args::try_parse_from(["bench", "--rate", "5", "--rate-fraction", "0.5"]);
+        assert!(both.is_err());
     }
 }
