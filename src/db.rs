@@ -48,10 +48,10 @@ pub fn head_version() -> i64 {
 }
 
 /// Whether the database answers and its schema is at this binary's head.
-pub async fn is_ready(pool: &PgPool) -> bool {
+pub async fn is_ready<'c>(db: impl sqlx::PgExecutor<'c>) -> bool {
     let applied: Result<Option<i64>, sqlx::Error> =
         sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
-            .fetch_one(pool)
+            .fetch_one(db)
             .await;
     matches!(applied, Ok(Some(v)) if v >= head_version())
 }

@@ -329,6 +329,19 @@ pub fn overloaded_status() -> Status {
     Status::with_error_details(code, message, details)
 }
 
+/// UNAVAILABLE (reason DATABASE_UNAVAILABLE) for a call refused at once
+/// because the health monitor finds the database away.
+/// (The monitor logs the outage once; no line per refused call.)
+pub fn database_away_status() -> Status {
+    let (code, message, mut details) = status(
+        Code::Unavailable,
+        "the database is unavailable; retry with backoff",
+        ErrorReason::DatabaseUnavailable,
+    );
+    details.set_retry_info(Some(Duration::from_secs(1)));
+    Status::with_error_details(code, message, details)
+}
+
 /// UNAUTHENTICATED (reason CALLER_UNAUTHENTICATED) for a call to `method`;
 /// `why` says what was missing or wrong, never the credential itself.
 pub fn unauthenticated_status(method: &str, why: &str) -> Status {

@@ -2,8 +2,11 @@
 //! (method, caller, request id), then load shedding at the concurrency limit
 //! (RESOURCE_EXHAUSTED with ErrorInfo OVERLOADED), then authentication and
 //! the caller's permission for the method (UNAUTHENTICATED /
-//! PERMISSION_DENIED, audited). Health and reflection are never shed and
-//! need no credentials, so probes keep answering under load.
+//! PERMISSION_DENIED, audited), then, while the health monitor finds the
+//! database away, UNAVAILABLE at once (also for calls already waiting on
+//! it) rather than a wait for the pool's acquire timeout. Health and
+//! reflection are never shed and need no credentials, so probes keep
+//! answering under load.
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -11,7 +14,7 @@ use std::time::Instant;
 use futures::future::BoxFuture;
 use http::{Request, Response};
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
@@ -25,6 +28,8 @@ pub struct RpcLayer {
     auth: Option<Arc<Authenticator>>,
     /// Where refused calls are audited.
     pool: PgPool,
+    /// Whether the database answers (from the health monitor).
+    ready: watch::Receiver<bool>,
 }
 
 impl RpcLayer {
@@ -34,11 +39,13 @@ impl RpcLayer {
         max_concurrent_calls: usize,
         auth: Option<Arc<Authenticator>>,
         pool: PgPool,
+        ready: watch::Receiver<bool>,
     ) -> Self {
         Self {
             limiter: Arc::new(Semaphore::new(max_concurrent_calls)),
             auth,
             pool,
+            ready,
         }
     }
 }
@@ -52,6 +59,7 @@ impl<S> Layer<S> for RpcLayer {
             limiter: self.limiter.clone(),
             auth: self.auth.clone(),
             pool: self.pool.clone(),
+            ready: self.ready.clone(),
         }
     }
 }
@@ -62,6 +70,15 @@ pub struct RpcService<S> {
     limiter: Arc<Semaphore>,
     auth: Option<Arc<Authenticator>>,
     pool: PgPool,
+    ready: watch::Receiver<bool>,
+}
+
+/// Completes when the database is found away; never if the monitor has
+/// stopped (shutdown: calls in flight may finish).
+async fn database_away(mut ready: watch::Receiver<bool>) {
+    if ready.wait_for(|ready| !*ready).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// The peer address and, under TLS, the client certificate's names.
@@ -174,13 +191,30 @@ where
             }
         }
 
+        if !open && !*self.ready.borrow() {
+            drop(permit);
+            let response = crate::error::database_away_status().into_http::<Body>();
+            return Box::pin(async move { Ok(response) });
+        }
+        let ready = self.ready.clone();
+
         // The clone taken for this call must be the one that was polled ready.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(
             async move {
                 let started = Instant::now();
-                let result = inner.call(request).await;
+                let call = inner.call(request);
+                let result = if open {
+                    call.await
+                } else {
+                    tokio::select! {
+                        result = call => result,
+                        () = database_away(ready) => {
+                            Ok(crate::error::database_away_status().into_http::<Body>())
+                        }
+                    }
+                };
                 drop(permit);
                 if let Ok(response) = &result {
                     // Errors end in a trailers-only response with the status

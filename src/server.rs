@@ -193,10 +193,12 @@ impl Application {
         if settings.migrate_on_start {
             tokio::spawn(migrate_until_done(pool.clone(), stop_rx.clone()));
         }
+        let (ready_tx, ready_rx) = watch::channel(false);
         let monitor = tokio::spawn(crate::health::monitor(
             reporter.clone(),
             pool.clone(),
             settings.health_interval,
+            ready_tx,
             stop_rx.clone(),
         ));
 
@@ -336,6 +338,7 @@ impl Application {
                 settings.max_concurrent_calls,
                 auth,
                 pool.clone(),
+                ready_rx,
             ))
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .add_service(health_service)
