@@ -174,7 +174,7 @@ impl Default for Settings {
             health_interval: Duration::from_secs(1),
             watch_poll_interval: Duration::from_millis(100),
             watch_heartbeat: Duration::from_secs(10),
-            cache_max_subjects: 1_000_000,
+            cache_max_subjects: 100_000,
             cache_max_staleness: Duration::from_secs(1),
             cache_poll_interval: Duration::from_millis(100),
             requests: RequestSettings::default(),
