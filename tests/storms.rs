@@ -80,6 +80,9 @@ struct ServerProcess {
     channel: Channel,
     /// Set when the server logs that it cut calls off at the end of its grace.
     cut_calls: Arc<AtomicBool>,
+    /// Set when the server logs that shutdown began (health cannot show it:
+    /// the listener closes at once, so a health call may not get through).
+    stopping: Arc<AtomicBool>,
 }
 
 impl ServerProcess {
@@ -107,6 +110,8 @@ impl ServerProcess {
         let (addr_tx, addr_rx) = oneshot::channel::<SocketAddr>();
         let cut_calls = Arc::new(AtomicBool::new(false));
         let cut = cut_calls.clone();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let shutdown_begun = stopping.clone();
         tokio::spawn(async move {
             let mut addr_tx = Some(addr_tx);
             let mut lines = BufReader::new(stderr).lines();
@@ -118,6 +123,9 @@ impl ServerProcess {
                 }
                 if line.contains("grace period over") {
                     cut.store(true, Ordering::SeqCst);
+                }
+                if line.contains("shutdown requested") {
+                    shutdown_begun.store(true, Ordering::SeqCst);
                 }
                 eprintln!("[server {name}] {line}");
             }
@@ -134,6 +142,7 @@ impl ServerProcess {
             child,
             channel,
             cut_calls,
+            stopping,
         };
         server.wait_for_health(ServingStatus::Serving).await;
         server
@@ -773,7 +782,10 @@ async fn sigterm_during_a_storm_lets_every_call_in_flight_complete() {
     .await;
     signalled.store(true, Ordering::SeqCst);
     server.sigterm();
-    server.wait_for_health(ServingStatus::NotServing).await;
+    wait_until("the server to begin its shutdown", || async {
+        server.stopping.load(Ordering::SeqCst)
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     lock.commit().await.expect("release the writers");
     let status = server.wait_exit().await;
