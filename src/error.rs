@@ -317,29 +317,34 @@ impl From<Error> for Status {
     }
 }
 
-/// A status for the middleware's load shedding (no `Error` variant: it never
-/// reaches a handler).
+/// A status the middleware returns before any handler runs, telling the
+/// caller to retry after `after`.
+fn retry_later(code: Code, message: &str, reason: ErrorReason, after: Duration) -> Status {
+    let (code, message, mut details) = status(code, message, reason);
+    details.set_retry_info(Some(after));
+    Status::with_error_details(code, message, details)
+}
+
+/// RESOURCE_EXHAUSTED (reason OVERLOADED) for the middleware's load shedding.
 pub fn overloaded_status() -> Status {
-    let (code, message, mut details) = status(
+    retry_later(
         Code::ResourceExhausted,
         "the server is at its concurrency limit; retry with backoff",
         ErrorReason::Overloaded,
-    );
-    details.set_retry_info(Some(Duration::from_millis(100)));
-    Status::with_error_details(code, message, details)
+        Duration::from_millis(100),
+    )
 }
 
 /// UNAVAILABLE (reason DATABASE_UNAVAILABLE) for a call refused at once
 /// because the health monitor finds the database away.
 /// (The monitor logs the outage once; no line per refused call.)
 pub fn database_away_status() -> Status {
-    let (code, message, mut details) = status(
+    retry_later(
         Code::Unavailable,
         "the database is unavailable; retry with backoff",
         ErrorReason::DatabaseUnavailable,
-    );
-    details.set_retry_info(Some(Duration::from_secs(1)));
-    Status::with_error_details(code, message, details)
+        Duration::from_secs(1),
+    )
 }
 
 /// UNAUTHENTICATED (reason CALLER_UNAUTHENTICATED) for a call to `method`;
