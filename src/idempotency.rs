@@ -51,15 +51,71 @@ pub fn fingerprint<M: Message>(method: &str, request: &M) -> Vec<u8> {
     hasher.finalize().to_vec()
 }
 
-/// A stored key: method, request hash, response, consistency token.
-type StoredKey = (String, Vec<u8>, Option<Vec<u8>>, Option<String>);
+/// What a used request id left behind.
+pub enum Stored {
+    /// The sealed, encoded response and the write's consistency token.
+    Response(Vec<u8>, ConsistencyToken),
+    /// The ledger entry a RecordConsent wrote (its response is built from
+    /// the entry, see `consent::store::record_consent`) and its token.
+    ConsentRecord(i64, ConsistencyToken),
+}
+
+/// method, request hash, response, consistency token, ledger entry, xid.
+type StoredKey = (
+    String,
+    Vec<u8>,
+    Option<Vec<u8>>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// What an earlier call with `request_id` left, when it was this same
+/// request (`method` and `fingerprint`); None when no call has finished
+/// with the id (none was made, or one is in flight in a transaction this
+/// one cannot see yet). A finished call with another request under the
+/// id is refused (AIP-155).
+pub async fn stored(
+    conn: &mut PgConnection,
+    request_id: &RequestId,
+    method: &str,
+    fingerprint: &[u8],
+) -> Result<Option<Stored>> {
+    let row: Option<StoredKey> = sqlx::query_as(
+        "SELECT method, request_hash, response, consistency_token, consent_record_id,
+                xid::text::bigint
+         FROM idempotency_keys WHERE request_id = $1",
+    )
+    .bind(request_id.as_str())
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some((m, hash, response, token, record, xid)) = row else {
+        return Ok(None);
+    };
+    if response.is_none() && record.is_none() {
+        return Ok(None);
+    }
+    if m != method || hash != fingerprint {
+        return Err(Error::RequestIdReused(request_id.as_str().to_owned()));
+    }
+    let token = match (token, xid) {
+        (Some(token), _) => ConsistencyToken::parse(&token).map_err(Error::Internal)?,
+        (None, Some(xid)) => ConsistencyToken { xid },
+        (None, None) => ConsistencyToken { xid: 0 },
+    };
+    Ok(Some(match (response, record) {
+        (Some(response), _) => Stored::Response(response, token),
+        (None, Some(id)) => Stored::ConsentRecord(id, token),
+        (None, None) => unreachable!("checked above"),
+    }))
+}
 
 /// What `begin` found for a request id.
 enum Begun {
     /// The id is new; it is now reserved by this transaction.
     Fresh,
     /// The id was used before for this same request: its response.
-    Replay(Vec<u8>, Option<String>),
+    Replay(Vec<u8>, ConsistencyToken),
 }
 
 async fn begin(
@@ -82,21 +138,16 @@ async fn begin(
     if inserted.is_some() {
         return Ok(Begun::Fresh);
     }
-    let row: Option<StoredKey> = sqlx::query_as(
-        "SELECT method, request_hash, response, consistency_token
-         FROM idempotency_keys WHERE request_id = $1",
-    )
-    .bind(request_id.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
-    match row {
-        Some((m, hash, Some(response), token)) if m == method && hash == fingerprint => {
-            Ok(Begun::Replay(response, token))
+    match stored(conn, request_id, method, fingerprint).await? {
+        Some(Stored::Response(response, token)) => Ok(Begun::Replay(response, token)),
+        // Only RecordConsent stores a ledger entry, and it does not come
+        // here; with this method and request it cannot match.
+        Some(Stored::ConsentRecord(..)) => {
+            Err(Error::RequestIdReused(request_id.as_str().to_owned()))
         }
-        Some((_, _, Some(_), _)) => Err(Error::RequestIdReused(request_id.as_str().to_owned())),
         // The key vanished or is not yet complete between our two statements:
         // a concurrent attempt is in flight; try again.
-        _ => Err(Error::Conflict),
+        None => Err(Error::Conflict),
     }
 }
 
@@ -142,12 +193,6 @@ where
                 let response = R::decode(bytes.as_slice()).map_err(|e| {
                     Error::Internal(format!("stored response does not decode: {e}"))
                 })?;
-                let token = token
-                    .as_deref()
-                    .map(ConsistencyToken::parse)
-                    .transpose()
-                    .map_err(Error::Internal)?
-                    .unwrap_or(ConsistencyToken { xid: 0 });
                 tracing::info!(
                     request_id = request_id.as_str(),
                     "replayed an earlier response"

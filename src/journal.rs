@@ -1,6 +1,7 @@
 //! The audit event and the change event every mutation writes, in the same
 //! transaction as the change itself, in one statement. It returns the
-//! transaction's consistency token.
+//! transaction's consistency token. (RecordConsent, the hot write, writes
+//! both inside its own single statement and then calls `recorded`.)
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{LazyLock, Mutex};
@@ -122,6 +123,16 @@ pub async fn record(
     .await?;
     LOCAL_WRITES.note(change.kind, change.subject_id, xid);
     Ok(ConsistencyToken { xid })
+}
+
+/// For a write that put its own events in its statement (a consent
+/// decision, `consent::store::append`): what `record` does after writing
+/// them. When that statement committed itself, this is called before the
+/// caller hears of the write, so a check it makes next through this server
+/// still sees it.
+pub fn recorded(kind: ChangeKind, subject_id: Option<&str>, xid: i64) -> ConsistencyToken {
+    LOCAL_WRITES.note(kind, subject_id, xid);
+    ConsistencyToken { xid }
 }
 
 /// The writes this process made that affect consent decisions, kept until

@@ -33,6 +33,16 @@ pub struct Context {
 }
 
 impl Context {
+    /// The context of a call by `caller` through `method` under `request_id`.
+    pub fn for_call(caller: &Caller, method: &'static str, request_id: &RequestId) -> Self {
+        Context {
+            actor: caller.as_str().to_owned(),
+            method,
+            request_id: request_id.as_str().to_owned(),
+            data_systems: caller.data_systems().cloned(),
+        }
+    }
+
     /// A context for work the service does on its own behalf (`actor` names
     /// the job), not limited to any data system.
     pub fn internal(actor: impl Into<String>, method: &'static str, request_id: String) -> Self {
@@ -85,12 +95,7 @@ where
     F: for<'c> Fn(&'c mut PgConnection, Context) -> BoxFuture<'c, Result<(R, ConsistencyToken)>>,
 {
     note_request_id(request_id);
-    let ctx = Context {
-        actor: caller.as_str().to_owned(),
-        method,
-        request_id: request_id.as_str().to_owned(),
-        data_systems: caller.data_systems().cloned(),
-    };
+    let ctx = Context::for_call(&caller, method, request_id);
     let fingerprint = idempotency::fingerprint(method, request);
     let outcome = idempotency::run(pool, keys, method, request_id, &fingerprint, |conn| {
         work(conn, ctx.clone())

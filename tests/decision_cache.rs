@@ -13,8 +13,13 @@ use std::time::Duration;
 
 use common::{TestDb, TestServer, test_keyring, test_settings};
 use privacy_records::consent::cache::{CacheSettings, DecisionCache};
-use privacy_records::consent::model::{PurposeKey, Reason, SubjectId};
-use privacy_records::consent::service::{self, CheckQuery};
+use privacy_records::consent::model::{
+    ConsentModel, Decision, NewConsent, PurposeKey, Reason, Source, SubjectId,
+};
+use privacy_records::consent::service::{self, CheckQuery, Context, Recorded};
+use privacy_records::error::Error;
+use privacy_records::idempotency::RequestId;
+use privacy_records::proto::ErrorReason;
 use privacy_records::reads::Reads;
 use privacy_records::tokens::ConsistencyToken;
 use sqlx::PgPool;
@@ -327,4 +332,154 @@ async fn subjects_with_evidence_are_left_to_postgres() {
 
     f.finish().await;
     server.finish().await;
+}
+
+/// A RecordConsent as the handler makes it, straight through the service.
+async fn record(
+    f: &Followed,
+    request_id: &str,
+    decision: Decision,
+) -> privacy_records::error::Result<service::Recorded> {
+    let request_id = RequestId::parse(request_id).expect("request id");
+    let ctx = Context::internal(
+        "test",
+        "privacy.v1.ConsentService/RecordConsent",
+        String::new(),
+    );
+    let new = NewConsent {
+        subject_id: SubjectId::parse("writer").expect("id"),
+        purpose: PurposeKey::parse(OPT_IN).expect("key"),
+        decision,
+        source: Source::Api,
+        policy_version: None,
+        jurisdiction: None,
+        evidence: None,
+        effective_time: None,
+        expire_time: None,
+    };
+    let fingerprint = format!("{request_id:?}{decision:?}").into_bytes();
+    service::record_consent(
+        &f.cache,
+        &test_keyring(),
+        &f.pool,
+        &ctx,
+        &fingerprint,
+        &request_id,
+        &new,
+    )
+    .await
+}
+
+async fn ledger_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM consent_records")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::test]
+async fn a_write_checks_the_purpose_as_it_is_now_not_as_the_catalogue_last_saw_it() {
+    let f = Followed::start(100).await;
+    let key = PurposeKey::parse(OPT_IN).expect("key");
+    assert_eq!(
+        f.cache.purpose(&key).map(|p| p.consent_model),
+        Some(ConsentModel::OptIn),
+        "the write starts from the catalogue's copy"
+    );
+    // Changed behind the feed's back (no change event): the catalogue keeps
+    // its stale copy, and only the revision in the write can notice.
+    sqlx::query(
+        "UPDATE purposes SET consent_model = 'PROHIBITED', revision = revision + 1 WHERE key = $1",
+    )
+    .bind(OPT_IN)
+    .execute(&f.pool)
+    .await
+    .expect("update purpose");
+    assert_eq!(
+        f.cache.purpose(&key).map(|p| p.consent_model),
+        Some(ConsentModel::OptIn)
+    );
+
+    let err = record(&f, "grant-1", Decision::Granted)
+        .await
+        .err()
+        .expect("a PROHIBITED purpose cannot be granted");
+    assert!(
+        matches!(
+            err,
+            Error::FailedPrecondition {
+                reason: ErrorReason::PurposeProhibited,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(ledger_rows(&f.pool).await, 0, "nothing was written");
+    let keys: i64 = sqlx::query_scalar("SELECT count(*) FROM idempotency_keys")
+        .fetch_one(&f.pool)
+        .await
+        .expect("count");
+    assert_eq!(keys, 0, "the request id stays free");
+
+    // A refusal is still recorded, once per request id.
+    let Recorded::Entry(first, first_token) = record(&f, "refuse-1", Decision::Refused)
+        .await
+        .expect("refusal")
+    else {
+        panic!("a new write returns its entry");
+    };
+    let Recorded::Entry(again, again_token) = record(&f, "refuse-1", Decision::Refused)
+        .await
+        .expect("retry")
+    else {
+        panic!("a retry returns the entry written");
+    };
+    assert_eq!((first.id, first_token), (again.id, again_token));
+    assert_eq!(ledger_rows(&f.pool).await, 1);
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn a_retry_of_a_call_made_before_one_statement_writes_gets_its_sealed_response() {
+    // Keys RecordConsent wrote before migration 0008 hold the sealed
+    // response, like every other method's keys.
+    let f = Followed::start(100).await;
+    let token = ConsistencyToken { xid: 4242 };
+    let response = b"an encoded RecordConsentResponse".to_vec();
+    let request_id = "before-0008";
+    let fingerprint = format!(
+        "{:?}{:?}",
+        RequestId::parse(request_id).unwrap(),
+        Decision::Refused
+    );
+    sqlx::query(
+        "INSERT INTO idempotency_keys (request_id, method, request_hash, response, consistency_token)
+         VALUES ($1, 'privacy.v1.ConsentService/RecordConsent', $2, $3, $4)",
+    )
+    .bind(request_id)
+    .bind(fingerprint.as_bytes())
+    .bind(
+        test_keyring()
+            .seal_response(request_id, &response)
+            .expect("seal"),
+    )
+    .bind(token.encode())
+    .execute(&f.pool)
+    .await
+    .expect("insert key");
+    match record(&f, request_id, Decision::Refused)
+        .await
+        .expect("retry")
+    {
+        Recorded::Sealed(bytes, t) => assert_eq!((bytes, t), (response, token)),
+        Recorded::Entry(..) => panic!("the retry wrote again"),
+    }
+    assert_eq!(ledger_rows(&f.pool).await, 0);
+    // The same id with another request is refused.
+    let err = record(&f, request_id, Decision::Granted)
+        .await
+        .err()
+        .expect("reused id");
+    assert!(matches!(err, Error::RequestIdReused(_)), "{err:?}");
+    f.finish().await;
 }

@@ -138,7 +138,7 @@ async fn a_change_that_commits_late_is_delivered_before_later_ids_not_skipped() 
         effective_time: None,
         expire_time: None,
     };
-    let (slow_record, _) = service::record_consent(&test_keyring(), &mut slow, &ctx, &new)
+    let (slow_record, _) = service::append_decision(&test_keyring(), &mut slow, &ctx, &new)
         .await
         .expect("slow write");
 

@@ -35,7 +35,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
 use super::decision::{self, Inputs, MaterialChange};
-use super::model::{ConsentRecord, Purpose};
+use super::model::{ConsentRecord, Purpose, PurposeKey};
 use super::service::{CheckAnswers, CheckQuery};
 use super::store;
 use crate::changefeed;
@@ -223,6 +223,14 @@ impl DecisionCache {
             return None;
         }
         Some(shared.catalog().purposes.keys().cloned().collect())
+    }
+
+    /// The purpose as the catalogue last loaded it, which may be behind
+    /// PostgreSQL: a writer checks against its revision (see
+    /// `store::record_consent`). None when the cache is off or lacks it.
+    pub fn purpose(&self, key: &PurposeKey) -> Option<Purpose> {
+        let shared = self.shared.as_ref()?;
+        shared.catalog().purposes.get(key.as_str()).cloned()
     }
 
     /// Follows the change feed until `stop` turns true. Spawn it once per cache.

@@ -17,7 +17,7 @@ use super::model::{
     self as m, ConsentModel, ConsentRecord, Decision, Evidence, EvidenceKind, Jurisdiction,
     NewConsent, PolicyVersion, Purpose, PurposeFields, PurposeKey, Source, Subject, SubjectId,
 };
-use super::service::{self, CheckQuery, PurposeMask, ReadAt};
+use super::service::{self, CheckQuery, PurposeMask, ReadAt, Recorded};
 use super::store;
 use crate::caller::Caller;
 use crate::changefeed;
@@ -28,7 +28,7 @@ use crate::journal::ChangeKind;
 use crate::proto;
 use crate::proto::consent_service_server::ConsentService;
 use crate::reads::Reads;
-use crate::rpc::{not_in_future, paginate};
+use crate::rpc::{Context, not_in_future, paginate};
 use crate::tokens::{ConsistencyToken, FeedPosition, PageToken, page_size};
 
 pub use crate::rpc::CONSISTENCY_HEADER;
@@ -606,27 +606,38 @@ impl ConsentService for ConsentApi {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let (request_id, new) = parse_new_consent(&req)?;
-        let keys = self.keys.clone();
-        crate::rpc::mutate(
-            &self.pool,
-            &self.keys,
-            METHOD,
-            caller,
-            &request_id,
-            &req,
-            move |conn, ctx| {
-                let (new, keys) = (new.clone(), keys.clone());
-                Box::pin(async move {
-                    let (record, token) = service::record_consent(&keys, conn, &ctx, &new).await?;
-                    let response = proto::RecordConsentResponse {
-                        record: Some(record_to_proto(&record)),
-                        consistency_token: token.encode(),
-                    };
-                    Ok((response, token))
-                })
-            },
-        )
-        .await
+        crate::rpc::note_request_id(&request_id);
+        let ctx = Context::for_call(&caller, METHOD, &request_id);
+        let fingerprint = crate::idempotency::fingerprint(METHOD, &req);
+        let outcome = crate::db::retry_on_conflict(|| {
+            service::record_consent(
+                &self.cache,
+                &self.keys,
+                &self.pool,
+                &ctx,
+                &fingerprint,
+                &request_id,
+                &new,
+            )
+        })
+        .await;
+        let (response, token) = match crate::rpc::audit_refusal(&self.pool, METHOD, outcome).await?
+        {
+            Recorded::Entry(record, token) => (
+                proto::RecordConsentResponse {
+                    record: Some(record_to_proto(&record)),
+                    consistency_token: token.encode(),
+                },
+                token,
+            ),
+            Recorded::Sealed(bytes, token) => (
+                prost::Message::decode(bytes.as_slice()).map_err(|e| {
+                    Error::Internal(format!("stored response does not decode: {e}"))
+                })?,
+                token,
+            ),
+        };
+        Ok(crate::rpc::with_token(response, token))
     }
 
     async fn check_consent(

@@ -13,6 +13,7 @@ use super::model::{
 };
 use super::store;
 use crate::error::{Error, Result};
+use crate::idempotency::{self, RequestId, Stored};
 use crate::journal::{self, ChangeEntry, ChangeKind};
 use crate::keys::Keyring;
 use crate::proto::ErrorReason;
@@ -153,18 +154,142 @@ pub async fn update_purpose(
     Ok((purpose, token))
 }
 
-/// Appends a decision, after the rules: a PROHIBITED purpose cannot be
-/// granted, a NOT_CONSENT_BASED one takes no decisions, and a purpose that
-/// requires evidence for a grant gets it.
+/// What a RecordConsent call produced.
+pub enum Recorded {
+    /// The entry, written by this call or by an earlier one with the same
+    /// request, and the token of the transaction that wrote it.
+    Entry(Box<ConsentRecord>, ConsistencyToken),
+    /// An earlier call's sealed response: the keys RecordConsent wrote
+    /// before it wrote in one statement (migration 0008) hold it.
+    Sealed(Vec<u8>, ConsistencyToken),
+}
+
+/// How often a write re-reads a purpose that changed under it before
+/// giving up with ABORTED.
+const PURPOSE_ATTEMPTS: usize = 3;
+
+/// Appends a decision at most once per request id (AIP-155), after the
+/// rules: a PROHIBITED purpose cannot be granted, a NOT_CONSENT_BASED one
+/// takes no decisions, and a purpose that requires evidence for a grant gets
+/// it. The rules are checked against the purpose in the decision cache's
+/// catalogue when it has one (no round trip), and the write happens only if
+/// the purpose is still at that revision; else against the purpose read from
+/// PostgreSQL. A call whose request id was used returns what that call wrote.
 pub async fn record_consent(
+    cache: &DecisionCache,
+    keys: &Keyring,
+    pool: &PgPool,
+    ctx: &Context,
+    fingerprint: &[u8],
+    request_id: &RequestId,
+    new: &NewConsent,
+) -> Result<Recorded> {
+    let writer = store::Writer {
+        actor: &ctx.actor,
+        method: ctx.method,
+        request_id: request_id.as_str(),
+        fingerprint: Some(fingerprint),
+    };
+    let mut cached = cache.purpose(&new.purpose);
+    for _ in 0..PURPOSE_ATTEMPTS {
+        let purpose = match cached.take() {
+            Some(purpose) => purpose,
+            None => store::get_purpose(&mut *pool.acquire().await?, &new.purpose, false)
+                .await?
+                .ok_or_else(|| Error::NotFound(new.purpose.name()))?,
+        };
+        check_recordable(&purpose, new)?;
+        match store::record_consent(keys, pool, new, purpose.revision, &writer).await? {
+            store::Appended::Written(record, xid) => {
+                let token = journal::recorded(
+                    ChangeKind::ConsentRecorded,
+                    Some(new.subject_id.as_str()),
+                    xid,
+                );
+                journal::LOCAL_WRITES.committed();
+                return Ok(Recorded::Entry(record, token));
+            }
+            store::Appended::RequestIdUsed => {
+                return earlier_call(keys, pool, request_id, ctx.method, fingerprint).await;
+            }
+            store::Appended::PurposeRevised => continue,
+        }
+    }
+    Err(Error::Conflict)
+}
+
+/// Appends a decision inside the caller's transaction, which holds the
+/// call's idempotency key (a privacy request refusing purposes), after the
+/// same rules as `record_consent`, checked against the purpose as this
+/// transaction reads it.
+pub async fn append_decision(
     keys: &Keyring,
     conn: &mut PgConnection,
     ctx: &Context,
     new: &NewConsent,
 ) -> Result<(ConsentRecord, ConsistencyToken)> {
-    let purpose = store::get_purpose(conn, &new.purpose, false)
+    let writer = store::Writer {
+        actor: &ctx.actor,
+        method: ctx.method,
+        request_id: &ctx.request_id,
+        fingerprint: None,
+    };
+    for _ in 0..PURPOSE_ATTEMPTS {
+        let purpose = store::get_purpose(conn, &new.purpose, false)
+            .await?
+            .ok_or_else(|| Error::NotFound(new.purpose.name()))?;
+        check_recordable(&purpose, new)?;
+        match store::append(keys, conn, new, purpose.revision, &writer).await? {
+            store::Appended::Written(record, xid) => {
+                let subject = Some(new.subject_id.as_str());
+                let token = journal::recorded(ChangeKind::ConsentRecorded, subject, xid);
+                return Ok((*record, token));
+            }
+            store::Appended::PurposeRevised => continue,
+            store::Appended::RequestIdUsed => {
+                return Err(Error::Internal(
+                    "an entry without an idempotency key hit one".into(),
+                ));
+            }
+        }
+    }
+    Err(Error::Conflict)
+}
+
+/// What the earlier call with a used request id wrote.
+async fn earlier_call(
+    keys: &Keyring,
+    pool: &PgPool,
+    request_id: &RequestId,
+    method: &str,
+    fingerprint: &[u8],
+) -> Result<Recorded> {
+    let stored = idempotency::stored(&mut *pool.acquire().await?, request_id, method, fingerprint)
         .await?
-        .ok_or_else(|| Error::NotFound(new.purpose.name()))?;
+        // Used, but the key is gone again (pruned, or its subject erased)
+        // between the two statements: let the caller retry.
+        .ok_or(Error::Conflict)?;
+    tracing::info!(
+        request_id = request_id.as_str(),
+        "replayed an earlier response"
+    );
+    match stored {
+        Stored::ConsentRecord(id, token) => {
+            let record = store::records_by_id(keys, pool, &[id])
+                .await?
+                .remove(&id)
+                .ok_or_else(|| Error::Internal(format!("consent record {id} is missing")))?;
+            Ok(Recorded::Entry(Box::new(record), token))
+        }
+        Stored::Response(sealed, token) => Ok(Recorded::Sealed(
+            keys.open_response(request_id.as_str(), &sealed)?,
+            token,
+        )),
+    }
+}
+
+/// The rules a decision must meet to be recorded for `purpose`.
+fn check_recordable(purpose: &Purpose, new: &NewConsent) -> Result<()> {
     let name = new.purpose.name();
     match purpose.model_in(new.jurisdiction.as_ref()) {
         ConsentModel::Prohibited if new.decision == Decision::Granted => {
@@ -203,33 +328,7 @@ pub async fn record_consent(
             ),
         ));
     }
-    let record = store::append_consent(keys, conn, new, &ctx.request_id, &ctx.actor).await?;
-    let target = format!(
-        "subjects/{}/consentRecords/{}",
-        record.subject_id, record.id
-    );
-    let token = journal::record(
-        conn,
-        ctx.audit(
-            &target,
-            Some(new.subject_id.as_str()),
-            json!({
-                "purpose": record.purpose,
-                "decision": record.decision.as_str(),
-                "source": record.source.as_str(),
-            }),
-        ),
-        ChangeEntry {
-            kind: ChangeKind::ConsentRecorded,
-            subject_id: Some(new.subject_id.as_str()),
-            purpose_key: Some(new.purpose.as_str()),
-            consent_record_id: Some(record.id),
-            policy_version: None,
-            resource: None,
-        },
-    )
-    .await?;
-    Ok((record, token))
+    Ok(())
 }
 
 /// One question of a check.

@@ -29,13 +29,38 @@ static GET_PURPOSE: LazyLock<Arc<str>> =
 static GET_PURPOSE_FOR_UPDATE: LazyLock<Arc<str>> = LazyLock::new(|| {
     format!("SELECT {PURPOSE_COLUMNS} FROM purposes WHERE key = $1 FOR UPDATE").into()
 });
-static APPEND_CONSENT: LazyLock<Arc<str>> = LazyLock::new(|| {
+/// RecordConsent's whole write in one statement, so one round trip and one
+/// commit: the ledger entry, the idempotency key pointing at it (the entry
+/// is the call's stored response; no key when $17 is NULL, for an entry a
+/// larger transaction writes under its own key), the audit event and the
+/// change event, all or nothing. The entry is written only while the
+/// purpose is still at the revision the caller checked the grant against;
+/// a key already used fails the statement on the key's primary key, after
+/// waiting for a concurrent call with the same key to finish.
+static RECORD_CONSENT: LazyLock<Arc<str>> = LazyLock::new(|| {
     format!(
-        "INSERT INTO consent_records (subject_id, purpose_key, decision, source, policy_version,
-             jurisdiction, evidence_kind, evidence_reference, evidence_description,
-             effective_time, expire_time, request_id, actor, evidence_sealed)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, now()), $11, $12, $13, $14)
-         RETURNING {RECORD_COLUMNS}"
+        "WITH p AS (SELECT key FROM purposes WHERE key = $2 AND revision = $15),
+         r AS (
+             INSERT INTO consent_records (subject_id, purpose_key, decision, source, policy_version,
+                 jurisdiction, evidence_kind, evidence_reference, evidence_description,
+                 effective_time, expire_time, request_id, actor, evidence_sealed)
+             SELECT $1, p.key, $3, $4, $5, $6, $7, $8, $9, coalesce($10, now()), $11, $12, $13, $14
+             FROM p
+             RETURNING {RECORD_COLUMNS}),
+         k AS (
+             INSERT INTO idempotency_keys (request_id, method, request_hash, consent_record_id)
+             SELECT r.request_id, $16, $17, r.id FROM r WHERE $17::bytea IS NOT NULL),
+         a AS (
+             INSERT INTO audit_events (actor, method, target, subject_id, request_id, details)
+             SELECT r.actor, $16, 'subjects/' || r.subject_id || '/consentRecords/' || r.id,
+                    r.subject_id, r.request_id,
+                    jsonb_build_object('purpose', r.purpose_key, 'decision', r.decision,
+                                       'source', r.source)
+             FROM r),
+         c AS (
+             INSERT INTO change_events (kind, subject_id, purpose_key, consent_record_id)
+             SELECT $18, r.subject_id, r.purpose_key, r.id FROM r)
+         SELECT r.*, pg_current_xact_id()::text::bigint AS xid FROM r"
     )
     .into()
 });
@@ -354,13 +379,66 @@ async fn records_from_rows(
 /// Appends a decision; its evidence (free text about a person) is sealed
 /// under the subject's data key, which is created then if need be: a
 /// decision without evidence never touches the key table.
-pub async fn append_consent(
+/// The text of RecordConsent's statement, for the bench's measurement of
+/// it alone (`privacy-records-bench --scenarios pgbench-record`).
+pub fn record_consent_sql() -> &'static str {
+    &RECORD_CONSENT
+}
+
+/// What `record_consent`'s statement did.
+pub enum Appended {
+    /// Written (and committed, unless inside a larger transaction): the
+    /// entry and its transaction id.
+    Written(Box<ConsentRecord>, i64),
+    /// Nothing written: the request id was used before.
+    RequestIdUsed,
+    /// Nothing written: the purpose is gone or no longer at that revision.
+    PurposeRevised,
+}
+
+/// Who writes an entry, through which method, under which request.
+pub struct Writer<'a> {
+    pub actor: &'a str,
+    pub method: &'a str,
+    pub request_id: &'a str,
+    /// The request's fingerprint when the entry writes the request's
+    /// idempotency key; None when the enclosing transaction holds the key.
+    pub fingerprint: Option<&'a [u8]>,
+}
+
+/// Writes one ledger entry with its idempotency key, audit event and change
+/// event in one statement (`RECORD_CONSENT`), if the purpose is still at
+/// `purpose_revision`, and commits. An entry with evidence first needs the
+/// subject's data key, which may be created, so it writes in a transaction
+/// of its own; otherwise the statement is its own transaction.
+pub async fn record_consent(
+    keys: &Keyring,
+    pool: &PgPool,
+    new: &NewConsent,
+    purpose_revision: i64,
+    writer: &Writer<'_>,
+) -> Result<Appended> {
+    if new.evidence.is_none() {
+        let mut conn = pool.acquire().await?;
+        return append(keys, &mut conn, new, purpose_revision, writer).await;
+    }
+    let mut tx = pool.begin().await?;
+    let appended = append(keys, &mut tx, new, purpose_revision, writer).await?;
+    if let Appended::Written(..) = appended {
+        tx.commit().await?;
+    }
+    Ok(appended)
+}
+
+/// `record_consent`'s statement on `conn`, inside whatever transaction it
+/// is in (none: the statement commits itself).
+pub async fn append(
     keys: &Keyring,
     conn: &mut PgConnection,
     new: &NewConsent,
-    request_id: &str,
-    actor: &str,
-) -> Result<ConsentRecord> {
+    purpose_revision: i64,
+    writer: &Writer<'_>,
+) -> Result<Appended> {
     let evidence = new.evidence.as_ref();
     let evidence_sealed = match evidence {
         Some(e) => Some(
@@ -376,7 +454,7 @@ pub async fn append_consent(
         ),
         None => None,
     };
-    let result = sqlx::query(sqlx::AssertSqlSafe(Arc::clone(&APPEND_CONSENT)))
+    let result = sqlx::query(sqlx::AssertSqlSafe(Arc::clone(&RECORD_CONSENT)))
         .bind(new.subject_id.as_str())
         .bind(new.purpose.as_str())
         .bind(new.decision.as_str())
@@ -389,15 +467,27 @@ pub async fn append_consent(
         .bind(evidence.map(|_| ""))
         .bind(new.effective_time)
         .bind(new.expire_time)
-        .bind(request_id)
-        .bind(actor)
+        .bind(writer.request_id)
+        .bind(writer.actor)
         .bind(evidence_sealed)
-        .fetch_one(conn)
+        .bind(purpose_revision)
+        .bind(writer.method)
+        .bind(writer.fingerprint)
+        .bind(crate::journal::ChangeKind::ConsentRecorded.as_str())
+        .fetch_optional(conn)
         .await;
     let row = match result {
-        Ok(row) => row,
+        Ok(Some(row)) => row,
+        Ok(None) => return Ok(Appended::PurposeRevised),
         Err(e) => {
+            let constraint = e
+                .as_database_error()
+                .and_then(|d| d.constraint())
+                .unwrap_or_default();
             return Err(match crate::error::sqlstate(&e).as_deref() {
+                Some("23505") if constraint == "idempotency_keys_pkey" => {
+                    return Ok(Appended::RequestIdUsed);
+                }
                 // consent_records_policy_version_fkey: the version is unknown.
                 Some("23503") => Error::precondition(
                     crate::proto::ErrorReason::PolicyVersionUnknown,
@@ -413,10 +503,11 @@ pub async fn append_consent(
             });
         }
     };
+    let xid: i64 = row.try_get("xid")?;
     let mut record = record_from_row(&row, "")?.ok_or_else(|| corrupt("consent record", "null"))?;
     // What was just sealed is what the caller gave.
     record.evidence = new.evidence.clone();
-    Ok(record)
+    Ok(Appended::Written(Box::new(record), xid))
 }
 
 /// One (subject, purpose) question and what the database says about it.

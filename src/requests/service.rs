@@ -421,7 +421,7 @@ async fn refuse_purposes(
             effective_time: None,
             expire_time: None,
         };
-        match consent::record_consent(keyring, conn, ctx, &new).await {
+        match consent::append_decision(keyring, conn, ctx, &new).await {
             Ok(_) => refused.push(key),
             // A purpose not based on consent here takes no decisions.
             Err(Error::FailedPrecondition {
