@@ -18,7 +18,7 @@
 //!   each task claimed (tasks per second are reported too). A claim that finds the queue
 //!   empty is an `QueueEmpty` error: seed enough with `--tasks`.
 //!
-//! Two scenarios talk to the server's PostgreSQL directly and need `--database-url` (for
+//! Three scenarios talk to the server's PostgreSQL directly and need `--database-url` (for
 //! the embedded database the server logs it at start, `embedded PostgreSQL database URL`;
 //! it is `postgres://postgres@localhost/privacy_records?host=<data-dir>/run&port=5432`,
 //! and its socket directory is readable by root and `postgres` only):
@@ -29,6 +29,9 @@
 //!   (`-n -M prepared -T <duration>`, a custom script): the ceiling for durable writes on
 //!   this database, measured in the same runs as `record`, whose ratio to it is reported.
 //!   Its p50/p99/p99.9 come from pgbench's per-transaction log.
+//! - `pgbench-record`: the same pgbench clients running RecordConsent's own statement
+//!   (the server's SQL text, its parameters filled as `record` fills them): what
+//!   PostgreSQL alone does with the write, the ceiling for `record` on this database.
 //! - `memory`: run once, after all runs: seeds `--memory-subjects` subjects × 5 purposes
 //!   straight into `consent_records` with set-based SQL (no audit or change events: use a
 //!   scratch data dir), checks every pair through `BatchCheckConsent` (batches of 100,
@@ -188,6 +191,7 @@ enum Scenario {
     Request,
     Tasks,
     Pgbench,
+    PgbenchRecord,
     Memory,
 }
 
@@ -201,6 +205,7 @@ impl Scenario {
             Scenario::Request => "request",
             Scenario::Tasks => "tasks",
             Scenario::Pgbench => "pgbench",
+            Scenario::PgbenchRecord => "pgbench-record",
             Scenario::Memory => "memory",
         }
     }
@@ -212,12 +217,18 @@ impl Scenario {
 
     /// Whether the scenario is a gRPC call the callers repeat (closed- or open-loop).
     fn is_grpc(self) -> bool {
-        !matches!(self, Scenario::Pgbench | Scenario::Memory)
+        !matches!(
+            self,
+            Scenario::Pgbench | Scenario::PgbenchRecord | Scenario::Memory
+        )
     }
 
     /// Whether the scenario talks to PostgreSQL directly.
     fn needs_database(self) -> bool {
-        matches!(self, Scenario::Pgbench | Scenario::Memory)
+        matches!(
+            self,
+            Scenario::Pgbench | Scenario::PgbenchRecord | Scenario::Memory
+        )
     }
 }
 
@@ -361,7 +372,9 @@ impl Caller {
             Scenario::Record => self.record().await.map(|()| 1),
             Scenario::Request => self.request().await.map(|()| 1),
             Scenario::Tasks => self.claim_and_complete().await,
-            Scenario::Pgbench | Scenario::Memory => Err("NotAGrpcScenario".to_string()),
+            Scenario::Pgbench | Scenario::PgbenchRecord | Scenario::Memory => {
+                Err("NotAGrpcScenario".to_string())
+            }
         }
     }
 
@@ -883,6 +896,8 @@ struct Pgbench {
     /// Holds the script and pgbench's per-transaction logs; removed by `cleanup`.
     dir: PathBuf,
     script: PathBuf,
+    /// RecordConsent's own statement (`pgbench-record`).
+    record_script: PathBuf,
     runs: usize,
 }
 
@@ -929,6 +944,10 @@ impl Pgbench {
         );
         std::fs::write(&script, sql)
             .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
+        let record_script = dir.join("record_consent.sql");
+        let sql = record_consent_script(pool).await?;
+        std::fs::write(&record_script, sql)
+            .map_err(|e| format!("cannot write {}: {e}", record_script.display()))?;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let pgbench = Pgbench {
             program,
@@ -938,6 +957,7 @@ impl Pgbench {
             table: table.clone(),
             dir,
             script,
+            record_script,
             runs: 0,
         };
         let info = PgbenchInfo {
@@ -953,15 +973,24 @@ impl Pgbench {
     /// An unmeasured run of `warmup`, then a measured run of `duration` whose TPS is
     /// pgbench's own ("without initial connection time") and whose latencies come from
     /// its per-transaction log.
-    async fn measure(&mut self, warmup: Duration, duration: Duration) -> Measurement {
+    async fn measure(
+        &mut self,
+        scenario: Scenario,
+        warmup: Duration,
+        duration: Duration,
+    ) -> Measurement {
+        let script = match scenario {
+            Scenario::PgbenchRecord => self.record_script.clone(),
+            _ => self.script.clone(),
+        };
         if !warmup.is_zero()
-            && let Err(e) = self.run(warmup, None).await
+            && let Err(e) = self.run(&script, warmup, None).await
         {
             return Measurement::failed(e);
         }
         self.runs += 1;
         let prefix = self.dir.join(format!("log-{}", self.runs));
-        let out = match self.run(duration, Some(&prefix)).await {
+        let out = match self.run(&script, duration, Some(&prefix)).await {
             Ok(out) => out,
             Err(e) => return Measurement::failed(e),
         };
@@ -995,7 +1024,12 @@ impl Pgbench {
     }
 
     /// Runs pgbench for `length` (whole seconds, at least 1); returns its standard output.
-    async fn run(&self, length: Duration, log_prefix: Option<&Path>) -> Result<String, String> {
+    async fn run(
+        &self,
+        script: &Path,
+        length: Duration,
+        log_prefix: Option<&Path>,
+    ) -> Result<String, String> {
         let mut cmd = tokio::process::Command::new(&self.program);
         cmd.args(["-n", "-M", "prepared"])
             .arg("-c")
@@ -1005,7 +1039,7 @@ impl Pgbench {
             .arg("-T")
             .arg(length.as_secs().max(1).to_string())
             .arg("-f")
-            .arg(&self.script);
+            .arg(script);
         if let Some(prefix) = log_prefix {
             cmd.arg("-l")
                 .arg(format!("--log-prefix={}", prefix.display()));
@@ -1039,6 +1073,63 @@ impl Pgbench {
             eprintln!("could not remove {}: {e}", self.dir.display());
         }
     }
+}
+
+/// A pgbench script running the server's RecordConsent statement itself
+/// (`privacy_records::consent::store::record_consent_sql`), its parameters
+/// filled as the `record` scenario fills them: a seeded subject, a grant or
+/// refusal of the seeded purpose at its current revision, a fresh request id
+/// per transaction. What PostgreSQL alone does with the write, without the
+/// gRPC server in front of it.
+async fn record_consent_script(pool: &sqlx::PgPool) -> Result<String, String> {
+    let revision: i64 = sqlx::query_scalar("SELECT revision FROM purposes WHERE key = $1")
+        .bind(SEEDED_PURPOSE)
+        .fetch_one(pool)
+        .await
+        .map_err(|e| format!("cannot read purposes/{SEEDED_PURPOSE}: {e}"))?;
+    // Parameter number → SQL text, in the statement's order.
+    let values: [String; 18] = [
+        "'bench-subject-' || :n".into(),
+        format!("'{SEEDED_PURPOSE}'"),
+        "(CASE WHEN :n % 2 = 0 THEN 'GRANTED' ELSE 'REFUSED' END)".into(),
+        "'API'".into(),
+        "NULL::text".into(),
+        format!("'{JURISDICTION}'"),
+        "NULL::text".into(),
+        "NULL::text".into(),
+        "NULL::text".into(),
+        "NULL::timestamptz".into(),
+        "NULL::timestamptz".into(),
+        "gen_random_uuid()::text".into(),
+        "'bench'".into(),
+        "NULL::bytea".into(),
+        revision.to_string(),
+        "'privacy.v1.ConsentService/RecordConsent'".into(),
+        "'\\x00'::bytea".into(),
+        "'CONSENT_RECORDED'".into(),
+    ];
+    let sql = privacy_records::consent::store::record_consent_sql();
+    let mut out = String::with_capacity(sql.len() + 512);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let digits = rest[at + 1..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        let n: usize = rest[at + 1..at + 1 + digits]
+            .parse()
+            .map_err(|_| "RecordConsent's statement has a bare $".to_string())?;
+        let value = values
+            .get(n.wrapping_sub(1))
+            .ok_or_else(|| format!("RecordConsent's statement has ${n}; the bench fills 18"))?;
+        out.push_str(value);
+        rest = &rest[at + 1 + digits..];
+    }
+    out.push_str(rest);
+    // pgbench reads one statement per line unless told otherwise.
+    let one_line = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    Ok(format!("\\set n random(1, 5000)\n{one_line};\n"))
 }
 
 /// The number after `label` on the first line of pgbench's output that starts with it.
@@ -1480,7 +1571,7 @@ fn set_ratios(summaries: &mut [Summary]) {
         if summary.scenario.is_grpc() {
             summary.ratio_to_health = health.map(|h| summary.median_req_per_sec / h);
         }
-        if summary.scenario == Scenario::Record {
+        if matches!(summary.scenario, Scenario::Record | Scenario::PgbenchRecord) {
             summary.ratio_to_pgbench = pgbench.map(|p| summary.median_req_per_sec / p);
         }
     }
@@ -1538,6 +1629,9 @@ fn print_rows(report: &Report) {
         }
         if s.scenario == Scenario::Pgbench {
             notes.push("TPS of durable single-row INSERTs".to_string());
+        }
+        if s.scenario == Scenario::PgbenchRecord {
+            notes.push("TPS of RecordConsent's statement alone".to_string());
         }
         if let Some(r) = s.ratio_to_pgbench {
             notes.push(format!("{r:.2} of pgbench TPS"));
@@ -1649,7 +1743,7 @@ fn rows(args: &Args) -> Vec<(Scenario, Mode)> {
     for &scenario in &args.scenarios {
         match scenario {
             Scenario::Memory => {}
-            Scenario::Pgbench => rows.push((scenario, Mode::Closed)),
+            Scenario::Pgbench | Scenario::PgbenchRecord => rows.push((scenario, Mode::Closed)),
             _ if args.rate.is_some() => rows.push((scenario, Mode::Open)),
             _ if args.rate_fraction.is_some() => {
                 rows.push((scenario, Mode::Closed));
@@ -1701,7 +1795,12 @@ async fn run(args: Args) -> Result<Report, String> {
         eprintln!("queued in {:.1}s", queueing.elapsed().as_secs_f64());
     }
     let (mut pgbench, pgbench_info) = match (&pool, &args.database_url) {
-        (Some(pool), Some(url)) if args.scenarios.contains(&Scenario::Pgbench) => {
+        (Some(pool), Some(url))
+            if args
+                .scenarios
+                .iter()
+                .any(|s| matches!(s, Scenario::Pgbench | Scenario::PgbenchRecord)) =>
+        {
             let program = find_pgbench(args.pgbench.as_deref())?;
             let (p, info) =
                 Pgbench::setup(program, pool, url, args.pgbench_clients, run_id).await?;
@@ -1724,8 +1823,8 @@ async fn run(args: Args) -> Result<Report, String> {
         let mut last_closed_rate = 0.0;
         for (i, &(scenario, mode)) in rows.iter().enumerate() {
             let m = match (scenario, mode) {
-                (Scenario::Pgbench, _) => match pgbench.as_mut() {
-                    Some(p) => p.measure(warmup, duration).await,
+                (Scenario::Pgbench | Scenario::PgbenchRecord, _) => match pgbench.as_mut() {
+                    Some(p) => p.measure(scenario, warmup, duration).await,
                     None => Measurement::failed("NoPgbench".to_string()),
                 },
                 (_, Mode::Closed) => measure(scenario, &mut callers, warmup, duration).await,
