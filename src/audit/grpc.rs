@@ -93,28 +93,28 @@ impl AuditService for AuditApi {
         };
         let list = |pool| {
             sqlx::query_as::<_, EventRow>(
-            "SELECT id, actor, method, target, subject_id, request_id, details::text AS details,
-                    occur_time, chain_seq, hash
-             FROM audit_events
-             WHERE id > $1
-               AND ($2::text IS NULL OR subject_id = $2)
-               AND ($3::text IS NULL OR target = $3)
-               AND ($4::text IS NULL OR actor = $4)
-               AND ($5::text IS NULL OR method = $5)
-               AND ($6::timestamptz IS NULL OR occur_time >= $6)
-               AND ($7::timestamptz IS NULL OR occur_time < $7)
-             ORDER BY id LIMIT $8",
-        )
-        .bind(after.unwrap_or(0))
-        .bind(subject.as_deref())
-        .bind(target.as_deref())
-        .bind(actor.as_deref())
-        .bind(method.as_deref())
-        .bind(start)
-        .bind(end)
-        .bind(limit + 1)
-        .fetch_all(pool)
-        .map_err(Error::from)
+                "SELECT e.id, e.actor, e.method, e.target, e.subject_id, e.request_id,
+                    e.details::text AS details, e.occur_time, c.chain_seq, c.hash
+             FROM audit_events e LEFT JOIN audit_chain c ON c.event_id = e.id
+             WHERE e.id > $1
+               AND ($2::text IS NULL OR e.subject_id = $2)
+               AND ($3::text IS NULL OR e.target = $3)
+               AND ($4::text IS NULL OR e.actor = $4)
+               AND ($5::text IS NULL OR e.method = $5)
+               AND ($6::timestamptz IS NULL OR e.occur_time >= $6)
+               AND ($7::timestamptz IS NULL OR e.occur_time < $7)
+             ORDER BY e.id LIMIT $8",
+            )
+            .bind(after.unwrap_or(0))
+            .bind(subject.as_deref())
+            .bind(target.as_deref())
+            .bind(actor.as_deref())
+            .bind(method.as_deref())
+            .bind(start)
+            .bind(end)
+            .bind(limit + 1)
+            .fetch_all(pool)
+            .map_err(Error::from)
         };
         let rows = self.reads.read(None, list).await?;
         let (page, next) = paginate(rows, limit, |r| PageToken::encode(&filters, &r.id));

@@ -6,8 +6,10 @@
 //! order: it reads unsealed events below the snapshot's xmin ordered by
 //! (transaction id, id), as the change feed does, so no event can later
 //! appear before a sealed one, and gives each the next `chain_seq` and
-//! `hash = SHA-256(prev_hash || seq || the event's fields)`. One sealer works
-//! at a time across replicas (a transaction-scoped advisory lock).
+//! `hash = SHA-256(prev_hash || seq || the event's fields)`, appended to
+//! `audit_chain` (events themselves are never rewritten). The next events to
+//! seal are those after the last link's event in that order. One sealer
+//! works at a time across replicas (a transaction-scoped advisory lock).
 pub mod chain;
 pub mod grpc;
 pub mod sealer;

@@ -21,45 +21,53 @@ pub async fn seal_batch(pool: &PgPool, batch: i64) -> Result<usize> {
     if !locked {
         return Ok(0);
     }
-    let head: Option<(i64, Vec<u8>)> = sqlx::query_as(
-        "SELECT chain_seq, hash FROM audit_events WHERE chain_seq IS NOT NULL
+    // The last link, and the position of its event: every event before
+    // that position is sealed.
+    let head: Option<(i64, Vec<u8>, i64, i64)> = sqlx::query_as(
+        "SELECT chain_seq, hash, event_xid::text::bigint, event_id FROM audit_chain
          ORDER BY chain_seq DESC LIMIT 1",
     )
     .fetch_optional(&mut *tx)
     .await?;
-    let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_vec()));
+    let (mut seq, mut prev, after_xid, after_id) = head.unwrap_or((0, GENESIS.to_vec(), 0, 0));
     let events: Vec<EventFields> = sqlx::query_as(
         "SELECT id, xid::text::bigint AS xid, occur_time, actor, method, target, subject_id,
                 request_id, details::text AS details
          FROM audit_events
-         WHERE chain_seq IS NULL
+         WHERE (xid, id) > ($2::text::xid8, $3)
            AND xid < pg_snapshot_xmin(pg_current_snapshot())
          ORDER BY xid, id
          LIMIT $1",
     )
     .bind(batch)
+    .bind(after_xid.to_string())
+    .bind(after_id)
     .fetch_all(&mut *tx)
     .await?;
     if events.is_empty() {
         return Ok(0);
     }
-    let (mut ids, mut seqs, mut prevs, mut hashes) = (vec![], vec![], vec![], vec![]);
+    let (mut ids, mut xids, mut seqs, mut prevs, mut hashes) =
+        (vec![], vec![], vec![], vec![], vec![]);
     for e in &events {
         seq += 1;
         let hash = chain::link(&prev, seq, e);
         ids.push(e.id);
+        xids.push(e.xid.to_string());
         seqs.push(seq);
         prevs.push(prev);
         prev = hash.clone();
         hashes.push(hash);
     }
     sqlx::query(
-        "UPDATE audit_events a SET chain_seq = u.seq, prev_hash = u.prev, hash = u.hash
-         FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $4::bytea[]) AS u (id, seq, prev, hash)
-         WHERE a.id = u.id",
+        "INSERT INTO audit_chain (chain_seq, event_id, event_xid, prev_hash, hash)
+         SELECT u.seq, u.id, u.xid::xid8, u.prev, u.hash
+         FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[], $5::bytea[])
+              AS u (id, seq, xid, prev, hash)",
     )
     .bind(&ids)
     .bind(&seqs)
+    .bind(&xids)
     .bind(&prevs)
     .bind(&hashes)
     .execute(&mut *tx)
@@ -118,9 +126,11 @@ pub async fn verify(conn: &mut PgConnection) -> Result<Verification> {
     let mut expected_seq = 1;
     loop {
         let rows: Vec<SealedRow> = sqlx::query_as(
-            "SELECT chain_seq, prev_hash, hash, id, xid::text::bigint AS xid, occur_time, actor,
-                    method, target, subject_id, request_id, details::text AS details
-             FROM audit_events WHERE chain_seq >= $1 ORDER BY chain_seq LIMIT $2",
+            "SELECT c.chain_seq, c.prev_hash, c.hash, e.id, e.xid::text::bigint AS xid,
+                    e.occur_time, e.actor, e.method, e.target, e.subject_id, e.request_id,
+                    e.details::text AS details
+             FROM audit_chain c JOIN audit_events e ON e.id = c.event_id
+             WHERE c.chain_seq >= $1 ORDER BY c.chain_seq LIMIT $2",
         )
         .bind(expected_seq)
         .bind(PAGE)
@@ -155,9 +165,12 @@ pub async fn verify(conn: &mut PgConnection) -> Result<Verification> {
             break;
         }
     }
-    out.unsealed = sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE chain_seq IS NULL")
-        .fetch_one(&mut *conn)
-        .await?;
+    out.unsealed = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_events e
+         WHERE NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
     Ok(out)
 }
 
