@@ -3,7 +3,7 @@
 //! transaction's consistency token. (RecordConsent, the hot write, writes
 //! both inside its own single statement and then calls `recorded`.)
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex};
 
 use serde_json::Value;
@@ -152,6 +152,25 @@ pub struct LocalWrites {
     everyone: AtomicI64,
     /// Bumped after each commit, to wake the change-feed followers at once.
     committed: watch::Sender<u64>,
+    /// The position each following cache has applied. A process may run
+    /// several (the tests run many servers, each on its own database), and a
+    /// fence is forgotten only once every one of them has passed it.
+    followers: Mutex<HashMap<u64, i64>>,
+    next_follower: AtomicU64,
+}
+
+/// A cache following the change feed, as `LocalWrites` knows it; forgotten
+/// when dropped.
+pub struct Follower(u64);
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let mut followers = LOCAL_WRITES
+            .followers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        followers.remove(&self.0);
+    }
 }
 
 pub static LOCAL_WRITES: LazyLock<LocalWrites> = LazyLock::new(|| LocalWrites {
@@ -159,6 +178,8 @@ pub static LOCAL_WRITES: LazyLock<LocalWrites> = LazyLock::new(|| LocalWrites {
     newest_subject: AtomicI64::new(0),
     everyone: AtomicI64::new(0),
     committed: watch::Sender::new(0),
+    followers: Mutex::new(HashMap::new()),
+    next_follower: AtomicU64::new(0),
 });
 
 impl LocalWrites {
@@ -187,13 +208,27 @@ impl LocalWrites {
         subjects.get(subject).copied().unwrap_or(0).max(everyone)
     }
 
-    /// Forgets the subject fences a follower has applied (xid <= `applied`).
-    pub fn applied(&self, applied: i64) {
+    /// A new follower, which has applied nothing yet.
+    pub fn follower(&self) -> Follower {
+        let id = self.next_follower.fetch_add(1, Ordering::Relaxed);
+        let mut followers = self.followers.lock().unwrap_or_else(|e| e.into_inner());
+        followers.insert(id, -1);
+        Follower(id)
+    }
+
+    /// Notes that `follower` has applied every transaction up to `applied`,
+    /// and forgets the subject fences every follower has applied.
+    pub fn applied(&self, follower: &Follower, applied: i64) {
+        let everyone_applied = {
+            let mut followers = self.followers.lock().unwrap_or_else(|e| e.into_inner());
+            followers.insert(follower.0, applied);
+            followers.values().copied().min().unwrap_or(applied)
+        };
         if self.newest_subject.load(Ordering::Acquire) == 0 {
             return;
         }
         let mut subjects = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
-        subjects.retain(|_, xid| *xid > applied);
+        subjects.retain(|_, xid| *xid > everyone_applied);
         if subjects.is_empty() {
             self.newest_subject.store(0, Ordering::Release);
         }
@@ -207,5 +242,33 @@ impl LocalWrites {
     /// A receiver that changes after every local commit.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.committed.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fence_lasts_until_every_follower_in_the_process_has_applied_it() {
+        // Two caches in one process, each following its own database (as
+        // the tests' servers do): one passing a transaction id says nothing
+        // of the other's feed.
+        let (mine, other) = (LOCAL_WRITES.follower(), LOCAL_WRITES.follower());
+        let subject = "journal-unit-test-subject";
+        LOCAL_WRITES.note(ChangeKind::ConsentRecorded, Some(subject), 1_000);
+        LOCAL_WRITES.applied(&other, 2_000);
+        assert_eq!(LOCAL_WRITES.fence(subject), 1_000);
+        LOCAL_WRITES.applied(&mine, 1_000);
+        assert_eq!(LOCAL_WRITES.fence(subject), 0, "both have applied it");
+
+        LOCAL_WRITES.note(ChangeKind::ConsentRecorded, Some(subject), 3_000);
+        drop(other);
+        LOCAL_WRITES.applied(&mine, 3_000);
+        assert_eq!(
+            LOCAL_WRITES.fence(subject),
+            0,
+            "a stopped follower holds nothing"
+        );
     }
 }

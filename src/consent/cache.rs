@@ -40,7 +40,7 @@ use super::service::{CheckAnswers, CheckQuery};
 use super::store;
 use crate::changefeed;
 use crate::error::Result;
-use crate::journal::{ChangeKind, LOCAL_WRITES};
+use crate::journal::{ChangeKind, Follower, LOCAL_WRITES};
 use crate::tokens::{ConsistencyToken, FeedPosition};
 
 /// The channel this service's processes wake each other's followers on.
@@ -239,6 +239,7 @@ impl DecisionCache {
             return;
         };
         let mut local = LOCAL_WRITES.subscribe();
+        let follower = LOCAL_WRITES.follower();
         let mut listener: Option<PgListener> = None;
         let mut position: Option<FeedPosition> = None;
         let mut waiting: Vec<(Instant, i64)> = Vec::new();
@@ -258,7 +259,10 @@ impl DecisionCache {
             if listener.is_none() {
                 listener = listen(&pool).await;
             }
-            match shared.catch_up(&pool, &mut position, &mut waiting).await {
+            match shared
+                .catch_up(&pool, &follower, &mut position, &mut waiting)
+                .await
+            {
                 Ok(()) => {
                     if failing {
                         tracing::info!("decision cache following the change feed again");
@@ -482,6 +486,7 @@ impl Shared {
     async fn catch_up(
         &self,
         pool: &PgPool,
+        follower: &Follower,
         position: &mut Option<FeedPosition>,
         waiting: &mut Vec<(Instant, i64)>,
     ) -> Result<()> {
@@ -525,7 +530,7 @@ impl Shared {
                 }
                 self.applied.store(applied, Ordering::Release);
             }
-            LOCAL_WRITES.applied(applied);
+            LOCAL_WRITES.applied(follower, applied);
             // Every commit before a poll began is applied once `applied`
             // reaches that poll's xmax: from then on the cache was exactly
             // PostgreSQL as of the poll's start.
