@@ -4,9 +4,9 @@ mod common;
 
 use common::{TestServer, error_reason, grant, refuse, request_id, ts};
 use privacy_records::proto::{
-    BatchCheckConsentRequest, CheckConsentRequest, ConsentCheck, ConsentDecision, ConsentModel,
-    ConsentSource, CreatePurposeRequest, DecisionReason, Evidence, EvidenceKind,
-    GetConsentStateRequest, GetPurposeRequest, GetSubjectRequest, JurisdictionModel,
+    BatchCheckConsentRequest, CheckConsentRequest, CheckConsentResponse, ConsentCheck,
+    ConsentDecision, ConsentModel, ConsentSource, CreatePurposeRequest, DecisionReason, Evidence,
+    EvidenceKind, GetConsentStateRequest, GetPurposeRequest, GetSubjectRequest, JurisdictionModel,
     ListConsentRecordsRequest, ListPolicyVersionsRequest, ListPurposesRequest,
     ListSubjectsToReconsentRequest, PolicyVersion, PublishPolicyVersionRequest, Purpose,
     RecordConsentRequest, SetSubjectMinorStatusRequest, UpdatePurposeRequest, Verdict,
@@ -180,6 +180,65 @@ async fn a_retry_with_the_same_request_id_returns_the_first_response_and_writes_
         count(&server, "SELECT count(*) FROM consent_records").await,
         2
     );
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn a_check_fills_only_the_fields_its_read_mask_asks_for() {
+    let server = TestServer::start().await;
+    let mut c = server.consent.clone();
+    c.record_consent(grant("mona", "api_io_storage"))
+        .await
+        .expect("grant");
+    let masked = |paths: &[&str]| CheckConsentRequest {
+        read_mask: Some(FieldMask {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }),
+        ..check("mona", "api_io_storage")
+    };
+
+    let whole = c
+        .check_consent(check("mona", "api_io_storage"))
+        .await
+        .expect("check")
+        .into_inner();
+    assert!(whole.deciding_record.is_some() && !whole.consistency_token.is_empty());
+    let star = c
+        .check_consent(masked(&["*"]))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(star.deciding_record, whole.deciding_record);
+
+    let verdict_only = c
+        .check_consent(masked(&["verdict"]))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(
+        verdict_only,
+        CheckConsentResponse {
+            verdict: Verdict::Allowed as i32,
+            ..Default::default()
+        }
+    );
+    let some = c
+        .check_consent(masked(&["reason", "deciding_record"]))
+        .await
+        .expect("check")
+        .into_inner();
+    assert_eq!(some.verdict, 0);
+    assert_eq!(some.reason, whole.reason);
+    assert_eq!(some.deciding_record, whole.deciding_record);
+    assert!(some.consistency_token.is_empty());
+
+    let err = c
+        .check_consent(masked(&["verdict", "subject_id"]))
+        .await
+        .expect_err("not a response field");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(error_reason(&err).1, vec!["read_mask".to_string()]);
+    assert!(err.message().contains("subject_id"), "{}", err.message());
     server.finish().await;
 }
 

@@ -8,6 +8,8 @@
 //! - `health`: `grpc.health.v1.Health/Check` for service `""`: the cost of the gRPC
 //!   stack alone, the baseline every other scenario is compared with;
 //! - `check`: `CheckConsent` of `analytics_cookies` for a random seeded subject;
+//! - `check-verdict`: the same check with `read_mask` `verdict,reason` (AIP-157): the
+//!   answer without the deciding ledger entry;
 //! - `batch`: `BatchCheckConsent` of `--batch-size` random (subject, purpose) pairs
 //!   (decisions per second are reported too);
 //! - `record`: `RecordConsent` (a fresh `request_id` per call) for a random seeded subject;
@@ -104,6 +106,8 @@ use tonic_health::pb::health_client::HealthClient;
 
 /// The purpose seeded for every subject and checked by the `check` scenario.
 const SEEDED_PURPOSE: &str = "analytics_cookies";
+/// `check-verdict`'s read mask: the answer and why, without the deciding entry.
+const VERDICT_ONLY: &[&str] = &["verdict", "reason"];
 /// The jurisdiction the seeded and benchmarked decisions are recorded in.
 const JURISDICTION: &str = "US-CA";
 
@@ -186,6 +190,7 @@ struct Args {
 enum Scenario {
     Health,
     Check,
+    CheckVerdict,
     Batch,
     Record,
     Request,
@@ -200,6 +205,7 @@ impl Scenario {
         match self {
             Scenario::Health => "health",
             Scenario::Check => "check",
+            Scenario::CheckVerdict => "check-verdict",
             Scenario::Batch => "batch",
             Scenario::Record => "record",
             Scenario::Request => "request",
@@ -367,7 +373,8 @@ impl Caller {
     async fn call_inner(&mut self, scenario: Scenario) -> Result<u64, String> {
         match scenario {
             Scenario::Health => self.health_check().await.map(|()| 1),
-            Scenario::Check => self.check().await.map(|()| 1),
+            Scenario::Check => self.check(None).await.map(|()| 1),
+            Scenario::CheckVerdict => self.check(Some(VERDICT_ONLY)).await.map(|()| 1),
             Scenario::Batch => self.batch().await.map(|()| 1),
             Scenario::Record => self.record().await.map(|()| 1),
             Scenario::Request => self.request().await.map(|()| 1),
@@ -438,11 +445,16 @@ impl Caller {
         }
     }
 
-    async fn check(&mut self) -> Result<(), String> {
+    /// A CheckConsent of a seeded subject; `read_mask` names the response
+    /// fields asked for (None: the whole answer).
+    async fn check(&mut self, read_mask: Option<&[&str]>) -> Result<(), String> {
         let n = self.rng.below(self.plan.subjects);
         let request = CheckConsentRequest {
             subject_id: self.plan.subject(n),
             purpose: SEEDED_PURPOSE.to_string(),
+            read_mask: read_mask.map(|paths| prost_types::FieldMask {
+                paths: paths.iter().map(|p| p.to_string()).collect(),
+            }),
             ..Default::default()
         };
         let response = self

@@ -321,6 +321,46 @@ fn parse_mask(v: &mut Violations, mask: Option<&prost_types::FieldMask>) -> Purp
     out
 }
 
+/// Which fields of a CheckConsentResponse to fill (its `read_mask`).
+#[derive(Debug, Clone, Copy)]
+struct CheckMask {
+    verdict: bool,
+    reason: bool,
+    deciding_record: bool,
+    consent_model: bool,
+    consistency_token: bool,
+}
+
+fn parse_read_mask(v: &mut Violations, mask: Option<&prost_types::FieldMask>) -> CheckMask {
+    let paths = mask.map(|m| m.paths.as_slice()).unwrap_or_default();
+    let all = paths.is_empty() || paths.iter().any(|p| p == "*");
+    let mut out = CheckMask {
+        verdict: all,
+        reason: all,
+        deciding_record: all,
+        consent_model: all,
+        consistency_token: all,
+    };
+    for path in paths {
+        match path.as_str() {
+            "*" => {}
+            "verdict" => out.verdict = true,
+            "reason" => out.reason = true,
+            "deciding_record" => out.deciding_record = true,
+            "consent_model" => out.consent_model = true,
+            "consistency_token" => out.consistency_token = true,
+            other => v.add(
+                "read_mask",
+                format!(
+                    "{other:?} is not a field of CheckConsentResponse (verdict, reason, \
+                     deciding_record, consent_model, consistency_token)"
+                ),
+            ),
+        }
+    }
+    out
+}
+
 fn parse_evidence(v: &mut Violations, e: Option<&proto::Evidence>) -> Option<Option<Evidence>> {
     let Some(e) = e else { return Some(None) };
     let kind = v.check(
@@ -658,7 +698,9 @@ impl ConsentService for ConsentApi {
         );
         let as_of = parse_as_of(&mut v, req.as_of_time.as_ref());
         let token = parse_token(&mut v, &req.consistency_token);
-        let (Some(query), Some(as_of), Some(token)) = (query, as_of, token) else {
+        let mask = parse_read_mask(&mut v, req.read_mask.as_ref());
+        let (Some(query), Some(as_of), Some(token), true) = (query, as_of, token, v.is_empty())
+        else {
             return Err(v.into_error().into());
         };
         let answers = service::check_cached(
@@ -674,11 +716,23 @@ impl ConsentService for ConsentApi {
             .first()
             .ok_or_else(|| Error::Internal("a check returned no outcome".into()))?;
         Ok(Response::new(proto::CheckConsentResponse {
-            verdict: verdict(outcome),
-            reason: reason(outcome),
-            deciding_record: outcome.record.as_ref().map(record_to_proto),
-            consent_model: model_to_proto(outcome.model),
-            consistency_token: answers.token.encode(),
+            verdict: if mask.verdict { verdict(outcome) } else { 0 },
+            reason: if mask.reason { reason(outcome) } else { 0 },
+            deciding_record: if mask.deciding_record {
+                outcome.record.as_ref().map(record_to_proto)
+            } else {
+                None
+            },
+            consent_model: if mask.consent_model {
+                model_to_proto(outcome.model)
+            } else {
+                0
+            },
+            consistency_token: if mask.consistency_token {
+                answers.token.encode()
+            } else {
+                String::new()
+            },
         }))
     }
 
