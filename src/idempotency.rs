@@ -92,22 +92,21 @@ pub async fn stored(
     let Some((m, hash, response, token, record, xid)) = row else {
         return Ok(None);
     };
-    if response.is_none() && record.is_none() {
-        return Ok(None);
-    }
-    if m != method || hash != fingerprint {
-        return Err(Error::RequestIdReused(request_id.as_str().to_owned()));
-    }
     let token = match (token, xid) {
         (Some(token), _) => ConsistencyToken::parse(&token).map_err(Error::Internal)?,
         (None, Some(xid)) => ConsistencyToken { xid },
         (None, None) => ConsistencyToken { xid: 0 },
     };
-    Ok(Some(match (response, record) {
+    let stored = match (response, record) {
         (Some(response), _) => Stored::Response(response, token),
         (None, Some(id)) => Stored::ConsentRecord(id, token),
-        (None, None) => unreachable!("checked above"),
-    }))
+        // Not finished: a call with the id is still in flight.
+        (None, None) => return Ok(None),
+    };
+    if m != method || hash != fingerprint {
+        return Err(Error::RequestIdReused(request_id.as_str().to_owned()));
+    }
+    Ok(Some(stored))
 }
 
 /// What `begin` found for a request id.

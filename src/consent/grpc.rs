@@ -661,8 +661,9 @@ impl ConsentService for ConsentApi {
             )
         })
         .await;
-        let (response, token) = match crate::rpc::audit_refusal(&self.pool, METHOD, outcome).await?
-        {
+        // RecordConsent refuses nothing for want of permission on a
+        // resource, so unlike `rpc::mutate` it has no refusal to audit.
+        let (response, token) = match outcome? {
             Recorded::Entry(record, token) => (
                 proto::RecordConsentResponse {
                     record: Some(record_to_proto(&record)),
