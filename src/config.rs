@@ -84,6 +84,11 @@ pub struct Settings {
     pub cache_max_staleness: Duration,
     /// How often the cache's change-feed follower polls when nothing wakes it.
     pub cache_poll_interval: Duration,
+    /// RecordConsent calls written in one shared commit at most (1: each
+    /// call commits alone).
+    pub write_batch_max: usize,
+    /// Shared commits in progress at once.
+    pub write_batch_workers: usize,
     /// How privacy requests are handled.
     pub requests: RequestSettings,
     /// Run the retention sweeper inside `serve`.
@@ -177,6 +182,8 @@ impl Default for Settings {
             cache_max_subjects: 100_000,
             cache_max_staleness: Duration::from_secs(1),
             cache_poll_interval: Duration::from_millis(100),
+            write_batch_max: 64,
+            write_batch_workers: 2,
             requests: RequestSettings::default(),
             retention_sweeper: true,
             retention_sweep_interval: Duration::from_secs(60),
@@ -218,6 +225,8 @@ pub struct Layer {
     pub cache_max_subjects: Option<usize>,
     pub cache_max_staleness_ms: Option<u64>,
     pub cache_poll_interval_ms: Option<u64>,
+    pub write_batch_max: Option<usize>,
+    pub write_batch_workers: Option<usize>,
     pub refuse_voluntary_requests: Option<bool>,
     pub identifier_hash_key: Option<Secret>,
     pub task_max_attempts: Option<u32>,
@@ -329,6 +338,8 @@ impl Layer {
             cache_max_subjects: parse(&get, "CACHE_MAX_SUBJECTS")?,
             cache_max_staleness_ms: parse(&get, "CACHE_MAX_STALENESS_MS")?,
             cache_poll_interval_ms: parse(&get, "CACHE_POLL_INTERVAL_MS")?,
+            write_batch_max: parse(&get, "WRITE_BATCH_MAX")?,
+            write_batch_workers: parse(&get, "WRITE_BATCH_WORKERS")?,
             refuse_voluntary_requests: parse(&get, "REFUSE_VOLUNTARY_REQUESTS")?,
             identifier_hash_key: get(&format!("{ENV_PREFIX}IDENTIFIER_HASH_KEY"))
                 .filter(|s| !s.is_empty())
@@ -414,6 +425,12 @@ impl Settings {
         }
         if let Some(v) = layer.cache_max_subjects {
             self.cache_max_subjects = v;
+        }
+        if let Some(v) = layer.write_batch_max {
+            self.write_batch_max = v;
+        }
+        if let Some(v) = layer.write_batch_workers {
+            self.write_batch_workers = v;
         }
         if let Some(v) = layer.cache_max_staleness_ms {
             self.cache_max_staleness = ms(v);
@@ -510,6 +527,8 @@ impl Settings {
         )?;
         positive("max_message_bytes", self.max_message_bytes as u64)?;
         positive("db_max_connections", u64::from(self.db_max_connections))?;
+        positive("write_batch_max", self.write_batch_max as u64)?;
+        positive("write_batch_workers", self.write_batch_workers as u64)?;
         positive(
             "read_replica_max_lag_ms",
             self.read_replica_max_lag.as_millis() as u64,
@@ -623,6 +642,24 @@ mod tests {
             err.to_string()
                 .contains("PRIVACY_RECORDS_MAX_CONCURRENT_CALLS")
         );
+    }
+
+    #[test]
+    fn a_write_batch_of_zero_is_refused_by_name() {
+        let err = Settings::load(
+            None,
+            env(&[("PRIVACY_RECORDS_WRITE_BATCH_MAX", "0")]),
+            Layer::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("write_batch_max"), "{err}");
+        let s = Settings::load(
+            None,
+            env(&[("PRIVACY_RECORDS_WRITE_BATCH_WORKERS", "3")]),
+            Layer::default(),
+        )
+        .unwrap();
+        assert_eq!((s.write_batch_max, s.write_batch_workers), (64, 3));
     }
 
     #[test]

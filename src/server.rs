@@ -17,6 +17,7 @@ use crate::audit::grpc::AuditApi;
 use crate::auth::{Authenticator, Callers};
 use crate::config::Settings;
 use crate::consent::cache::{CacheSettings, DecisionCache};
+use crate::consent::group_commit::Batching;
 use crate::consent::grpc::{ConsentApi, WatchSettings};
 use crate::datasystems::grpc::DataSystemApi;
 use crate::middleware::RpcLayer;
@@ -242,6 +243,10 @@ impl Application {
             stop_rx.clone(),
             settings.keys.clone(),
             cache,
+            Batching {
+                max: settings.write_batch_max,
+                workers: settings.write_batch_workers,
+            },
         ))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);

@@ -13,10 +13,12 @@ use std::time::Duration;
 
 use common::{TestDb, TestServer, test_keyring, test_settings};
 use privacy_records::consent::cache::{CacheSettings, DecisionCache};
+use privacy_records::consent::group_commit::{Batching, GroupCommit};
 use privacy_records::consent::model::{
     ConsentModel, Decision, NewConsent, PurposeKey, Reason, Source, SubjectId,
 };
 use privacy_records::consent::service::{self, CheckQuery, Context, Recorded};
+use privacy_records::consent::store::{self, Appended};
 use privacy_records::error::Error;
 use privacy_records::idempotency::RequestId;
 use privacy_records::proto::ErrorReason;
@@ -358,16 +360,8 @@ async fn record(
         expire_time: None,
     };
     let fingerprint = format!("{request_id:?}{decision:?}").into_bytes();
-    service::record_consent(
-        &f.cache,
-        &test_keyring(),
-        &f.pool,
-        &ctx,
-        &fingerprint,
-        &request_id,
-        &new,
-    )
-    .await
+    let writes = GroupCommit::start(f.pool.clone(), test_keyring(), ctx.method, BATCHING);
+    service::record_consent(&f.cache, &writes, &ctx, &fingerprint, &request_id, &new).await
 }
 
 async fn ledger_rows(pool: &PgPool) -> i64 {
@@ -436,6 +430,176 @@ async fn a_write_checks_the_purpose_as_it_is_now_not_as_the_catalogue_last_saw_i
     };
     assert_eq!((first.id, first_token), (again.id, again_token));
     assert_eq!(ledger_rows(&f.pool).await, 1);
+    f.finish().await;
+}
+
+const RECORD_CONSENT: &str = "privacy.v1.ConsentService/RecordConsent";
+const BATCHING: Batching = Batching {
+    max: 64,
+    workers: 2,
+};
+
+fn pending(subject: &str, request_id: &str, purpose_revision: i64) -> store::Pending {
+    store::Pending {
+        new: NewConsent {
+            subject_id: SubjectId::parse(subject).expect("id"),
+            purpose: PurposeKey::parse(OPT_IN).expect("key"),
+            decision: Decision::Granted,
+            source: Source::Api,
+            policy_version: None,
+            jurisdiction: None,
+            evidence: None,
+            effective_time: None,
+            expire_time: None,
+        },
+        purpose_revision,
+        actor: "test".into(),
+        request_id: request_id.into(),
+        fingerprint: request_id.as_bytes().to_vec(),
+    }
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .expect(sql)
+}
+
+#[tokio::test]
+async fn a_grouped_write_gives_each_entry_its_own_outcome() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let revision: i64 = sqlx::query_scalar("SELECT revision FROM purposes WHERE key = $1")
+        .bind(OPT_IN)
+        .fetch_one(&pool)
+        .await
+        .expect("revision");
+    sqlx::query(
+        "INSERT INTO idempotency_keys (request_id, method, request_hash) VALUES ('used', $1, '')",
+    )
+    .bind(RECORD_CONSENT)
+    .execute(&pool)
+    .await
+    .expect("a used key");
+    let entries = &[
+        &pending("ann", "r-ann", revision),
+        &pending("bob", "used", revision),
+        &pending("cid", "r-cid", revision - 1),
+        &pending("dan", "r-dup", revision),
+        &pending("eve", "r-dup", revision),
+    ];
+    let mut conn = pool.acquire().await.expect("conn");
+    let outcomes = store::append_many(&mut conn, RECORD_CONSENT, entries)
+        .await
+        .expect("grouped write");
+    let [
+        Appended::Written(ann, xid),
+        Appended::RequestIdUsed,
+        Appended::PurposeRevised,
+        Appended::Written(dan, dan_xid),
+        Appended::RequestIdUsed,
+    ] = outcomes.as_slice()
+    else {
+        panic!("outcomes in the entries' order: {:?}", outcomes.len());
+    };
+    assert_eq!(
+        (ann.subject_id.as_str(), dan.subject_id.as_str()),
+        ("ann", "dan")
+    );
+    assert_eq!(xid, dan_xid, "one transaction");
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM consent_records").await,
+        2
+    );
+    let written = "SELECT count(*) FROM audit_events a JOIN change_events c \
+                   ON c.consent_record_id::text = split_part(a.target, '/', 4) \
+                   JOIN idempotency_keys k ON k.consent_record_id = c.consent_record_id \
+                   WHERE a.method = 'privacy.v1.ConsentService/RecordConsent'";
+    assert_eq!(
+        count(&pool, written).await,
+        2,
+        "each entry has its key, audit and change event"
+    );
+
+    // One entry breaking a constraint (an unpublished policy version) fails
+    // the statement, and nothing of the batch is written.
+    let mut bad = pending("gus", "r-gus", revision);
+    bad.new.policy_version = Some("never-published".into());
+    let err = store::append_many(
+        &mut conn,
+        RECORD_CONSENT,
+        &[&pending("fay", "r-fay", revision), &bad],
+    )
+    .await
+    .err()
+    .expect("a grouped write with a broken entry fails");
+    assert!(
+        matches!(&err, Error::Internal(m) if m.contains("policy_version")),
+        "{err:?}"
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM consent_records").await,
+        2
+    );
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM idempotency_keys WHERE request_id = 'r-fay'"
+        )
+        .await,
+        0
+    );
+    drop(conn);
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn concurrent_writes_through_the_group_commit_each_land_once() {
+    let f = Followed::start(100).await;
+    let writes = GroupCommit::start(f.pool.clone(), test_keyring(), RECORD_CONSENT, BATCHING);
+    let calls = (0..48).map(|i| {
+        let (f, writes) = (&f, &writes);
+        async move {
+            // Each request id twice at once, and distinct subjects.
+            let id = format!("grp-{}", i / 2);
+            let subject = format!("g{}", i / 2);
+            let request_id = RequestId::parse(&id).expect("id");
+            let ctx = Context::internal("test", RECORD_CONSENT, String::new());
+            let new = NewConsent {
+                subject_id: SubjectId::parse(&subject).expect("id"),
+                ..pending(&subject, &id, 0).new
+            };
+            service::record_consent(&f.cache, writes, &ctx, id.as_bytes(), &request_id, &new).await
+        }
+    });
+    let outcomes = futures::future::join_all(calls).await;
+    let mut ids = std::collections::HashMap::new();
+    let mut commits = std::collections::HashSet::new();
+    for outcome in outcomes {
+        let Recorded::Entry(record, token) = outcome.expect("written") else {
+            panic!("a grouped write returns its entry");
+        };
+        commits.insert(token.xid);
+        ids.entry(record.subject_id.clone())
+            .or_insert_with(Vec::new)
+            .push(record.id);
+    }
+    assert_eq!(ids.len(), 24);
+    // The calls were all queued before a worker ran (one thread), so they
+    // shared commits.
+    assert!(
+        commits.len() < 24,
+        "{} commits for 24 entries",
+        commits.len()
+    );
+    for (subject, entries) in ids {
+        assert_eq!(
+            entries[0], entries[1],
+            "{subject}: a retry gets the same entry"
+        );
+    }
+    assert_eq!(ledger_rows(&f.pool).await, 24, "each request id wrote once");
     f.finish().await;
 }
 

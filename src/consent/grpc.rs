@@ -13,6 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::cache::DecisionCache;
 use super::decision::Outcome;
+use super::group_commit::{Batching, GroupCommit};
 use super::model::{
     self as m, ConsentModel, ConsentRecord, Decision, Evidence, EvidenceKind, Jurisdiction,
     NewConsent, PolicyVersion, Purpose, PurposeFields, PurposeKey, Source, Subject, SubjectId,
@@ -49,7 +50,11 @@ pub struct ConsentApi {
     shutdown: watch::Receiver<bool>,
     keys: crate::keys::Keyring,
     cache: DecisionCache,
+    /// RecordConsent's writes, grouped into shared commits.
+    writes: GroupCommit,
 }
+
+const RECORD_CONSENT: &str = "privacy.v1.ConsentService/RecordConsent";
 
 impl ConsentApi {
     pub fn new(
@@ -58,9 +63,12 @@ impl ConsentApi {
         shutdown: watch::Receiver<bool>,
         keys: crate::keys::Keyring,
         cache: DecisionCache,
+        batching: Batching,
     ) -> Self {
+        let pool = reads.primary().clone();
         Self {
-            pool: reads.primary().clone(),
+            writes: GroupCommit::start(pool.clone(), keys.clone(), RECORD_CONSENT, batching),
+            pool,
             reads,
             watch,
             shutdown,
@@ -642,7 +650,7 @@ impl ConsentService for ConsentApi {
         &self,
         request: Request<proto::RecordConsentRequest>,
     ) -> Result<Response<proto::RecordConsentResponse>, Status> {
-        const METHOD: &str = "privacy.v1.ConsentService/RecordConsent";
+        const METHOD: &str = RECORD_CONSENT;
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let (request_id, new) = parse_new_consent(&req)?;
@@ -652,8 +660,7 @@ impl ConsentService for ConsentApi {
         let outcome = crate::db::retry_on_conflict(|| {
             service::record_consent(
                 &self.cache,
-                &self.keys,
-                &self.pool,
+                &self.writes,
                 &ctx,
                 &fingerprint,
                 &request_id,

@@ -3,6 +3,7 @@
 //! used for this purpose?".
 pub mod cache;
 pub mod decision;
+pub mod group_commit;
 pub mod grpc;
 pub mod model;
 pub mod service;

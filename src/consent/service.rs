@@ -7,6 +7,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::cache::DecisionCache;
 use super::decision::{self, Inputs, Outcome};
+use super::group_commit::GroupCommit;
 use super::model::{
     ConsentModel, ConsentRecord, Decision, Jurisdiction, NewConsent, PolicyVersion, Purpose,
     PurposeFields, PurposeKey, Subject, SubjectId,
@@ -177,8 +178,7 @@ const PURPOSE_ATTEMPTS: usize = 3;
 /// PostgreSQL. A call whose request id was used returns what that call wrote.
 pub async fn record_consent(
     cache: &DecisionCache,
-    keys: &Keyring,
-    pool: &PgPool,
+    writes: &GroupCommit,
     ctx: &Context,
     fingerprint: &[u8],
     request_id: &RequestId,
@@ -194,12 +194,12 @@ pub async fn record_consent(
     for _ in 0..PURPOSE_ATTEMPTS {
         let purpose = match cached.take() {
             Some(purpose) => purpose,
-            None => store::get_purpose(&mut *pool.acquire().await?, &new.purpose, false)
+            None => store::get_purpose(&mut *writes.pool().acquire().await?, &new.purpose, false)
                 .await?
                 .ok_or_else(|| Error::NotFound(new.purpose.name()))?,
         };
         check_recordable(&purpose, new)?;
-        match store::record_consent(keys, pool, new, purpose.revision, &writer).await? {
+        match writes.record(new, purpose.revision, &writer).await? {
             store::Appended::Written(record, xid) => {
                 let token = journal::recorded(
                     ChangeKind::ConsentRecorded,
@@ -210,6 +210,7 @@ pub async fn record_consent(
                 return Ok(Recorded::Entry(record, token));
             }
             store::Appended::RequestIdUsed => {
+                let (keys, pool) = (writes.keys(), writes.pool());
                 return earlier_call(keys, pool, request_id, ctx.method, fingerprint).await;
             }
             store::Appended::PurposeRevised => continue,

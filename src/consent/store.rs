@@ -64,6 +64,59 @@ static RECORD_CONSENT: LazyLock<Arc<str>> = LazyLock::new(|| {
     )
     .into()
 });
+/// `RECORD_CONSENT` for many entries without evidence at once (group
+/// commit: one statement, one transaction, one durable commit for several
+/// calls). Per entry, as in the one-entry statement: nothing unless the
+/// purpose is still at the revision the rules were checked against, and
+/// nothing if its request id was used. The ids are drawn first so that the
+/// key, which must exist before the entry is written, can point at it.
+/// Returns one row per entry, by `ord` (1-based).
+static RECORD_CONSENTS: LazyLock<Arc<str>> = LazyLock::new(|| {
+    format!(
+        "WITH q AS (
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[],
+                                  $10::text[], $11::int8[], $12::bytea[])
+                 WITH ORDINALITY AS q(subject_id, purpose_key, decision, source, policy_version,
+                                      jurisdiction, effective_time, expire_time, request_id,
+                                      actor, purpose_revision, request_hash, ord)),
+         n AS MATERIALIZED (
+             SELECT q.ord, nextval(pg_get_serial_sequence('consent_records', 'id')) AS id
+             FROM q JOIN purposes p ON p.key = q.purpose_key AND p.revision = q.purpose_revision
+             ORDER BY q.ord),
+         k AS (
+             INSERT INTO idempotency_keys (request_id, method, request_hash, consent_record_id)
+             SELECT q.request_id, $13, q.request_hash, n.id FROM n JOIN q USING (ord)
+             ORDER BY q.request_id
+             ON CONFLICT (request_id) DO NOTHING
+             RETURNING consent_record_id),
+         r AS (
+             INSERT INTO consent_records (id, subject_id, purpose_key, decision, source,
+                 policy_version, jurisdiction, effective_time, expire_time, request_id, actor)
+             OVERRIDING SYSTEM VALUE
+             SELECT n.id, q.subject_id, q.purpose_key, q.decision, q.source, q.policy_version,
+                    q.jurisdiction, coalesce(q.effective_time, now()), q.expire_time,
+                    q.request_id, q.actor
+             FROM k JOIN n ON n.id = k.consent_record_id JOIN q USING (ord)
+             ORDER BY n.id
+             RETURNING {RECORD_COLUMNS}),
+         a AS (
+             INSERT INTO audit_events (actor, method, target, subject_id, request_id, details)
+             SELECT r.actor, $13, 'subjects/' || r.subject_id || '/consentRecords/' || r.id,
+                    r.subject_id, r.request_id,
+                    jsonb_build_object('purpose', r.purpose_key, 'decision', r.decision,
+                                       'source', r.source)
+             FROM r ORDER BY r.id),
+         c AS (
+             INSERT INTO change_events (kind, subject_id, purpose_key, consent_record_id)
+             SELECT $14, r.subject_id, r.purpose_key, r.id FROM r ORDER BY r.id)
+         SELECT q.ord, n.id IS NOT NULL AS purpose_current, r.*,
+                pg_current_xact_id()::text::bigint AS xid
+         FROM q LEFT JOIN n USING (ord) LEFT JOIN r ON r.id = n.id
+         ORDER BY q.ord"
+    )
+    .into()
+});
 /// Everything `decide` needs for many (subject, purpose) pairs, in one
 /// statement: the snapshot's time and xmin, the material policy change in
 /// effect, and per pair the purpose, the minor flag and the latest entry.
@@ -508,6 +561,85 @@ pub async fn append(
     // What was just sealed is what the caller gave.
     record.evidence = new.evidence.clone();
     Ok(Appended::Written(Box::new(record), xid))
+}
+
+/// One entry for `append_many`: a decision without evidence, the purpose
+/// revision its rules were checked against, and who writes it.
+pub struct Pending {
+    pub new: NewConsent,
+    pub purpose_revision: i64,
+    pub actor: String,
+    pub request_id: String,
+    pub fingerprint: Vec<u8>,
+}
+
+/// Writes many entries without evidence, each with its idempotency key,
+/// audit event and change event, in one statement (`RECORD_CONSENTS`) that
+/// commits them together unless in a larger transaction. The outcomes are
+/// in `entries`' order. An error (a constraint one entry breaks, say)
+/// writes nothing for any of them.
+pub async fn append_many(
+    conn: &mut PgConnection,
+    method: &str,
+    entries: &[&Pending],
+) -> Result<Vec<Appended>> {
+    debug_assert!(entries.iter().all(|e| e.new.evidence.is_none()));
+    let column = |f: fn(&Pending) -> Option<&str>| entries.iter().map(|e| f(e)).collect::<Vec<_>>();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(Arc::clone(&RECORD_CONSENTS)))
+        .bind(column(|e| Some(e.new.subject_id.as_str())))
+        .bind(column(|e| Some(e.new.purpose.as_str())))
+        .bind(column(|e| Some(e.new.decision.as_str())))
+        .bind(column(|e| Some(e.new.source.as_str())))
+        .bind(column(|e| e.new.policy_version.as_deref()))
+        .bind(column(|e| e.new.jurisdiction.as_ref().map(|j| j.as_str())))
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.new.effective_time)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.new.expire_time)
+                .collect::<Vec<_>>(),
+        )
+        .bind(column(|e| Some(e.request_id.as_str())))
+        .bind(column(|e| Some(e.actor.as_str())))
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.purpose_revision)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|e| e.fingerprint.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(method)
+        .bind(crate::journal::ChangeKind::ConsentRecorded.as_str())
+        .fetch_all(conn)
+        .await?;
+    if rows.len() != entries.len() {
+        return Err(Error::Internal(format!(
+            "{} entries written as {} rows",
+            entries.len(),
+            rows.len()
+        )));
+    }
+    rows.iter()
+        .map(|row| {
+            if !row.try_get::<bool, _>("purpose_current")? {
+                return Ok(Appended::PurposeRevised);
+            }
+            Ok(match record_from_row(row, "")? {
+                Some(record) => Appended::Written(Box::new(record), row.try_get("xid")?),
+                None => Appended::RequestIdUsed,
+            })
+        })
+        .collect()
 }
 
 /// One (subject, purpose) question and what the database says about it.
