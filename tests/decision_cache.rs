@@ -348,17 +348,7 @@ async fn record(
         "privacy.v1.ConsentService/RecordConsent",
         String::new(),
     );
-    let new = NewConsent {
-        subject_id: SubjectId::parse("writer").expect("id"),
-        purpose: PurposeKey::parse(OPT_IN).expect("key"),
-        decision,
-        source: Source::Api,
-        policy_version: None,
-        jurisdiction: None,
-        evidence: None,
-        effective_time: None,
-        expire_time: None,
-    };
+    let new = new_consent("writer", decision);
     let fingerprint = format!("{request_id:?}{decision:?}").into_bytes();
     let writes = GroupCommit::start(f.pool.clone(), test_keyring(), ctx.method, BATCHING);
     service::record_consent(&f.cache, &writes, &ctx, &fingerprint, &request_id, &new).await
@@ -439,19 +429,24 @@ const BATCHING: Batching = Batching {
     workers: 2,
 };
 
+/// A plain decision on the opt-in purpose, without evidence.
+fn new_consent(subject: &str, decision: Decision) -> NewConsent {
+    NewConsent {
+        subject_id: SubjectId::parse(subject).expect("id"),
+        purpose: PurposeKey::parse(OPT_IN).expect("key"),
+        decision,
+        source: Source::Api,
+        policy_version: None,
+        jurisdiction: None,
+        evidence: None,
+        effective_time: None,
+        expire_time: None,
+    }
+}
+
 fn pending(subject: &str, request_id: &str, purpose_revision: i64) -> store::Pending {
     store::Pending {
-        new: NewConsent {
-            subject_id: SubjectId::parse(subject).expect("id"),
-            purpose: PurposeKey::parse(OPT_IN).expect("key"),
-            decision: Decision::Granted,
-            source: Source::Api,
-            policy_version: None,
-            jurisdiction: None,
-            evidence: None,
-            effective_time: None,
-            expire_time: None,
-        },
+        new: new_consent(subject, Decision::Granted),
         purpose_revision,
         actor: "test".into(),
         request_id: request_id.into(),
@@ -566,10 +561,7 @@ async fn concurrent_writes_through_the_group_commit_each_land_once() {
             let subject = format!("g{}", i / 2);
             let request_id = RequestId::parse(&id).expect("id");
             let ctx = Context::internal("test", RECORD_CONSENT, String::new());
-            let new = NewConsent {
-                subject_id: SubjectId::parse(&subject).expect("id"),
-                ..pending(&subject, &id, 0).new
-            };
+            let new = new_consent(&subject, Decision::Granted);
             service::record_consent(&f.cache, writes, &ctx, id.as_bytes(), &request_id, &new).await
         }
     });

@@ -22,6 +22,24 @@ const RECORD_COLUMNS: &str = "id, subject_id, purpose_key, decision, source, pol
      evidence_kind, evidence_reference, evidence_description, effective_time, expire_time, \
      record_time, request_id, actor, evidence_sealed";
 
+/// The audit event and change event of each ledger entry in CTE `r` (the
+/// entries just inserted), in id order; `method` and `kind` are the
+/// statement's parameters holding the method and the change kind.
+fn entry_events(method: &str, kind: &str) -> String {
+    format!(
+        "a AS (
+             INSERT INTO audit_events (actor, method, target, subject_id, request_id, details)
+             SELECT r.actor, {method}, 'subjects/' || r.subject_id || '/consentRecords/' || r.id,
+                    r.subject_id, r.request_id,
+                    jsonb_build_object('purpose', r.purpose_key, 'decision', r.decision,
+                                       'source', r.source)
+             FROM r ORDER BY r.id),
+         c AS (
+             INSERT INTO change_events (kind, subject_id, purpose_key, consent_record_id)
+             SELECT {kind}, r.subject_id, r.purpose_key, r.id FROM r ORDER BY r.id)"
+    )
+}
+
 // The statements on the hot paths (every check, every RecordConsent) are
 // built once; the others are formatted per call.
 static GET_PURPOSE: LazyLock<Arc<str>> =
@@ -50,17 +68,9 @@ static RECORD_CONSENT: LazyLock<Arc<str>> = LazyLock::new(|| {
          k AS (
              INSERT INTO idempotency_keys (request_id, method, request_hash, consent_record_id)
              SELECT r.request_id, $16, $17, r.id FROM r WHERE $17::bytea IS NOT NULL),
-         a AS (
-             INSERT INTO audit_events (actor, method, target, subject_id, request_id, details)
-             SELECT r.actor, $16, 'subjects/' || r.subject_id || '/consentRecords/' || r.id,
-                    r.subject_id, r.request_id,
-                    jsonb_build_object('purpose', r.purpose_key, 'decision', r.decision,
-                                       'source', r.source)
-             FROM r),
-         c AS (
-             INSERT INTO change_events (kind, subject_id, purpose_key, consent_record_id)
-             SELECT $18, r.subject_id, r.purpose_key, r.id FROM r)
-         SELECT r.*, pg_current_xact_id()::text::bigint AS xid FROM r"
+         {events}
+         SELECT r.*, pg_current_xact_id()::text::bigint AS xid FROM r",
+        events = entry_events("$16", "$18"),
     )
     .into()
 });
@@ -100,20 +110,12 @@ static RECORD_CONSENTS: LazyLock<Arc<str>> = LazyLock::new(|| {
              FROM k JOIN n ON n.id = k.consent_record_id JOIN q USING (ord)
              ORDER BY n.id
              RETURNING {RECORD_COLUMNS}),
-         a AS (
-             INSERT INTO audit_events (actor, method, target, subject_id, request_id, details)
-             SELECT r.actor, $13, 'subjects/' || r.subject_id || '/consentRecords/' || r.id,
-                    r.subject_id, r.request_id,
-                    jsonb_build_object('purpose', r.purpose_key, 'decision', r.decision,
-                                       'source', r.source)
-             FROM r ORDER BY r.id),
-         c AS (
-             INSERT INTO change_events (kind, subject_id, purpose_key, consent_record_id)
-             SELECT $14, r.subject_id, r.purpose_key, r.id FROM r ORDER BY r.id)
+         {events}
          SELECT q.ord, n.id IS NOT NULL AS purpose_current, r.*,
                 pg_current_xact_id()::text::bigint AS xid
          FROM q LEFT JOIN n USING (ord) LEFT JOIN r ON r.id = n.id
-         ORDER BY q.ord"
+         ORDER BY q.ord",
+        events = entry_events("$13", "$14"),
     )
     .into()
 });

@@ -81,6 +81,24 @@ impl Replica {
         let socket_dir = dir.path().join("run");
         let port = NEXT_PORT.fetch_add(1, Ordering::Relaxed);
 
+        // pg_basebackup's temporary slot is made only once its WAL stream
+        // starts, after the backup's checkpoint; under the suite's write load
+        // a checkpoint in between can recycle the segment the stream needs
+        // ("requested WAL segment ... has already been removed"). Keeping
+        // some WAL on the shared test cluster closes that window.
+        let mut admin = PgConnection::connect(&primary.admin_url)
+            .await
+            .expect("connect admin");
+        sqlx::query("ALTER SYSTEM SET wal_keep_size = '1GB'")
+            .execute(&mut admin)
+            .await
+            .expect("keep WAL");
+        sqlx::query("SELECT pg_reload_conf()")
+            .execute(&mut admin)
+            .await
+            .expect("reload");
+        drop(admin);
+
         let mut backup = pg_command(&bin_dir, "pg_basebackup");
         backup
             .arg("-D")
