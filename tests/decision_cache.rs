@@ -355,10 +355,7 @@ async fn record(
 }
 
 async fn ledger_rows(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM consent_records")
-        .fetch_one(pool)
-        .await
-        .expect("count")
+    count(pool, "SELECT count(*) FROM consent_records").await
 }
 
 #[tokio::test]

@@ -650,13 +650,12 @@ impl ConsentService for ConsentApi {
         &self,
         request: Request<proto::RecordConsentRequest>,
     ) -> Result<Response<proto::RecordConsentResponse>, Status> {
-        const METHOD: &str = RECORD_CONSENT;
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let (request_id, new) = parse_new_consent(&req)?;
         crate::rpc::note_request_id(&request_id);
-        let ctx = Context::for_call(&caller, METHOD, &request_id);
-        let fingerprint = crate::idempotency::fingerprint(METHOD, &req);
+        let ctx = Context::for_call(&caller, RECORD_CONSENT, &request_id);
+        let fingerprint = crate::idempotency::fingerprint(RECORD_CONSENT, &req);
         let outcome = crate::db::retry_on_conflict(|| {
             service::record_consent(
                 &self.cache,

@@ -431,9 +431,6 @@ async fn records_from_rows(
     Ok(out)
 }
 
-/// Appends a decision; its evidence (free text about a person) is sealed
-/// under the subject's data key, which is created then if need be: a
-/// decision without evidence never touches the key table.
 /// The text of RecordConsent's statement, for the bench's measurement of
 /// it alone (`privacy-records-bench --scenarios pgbench-record`).
 pub fn record_consent_sql() -> &'static str {
@@ -487,6 +484,9 @@ pub async fn record_consent(
 
 /// `record_consent`'s statement on `conn`, inside whatever transaction it
 /// is in (none: the statement commits itself).
+/// Evidence (free text about a person) is sealed under the subject's data
+/// key, created then if need be; a decision without evidence never touches
+/// the key table.
 pub async fn append(
     keys: &Keyring,
     conn: &mut PgConnection,
