@@ -32,6 +32,7 @@ pub mod rules;
 pub mod server;
 pub mod telemetry;
 pub mod tokens;
+pub mod transport;
 
 /// The generated `privacy.v1` messages, clients and servers.
 #[allow(clippy::all, missing_docs)]

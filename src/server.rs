@@ -9,6 +9,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
@@ -30,6 +31,7 @@ use crate::reads::Reads;
 use crate::requests::grpc::PrivacyRequestApi;
 use crate::retention::grpc::RetentionApi;
 use crate::retention::sweeper::{self, SweepSettings};
+use crate::transport::Unvectored;
 
 pub struct Application {
     listener: TcpListener,
@@ -292,7 +294,10 @@ impl Application {
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
 
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        // Small answers of a burst share a write (see `transport`).
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(|conn| conn.map(Unvectored));
         let (begin_tx, mut begin_rx) = watch::channel(false);
         let reporter_for_stop = reporter.clone();
         let delay = settings.shutdown_delay;
