@@ -281,7 +281,13 @@ impl DecisionCache {
             }
             let notified = async {
                 match listener.as_mut() {
-                    Some(l) => l.recv().await.map(|_| ()),
+                    // This process's own notifications add nothing: its
+                    // commits woke `local` already.
+                    Some(l) => loop {
+                        if l.recv().await?.payload() != process_tag() {
+                            return Ok::<(), sqlx::Error>(());
+                        }
+                    },
                     None => std::future::pending().await,
                 }
             };
@@ -554,6 +560,14 @@ impl Shared {
     }
 }
 
+/// Names this process in its notifications, so that its own follower, woken
+/// by its commits directly, can skip them (one feed read per burst fewer).
+fn process_tag() -> &'static str {
+    static TAG: std::sync::LazyLock<String> =
+        std::sync::LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string());
+    &TAG
+}
+
 /// Wakes the other processes' followers after this process's commits: one
 /// `NOTIFY` per burst of commits, sent after they committed and outside
 /// any write transaction (a `NOTIFY` inside each write would serialise
@@ -572,8 +586,9 @@ pub async fn notify_others(pool: PgPool, mut stop: watch::Receiver<bool>) {
         if *stop.borrow() {
             return;
         }
-        if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+        if let Err(e) = sqlx::query("SELECT pg_notify($1, $2)")
             .bind(CHANNEL)
+            .bind(process_tag())
             .execute(&pool)
             .await
         {
