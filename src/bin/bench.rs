@@ -63,7 +63,8 @@
 //!
 //! Each run measures every scenario in turn (run 1: health, check, batch, record, ...; run 2:
 //! ...), each with `--warmup` seconds unmeasured and then `--duration` seconds measured, so
-//! machine noise hits all scenarios alike. The summary gives the median over runs.
+//! machine noise hits all scenarios alike. The summary gives the median over runs; a ratio
+//! (to health, to pgbench) is the median of each run's own ratio.
 //! Latency percentiles are over successful calls; failed calls are counted by gRPC code.
 //!
 //! Run it against a server that is already up:
@@ -1478,10 +1479,11 @@ struct Summary {
     /// Errors summed over all runs, by label.
     errors: BTreeMap<String, u64>,
     errors_total: u64,
-    /// median_req_per_sec / health's median_req_per_sec, when health was measured
-    /// closed-loop (closed-loop gRPC scenarios only).
+    /// The median over runs of req/s / health's req/s in the same run, when health was
+    /// measured closed-loop (closed-loop gRPC scenarios only).
     ratio_to_health: Option<f64>,
-    /// median_req_per_sec / pgbench's median TPS, when pgbench was measured (record only).
+    /// The median over runs of req/s / pgbench's TPS in the same run, when pgbench was
+    /// measured (record and pgbench-record only).
     #[serde(skip_serializing_if = "Option::is_none")]
     ratio_to_pgbench: Option<f64>,
     runs: Vec<Measurement>,
@@ -1565,14 +1567,25 @@ fn summarize(scenario: Scenario, mode: Mode, runs: Vec<Measurement>, batch_size:
     }
 }
 
-/// Ratios of closed-loop gRPC rows to closed-loop health, and of record to pgbench.
+/// Ratios of closed-loop gRPC rows to closed-loop health, and of record to pgbench: the
+/// median of each run's own ratio. The two rows of a run are measured seconds apart, so a
+/// drift of the machine's speed between runs (other tenants, steal) cancels out, which it
+/// does not in a ratio of the two medians.
 fn set_ratios(summaries: &mut [Summary]) {
     let baseline = |summaries: &[Summary], scenario| {
         summaries
             .iter()
             .find(|s| s.scenario == scenario && s.mode == Mode::Closed)
-            .map(|s| s.median_req_per_sec)
-            .filter(|rps| *rps > 0.0)
+            .map(|s| s.runs.iter().map(|m| m.req_per_sec).collect::<Vec<_>>())
+    };
+    let paired = |runs: &[Measurement], base: &[f64]| {
+        let ratios: Vec<f64> = runs
+            .iter()
+            .zip(base)
+            .filter(|(_, b)| **b > 0.0)
+            .map(|(m, b)| m.req_per_sec / b)
+            .collect();
+        (!ratios.is_empty()).then(|| median(ratios))
     };
     let health = baseline(summaries, Scenario::Health);
     let pgbench = baseline(summaries, Scenario::Pgbench);
@@ -1581,10 +1594,10 @@ fn set_ratios(summaries: &mut [Summary]) {
             continue;
         }
         if summary.scenario.is_grpc() {
-            summary.ratio_to_health = health.map(|h| summary.median_req_per_sec / h);
+            summary.ratio_to_health = health.as_ref().and_then(|h| paired(&summary.runs, h));
         }
         if matches!(summary.scenario, Scenario::Record | Scenario::PgbenchRecord) {
-            summary.ratio_to_pgbench = pgbench.map(|p| summary.median_req_per_sec / p);
+            summary.ratio_to_pgbench = pgbench.as_ref().and_then(|p| paired(&summary.runs, p));
         }
     }
 }
@@ -2005,6 +2018,36 @@ tps = 4781.204873 (without initial connection time)
         assert_eq!(listening_pid(port), Some(std::process::id()));
         drop(listener);
         assert_eq!(listening_pid(port), None);
+    }
+
+    #[test]
+    fn ratios_pair_each_run_with_its_own_baseline() {
+        let summary = |scenario, rates: &[f64]| {
+            let runs = rates
+                .iter()
+                .map(|&r| {
+                    let mut m = Measurement::failed("none".into());
+                    m.req_per_sec = r;
+                    m
+                })
+                .collect();
+            summarize(scenario, Mode::Closed, runs, 100)
+        };
+        // The machine slows in run 2: health and check both drop.
+        let mut rows = vec![
+            summary(Scenario::Health, &[30_000.0, 10_000.0, 20_000.0]),
+            summary(Scenario::Check, &[15_000.0, 9_000.0, 18_000.0]),
+            summary(Scenario::Pgbench, &[10_000.0, 10_000.0, 0.0]),
+            summary(Scenario::Record, &[4_000.0, 5_000.0, 6_000.0]),
+        ];
+        set_ratios(&mut rows);
+        // Per run 0.5, 0.9, 0.9; the ratio of the medians would say 15,000 / 20,000 = 0.75.
+        assert_eq!(rows[1].ratio_to_health, Some(0.9));
+        assert_eq!(rows[0].ratio_to_health, Some(1.0));
+        // A run whose pgbench failed (0 TPS) has no ratio: the median of 0.4 and 0.5.
+        let record = rows[3].ratio_to_pgbench.unwrap();
+        assert!((record - 0.45).abs() < 1e-12, "{record}");
+        assert_eq!(rows[2].ratio_to_pgbench, None);
     }
 
     #[test]
