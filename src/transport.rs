@@ -5,9 +5,9 @@
 //! frame is smaller than a threshold: 256 bytes on a socket that supports
 //! vectored writes, 1,024 bytes on one that does not. A larger frame is held
 //! aside and the buffer must be written out before the next frame can be
-//! queued. Most of this service's answers (a consent entry, a check with its
-//! deciding entry) are 250–600 bytes, so on a plain `TcpStream` every such
-//! answer cost two `writev` calls (its DATA frame, then its trailers), and the
+//! queued. Many of this service's answers (a consent entry, a check with its
+//! deciding entry) are a few hundred bytes, so on a plain `TcpStream` each
+//! such answer cost two `writev` calls (its DATA frame, then its trailers), and the
 //! answers of a burst could not share a write. Measured on the development
 //! machine: 2.0 writes per CheckConsent answer against 0.85 per health answer.
 //!

@@ -184,6 +184,31 @@ async fn a_foreign_write_is_seen_with_its_token_at_once_and_without_one_soon() {
 }
 
 #[tokio::test]
+async fn another_process_notification_wakes_the_follower() {
+    // Polls an hour apart: only a notification can bring the write in.
+    let f = Followed::on(TestDb::new().await, 1000, Duration::from_secs(3600)).await;
+    let xid = foreign_write(&f.pool, "erin", true).await;
+    // Notified as another process does (its own tag as payload), repeatedly:
+    // a transaction elsewhere in the shared test cluster may hold the feed
+    // back at the first wake-up.
+    let deadline = tokio::time::Instant::now() + common::PATIENCE;
+    while f.cache.stats().applied < xid {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "notifications from another process never woke the follower: {:?}",
+            f.cache.stats()
+        );
+        sqlx::query("SELECT pg_notify($1, 'another-process')")
+            .bind(privacy_records::consent::cache::CHANNEL)
+            .execute(&f.pool)
+            .await
+            .expect("notify");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f.finish().await;
+}
+
+#[tokio::test]
 async fn a_load_older_than_an_applied_write_is_not_kept() {
     let f = Followed::start(1000).await;
     let old = f.cache.load(&f.pool, &["bob"]).await.expect("load");

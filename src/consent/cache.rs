@@ -26,7 +26,7 @@
 //!   until the follower catches up again, which starts from an empty cache.
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -563,8 +563,7 @@ impl Shared {
 /// Names this process in its notifications, so that its own follower, woken
 /// by its commits directly, can skip them (one feed read per burst fewer).
 fn process_tag() -> &'static str {
-    static TAG: std::sync::LazyLock<String> =
-        std::sync::LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string());
+    static TAG: LazyLock<String> = LazyLock::new(|| uuid::Uuid::new_v4().simple().to_string());
     &TAG
 }
 
