@@ -468,6 +468,17 @@ grpc -d '{"identifiers": [{"kind": "EMAIL_ADDRESS", "value": "smoke@example.com"
 expect '"suppressed": true' '"EMAIL_ADDRESS"'
 pass
 
+step "the erased person is erased in every answer: CheckConsent says SUBJECT_ERASED"
+for purpose in marketing_email service_messages; do
+    grpc -d "{\"subjectId\": \"$SUBJECT\", \"purpose\": \"$purpose\"}" "$ADDR" \
+        privacy.v1.ConsentService/CheckConsent || fail "CheckConsent failed"
+    expect '"verdict": "DENIED"' '"reason": "SUBJECT_ERASED"'
+done
+grpc -d "{\"name\": \"subjects/$SUBJECT\"}" "$ADDR" privacy.v1.ConsentService/GetSubject \
+    || fail "GetSubject failed"
+expect '"erased": true' "\"erasedBy\": \"$REQUEST\""
+pass
+
 step "the deletion closed the account: the retention schedule has its 30-day clocks"
 grpc -d "{\"subjectId\": \"$SUBJECT\"}" "$ADDR" privacy.v1.RetentionService/GetRetentionSchedule \
     || fail "GetRetentionSchedule failed"

@@ -30,6 +30,8 @@ pub enum ChangeKind {
     PurposeChanged,
     PolicyVersionPublished,
     SubjectChanged,
+    /// A subject was erased: every check of it is denied from then on.
+    SubjectErased,
     PrivacyRequestChanged,
     DataSystemChanged,
     TaskChanged,
@@ -44,6 +46,7 @@ impl ChangeKind {
             ChangeKind::PurposeChanged => "PURPOSE_CHANGED",
             ChangeKind::PolicyVersionPublished => "POLICY_VERSION_PUBLISHED",
             ChangeKind::SubjectChanged => "SUBJECT_CHANGED",
+            ChangeKind::SubjectErased => "SUBJECT_ERASED",
             ChangeKind::PrivacyRequestChanged => "PRIVACY_REQUEST_CHANGED",
             ChangeKind::DataSystemChanged => "DATA_SYSTEM_CHANGED",
             ChangeKind::TaskChanged => "TASK_CHANGED",
@@ -58,6 +61,7 @@ impl ChangeKind {
             "PURPOSE_CHANGED" => ChangeKind::PurposeChanged,
             "POLICY_VERSION_PUBLISHED" => ChangeKind::PolicyVersionPublished,
             "SUBJECT_CHANGED" => ChangeKind::SubjectChanged,
+            "SUBJECT_ERASED" => ChangeKind::SubjectErased,
             "PRIVACY_REQUEST_CHANGED" => ChangeKind::PrivacyRequestChanged,
             "DATA_SYSTEM_CHANGED" => ChangeKind::DataSystemChanged,
             "TASK_CHANGED" => ChangeKind::TaskChanged,
@@ -185,7 +189,12 @@ pub static LOCAL_WRITES: LazyLock<LocalWrites> = LazyLock::new(|| LocalWrites {
 impl LocalWrites {
     fn note(&self, kind: ChangeKind, subject_id: Option<&str>, xid: i64) {
         match (kind, subject_id) {
-            (ChangeKind::ConsentRecorded | ChangeKind::SubjectChanged, Some(subject)) => {
+            (
+                ChangeKind::ConsentRecorded
+                | ChangeKind::SubjectChanged
+                | ChangeKind::SubjectErased,
+                Some(subject),
+            ) => {
                 let mut subjects = self.subjects.lock().unwrap_or_else(|e| e.into_inner());
                 let fence = subjects.entry(subject.to_owned()).or_insert(xid);
                 *fence = (*fence).max(xid);

@@ -661,3 +661,47 @@ async fn a_retry_of_a_call_made_before_one_statement_writes_gets_its_sealed_resp
     assert!(matches!(err, Error::RequestIdReused(_)), "{err:?}");
     f.finish().await;
 }
+
+/// Erases a subject as another process would (the subject row and its
+/// SUBJECT_ERASED change event in one transaction); returns its xid.
+async fn foreign_erasure(pool: &PgPool, subject: &str) -> i64 {
+    let mut tx = pool.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO subjects (subject_id, erase_time, erased_by)
+         VALUES ($1, now(), 'privacyRequests/1')
+         ON CONFLICT (subject_id) DO UPDATE SET erase_time = now()",
+    )
+    .bind(subject)
+    .execute(&mut *tx)
+    .await
+    .expect("erase");
+    let xid: i64 = sqlx::query_scalar(
+        "INSERT INTO change_events (kind, subject_id) VALUES ('SUBJECT_ERASED', $1)
+         RETURNING xid::text::bigint",
+    )
+    .bind(subject)
+    .fetch_one(&mut *tx)
+    .await
+    .expect("insert change event");
+    tx.commit().await.expect("commit");
+    xid
+}
+
+#[tokio::test]
+async fn a_cached_subject_erased_elsewhere_is_answered_subject_erased() {
+    let f = Followed::start(1000).await;
+    foreign_write(&f.pool, "erin", true).await;
+    assert_eq!(f.cached_fresh("erin").await, (true, Reason::ExplicitGrant));
+    let xid = foreign_erasure(&f.pool, "erin").await;
+    common::wait_until("the cache applies the erasure", || {
+        let cache = f.cache.clone();
+        async move { cache.stats().applied >= xid }
+    })
+    .await;
+    assert_eq!(f.cached_fresh("erin").await, (false, Reason::SubjectErased));
+    // Loaded again (not just evicted): the erased state is what is kept.
+    assert_eq!(f.cached_fresh("erin").await, (false, Reason::SubjectErased));
+    assert!(f.cache.stats().hits >= 1, "{:?}", f.cache.stats());
+    assert_eq!(f.truth(&["erin".into()]).await, vec![false]);
+    f.finish().await;
+}

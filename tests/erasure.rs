@@ -13,8 +13,8 @@ use privacy_records::proto::{
     self, BatchCheckConsentRequest, CheckConsentRequest, CompletePrivacyRequestRequest,
     ConsentChangeKind, ConsentCheck, CreatePrivacyRequestRequest, DecisionReason,
     GetConsentStateRequest, GetSubjectRequest, Identifier, ListSubjectsToReconsentRequest,
-    PolicyVersion, PublishPolicyVersionRequest, RequestType, SetSubjectMinorStatusRequest,
-    Verdict, VerifyPrivacyRequestIdentityRequest, WatchConsentChangesRequest, identifier,
+    PolicyVersion, PublishPolicyVersionRequest, RequestType, SetSubjectMinorStatusRequest, Verdict,
+    VerifyPrivacyRequestIdentityRequest, WatchConsentChangesRequest, identifier,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -305,7 +305,10 @@ async fn an_erased_subject_is_not_listed_to_be_asked_again() {
     let mut consent = server.consent.clone();
     let (kept, erased) = ("reconsent-kept", "reconsent-erased");
     for s in [kept, erased] {
-        consent.record_consent(storage_grant(s)).await.expect("grant");
+        consent
+            .record_consent(storage_grant(s))
+            .await
+            .expect("grant");
     }
     erase(&server, erased).await;
     consent
@@ -331,7 +334,11 @@ async fn an_erased_subject_is_not_listed_to_be_asked_again() {
         .await
         .expect("list")
         .into_inner();
-    let subjects: Vec<&str> = listed.subjects.iter().map(|s| s.subject_id.as_str()).collect();
+    let subjects: Vec<&str> = listed
+        .subjects
+        .iter()
+        .map(|s| s.subject_id.as_str())
+        .collect();
     assert!(subjects.contains(&kept), "{subjects:?}");
     assert!(!subjects.contains(&erased), "{subjects:?}");
     server.finish().await;
@@ -342,7 +349,10 @@ async fn a_minor_erased_without_parental_consent_is_erased_in_every_answer() {
     let server = TestServer::start().await;
     let mut consent = server.consent.clone();
     let subject = "erase-minor";
-    consent.record_consent(storage_grant(subject)).await.expect("grant");
+    consent
+        .record_consent(storage_grant(subject))
+        .await
+        .expect("grant");
     consent
         .set_subject_minor_status(SetSubjectMinorStatusRequest {
             request_id: request_id(),

@@ -262,3 +262,44 @@ async fn reads_go_on_through_the_primary_when_the_replica_stops() {
     );
     server.finish().await;
 }
+
+#[tokio::test]
+async fn a_replica_answers_subject_erased_once_it_has_replayed_the_erasure() {
+    use privacy_records::proto::{DecisionReason, SetSubjectMinorStatusRequest};
+    let replica = Replica::start().await;
+    let (server, reads) = server_with_replica(&replica, Duration::from_secs(3600)).await;
+    let mut consent = server.consent.clone();
+    consent
+        .record_consent(grant("erin", PURPOSE))
+        .await
+        .expect("grant");
+    // A minor without parental consent is erased at once.
+    consent
+        .set_subject_minor_status(SetSubjectMinorStatusRequest {
+            request_id: common::request_id(),
+            subject_id: "erin".into(),
+            minor: true,
+            reason: "told by a parent".into(),
+            parental_consent: false,
+        })
+        .await
+        .expect("erase a minor");
+    replica.catch_up().await;
+    wait_until("the replica to answer SUBJECT_ERASED", || async {
+        let before = reads.stats().replica;
+        let answer = server
+            .consent
+            .clone()
+            .check_consent(CheckConsentRequest {
+                subject_id: "erin".into(),
+                purpose: PURPOSE.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("check")
+            .into_inner();
+        answer.reason() == DecisionReason::SubjectErased && reads.stats().replica > before
+    })
+    .await;
+    server.finish().await;
+}

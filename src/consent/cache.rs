@@ -66,6 +66,7 @@ pub struct CacheSettings {
 #[derive(Debug)]
 struct SubjectEntry {
     minor_since: Option<DateTime<Utc>>,
+    erase_time: Option<DateTime<Utc>>,
     /// The latest entry per purpose (no entry: the purpose's default).
     latest: Box<[ConsentRecord]>,
 }
@@ -328,6 +329,7 @@ async fn load(pool: &PgPool, subjects: &[&str]) -> Result<Loaded> {
         .map(|state| {
             let entry = Arc::new(SubjectEntry {
                 minor_since: state.minor_since,
+                erase_time: state.erase_time,
                 latest: state.latest.into_boxed_slice(),
             });
             (state.subject_id, entry, !state.has_future_entry)
@@ -429,6 +431,7 @@ impl Shared {
                 jurisdiction: q.jurisdiction.as_ref(),
                 gpc_signal: q.gpc_signal,
                 minor: entry.minor_since.is_some_and(|t| t <= at),
+                erased: entry.erase_time.is_some_and(|t| t <= at),
                 latest: entry
                     .latest
                     .iter()

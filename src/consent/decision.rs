@@ -22,6 +22,9 @@ pub struct Inputs<'a> {
     pub gpc_signal: bool,
     /// Whether the subject was flagged a minor at `at`.
     pub minor: bool,
+    /// Whether the subject had been erased at `at`: every purpose is then
+    /// denied, whatever its model (there is no account left to serve).
+    pub erased: bool,
     /// The subject's latest entry for the purpose effective at or before `at`.
     pub latest: Option<&'a ConsentRecord>,
     pub material_change: Option<&'a MaterialChange>,
@@ -52,6 +55,9 @@ pub fn decide(input: &Inputs<'_>) -> Outcome {
         record: record.cloned(),
     };
 
+    if input.erased {
+        return outcome(false, Reason::SubjectErased, None);
+    }
     match model {
         ConsentModel::Prohibited => return outcome(false, Reason::Prohibited, None),
         ConsentModel::NotConsentBased => return outcome(true, Reason::NotConsentBased, None),
@@ -143,6 +149,7 @@ mod tests {
             jurisdiction: None,
             gpc_signal: false,
             minor: false,
+            erased: false,
             latest,
             material_change: None,
             at: t(20),
@@ -197,6 +204,26 @@ mod tests {
         let mut g = record(Decision::Granted, 2);
         g.expire_time = Some(t(10));
         assert_eq!(decide(&inputs(&p, Some(&g))).reason, Reason::GrantExpired);
+    }
+
+    #[test]
+    fn an_erased_subject_is_denied_every_model_without_a_deciding_entry() {
+        let g = record(Decision::Granted, 2);
+        for model in [
+            ConsentModel::OptIn,
+            ConsentModel::OptOut,
+            ConsentModel::NotConsentBased,
+            ConsentModel::Prohibited,
+        ] {
+            let p = purpose(model);
+            let mut i = inputs(&p, Some(&g));
+            i.erased = true;
+            let o = decide(&i);
+            assert_eq!(
+                (o.allowed, o.reason, o.record),
+                (false, Reason::SubjectErased, None)
+            );
+        }
     }
 
     #[test]

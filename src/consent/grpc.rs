@@ -225,6 +225,13 @@ fn subject_to_proto(s: &Subject) -> proto::Subject {
         minor_since: opt_timestamp(s.minor_since),
         create_time: Some(timestamp(s.create_time)),
         update_time: Some(timestamp(s.update_time)),
+        erased: s.erased.is_some(),
+        erase_time: s.erased.as_ref().map(|(t, _)| timestamp(*t)),
+        erased_by: s
+            .erased
+            .as_ref()
+            .map(|(_, by)| by.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -1192,6 +1199,7 @@ async fn watch_loop(
                             proto::ConsentChangeKind::PolicyVersionPublished
                         }
                         ChangeKind::SubjectChanged => proto::ConsentChangeKind::SubjectChanged,
+                        ChangeKind::SubjectErased => proto::ConsentChangeKind::SubjectErasure,
                         // Not a consent change: the stream's position moves past it.
                         _ => return None,
                     };

@@ -202,6 +202,7 @@ string_enum!(
         Gpc = "GPC",
         GrantExpired = "GRANT_EXPIRED",
         SubjectIsMinor = "SUBJECT_IS_MINOR",
+        SubjectErased = "SUBJECT_ERASED",
         ConsentPredatesPolicyChange = "CONSENT_PREDATES_POLICY_CHANGE",
     }
 );
@@ -306,6 +307,9 @@ pub struct PolicyVersion {
 pub struct Subject {
     pub subject_id: String,
     pub minor_since: Option<DateTime<Utc>>,
+    /// When the subject was erased, and what erased it (a privacy
+    /// request's name, or the minor status that erased a minor).
+    pub erased: Option<(DateTime<Utc>, String)>,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
 }

@@ -214,9 +214,22 @@ pub async fn record_consent(
                 return earlier_call(keys, pool, request_id, ctx.method, fingerprint).await;
             }
             store::Appended::PurposeRevised => continue,
+            store::Appended::SubjectErased => return Err(subject_erased(&new.subject_id)),
         }
     }
     Err(Error::Conflict)
+}
+
+/// A grant refused because its subject was erased.
+fn subject_erased(subject: &SubjectId) -> Error {
+    Error::precondition(
+        ErrorReason::SubjectWasErased,
+        format!("subjects/{}", subject.as_str()),
+        format!(
+            "subject {} was erased: a grant cannot be recorded for it (a refusal can); a person who comes back opens a new account, a new subject",
+            subject.as_str()
+        ),
+    )
 }
 
 /// Appends a decision inside the caller's transaction, which holds the
@@ -247,6 +260,7 @@ pub async fn append_decision(
                 return Ok((*record, token));
             }
             store::Appended::PurposeRevised => continue,
+            store::Appended::SubjectErased => return Err(subject_erased(&new.subject_id)),
             store::Appended::RequestIdUsed => {
                 return Err(Error::Internal(
                     "an entry without an idempotency key hit one".into(),
@@ -389,6 +403,7 @@ fn decide_all(
             jurisdiction: query.jurisdiction.as_ref(),
             gpc_signal: query.gpc_signal,
             minor: row.minor,
+            erased: row.erased,
             latest: row.latest.as_ref(),
             material_change: snapshot.material_change.as_ref(),
             at: snapshot.at,
@@ -557,12 +572,21 @@ pub async fn set_minor_status(
 ) -> Result<(Subject, ConsistencyToken)> {
     let was_minor = store::is_minor(conn, subject).await?;
     let updated = store::set_minor(conn, subject, minor).await?;
+    let target = format!("subjects/{}", subject.as_str());
     let erasure_tasks = if minor && !was_minor && !parental_consent {
-        crate::retention::store::erase_minor(conn, subject.as_str()).await?
+        let tasks = crate::retention::store::erase_minor(conn, subject.as_str()).await?;
+        erase_subject(
+            conn,
+            ctx,
+            subject.as_str(),
+            None,
+            &format!("{target}/minorStatus"),
+        )
+        .await?;
+        tasks
     } else {
         0
     };
-    let target = format!("subjects/{}", subject.as_str());
     let token = journal::record(
         conn,
         ctx.audit(
@@ -586,6 +610,40 @@ pub async fn set_minor_status(
     )
     .await?;
     Ok((updated, token))
+}
+
+/// Erases what this service holds about a subject (see
+/// `requests::store::erase_subject`) and marks it erased, in the caller's
+/// transaction: from its commit on, every check of the subject is DENIED
+/// with SUBJECT_ERASED and grants are refused. The change feed carries a
+/// SUBJECT_ERASED event, so watchers and every decision cache see it.
+/// `erased_by` names what erased it (a deletion request, a minor status).
+pub async fn erase_subject(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    subject_id: &str,
+    request_id: Option<i64>,
+    erased_by: &str,
+) -> Result<ConsistencyToken> {
+    crate::requests::store::erase_subject(conn, subject_id, request_id, &ctx.request_id, erased_by)
+        .await?;
+    journal::record(
+        conn,
+        ctx.audit(
+            &format!("subjects/{subject_id}"),
+            Some(subject_id),
+            json!({ "erased_by": erased_by }),
+        ),
+        ChangeEntry {
+            kind: ChangeKind::SubjectErased,
+            subject_id: Some(subject_id),
+            purpose_key: None,
+            consent_record_id: None,
+            policy_version: None,
+            resource: None,
+        },
+    )
+    .await
 }
 
 /// The material version to list re-consent for: the named one (which must

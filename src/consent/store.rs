@@ -93,6 +93,10 @@ static RECORD_CONSENTS: LazyLock<Arc<str>> = LazyLock::new(|| {
          n AS MATERIALIZED (
              SELECT q.ord, nextval(pg_get_serial_sequence('consent_records', 'id')) AS id
              FROM q JOIN purposes p ON p.key = q.purpose_key AND p.revision = q.purpose_revision
+             -- No grant for an erased subject (a refusal is still taken).
+             WHERE NOT (q.decision = 'GRANTED' AND EXISTS (
+                 SELECT 1 FROM subjects s
+                 WHERE s.subject_id = q.subject_id AND s.erase_time IS NOT NULL))
              ORDER BY q.ord),
          k AS (
              INSERT INTO idempotency_keys (request_id, method, request_hash, consent_record_id)
@@ -111,7 +115,12 @@ static RECORD_CONSENTS: LazyLock<Arc<str>> = LazyLock::new(|| {
              ORDER BY n.id
              RETURNING {RECORD_COLUMNS}),
          {events}
-         SELECT q.ord, n.id IS NOT NULL AS purpose_current, r.*,
+         SELECT q.ord, n.id IS NOT NULL AS purpose_current,
+                (n.id IS NULL AND q.decision = 'GRANTED' AND EXISTS (
+                    SELECT 1 FROM subjects s
+                    WHERE s.subject_id = q.subject_id AND s.erase_time IS NOT NULL))
+                    AS subject_erased,
+                r.*,
                 pg_current_xact_id()::text::bigint AS xid
          FROM q LEFT JOIN n USING (ord) LEFT JOIN r ON r.id = n.id
          ORDER BY q.ord",
@@ -135,6 +144,7 @@ static DECISION_INPUTS: LazyLock<Arc<str>> = LazyLock::new(|| {
          SELECT q.ord, snap.at AS snap_at, snap.xmin AS snap_xmin,
                 mv.version_id AS mv_version_id, mv.effective_time AS mv_effective_time,
                 (s.minor_since IS NOT NULL AND s.minor_since <= snap.at) AS minor,
+                (s.erase_time IS NOT NULL AND s.erase_time <= snap.at) AS erased,
                 {p}, {r}
          FROM q CROSS JOIN snap
          LEFT JOIN mv ON true
@@ -164,7 +174,7 @@ static SUBJECT_STATES: LazyLock<Arc<str>> = LazyLock::new(|| {
                     pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin),
          q AS (SELECT DISTINCT unnest($1::text[]) AS subject_id)
          SELECT q.subject_id AS q_subject, snap.at AS snap_at, snap.xmin AS snap_xmin,
-                s.minor_since,
+                s.minor_since, s.erase_time,
                 EXISTS (SELECT 1 FROM consent_records f
                         WHERE f.subject_id = q.subject_id AND f.effective_time > snap.at)
                     AS has_future,
@@ -446,6 +456,8 @@ pub enum Appended {
     RequestIdUsed,
     /// Nothing written: the purpose is gone or no longer at that revision.
     PurposeRevised,
+    /// Nothing written: a grant for a subject that was erased.
+    SubjectErased,
 }
 
 /// Who writes an entry, through which method, under which request.
@@ -494,6 +506,11 @@ pub async fn append(
     purpose_revision: i64,
     writer: &Writer<'_>,
 ) -> Result<Appended> {
+    // Before anything is sealed: an erased subject's key is gone, and must
+    // not come back for a grant that will be refused.
+    if new.decision == Decision::Granted && is_erased(&mut *conn, &new.subject_id).await? {
+        return Ok(Appended::SubjectErased);
+    }
     let evidence = new.evidence.as_ref();
     let evidence_sealed = match evidence {
         Some(e) => Some(
@@ -633,6 +650,9 @@ pub async fn append_many(
     }
     rows.iter()
         .map(|row| {
+            if row.try_get::<bool, _>("subject_erased")? {
+                return Ok(Appended::SubjectErased);
+            }
             if !row.try_get::<bool, _>("purpose_current")? {
                 return Ok(Appended::PurposeRevised);
             }
@@ -649,6 +669,8 @@ pub async fn append_many(
 pub struct DecisionRow {
     pub purpose: Option<Purpose>,
     pub minor: bool,
+    /// Erased at or before the time asked about.
+    pub erased: bool,
     pub latest: Option<ConsentRecord>,
 }
 
@@ -700,6 +722,7 @@ pub async fn decision_inputs(
         decisions.push(DecisionRow {
             purpose: purpose_from_row(row, "p_")?,
             minor: row.try_get("minor")?,
+            erased: row.try_get("erased")?,
             latest: record_from_row(row, "r_")?,
         });
         sealed.push(sealed_evidence(row, "r_")?);
@@ -719,6 +742,7 @@ pub async fn decision_inputs(
 pub struct SubjectState {
     pub subject_id: String,
     pub minor_since: Option<DateTime<Utc>>,
+    pub erase_time: Option<DateTime<Utc>>,
     /// The latest entry per purpose effective at the snapshot's time.
     pub latest: Vec<ConsentRecord>,
     /// Whether the subject has an entry that takes effect after the
@@ -752,6 +776,7 @@ pub async fn subject_states(
             states.push(SubjectState {
                 subject_id,
                 minor_since: row.try_get("minor_since")?,
+                erase_time: row.try_get("erase_time")?,
                 latest: Vec::new(),
                 has_future_entry: row.try_get("has_future")?,
             });
@@ -980,6 +1005,9 @@ pub async fn grants_predating(
            AND effective_time < $1
            AND policy_version IS DISTINCT FROM $2
            AND (expire_time IS NULL OR expire_time > now())
+           -- Nobody asks an erased person again.
+           AND NOT EXISTS (SELECT 1 FROM subjects s
+                           WHERE s.subject_id = latest.subject_id AND s.erase_time IS NOT NULL)
          ORDER BY subject_id, purpose_key
          LIMIT $5"
     );
@@ -1000,9 +1028,24 @@ fn subject_from_row(row: &PgRow) -> Result<Subject> {
     Ok(Subject {
         subject_id: row.try_get("subject_id")?,
         minor_since: row.try_get("minor_since")?,
+        erased: {
+            let time: Option<DateTime<Utc>> = row.try_get("erase_time")?;
+            let by: Option<String> = row.try_get("erased_by")?;
+            time.map(|t| (t, by.unwrap_or_default()))
+        },
         create_time: row.try_get("create_time")?,
         update_time: row.try_get("update_time")?,
     })
+}
+
+/// Whether the subject was erased.
+pub async fn is_erased(conn: &mut PgConnection, subject: &SubjectId) -> Result<bool> {
+    let erased: Option<bool> =
+        sqlx::query_scalar("SELECT erase_time IS NOT NULL FROM subjects WHERE subject_id = $1")
+            .bind(subject.as_str())
+            .fetch_optional(conn)
+            .await?;
+    Ok(erased.unwrap_or(false))
 }
 
 /// Whether the subject is flagged as a minor now (locks its row, if any).
@@ -1027,7 +1070,7 @@ pub async fn set_minor(
          ON CONFLICT (subject_id) DO UPDATE
          SET minor_since = CASE WHEN $2 THEN coalesce(subjects.minor_since, now()) END,
              update_time = now()
-         RETURNING subject_id, minor_since, create_time, update_time",
+         RETURNING subject_id, minor_since, erase_time, erased_by, create_time, update_time",
     )
     .bind(subject.as_str())
     .bind(minor)
@@ -1040,10 +1083,10 @@ pub async fn set_minor(
 /// decisions but no row of its own.
 pub async fn get_subject(pool: &PgPool, subject: &SubjectId) -> Result<Option<Subject>> {
     let row = sqlx::query(
-        "SELECT subject_id, minor_since, create_time, update_time
+        "SELECT subject_id, minor_since, erase_time, erased_by, create_time, update_time
          FROM subjects WHERE subject_id = $1
          UNION ALL
-         SELECT $1, NULL::timestamptz, min(record_time), max(record_time)
+         SELECT $1, NULL::timestamptz, NULL::timestamptz, NULL::text, min(record_time), max(record_time)
          FROM consent_records WHERE subject_id = $1
          HAVING count(*) > 0
          LIMIT 1",

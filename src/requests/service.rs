@@ -679,7 +679,7 @@ async fn finish(
     store::set_outcome(conn, row.id, explanation, exemptions).await?;
     transition(conn, ctx, row, action, to, explanation).await?;
     if request_type(row)? == RequestType::Deletion {
-        store::erase_subject(conn, &row.subject_id, row.id, &ctx.request_id).await?;
+        consent::erase_subject(conn, ctx, &row.subject_id, Some(row.id), &row.name()).await?;
     }
     Ok(())
 }

@@ -654,11 +654,17 @@ pub async fn refused_purposes(conn: &mut PgConnection, request_type: &str) -> Re
 /// the stored responses of the subject's earlier calls are forgotten (they
 /// are sealed under the service's own key, not the subject's); `current`,
 /// the request id of the call doing the erasure, keeps its response.
+///
+/// The subject is marked erased (when, and `erased_by`), for good: an
+/// erasure repeated later keeps the first time. A minor's erasure has no
+/// privacy request (`request_id` None) and so no suppression entries of
+/// its own.
 pub async fn erase_subject(
     conn: &mut PgConnection,
     subject_id: &str,
-    request_id: i64,
+    request_id: Option<i64>,
     current: &str,
+    erased_by: &str,
 ) -> Result<()> {
     crate::keys::shred(conn, subject_id).await?;
     sqlx::query(
@@ -673,7 +679,8 @@ pub async fn erase_subject(
     .await?;
     sqlx::query(
         "INSERT INTO suppression_entries (kind, hash, privacy_request_id)
-         SELECT DISTINCT kind, hash, $2 FROM request_identifiers WHERE subject_id = $1
+         SELECT DISTINCT kind, hash, $2 FROM request_identifiers
+         WHERE subject_id = $1 AND $2::bigint IS NOT NULL
          ON CONFLICT DO NOTHING",
     )
     .bind(subject_id)
@@ -704,10 +711,14 @@ pub async fn erase_subject(
     .execute(&mut *conn)
     .await?;
     sqlx::query(
-        "INSERT INTO subjects (subject_id, erase_time) VALUES ($1, now())
-         ON CONFLICT (subject_id) DO UPDATE SET erase_time = now(), update_time = now()",
+        "INSERT INTO subjects (subject_id, erase_time, erased_by) VALUES ($1, now(), $2)
+         ON CONFLICT (subject_id) DO UPDATE
+         SET erase_time = coalesce(subjects.erase_time, now()),
+             erased_by = coalesce(subjects.erased_by, $2),
+             update_time = now()",
     )
     .bind(subject_id)
+    .bind(erased_by)
     .execute(conn)
     .await?;
     Ok(())
