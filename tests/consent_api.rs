@@ -771,7 +771,9 @@ async fn a_minor_is_denied_everything_consent_based() {
             subject_id: "ivy".into(),
             minor: true,
             reason: "age stated in ticket 7".into(),
-            parental_consent: false,
+            // Without parental consent the minor would be erased at once
+            // (tests/erasure.rs); with it, the minor flag alone decides.
+            parental_consent: true,
         })
         .await
         .expect("flag")
