@@ -263,3 +263,82 @@ async fn an_access_package_says_what_the_law_keeps_why_and_until_when() {
     );
     server.finish().await;
 }
+
+#[tokio::test]
+async fn a_keep_ends_when_its_clock_runs_out_and_the_minor_erasure_follows_the_same_rule() {
+    let server = TestServer::start().await;
+    let mut c = clients(&server);
+    let pool = server.db.pool().await;
+    register(
+        &mut c,
+        "billing",
+        &["account_information", "payment_records"],
+        &[DataAction::Delete],
+    )
+    .await;
+    let minor = |subject: &str| proto::SetSubjectMinorStatusRequest {
+        request_id: request_id(),
+        subject_id: subject.into(),
+        minor: true,
+        reason: "age stated in support ticket 12".into(),
+        parental_consent: false,
+    };
+    let tasks = |subject: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let rows: Vec<Vec<String>> = sqlx::query_scalar(
+                "SELECT categories FROM tasks WHERE subject_id = $1 AND action = 'DELETE'",
+            )
+            .bind(subject)
+            .fetch_all(&pool)
+            .await
+            .expect("tasks");
+            rows
+        }
+    };
+    // A minor whose account is open: tax law keeps the payments.
+    server
+        .consent
+        .clone()
+        .set_subject_minor_status(minor("kim"))
+        .await
+        .expect("flag");
+    assert_eq!(tasks("kim").await, vec![vec!["account_information"]]);
+
+    // A minor whose account closed eight years ago: the seven years are over.
+    let closed = chrono::Utc::now() - chrono::Months::new(96);
+    c.retention
+        .record_lifecycle_event(proto::RecordLifecycleEventRequest {
+            request_id: request_id(),
+            subject_id: "lee".into(),
+            event: proto::lifecycle_event::Kind::AccountClosed as i32,
+            event_time: Some(common::ts(closed)),
+            ..Default::default()
+        })
+        .await
+        .expect("closed long ago");
+    let schedule = c
+        .retention
+        .get_retention_schedule(GetRetentionScheduleRequest {
+            subject_id: "lee".into(),
+        })
+        .await
+        .expect("schedule")
+        .into_inner();
+    assert!(
+        schedule.legal_keeps.is_empty(),
+        "{:?}",
+        schedule.legal_keeps
+    );
+    server
+        .consent
+        .clone()
+        .set_subject_minor_status(minor("lee"))
+        .await
+        .expect("flag");
+    assert_eq!(
+        tasks("lee").await,
+        vec![vec!["account_information", "payment_records"]]
+    );
+    server.finish().await;
+}
