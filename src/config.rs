@@ -146,6 +146,12 @@ pub struct RequestSettings {
     pub identifier_hash_key: Option<Secret>,
     /// Claims of a data-system task before it fails for good.
     pub task_max_attempts: u32,
+    /// Offer an appeal where the jurisdiction's law gives none (US-CA,
+    /// US-UT, the GDPR), as the seed policy does for any decision on a
+    /// rights request: the organisation's deadline, marked voluntary, a
+    /// regulator notice only where the law requires one. Off: such appeals
+    /// are refused with APPEAL_NOT_ALLOWED.
+    pub offer_voluntary_appeals: bool,
 }
 
 impl Default for RequestSettings {
@@ -154,6 +160,7 @@ impl Default for RequestSettings {
             refuse_voluntary: false,
             identifier_hash_key: None,
             task_max_attempts: 5,
+            offer_voluntary_appeals: true,
         }
     }
 }
@@ -230,6 +237,7 @@ pub struct Layer {
     pub refuse_voluntary_requests: Option<bool>,
     pub identifier_hash_key: Option<Secret>,
     pub task_max_attempts: Option<u32>,
+    pub offer_voluntary_appeals: Option<bool>,
     pub retention_sweeper: Option<bool>,
     pub retention_sweep_interval_ms: Option<u64>,
     pub retention_sweep_batch: Option<i64>,
@@ -345,6 +353,7 @@ impl Layer {
                 .filter(|s| !s.is_empty())
                 .map(Secret::new),
             task_max_attempts: parse(&get, "TASK_MAX_ATTEMPTS")?,
+            offer_voluntary_appeals: parse(&get, "OFFER_VOLUNTARY_APPEALS")?,
             retention_sweeper: parse(&get, "RETENTION_SWEEPER")?,
             retention_sweep_interval_ms: parse(&get, "RETENTION_SWEEP_INTERVAL_MS")?,
             retention_sweep_batch: parse(&get, "RETENTION_SWEEP_BATCH")?,
@@ -446,6 +455,9 @@ impl Settings {
         }
         if let Some(v) = layer.task_max_attempts {
             self.requests.task_max_attempts = v;
+        }
+        if let Some(v) = layer.offer_voluntary_appeals {
+            self.requests.offer_voluntary_appeals = v;
         }
         if let Some(v) = layer.retention_sweeper {
             self.retention_sweeper = v;
@@ -660,6 +672,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!((s.write_batch_max, s.write_batch_workers), (64, 3));
+    }
+
+    #[test]
+    fn voluntary_appeals_are_offered_unless_turned_off() {
+        let s = Settings::load(None, env(&[]), Layer::default()).unwrap();
+        assert!(s.requests.offer_voluntary_appeals);
+        let s = Settings::load(
+            None,
+            env(&[("PRIVACY_RECORDS_OFFER_VOLUNTARY_APPEALS", "false")]),
+            Layer::default(),
+        )
+        .unwrap();
+        assert!(!s.requests.offer_voluntary_appeals);
     }
 
     #[test]

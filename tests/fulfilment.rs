@@ -160,12 +160,13 @@ async fn a_deletion_fans_out_completes_and_suppresses_the_person() {
     let summary = r.tasks.expect("summary");
     assert_eq!(
         (summary.total, summary.open),
-        (3, 3),
-        "one per system that deletes"
+        (2, 2),
+        "one per system that deletes, but payments: tax law keeps them (tests/legal_keeps.rs)"
     );
+    assert!(claim(&mut c, "payments", 60).await.is_empty());
 
     // Each system's worker sees only its own task.
-    for system in ["accounts-db", "email-provider", "payments"] {
+    for system in ["accounts-db", "email-provider"] {
         let tasks = claim(&mut c, system, 60).await;
         assert_eq!(tasks.len(), 1, "{system}");
         let task = &tasks[0];
@@ -195,8 +196,8 @@ async fn a_deletion_fans_out_completes_and_suppresses_the_person() {
     }
     assert!(claim(&mut c, "analytics", 60).await.is_empty());
     let done = get(&mut c, &r.name).await;
-    assert_eq!(state(&done), State::Completed);
-    assert_eq!(done.tasks.expect("summary").succeeded, 3);
+    assert_eq!(state(&done), State::PartiallyCompleted, "payments are kept");
+    assert_eq!(done.tasks.expect("summary").succeeded, 2);
     assert_eq!(done.transitions.last().expect("last").action, "TasksDone");
 
     // The person is suppressed by email (any case) and by subject id.
@@ -267,7 +268,7 @@ async fn an_exempt_system_makes_the_completion_partial_with_its_reason() {
     let mut c = clients(&server);
     three_systems(&mut c).await;
     let r = file_and_verify(&mut c, "erin", RequestType::Deletion, &[]).await;
-    for system in ["accounts-db", "email-provider"] {
+    for system in ["accounts-db"] {
         let task = claim(&mut c, system, 60).await.remove(0);
         finish(
             &mut c,
@@ -280,7 +281,7 @@ async fn an_exempt_system_makes_the_completion_partial_with_its_reason() {
         .await
         .expect("complete");
     }
-    let task = claim(&mut c, "payments", 60).await.remove(0);
+    let task = claim(&mut c, "email-provider", 60).await.remove(0);
     let err = finish(
         &mut c,
         &task,
@@ -297,7 +298,7 @@ async fn an_exempt_system_makes_the_completion_partial_with_its_reason() {
         &task,
         TaskResult {
             exempt: true,
-            exempt_reason: "invoices kept 7 years for tax law".into(),
+            exempt_reason: "messages kept for pending litigation".into(),
             ..Default::default()
         },
     )
@@ -305,12 +306,15 @@ async fn an_exempt_system_makes_the_completion_partial_with_its_reason() {
     .expect("exempt");
     let done = get(&mut c, &r.name).await;
     assert_eq!(state(&done), State::PartiallyCompleted);
+    // What the law keeps (payments, at fan-out), then the exempt task.
+    assert_eq!(done.exemptions.len(), 2, "{:?}", done.exemptions);
+    assert!(done.exemptions[0].starts_with("dataSystems/payments (payment_records): kept by law"));
     assert_eq!(
-        done.exemptions,
-        vec!["dataSystems/payments: invoices kept 7 years for tax law"]
+        done.exemptions[1],
+        "dataSystems/email-provider: messages kept for pending litigation"
     );
     let summary = done.tasks.expect("summary");
-    assert_eq!((summary.succeeded, summary.exempt), (2, 1));
+    assert_eq!((summary.succeeded, summary.exempt), (1, 1));
     server.finish().await;
 }
 
@@ -319,14 +323,20 @@ async fn categories_limit_the_fan_out_and_an_expired_lease_is_claimed_again() {
     let server = TestServer::start().await;
     let mut c = clients(&server);
     three_systems(&mut c).await;
-    // Only payment records: one system.
-    let r = file_and_verify(&mut c, "finn", RequestType::Deletion, &["payment_records"]).await;
+    // Only communication records: one system.
+    let r = file_and_verify(
+        &mut c,
+        "finn",
+        RequestType::Deletion,
+        &["communication_records"],
+    )
+    .await;
     assert_eq!(r.tasks.expect("summary").total, 1);
-    let first = claim(&mut c, "payments", 1).await.remove(0);
+    let first = claim(&mut c, "email-provider", 1).await.remove(0);
     assert_eq!(first.attempts, 1);
-    assert_eq!(first.categories, vec!["payment_records"]);
+    assert_eq!(first.categories, vec!["communication_records"]);
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let second = claim(&mut c, "payments", 60).await.remove(0);
+    let second = claim(&mut c, "email-provider", 60).await.remove(0);
     assert_eq!(
         second.name, first.name,
         "the expired lease returned the task"
@@ -449,8 +459,14 @@ async fn a_task_that_fails_for_good_shows_on_its_request_until_an_operator_acts(
     let server = TestServer::start().await;
     let mut c = clients(&server);
     three_systems(&mut c).await;
-    let r = file_and_verify(&mut c, "ivy", RequestType::Deletion, &["payment_records"]).await;
-    let task = claim(&mut c, "payments", 60).await.remove(0);
+    let r = file_and_verify(
+        &mut c,
+        "ivy",
+        RequestType::Deletion,
+        &["communication_records"],
+    )
+    .await;
+    let task = claim(&mut c, "email-provider", 60).await.remove(0);
     let failed = c
         .systems
         .fail_task(proto::FailTaskRequest {
@@ -478,9 +494,9 @@ async fn a_task_that_fails_for_good_shows_on_its_request_until_an_operator_acts(
         .complete_privacy_request(proto::CompletePrivacyRequestRequest {
             name: r.name.clone(),
             request_id: request_id(),
-            explanation: "payments erased except the read-only archive".into(),
+            explanation: "messages erased except the read-only archive".into(),
             exemptions: vec![
-                "dataSystems/payments: read-only archive, erased at next rotation".into(),
+                "dataSystems/email-provider: read-only archive, erased at next rotation".into(),
             ],
         })
         .await

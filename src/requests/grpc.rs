@@ -96,7 +96,7 @@ impl PrivacyRequestApi {
                 let (env, change) = (env.clone(), change.clone());
                 Box::pin(async move {
                     let token = service::apply(conn, &ctx, &env, id, &change).await?;
-                    Ok((load(&env.keys, conn, id).await?, token))
+                    Ok((load(&env.keys, &env.settings, conn, id).await?, token))
                 })
             },
         )
@@ -239,7 +239,9 @@ fn request_to_proto(
     transitions: &[TransitionRow],
     tasks: TaskCounts,
     today: NaiveDate,
+    settings: &RequestSettings,
 ) -> proto::PrivacyRequest {
+    let (appeal_available, appeal_voluntary) = service::appeal_available(row, settings);
     let state = State::from_db(&row.state).unwrap_or(State::Received);
     // The due date the one extension would give, while it is unused.
     let extended_due = service::clock_of(row)
@@ -327,8 +329,16 @@ fn request_to_proto(
             regulator_contact_provided: row.appeal_regulator_contact_provided.unwrap_or(false),
             regulator_contact_required: row.appeal_regulator_contact_required.unwrap_or(false),
             decide_time: opt_timestamp(row.appeal_decide_time),
+            voluntary: row.appeal_voluntary.unwrap_or(false),
         }),
-        appeal_available: service::appeal_available(row),
+        appeal_available,
+        appeal_voluntary,
+        legal_keeps: row
+            .legal_keeps
+            .0
+            .iter()
+            .map(crate::retention::grpc::legal_keep_to_proto)
+            .collect(),
         tasks: Some(proto::TaskSummary {
             total: count(tasks.total),
             succeeded: count(tasks.succeeded),
@@ -366,6 +376,7 @@ fn request_to_proto(
 /// Reads a request with its history and task summary, as the API shows it.
 async fn load(
     keys: &Keyring,
+    settings: &RequestSettings,
     conn: &mut PgConnection,
     id: i64,
 ) -> DomainResult<proto::PrivacyRequest> {
@@ -373,7 +384,13 @@ async fn load(
     store::open(keys, conn, std::slice::from_mut(&mut row)).await?;
     let transitions = store::transitions(conn, id).await?;
     let tasks = store::task_counts(conn, id).await?;
-    Ok(request_to_proto(&row, &transitions, tasks, today()))
+    Ok(request_to_proto(
+        &row,
+        &transitions,
+        tasks,
+        today(),
+        settings,
+    ))
 }
 
 /// Today's date (UTC), the date clocks are read against.
@@ -600,7 +617,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
                 let (env, new) = (env.clone(), new.clone());
                 Box::pin(async move {
                     let (id, token) = service::create(conn, &ctx, &env, &new).await?;
-                    Ok((load(&env.keys, conn, id).await?, token))
+                    Ok((load(&env.keys, &env.settings, conn, id).await?, token))
                 })
             },
         )
@@ -620,7 +637,9 @@ impl PrivacyRequestService for PrivacyRequestApi {
             .acquire()
             .await
             .map_err(crate::error::Error::from)?;
-        Ok(Response::new(load(&self.keys, &mut conn, id).await?))
+        Ok(Response::new(
+            load(&self.keys, &self.settings, &mut conn, id).await?,
+        ))
     }
 
     async fn list_privacy_requests(
@@ -734,7 +753,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
             .iter()
             .map(|row| {
                 let tasks = counts.get(&row.id).copied().unwrap_or_default();
-                request_to_proto(row, &[], tasks, today)
+                request_to_proto(row, &[], tasks, today, &self.settings)
             })
             .collect();
         Ok(Response::new(proto::ListPrivacyRequestsResponse {

@@ -82,11 +82,61 @@ pub(super) fn clock_of(row: &RequestRow) -> Result<Clock> {
     ))
 }
 
-/// Whether the rules the request was filed under give it an appeal.
-pub(super) fn appeal_available(row: &RequestRow) -> bool {
-    match (rules_of(row), request_type(row)) {
-        (Ok(rules), Ok(t)) => rules.appeal_for(t).exists,
-        _ => false,
+/// The appeal a request may have: the law's, or the organisation's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct AppealTerms {
+    /// Time to decide it, from its receipt.
+    pub deadline: Option<Period>,
+    /// Whether an upheld decision must tell the subject how to reach the
+    /// regulator: only where the jurisdiction's law says so.
+    pub regulator_contact_required: bool,
+    /// True when the law gives no appeal and the organisation offers one.
+    pub voluntary: bool,
+}
+
+/// The appeal the request may have, or why it has none. The law's appeal
+/// where the jurisdiction gives one; where it gives none, the organisation's
+/// voluntary appeal when `settings.offer_voluntary_appeals` (the seed policy
+/// offers an appeal of any decision in every state it names), with the
+/// organisation's deadline (the rules table's defaults) and a regulator
+/// notice only where the jurisdiction's law requires one.
+pub(super) fn appeal_terms(
+    row: &RequestRow,
+    settings: &RequestSettings,
+) -> Result<std::result::Result<AppealTerms, String>> {
+    let rules = rules_of(row)?;
+    let t = request_type(row)?;
+    let appeal = rules.appeal_for(t);
+    // The rules answering for a type the jurisdiction does not grant are
+    // the organisation's defaults: their appeal is the organisation's too.
+    let by_law = !rules.is_default() && rules.grants(t);
+    if appeal.exists {
+        return Ok(Ok(AppealTerms {
+            deadline: appeal.deadline,
+            regulator_contact_required: appeal.regulator_contact_required,
+            voluntary: !by_law,
+        }));
+    }
+    let refusal = format!("{} gives no appeal ({})", rules.code(), appeal.source);
+    if !settings.offer_voluntary_appeals {
+        return Ok(Err(format!(
+            "{refusal} and this organisation does not offer one voluntarily"
+        )));
+    }
+    let own = &table()?.defaults().appeal;
+    Ok(Ok(AppealTerms {
+        deadline: own.deadline,
+        regulator_contact_required: appeal.regulator_contact_required,
+        voluntary: true,
+    }))
+}
+
+/// Whether the request may be appealed (the law's appeal or the
+/// organisation's voluntary one), and whether that appeal is voluntary.
+pub(super) fn appeal_available(row: &RequestRow, settings: &RequestSettings) -> (bool, bool) {
+    match appeal_terms(row, settings) {
+        Ok(Ok(terms)) => (true, terms.voluntary),
+        _ => (false, false),
     }
 }
 
@@ -357,14 +407,21 @@ async fn take_effect(
         }
         None => store::FanOut::default(),
     };
-    if !fan_out.held.is_empty() {
-        // What a legal hold keeps is an exemption the subject is told about.
-        store::add_exemptions(conn, row.id, &fan_out.held).await?;
-        row.exemptions.extend(fan_out.held.iter().cloned());
+    // What a legal hold or the law keeps is an exemption the subject is
+    // told about: the scope, the hold or the law, and until when.
+    let mut kept = fan_out.held.clone();
+    kept.extend(fan_out.kept.iter().map(|k| k.describe()));
+    if !kept.is_empty() {
+        store::add_exemptions(conn, row.id, &kept).await?;
+        row.exemptions.extend(kept);
+        if !fan_out.kept.is_empty() {
+            store::add_legal_keeps(conn, row.id, &fan_out.kept).await?;
+            row.legal_keeps.0.extend(fan_out.kept.iter().cloned());
+        }
         if fan_out.tasks == 0 {
-            let explanation = "everything in scope is under a legal hold";
-            let held = row.exemptions.clone();
-            return finish(conn, ctx, row, Action::TasksDone, explanation, &held).await;
+            let explanation = "everything in scope is kept, under a legal hold or by law";
+            let exemptions = row.exemptions.clone();
+            return finish(conn, ctx, row, Action::TasksDone, explanation, &exemptions).await;
         }
     }
     let tasks = fan_out.tasks;
@@ -708,7 +765,8 @@ pub(super) async fn complete_if_done(
     Ok(true)
 }
 
-/// Appeals a denied or partly completed request where the rules give an appeal.
+/// Appeals a denied or partly completed request where the rules give an
+/// appeal or the organisation offers one (`appeal_terms`).
 async fn appeal(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -720,15 +778,8 @@ async fn appeal(
     let mut row = store::must_get(conn, id, true).await?;
     let state = row.state()?;
     model::check(&row.name(), Action::Appeal, state, None)?;
-    let rules = rules_of(&row)?;
-    let appeal_rules = rules.appeal_for(request_type(&row)?);
-    if !appeal_rules.exists {
-        return Err(Error::precondition(
-            ErrorReason::AppealNotAllowed,
-            row.name(),
-            format!("{} gives no appeal ({})", rules.code(), appeal_rules.source),
-        ));
-    }
+    let terms = appeal_terms(&row, &env.settings)?
+        .map_err(|why| Error::precondition(ErrorReason::AppealNotAllowed, row.name(), why))?;
     if row.appeal_state.is_some() {
         return Err(Error::precondition(
             ErrorReason::AppealNotAllowed,
@@ -736,7 +787,7 @@ async fn appeal(
             "the request has already been appealed",
         ));
     }
-    let due = appeal_rules
+    let due = terms
         .deadline
         .map(|p| p.after(receive_time.date_naive()))
         .transpose()
@@ -753,15 +804,24 @@ async fn appeal(
         &sealed,
         receive_time,
         due,
-        appeal_rules.regulator_contact_required,
+        terms.regulator_contact_required,
+        terms.voluntary,
     )
     .await?;
-    transition(conn, ctx, &mut row, Action::Appeal, state, "appealed").await?;
+    let why = if terms.voluntary {
+        "appealed (the organisation's voluntary appeal)"
+    } else {
+        "appealed"
+    };
+    transition(conn, ctx, &mut row, Action::Appeal, state, why).await?;
     journal(
         conn,
         ctx,
         &row,
-        json!({ "appeal_due_date": due.map(|d| d.to_string()) }),
+        json!({
+            "appeal_due_date": due.map(|d| d.to_string()),
+            "appeal_voluntary": terms.voluntary,
+        }),
     )
     .await
 }
@@ -976,6 +1036,24 @@ pub async fn access_package(
             })
         })
         .collect();
+    // What the law makes the organisation keep of the subject's data, and
+    // why and until when: the same rule that keeps it from being erased.
+    let kept: Vec<_> =
+        crate::retention::store::legal_keeps(conn, &row.subject_id, &[], None, Utc::now())
+            .await?
+            .into_iter()
+            .map(|k| {
+                json!({
+                    "category": k.category,
+                    "data_system": format!("dataSystems/{}", k.data_system_id),
+                    "legal_reason": k.legal_reason,
+                    "keep_until": k.keep_until,
+                    "period": { "amount": k.period_amount, "unit": k.period_unit },
+                    "trigger": k.trigger,
+                    "explanation": k.describe(),
+                })
+            })
+            .collect();
     Ok(json!({
         "format": "privacy-records access package v1",
         "privacy_request": row.name(),
@@ -984,6 +1062,7 @@ pub async fn access_package(
         "jurisdiction": row.jurisdiction,
         "received": row.receive_time,
         "data_systems": systems,
+        "kept_by_law": kept,
         "consent_history": store::consent_history(conn, &row.subject_id).await?,
         "privacy_requests": store::request_history(conn, &row.subject_id).await?,
     }))

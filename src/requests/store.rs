@@ -8,6 +8,7 @@ use sqlx::{PgConnection, PgPool};
 use super::model::{Action, AppealState, DataAction, DenialReason, HoldReason, State};
 use crate::error::{Error, Result};
 use crate::keys::{Keyring, column};
+use crate::retention::store::LegalKeep;
 use crate::rpc::Context;
 
 /// A request as stored.
@@ -57,6 +58,11 @@ pub struct RequestRow {
     pub appeal_regulator_contact_required: Option<bool>,
     pub appeal_regulator_contact_provided: Option<bool>,
     pub appeal_decide_time: Option<DateTime<Utc>>,
+    /// True when the appeal is the organisation's voluntary offer.
+    pub appeal_voluntary: Option<bool>,
+    /// What the law made this request keep (a deletion), structured; each
+    /// is in `exemptions` as text too.
+    pub legal_keeps: sqlx::types::Json<Vec<LegalKeep>>,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
     pub close_time: Option<DateTime<Utc>>,
@@ -425,9 +431,24 @@ pub async fn set_outcome(
     .await
 }
 
-/// Forgets a denial and its exemptions (an appeal reopened the request).
+/// Appends what the law kept (the structured form of those exemptions).
+pub async fn add_legal_keeps(conn: &mut PgConnection, id: i64, kept: &[LegalKeep]) -> Result<()> {
+    update(conn, "legal_keeps = legal_keeps || $2", id, |q| {
+        q.bind(sqlx::types::Json(kept))
+    })
+    .await
+}
+
+/// Forgets a denial and its exemptions (an appeal reopened the request; it
+/// takes effect again and finds what is held or kept anew).
 pub async fn clear_outcome(conn: &mut PgConnection, id: i64) -> Result<()> {
-    update(conn, "denial_reason = NULL, exemptions = '{}'", id, |q| q).await
+    update(
+        conn,
+        "denial_reason = NULL, exemptions = '{}', legal_keeps = '[]'",
+        id,
+        |q| q,
+    )
+    .await
 }
 
 pub async fn open_appeal(
@@ -437,18 +458,20 @@ pub async fn open_appeal(
     received: DateTime<Utc>,
     due: Option<NaiveDate>,
     regulator_contact_required: bool,
+    voluntary: bool,
 ) -> Result<()> {
     update(
         conn,
         "appeal_state = 'PENDING', appeal_statement = '', appeal_statement_sealed = $2,
          appeal_create_time = $3,
-         appeal_due_date = $4, appeal_regulator_contact_required = $5",
+         appeal_due_date = $4, appeal_regulator_contact_required = $5, appeal_voluntary = $6",
         id,
         |q| {
             q.bind(statement_sealed)
                 .bind(received)
                 .bind(due)
                 .bind(regulator_contact_required)
+                .bind(voluntary)
         },
     )
     .await
@@ -540,18 +563,23 @@ pub async fn task_exemptions(conn: &mut PgConnection, id: i64) -> Result<Vec<Str
     .await?)
 }
 
-/// What a fan-out did: tasks queued, and the scopes a legal hold kept out.
+/// What a fan-out did: tasks queued, the scopes a legal hold kept out, and
+/// what the law keeps.
 #[derive(Debug, Clone, Default)]
 pub struct FanOut {
     pub tasks: u64,
     /// "dataSystems/x (category): held by legalHolds/N: reason"
     pub held: Vec<String>,
+    /// The (system, category) pairs a retention policy's legal reason keeps.
+    pub kept: Vec<LegalKeep>,
 }
 
 /// Creates one task per data system that holds affected categories (all,
-/// when the request names none) and supports `action`. For a deletion, the
-/// (system, category) pairs an active legal hold covers are left out and
-/// reported instead; a system with nothing left gets no task.
+/// when the request names none) and supports `action`. For an erasure
+/// (delete, anonymize), only what SQL `erasable` allows gets a task (the
+/// rule every erasure path follows): the (system, category) pairs an active
+/// legal hold covers or the law keeps are left out and reported instead; a
+/// system with nothing left gets no task.
 pub async fn fan_out(
     conn: &mut PgConnection,
     row: &RequestRow,
@@ -559,9 +587,12 @@ pub async fn fan_out(
     max_attempts: i32,
 ) -> Result<FanOut> {
     let respects_holds = matches!(action, DataAction::Delete | DataAction::Anonymize);
+    // One instant for the three statements, so what is reported as held or
+    // kept is exactly what the insert left out.
+    let at = Utc::now();
     let held: Vec<String> = sqlx::query_scalar(
         "WITH scope AS (
-             SELECT d.id AS system, c.category, held_by($1, c.category, d.id, now()) AS holds
+             SELECT d.id AS system, c.category, held_by($1, c.category, d.id, $5) AS holds
              FROM data_systems d
              CROSS JOIN LATERAL unnest(d.categories) AS c (category)
              WHERE $2 = ANY (d.actions)
@@ -578,8 +609,21 @@ pub async fn fan_out(
     .bind(action.as_str())
     .bind(&row.categories)
     .bind(respects_holds)
+    .bind(at)
     .fetch_all(&mut *conn)
     .await?;
+    let kept = if respects_holds {
+        crate::retention::store::legal_keeps(
+            conn,
+            &row.subject_id,
+            &row.categories,
+            Some(action.as_str()),
+            at,
+        )
+        .await?
+    } else {
+        Vec::new()
+    };
     let done = sqlx::query(
         "INSERT INTO tasks (data_system_id, privacy_request_id, subject_id, action, categories,
                             corrections, max_attempts, corrections_sealed)
@@ -589,7 +633,7 @@ pub async fn fan_out(
              SELECT ARRAY(
                  SELECT c FROM unnest(d.categories) AS c
                  WHERE (cardinality($4::text[]) = 0 OR c = ANY ($4::text[]))
-                   AND (NOT $7 OR cardinality(held_by($2, c, d.id, now())) = 0)
+                   AND (NOT $7 OR erasable($2, c, d.id, $9))
                  ORDER BY 1) AS categories
          ) cats
          WHERE $3 = ANY (d.actions) AND cardinality(cats.categories) > 0
@@ -611,11 +655,13 @@ pub async fn fan_out(
     // The request's sealed corrections, as they are: same subject, same
     // column name, so the tasks need no key of their own.
     .bind(&row.corrections_sealed)
+    .bind(at)
     .execute(conn)
     .await?;
     Ok(FanOut {
         tasks: done.rows_affected(),
         held,
+        kept,
     })
 }
 

@@ -127,6 +127,21 @@ fn parse_period(p: Option<&proto::Period>) -> Result<RetentionPeriod, String> {
     RetentionPeriod::parse(p.amount, unit)
 }
 
+/// What the law keeps, as the API shows it (on a request and on a schedule).
+pub fn legal_keep_to_proto(k: &store::LegalKeep) -> proto::LegalKeep {
+    proto::LegalKeep {
+        category: k.category.clone(),
+        data_system: format!("dataSystems/{}", k.data_system_id),
+        legal_reason: k.legal_reason.clone(),
+        keep_until: opt_timestamp(k.keep_until),
+        period: Some(proto::Period {
+            amount: u32::try_from(k.period_amount).unwrap_or(0),
+            unit: unit_to_proto(&k.period_unit),
+        }),
+        trigger: k.trigger.clone(),
+    }
+}
+
 fn trigger_to_proto(t: &str) -> i32 {
     proto::retention_policy::Trigger::from_str_name(t).map_or(0, |v| v as i32)
 }
@@ -600,6 +615,9 @@ impl RetentionService for RetentionApi {
             .map_err(|e| Error::invalid("subject_id", e))?;
         let entries = store::schedule(&self.pool, subject.as_str()).await?;
         let holds = store::list_holds(&self.pool, false, Some(subject.as_str())).await?;
+        let mut conn = self.pool.acquire().await.map_err(Error::from)?;
+        let keeps = store::legal_keeps(&mut conn, subject.as_str(), &[], None, Utc::now()).await?;
+        drop(conn);
         let kept = store::policies(&self.pool, None)
             .await?
             .into_iter()
@@ -611,6 +629,7 @@ impl RetentionService for RetentionApi {
             entries: entries.iter().map(entry_to_proto).collect(),
             legal_holds: holds.iter().map(hold_to_proto).collect(),
             kept_for_legal_reasons: kept,
+            legal_keeps: keeps.iter().map(legal_keep_to_proto).collect(),
         }))
     }
 }

@@ -407,10 +407,79 @@ pub async fn release_held(conn: &mut PgConnection, now: DateTime<Utc>, batch: i6
     Ok(released.rows_affected() as i64)
 }
 
+/// Data the law makes the organisation keep: one (system, category) whose
+/// retention policy names a legal reason while the subject's clock for it
+/// has not run out (SQL `kept_by_law`, the same rule `erasable` applies on
+/// every erasure path).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
+pub struct LegalKeep {
+    pub category: String,
+    pub data_system_id: String,
+    /// The law, as the retention policy states it.
+    pub legal_reason: String,
+    /// When the keep ends and the data falls due under its policy; `None`
+    /// while the policy's clock has not started for this subject.
+    pub keep_until: Option<DateTime<Utc>>,
+    pub period_amount: i32,
+    pub period_unit: String,
+    /// The policy's trigger ("ACCOUNT_CLOSED").
+    pub trigger: String,
+}
+
+impl LegalKeep {
+    /// The exemption as told to the subject: "dataSystems/x (category): kept
+    /// by law until 2033-12-03: reason" (or "for 84 months after
+    /// ACCOUNT_CLOSED" while the clock has not started).
+    pub fn describe(&self) -> String {
+        let until = match self.keep_until {
+            Some(t) => format!("until {}", t.date_naive()),
+            None => format!(
+                "for {} {} after {}",
+                self.period_amount,
+                self.period_unit.replace('_', " "),
+                self.trigger
+            ),
+        };
+        format!(
+            "dataSystems/{} ({}): kept by law {until}: {}",
+            self.data_system_id, self.category, self.legal_reason
+        )
+    }
+}
+
+/// What the law keeps of the subject's data at `at`, per (system, category):
+/// only on systems that support `action` when given, and only `categories`
+/// when not empty. The same rule (`kept_by_law`) that keeps erasure tasks
+/// from being queued, so what is reported is what was not erased.
+pub async fn legal_keeps(
+    conn: &mut PgConnection,
+    subject_id: &str,
+    categories: &[String],
+    action: Option<&str>,
+    at: DateTime<Utc>,
+) -> Result<Vec<LegalKeep>> {
+    Ok(sqlx::query_as(
+        "SELECT c.category, d.id AS data_system_id, k.legal_reason, k.keep_until,
+                k.period_amount, k.period_unit, k.trigger
+         FROM data_systems d
+         CROSS JOIN LATERAL unnest(d.categories) AS c (category)
+         CROSS JOIN LATERAL kept_by_law($1, c.category, d.id, $4) AS k
+         WHERE ($2::text IS NULL OR $2 = ANY (d.actions))
+           AND (cardinality($3::text[]) = 0 OR c.category = ANY ($3::text[]))
+         ORDER BY d.id, c.category",
+    )
+    .bind(subject_id)
+    .bind(action)
+    .bind(categories)
+    .bind(at)
+    .fetch_all(conn)
+    .await?)
+}
+
 /// Erases a minor's data at once: one DELETE task per data system for every
-/// category it holds, except categories the law makes the organisation keep
-/// (a policy with a legal reason) and what a legal hold covers. Returns the
-/// tasks queued.
+/// category it holds that may be erased (SQL `erasable`: no legal hold
+/// covers it and the law does not keep it, the rule a deletion request
+/// follows too). Returns the tasks queued.
 pub async fn erase_minor(conn: &mut PgConnection, subject_id: &str) -> Result<u64> {
     let done = sqlx::query(
         "INSERT INTO tasks (data_system_id, subject_id, action, categories)
@@ -419,9 +488,7 @@ pub async fn erase_minor(conn: &mut PgConnection, subject_id: &str) -> Result<u6
          CROSS JOIN LATERAL (
              SELECT ARRAY(
                  SELECT c FROM unnest(d.categories) AS c
-                 WHERE NOT EXISTS (SELECT 1 FROM retention_policies p
-                                   WHERE p.category = c AND p.legal_reason <> '')
-                   AND cardinality(held_by($1, c, d.id, now())) = 0
+                 WHERE erasable($1, c, d.id, now())
                  ORDER BY 1) AS categories
          ) cats
          WHERE 'DELETE' = ANY (d.actions) AND cardinality(cats.categories) > 0
@@ -451,7 +518,8 @@ pub async fn minimize_request_records(
          )
          UPDATE privacy_requests r
          SET subject_id = 'minimized', corrections = '[]'::jsonb, agent = NULL,
-             categories = '{}', explanation = '', exemptions = '{}', appeal_statement = NULL,
+             categories = '{}', explanation = '', exemptions = '{}', legal_keeps = '[]',
+             appeal_statement = NULL,
              appeal_explanation = NULL, identifier_kinds = '{}', minimize_time = now(),
              agent_sealed = NULL, corrections_sealed = NULL, appeal_statement_sealed = NULL
          FROM old WHERE r.id = old.id
