@@ -953,6 +953,7 @@ async fn the_purposes_catalogue_can_be_created_read_listed_and_updated() {
             update_mask: Some(FieldMask {
                 paths: vec!["consent_model".into()],
             }),
+            ..Default::default()
         })
         .await
         .expect("update")
@@ -975,6 +976,7 @@ async fn the_purposes_catalogue_can_be_created_read_listed_and_updated() {
             update_mask: Some(FieldMask {
                 paths: vec!["description".into()],
             }),
+            ..Default::default()
         })
         .await
         .expect_err("stale etag");
@@ -1164,6 +1166,7 @@ async fn other_methods_name_their_invalid_fields_too() {
             update_mask: Some(FieldMask {
                 paths: vec!["key".into()],
             }),
+            ..Default::default()
         })
         .await
         .expect_err("mask"),
@@ -1179,6 +1182,7 @@ async fn other_methods_name_their_invalid_fields_too() {
             update_mask: Some(FieldMask {
                 paths: vec!["description".into()],
             }),
+            ..Default::default()
         })
         .await
         .expect_err("name"),
