@@ -19,6 +19,9 @@ CREATE TABLE purpose_promises (
     -- When the promise was made. NULL: from the start (the default
     -- catalogue's promises come from the published policy itself).
     make_time       timestamptz,
+    -- When this service recorded it. A lift must name a version published
+    -- after this: a version the promise already stood in cannot lift it.
+    record_time     timestamptz NOT NULL DEFAULT now(),
     made_by         text NOT NULL,
     make_request_id text NOT NULL DEFAULT '',
     -- The lift, all or nothing: the material version that lifted it, when
@@ -47,10 +50,10 @@ BEGIN
     IF OLD.lifted_by_version IS NOT NULL
        OR NEW.lifted_by_version IS NULL
        OR (NEW.id, NEW.purpose_key, NEW.jurisdiction, NEW.exceptions, NEW.make_time,
-           NEW.made_by, NEW.make_request_id)
+           NEW.record_time, NEW.made_by, NEW.make_request_id)
           IS DISTINCT FROM
           (OLD.id, OLD.purpose_key, OLD.jurisdiction, OLD.exceptions, OLD.make_time,
-           OLD.made_by, OLD.make_request_id) THEN
+           OLD.record_time, OLD.made_by, OLD.make_request_id) THEN
         RAISE EXCEPTION 'a purpose promise is only ever lifted, once'
             USING ERRCODE = 'insufficient_privilege';
     END IF;
@@ -75,6 +78,7 @@ BEGIN
         SELECT jsonb_agg(jsonb_build_object(
                    'id', pp.id, 'jurisdiction', pp.jurisdiction,
                    'exceptions', to_jsonb(pp.exceptions), 'make_time', pp.make_time,
+                   'record_time', pp.record_time,
                    'made_by', pp.made_by, 'lifted_by_version', pp.lifted_by_version,
                    'lift_effective_time', pp.lift_effective_time,
                    'lift_time', pp.lift_time, 'lifted_by', pp.lifted_by)

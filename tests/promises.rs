@@ -76,6 +76,20 @@ async fn an_edit_of_the_catalogue_alone_cannot_lift_the_promise_never_to_sell() 
         decide(&server, check("ann", SALE)).await,
         (Verdict::Denied, DecisionReason::PurposeIsProhibited)
     );
+    // The default catalogue's promise holds from the start, everywhere.
+    let sale = c
+        .get_purpose(GetPurposeRequest {
+            name: format!("purposes/{SALE}"),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(sale.consent_model, ConsentModel::Prohibited as i32);
+    assert_eq!(sale.promises.len(), 1);
+    let promise = &sale.promises[0];
+    assert_eq!(promise.jurisdiction, "");
+    assert_eq!(promise.make_time, None, "from the start");
+    assert!(promise.lifted_by_policy_version.is_empty());
     server.finish().await;
 }
 
@@ -227,6 +241,35 @@ async fn a_promise_is_lifted_only_by_a_published_material_version_newer_than_it(
         .expect_err("not material");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert_eq!(error_reason(&err).0, "POLICY_VERSION_CANNOT_LIFT_PROMISE");
+
+    // A version the promise already stood in cannot lift it: published
+    // before the promise was recorded (here, before the default
+    // catalogue's promises were).
+    let pool = server.db.pool().await;
+    sqlx::query(
+        "INSERT INTO policy_versions (version_id, effective_time, text_sha256, material, publish_time)
+         VALUES ('2025-01-01', '2025-01-01', repeat('c', 64), true, '2025-01-01')",
+    )
+    .execute(&pool)
+    .await
+    .expect("an older material version");
+    let err = c
+        .update_purpose(lift("2025-01-01"))
+        .await
+        .expect_err("older");
+    assert_eq!(error_reason(&err).0, "POLICY_VERSION_CANNOT_LIFT_PROMISE");
+    // Nor can anyone rewrite or delete a promise behind the service's back.
+    for sql in [
+        "DELETE FROM purpose_promises",
+        "UPDATE purpose_promises SET made_by = 'someone else'",
+        "UPDATE purpose_promises SET lifted_by_version = '2025-01-01',
+                lift_effective_time = now(), lift_time = now(), lifted_by = 'x',
+                lift_request_id = 'x', exceptions = '{EU}'",
+    ] {
+        let err = sqlx::query(sql).execute(&pool).await.expect_err(sql);
+        assert!(err.to_string().contains("purpose"), "{sql}: {err}");
+    }
+    pool.close().await;
 
     // A version published before a promise was made cannot lift it.
     publish(&server, "2026-12-material", true, Utc::now()).await;

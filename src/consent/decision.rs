@@ -224,6 +224,7 @@ mod tests {
             jurisdiction: jurisdiction.map(str::to_owned),
             exceptions: vec![],
             make_time: None,
+            record_time: t(1),
             made_by: "seed".into(),
             lift: lift_at.map(|day| Lift {
                 policy_version: "v2".into(),

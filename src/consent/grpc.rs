@@ -152,6 +152,7 @@ fn purpose_to_proto(p: &Purpose) -> proto::Purpose {
                 jurisdiction: promise.jurisdiction.clone().unwrap_or_default(),
                 exceptions: promise.exceptions.clone(),
                 make_time: opt_timestamp(promise.make_time),
+                record_time: Some(timestamp(promise.record_time)),
                 made_by: promise.made_by.clone(),
                 lifted_by_policy_version: promise
                     .lift

@@ -360,6 +360,9 @@ pub struct Promise {
     pub exceptions: Vec<String>,
     /// None: from the start (the default catalogue's promises).
     pub make_time: Option<DateTime<Utc>>,
+    /// When this service recorded it: a version that lifts it must have
+    /// been published after this.
+    pub record_time: DateTime<Utc>,
     pub made_by: String,
     pub lift: Option<Lift>,
 }

@@ -235,7 +235,10 @@ pub async fn update_purpose(
 
 /// The policy version that lifts the `weakened` promises: none needed when
 /// nothing is weakened (and none may be named then); else the named one,
-/// which must be published, material, and newer than every promise it lifts.
+/// which must be published, material, and published after every promise it
+/// lifts was recorded (a version the promise already stood in, e.g. the one
+/// in force when the default catalogue's promises were recorded, cannot
+/// lift it).
 async fn lifting_version(
     conn: &mut PgConnection,
     key: &PurposeKey,
@@ -289,7 +292,7 @@ async fn lifting_version(
     }
     if let Some(older) = weakened
         .iter()
-        .find(|p| p.make_time.is_some_and(|t| version.publish_time <= t))
+        .find(|p| version.publish_time <= p.record_time)
     {
         return Err(Error::precondition(
             ErrorReason::PolicyVersionCannotLiftPromise,

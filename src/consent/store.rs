@@ -231,6 +231,7 @@ struct PromiseJson {
     jurisdiction: Option<String>,
     exceptions: Vec<String>,
     make_time: Option<DateTime<Utc>>,
+    record_time: DateTime<Utc>,
     made_by: String,
     lifted_by_version: Option<String>,
     lift_effective_time: Option<DateTime<Utc>>,
@@ -258,6 +259,7 @@ fn promises_from_json(value: serde_json::Value) -> Result<Vec<Promise>> {
                 jurisdiction: p.jurisdiction,
                 exceptions: p.exceptions,
                 make_time: p.make_time,
+                record_time: p.record_time,
                 made_by: p.made_by,
                 lift,
             })
