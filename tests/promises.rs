@@ -90,6 +90,19 @@ async fn an_edit_of_the_catalogue_alone_cannot_lift_the_promise_never_to_sell() 
     assert_eq!(promise.jurisdiction, "");
     assert_eq!(promise.make_time, None, "from the start");
     assert!(promise.lifted_by_policy_version.is_empty());
+    // The refusal names the promise it keeps.
+    use tonic_types::StatusExt;
+    let subjects: Vec<String> = err
+        .get_error_details()
+        .precondition_failure()
+        .map(|f| f.violations.iter().map(|v| v.subject.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(subjects, vec![promise.name.clone()]);
+    assert!(
+        promise
+            .name
+            .starts_with("purposes/sale_of_personal_data/promises/")
+    );
     server.finish().await;
 }
 
