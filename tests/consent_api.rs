@@ -955,6 +955,7 @@ async fn the_purposes_catalogue_can_be_created_read_listed_and_updated() {
             update_mask: Some(FieldMask {
                 paths: vec!["consent_model".into()],
             }),
+            ..Default::default()
         })
         .await
         .expect("update")
@@ -977,6 +978,7 @@ async fn the_purposes_catalogue_can_be_created_read_listed_and_updated() {
             update_mask: Some(FieldMask {
                 paths: vec!["description".into()],
             }),
+            ..Default::default()
         })
         .await
         .expect_err("stale etag");
@@ -1166,6 +1168,7 @@ async fn other_methods_name_their_invalid_fields_too() {
             update_mask: Some(FieldMask {
                 paths: vec!["key".into()],
             }),
+            ..Default::default()
         })
         .await
         .expect_err("mask"),
@@ -1181,6 +1184,7 @@ async fn other_methods_name_their_invalid_fields_too() {
             update_mask: Some(FieldMask {
                 paths: vec!["description".into()],
             }),
+            ..Default::default()
         })
         .await
         .expect_err("name"),

@@ -47,7 +47,8 @@ pub fn decide(input: &Inputs<'_>) -> Outcome {
         .and_then(|r| r.jurisdiction.as_deref())
         .and_then(|j| Jurisdiction::parse(j).ok());
     let jurisdiction = input.jurisdiction.or(recorded.as_ref());
-    let model = input.purpose.model_in(jurisdiction);
+    // A promise in force at `at` wins over the catalogue's model now.
+    let model = input.purpose.model_at(jurisdiction, input.at);
     let outcome = |allowed, reason, record: Option<&ConsentRecord>| Outcome {
         allowed,
         reason,
@@ -101,7 +102,7 @@ pub fn decide(input: &Inputs<'_>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consent::model::PurposeKey;
+    use crate::consent::model::{Lift, Promise, PurposeKey};
     use chrono::TimeZone;
     use std::collections::BTreeMap;
 
@@ -122,6 +123,7 @@ mod tests {
             create_time: t(1),
             update_time: t(1),
             revision: 1,
+            promises: vec![],
         }
     }
 
@@ -241,5 +243,57 @@ mod tests {
         let mut i = inputs(&p, Some(&fresh));
         i.material_change = Some(&change);
         assert_eq!(decide(&i).reason, Reason::ExplicitGrant);
+    }
+
+    fn promise(jurisdiction: Option<&str>, lift_at: Option<u32>) -> Promise {
+        Promise {
+            id: 1,
+            jurisdiction: jurisdiction.map(str::to_owned),
+            exceptions: vec![],
+            make_time: None,
+            record_time: t(1),
+            made_by: "seed".into(),
+            lift: lift_at.map(|day| Lift {
+                policy_version: "v2".into(),
+                effective_time: t(day),
+                lift_time: t(1),
+                lifted_by: "ops".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn a_promise_prohibits_until_its_lift_takes_effect() {
+        let mut p = purpose(ConsentModel::OptOut);
+        p.jurisdiction_models.clear();
+        p.promises = vec![promise(None, Some(20))];
+        let mut i = inputs(&p, None);
+        i.at = t(19);
+        let o = decide(&i);
+        assert_eq!(
+            (o.allowed, o.reason, o.model),
+            (false, Reason::Prohibited, ConsentModel::Prohibited)
+        );
+        i.at = t(20);
+        assert_eq!(decide(&i).reason, Reason::DefaultOptOut);
+    }
+
+    #[test]
+    fn a_jurisdiction_promise_covers_only_the_jurisdictions_under_it() {
+        let mut p = purpose(ConsentModel::OptOut);
+        p.jurisdiction_models.clear();
+        p.promises = vec![promise(Some("US"), Some(25))];
+        let ca = Jurisdiction::parse("US-CA").unwrap();
+        let de = Jurisdiction::parse("DE").unwrap();
+        let mut i = inputs(&p, None);
+        assert_eq!(decide(&i).reason, Reason::DefaultOptOut, "no jurisdiction");
+        i.jurisdiction = Some(&ca);
+        assert_eq!(decide(&i).reason, Reason::Prohibited);
+        i.jurisdiction = Some(&de);
+        assert_eq!(decide(&i).reason, Reason::DefaultOptOut);
+        p.promises[0].exceptions = vec!["US-CA".into()];
+        let mut i = inputs(&p, None);
+        i.jurisdiction = Some(&ca);
+        assert_eq!(decide(&i).reason, Reason::DefaultOptOut, "an exception");
     }
 }

@@ -144,6 +144,30 @@ fn purpose_to_proto(p: &Purpose) -> proto::Purpose {
         create_time: Some(timestamp(p.create_time)),
         update_time: Some(timestamp(p.update_time)),
         etag: p.etag(),
+        promises: p
+            .promises
+            .iter()
+            .map(|promise| proto::PurposePromise {
+                name: promise.name(&p.key),
+                jurisdiction: promise.jurisdiction.clone().unwrap_or_default(),
+                exceptions: promise.exceptions.clone(),
+                make_time: opt_timestamp(promise.make_time),
+                record_time: Some(timestamp(promise.record_time)),
+                made_by: promise.made_by.clone(),
+                lifted_by_policy_version: promise
+                    .lift
+                    .as_ref()
+                    .map(|l| l.policy_version.clone())
+                    .unwrap_or_default(),
+                lift_effective_time: opt_timestamp(promise.lift.as_ref().map(|l| l.effective_time)),
+                lift_time: opt_timestamp(promise.lift.as_ref().map(|l| l.lift_time)),
+                lifted_by: promise
+                    .lift
+                    .as_ref()
+                    .map(|l| l.lifted_by.clone())
+                    .unwrap_or_default(),
+            })
+            .collect(),
     }
 }
 
@@ -628,7 +652,17 @@ impl ConsentService for ConsentApi {
                 key.zip(fields).map(|(k, f)| (k, f, etag))
             }
         };
-        let (Some(request_id), Some((key, fields, etag))) = (request_id, parsed) else {
+        let lift_version = if req.lift_promise_policy_version.is_empty() {
+            Some(None)
+        } else {
+            v.check(
+                "lift_promise_policy_version",
+                m::parse_version_id(&req.lift_promise_policy_version).map(Some),
+            )
+        };
+        let (Some(request_id), Some((key, fields, etag)), Some(lift_version)) =
+            (request_id, parsed, lift_version)
+        else {
             return Err(v.into_error().into());
         };
         v.finish()?;
@@ -640,12 +674,24 @@ impl ConsentService for ConsentApi {
             &request_id,
             &req,
             move |conn, ctx| {
-                let (key, fields, mask, etag) =
-                    (key.clone(), fields.clone(), mask.clone(), etag.clone());
+                let (key, fields, mask, etag, lift_version) = (
+                    key.clone(),
+                    fields.clone(),
+                    mask.clone(),
+                    etag.clone(),
+                    lift_version.clone(),
+                );
                 Box::pin(async move {
-                    let (p, token) =
-                        service::update_purpose(conn, &ctx, &key, &fields, &mask, etag.as_deref())
-                            .await?;
+                    let (p, token) = service::update_purpose(
+                        conn,
+                        &ctx,
+                        &key,
+                        &fields,
+                        &mask,
+                        etag.as_deref(),
+                        lift_version.as_deref(),
+                    )
+                    .await?;
                     Ok((purpose_to_proto(&p), token))
                 })
             },

@@ -9,8 +9,8 @@ use super::cache::DecisionCache;
 use super::decision::{self, Inputs, Outcome};
 use super::group_commit::GroupCommit;
 use super::model::{
-    ConsentModel, ConsentRecord, Decision, Jurisdiction, NewConsent, PolicyVersion, Purpose,
-    PurposeFields, PurposeKey, Subject, SubjectId,
+    ConsentModel, ConsentRecord, Decision, Jurisdiction, NewConsent, PolicyVersion, Promise,
+    Purpose, PurposeFields, PurposeKey, Subject, SubjectId,
 };
 use super::store;
 use crate::error::{Error, Result};
@@ -23,20 +23,29 @@ use crate::tokens::ConsistencyToken;
 
 pub use crate::rpc::Context;
 
+/// Adds a purpose. A PROHIBITED model or override in it is a promise from
+/// now on.
 pub async fn create_purpose(
     conn: &mut PgConnection,
     ctx: &Context,
     key: &PurposeKey,
     fields: &PurposeFields,
 ) -> Result<(Purpose, ConsistencyToken)> {
-    let purpose = store::create_purpose(conn, key, fields).await?;
+    store::create_purpose(conn, key, fields).await?;
+    let made = make_promises(conn, ctx, key, fields, &[]).await?;
+    let purpose = store::get_purpose(conn, key, false)
+        .await?
+        .ok_or_else(|| Error::Internal(format!("{} vanished", key.name())))?;
     let name = key.name();
     let token = journal::record(
         conn,
         ctx.audit(
             &name,
             None,
-            json!({ "consent_model": fields.consent_model.as_str() }),
+            json!({
+                "consent_model": fields.consent_model.as_str(),
+                "promises_made": made,
+            }),
         ),
         ChangeEntry {
             kind: ChangeKind::PurposeChanged,
@@ -49,6 +58,35 @@ pub async fn create_purpose(
     )
     .await?;
     Ok((purpose, token))
+}
+
+/// Records a promise for each scope `fields` make PROHIBITED that has no
+/// unlifted promise yet (`unlifted`: the scopes that have one). Returns the
+/// scopes ("" for the default model), for the audit event.
+async fn make_promises(
+    conn: &mut PgConnection,
+    ctx: &Context,
+    key: &PurposeKey,
+    fields: &PurposeFields,
+    unlifted: &[Option<String>],
+) -> Result<Vec<String>> {
+    let mut made = Vec::new();
+    for (scope, exceptions) in fields.prohibited_scopes() {
+        if unlifted.contains(&scope) {
+            continue;
+        }
+        store::make_promise(
+            conn,
+            key,
+            scope.as_deref(),
+            &exceptions,
+            &ctx.actor,
+            &ctx.request_id,
+        )
+        .await?;
+        made.push(scope.unwrap_or_default());
+    }
+    Ok(made)
 }
 
 /// Which fields of a purpose an update changes.
@@ -77,6 +115,12 @@ impl PurposeMask {
     }
 }
 
+/// Changes a purpose's masked fields. A promise in force (a PROHIBITED
+/// model or override) that the change would weaken is refused, unless
+/// `lift_version` names a published material policy version, published
+/// after the promise was made, that lifts it: then the promise is lifted
+/// with effect at that version's effective time (or now, if later). A
+/// PROHIBITED model or override the change sets is a promise from now on.
 pub async fn update_purpose(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -84,6 +128,7 @@ pub async fn update_purpose(
     new: &PurposeFields,
     mask: &PurposeMask,
     etag: Option<&str>,
+    lift_version: Option<&str>,
 ) -> Result<(Purpose, ConsistencyToken)> {
     let current = store::get_purpose(conn, key, true)
         .await?
@@ -130,7 +175,38 @@ pub async fn update_purpose(
             current.reconsent_on_material_change
         },
     };
+    let weakened: Vec<&Promise> = current
+        .unlifted_promises()
+        .filter(|p| !fields.keep(p.jurisdiction.as_deref(), &p.exceptions))
+        .collect();
+    let version = lifting_version(conn, key, &weakened, lift_version).await?;
     let purpose = store::update_purpose(conn, key, &fields).await?;
+    let mut lifted = Vec::with_capacity(weakened.len());
+    if let Some(version) = &version {
+        for promise in &weakened {
+            let effective =
+                store::lift_promise(conn, promise.id, version, &ctx.actor, &ctx.request_id).await?;
+            lifted.push(json!({
+                "promise": promise.name(key),
+                "jurisdiction": promise.jurisdiction.as_deref().unwrap_or_default(),
+                "policy_version": version.version_id,
+                "lift_effective_time": effective.to_rfc3339(),
+            }));
+        }
+    }
+    let unlifted: Vec<Option<String>> = current
+        .unlifted_promises()
+        .filter(|p| !weakened.iter().any(|w| w.id == p.id))
+        .map(|p| p.jurisdiction.clone())
+        .collect();
+    let made = make_promises(conn, ctx, key, &fields, &unlifted).await?;
+    let purpose = if lifted.is_empty() && made.is_empty() {
+        purpose
+    } else {
+        store::get_purpose(conn, key, false)
+            .await?
+            .ok_or_else(|| Error::Internal(format!("{} vanished", key.name())))?
+    };
     let name = key.name();
     let token = journal::record(
         conn,
@@ -140,6 +216,8 @@ pub async fn update_purpose(
             json!({
                 "consent_model": { "from": current.consent_model.as_str(), "to": fields.consent_model.as_str() },
                 "revision": purpose.revision,
+                "promises_lifted": lifted,
+                "promises_made": made,
             }),
         ),
         ChangeEntry {
@@ -153,6 +231,79 @@ pub async fn update_purpose(
     )
     .await?;
     Ok((purpose, token))
+}
+
+/// The policy version that lifts the `weakened` promises: none needed when
+/// nothing is weakened (and none may be named then); else the named one,
+/// which must be published, material, and published after every promise it
+/// lifts was recorded (a version the promise already stood in, e.g. the one
+/// in force when the default catalogue's promises were recorded, cannot
+/// lift it).
+async fn lifting_version(
+    conn: &mut PgConnection,
+    key: &PurposeKey,
+    weakened: &[&Promise],
+    lift_version: Option<&str>,
+) -> Result<Option<PolicyVersion>> {
+    let version_id = match (weakened.first(), lift_version) {
+        (None, None) => return Ok(None),
+        (None, Some(_)) => {
+            return Err(Error::invalid(
+                "lift_promise_policy_version",
+                format!(
+                    "the update weakens no promise of {}: leave it empty",
+                    key.name()
+                ),
+            ));
+        }
+        (Some(first), None) => {
+            let scope = first
+                .jurisdiction
+                .as_deref()
+                .map_or("in every jurisdiction".to_owned(), |j| format!("in {j}"));
+            return Err(Error::precondition(
+                ErrorReason::PurposePromiseInForce,
+                first.name(key),
+                format!(
+                    "{} is PROHIBITED {scope}: a promise of the published policy, which an edit of the catalogue cannot weaken; name the published material policy version that lifts it in lift_promise_policy_version",
+                    key.as_str()
+                ),
+            ));
+        }
+        (Some(_), Some(id)) => id,
+    };
+    let version = store::get_policy_version(&mut *conn, version_id)
+        .await?
+        .ok_or_else(|| {
+            Error::precondition(
+                ErrorReason::PolicyVersionUnknown,
+                format!("policyVersions/{version_id}"),
+                format!("policy version {version_id:?} has not been published"),
+            )
+        })?;
+    if !version.material {
+        return Err(Error::precondition(
+            ErrorReason::PolicyVersionCannotLiftPromise,
+            format!("policyVersions/{version_id}"),
+            format!(
+                "policy version {version_id:?} is not material: only a material change of the policy lifts a promise"
+            ),
+        ));
+    }
+    if let Some(older) = weakened
+        .iter()
+        .find(|p| version.publish_time <= p.record_time)
+    {
+        return Err(Error::precondition(
+            ErrorReason::PolicyVersionCannotLiftPromise,
+            older.name(key),
+            format!(
+                "policy version {version_id:?} was published before the promise {} was made, so it cannot lift it",
+                older.name(key)
+            ),
+        ));
+    }
+    Ok(Some(version))
 }
 
 /// What a RecordConsent call produced.
@@ -306,7 +457,10 @@ async fn earlier_call(
 /// The rules a decision must meet to be recorded for `purpose`.
 fn check_recordable(purpose: &Purpose, new: &NewConsent) -> Result<()> {
     let name = new.purpose.name();
-    match purpose.model_in(new.jurisdiction.as_ref()) {
+    // As of the entry's effective time: a grant made while a promise holds
+    // (a lift not yet in effect) is refused; one taking effect after, not.
+    let at = new.effective_time.unwrap_or_else(Utc::now);
+    match purpose.model_at(new.jurisdiction.as_ref(), at) {
         ConsentModel::Prohibited if new.decision == Decision::Granted => {
             return Err(Error::precondition(
                 ErrorReason::PurposeProhibited,

@@ -9,14 +9,15 @@ use sqlx::{PgConnection, PgPool, Row};
 
 use super::decision::MaterialChange;
 use super::model::{
-    ConsentModel, ConsentRecord, Decision, Evidence, EvidenceKind, NewConsent, PolicyVersion,
-    Purpose, PurposeFields, PurposeKey, Source, Subject, SubjectId,
+    ConsentModel, ConsentRecord, Decision, Evidence, EvidenceKind, Lift, NewConsent, PolicyVersion,
+    Promise, Purpose, PurposeFields, PurposeKey, Source, Subject, SubjectId,
 };
 use crate::error::{Error, Result};
 use crate::keys::{Keyring, column};
 
 const PURPOSE_COLUMNS: &str = "key, display_name, description, consent_model, jurisdiction_models, \
-     required_evidence, honors_gpc, reconsent_on_material_change, create_time, update_time, revision";
+     required_evidence, honors_gpc, reconsent_on_material_change, create_time, update_time, revision, \
+     promises";
 
 const RECORD_COLUMNS: &str = "id, subject_id, purpose_key, decision, source, policy_version, jurisdiction, \
      evidence_kind, evidence_reference, evidence_description, effective_time, expire_time, \
@@ -228,7 +229,52 @@ fn purpose_from_row(row: &PgRow, prefix: &str) -> Result<Option<Purpose>> {
         create_time: row.try_get(col("create_time").as_str())?,
         update_time: row.try_get(col("update_time").as_str())?,
         revision: row.try_get(col("revision").as_str())?,
+        promises: promises_from_json(row.try_get(col("promises").as_str())?)?,
     }))
+}
+
+/// A promise as `purposes.promises` holds it (migration 0010's projection
+/// of `purpose_promises`).
+#[derive(serde::Deserialize)]
+struct PromiseJson {
+    id: i64,
+    jurisdiction: Option<String>,
+    exceptions: Vec<String>,
+    make_time: Option<DateTime<Utc>>,
+    record_time: DateTime<Utc>,
+    made_by: String,
+    lifted_by_version: Option<String>,
+    lift_effective_time: Option<DateTime<Utc>>,
+    lift_time: Option<DateTime<Utc>>,
+    lifted_by: Option<String>,
+}
+
+fn promises_from_json(value: serde_json::Value) -> Result<Vec<Promise>> {
+    let raw: Vec<PromiseJson> =
+        serde_json::from_value(value).map_err(|e| corrupt("purpose promises", &e.to_string()))?;
+    raw.into_iter()
+        .map(|p| {
+            let lift = match (p.lifted_by_version, p.lift_effective_time, p.lift_time) {
+                (Some(policy_version), Some(effective_time), Some(lift_time)) => Some(Lift {
+                    policy_version,
+                    effective_time,
+                    lift_time,
+                    lifted_by: p.lifted_by.unwrap_or_default(),
+                }),
+                (None, None, None) => None,
+                _ => return Err(corrupt("purpose promise lift", &p.id.to_string())),
+            };
+            Ok(Promise {
+                id: p.id,
+                jurisdiction: p.jurisdiction,
+                exceptions: p.exceptions,
+                make_time: p.make_time,
+                record_time: p.record_time,
+                made_by: p.made_by,
+                lift,
+            })
+        })
+        .collect()
 }
 
 fn record_from_row(row: &PgRow, prefix: &str) -> Result<Option<ConsentRecord>> {
@@ -379,6 +425,61 @@ pub async fn update_purpose(
         Some(row) => purpose_from_row(&row, "")?.ok_or_else(|| corrupt("purpose", key.as_str())),
         None => Err(Error::NotFound(key.name())),
     }
+}
+
+// ---- promises -------------------------------------------------------------
+
+/// Records a promise made now, for `scope` (None: the default model).
+pub async fn make_promise(
+    conn: &mut PgConnection,
+    key: &PurposeKey,
+    scope: Option<&str>,
+    exceptions: &[String],
+    actor: &str,
+    request_id: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO purpose_promises (purpose_key, jurisdiction, exceptions, make_time,
+                                       made_by, make_request_id)
+         VALUES ($1, $2, $3, now(), $4, $5)",
+    )
+    .bind(key.as_str())
+    .bind(scope)
+    .bind(exceptions)
+    .bind(actor)
+    .bind(request_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Lifts a promise under a policy version, with effect at the version's
+/// effective time or now, whichever is later (never backwards). Returns
+/// when it takes effect.
+pub async fn lift_promise(
+    conn: &mut PgConnection,
+    promise_id: i64,
+    version: &PolicyVersion,
+    actor: &str,
+    request_id: &str,
+) -> Result<DateTime<Utc>> {
+    let effective: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "UPDATE purpose_promises
+         SET lifted_by_version = $2, lift_effective_time = greatest($3, now()),
+             lift_time = now(), lifted_by = $4, lift_request_id = $5
+         WHERE id = $1 AND lifted_by_version IS NULL
+         RETURNING lift_effective_time",
+    )
+    .bind(promise_id)
+    .bind(&version.version_id)
+    .bind(version.effective_time)
+    .bind(actor)
+    .bind(request_id)
+    .fetch_optional(conn)
+    .await?;
+    // The purpose row is locked by the caller, so the promise cannot have
+    // been lifted since it was read.
+    effective.ok_or_else(|| Error::Internal(format!("promise {promise_id} was already lifted")))
 }
 
 // ---- the ledger -----------------------------------------------------------
@@ -931,11 +1032,14 @@ pub async fn publish_policy_version(
     }
 }
 
-pub async fn get_policy_version(pool: &PgPool, version_id: &str) -> Result<Option<PolicyVersion>> {
+pub async fn get_policy_version<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    version_id: &str,
+) -> Result<Option<PolicyVersion>> {
     let sql = format!("SELECT {POLICY_COLUMNS} FROM policy_versions WHERE version_id = $1");
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(version_id)
-        .fetch_optional(pool)
+        .fetch_optional(db)
         .await?;
     row.as_ref().map(policy_from_row).transpose()
 }

@@ -12,6 +12,7 @@ use super::model::{
 };
 use super::store;
 use crate::consent::model::ConsentModel;
+use crate::consent::store as consent_store;
 use crate::error::{Error, Result};
 use crate::journal::{self, ChangeEntry, ChangeKind};
 use crate::keys::{Keyring, column};
@@ -286,18 +287,21 @@ pub async fn fail(
 }
 
 /// The prohibited purpose a disclosure contradicts: its own purpose when
-/// that is PROHIBITED, else the purpose its basis implies (a sale, sharing
-/// for cross-context advertising) when the catalogue prohibits that. An
-/// unknown purpose is NOT_FOUND.
+/// that was PROHIBITED at the disclosure's time, else the purpose its basis
+/// implies (a sale, sharing for cross-context advertising) when that was.
+/// "PROHIBITED at the time" follows the promise: a promise in force then (a
+/// lift not yet in effect) flags it, whatever the catalogue says now (see
+/// `Purpose::model_at`). An unknown purpose is NOT_FOUND.
 async fn contradicted_purpose(
     conn: &mut PgConnection,
     new: &NewDisclosure,
 ) -> Result<Option<PurposeKey>> {
+    let at = new.disclose_time;
     if let Some(purpose) = &new.purpose {
-        let model = store::purpose_model(conn, purpose)
+        let found = consent_store::get_purpose(conn, purpose, false)
             .await?
             .ok_or_else(|| Error::NotFound(purpose.name()))?;
-        if model == ConsentModel::Prohibited {
+        if found.model_at(None, at) == ConsentModel::Prohibited {
             return Ok(Some(purpose.clone()));
         }
     }
@@ -307,8 +311,10 @@ async fn contradicted_purpose(
         _ => return Ok(None),
     };
     let key = PurposeKey::parse(implied).map_err(Error::Internal)?;
-    let model = store::purpose_model(conn, &key).await?;
-    Ok((model == Some(ConsentModel::Prohibited)).then_some(key))
+    let found = consent_store::get_purpose(conn, &key, false).await?;
+    Ok(found
+        .is_some_and(|p| p.model_at(None, at) == ConsentModel::Prohibited)
+        .then_some(key))
 }
 
 pub async fn record_disclosure(

@@ -10,7 +10,6 @@ use super::model::{
     DisclosureBasis, Kind, NewDisclosure, PurposeKey, SealedParts, Task, TaskFilter, TaskResult,
     TaskState,
 };
-use crate::consent::model::ConsentModel;
 use crate::error::{Error, Result};
 use crate::keys::{Keyring, column};
 
@@ -467,21 +466,6 @@ fn disclosure_from_row(row: &PgRow) -> Result<Disclosure> {
         disclose_time: row.try_get("disclose_time")?,
         contradicted_purpose: row.try_get("contradicted_purpose")?,
     })
-}
-
-/// The catalogue's default consent model of a purpose, if it exists.
-pub async fn purpose_model(
-    conn: &mut PgConnection,
-    key: &PurposeKey,
-) -> Result<Option<ConsentModel>> {
-    let model: Option<String> =
-        sqlx::query_scalar("SELECT consent_model FROM purposes WHERE key = $1")
-            .bind(key.as_str())
-            .fetch_optional(conn)
-            .await?;
-    model
-        .map(|m| ConsentModel::from_db(&m).ok_or_else(|| corrupt("consent model", &m)))
-        .transpose()
 }
 
 pub async fn insert_disclosure(
