@@ -141,6 +141,11 @@ pub struct RequestSettings {
     /// Refuse (FAILED_PRECONDITION RIGHT_NOT_AVAILABLE) a request for a right
     /// the jurisdiction does not grant, instead of honouring it voluntarily.
     pub refuse_voluntary: bool,
+    /// Accept authorized agents (with evidence of authority) where a statute
+    /// has no agent provision at all (Iowa, Utah, Virginia, the GDPR): a
+    /// voluntary choice of the organisation, not the law. Off by default:
+    /// only what a statute provides for, and every type where no law applies.
+    pub voluntary_agents: bool,
     /// The key of the keyed hash (HMAC-SHA-256) of subject identifiers, when
     /// it is not the keyring's `lookup_key` (see crate::keys).
     pub identifier_hash_key: Option<Secret>,
@@ -158,6 +163,7 @@ impl Default for RequestSettings {
     fn default() -> Self {
         Self {
             refuse_voluntary: false,
+            voluntary_agents: false,
             identifier_hash_key: None,
             task_max_attempts: 5,
             offer_voluntary_appeals: true,
@@ -235,6 +241,7 @@ pub struct Layer {
     pub write_batch_max: Option<usize>,
     pub write_batch_workers: Option<usize>,
     pub refuse_voluntary_requests: Option<bool>,
+    pub voluntary_agents: Option<bool>,
     pub identifier_hash_key: Option<Secret>,
     pub task_max_attempts: Option<u32>,
     pub offer_voluntary_appeals: Option<bool>,
@@ -349,6 +356,7 @@ impl Layer {
             write_batch_max: parse(&get, "WRITE_BATCH_MAX")?,
             write_batch_workers: parse(&get, "WRITE_BATCH_WORKERS")?,
             refuse_voluntary_requests: parse(&get, "REFUSE_VOLUNTARY_REQUESTS")?,
+            voluntary_agents: parse(&get, "VOLUNTARY_AGENTS")?,
             identifier_hash_key: get(&format!("{ENV_PREFIX}IDENTIFIER_HASH_KEY"))
                 .filter(|s| !s.is_empty())
                 .map(Secret::new),
@@ -449,6 +457,9 @@ impl Settings {
         }
         if let Some(v) = layer.refuse_voluntary_requests {
             self.requests.refuse_voluntary = v;
+        }
+        if let Some(v) = layer.voluntary_agents {
+            self.requests.voluntary_agents = v;
         }
         if let Some(v) = layer.identifier_hash_key {
             self.requests.identifier_hash_key = Some(v);

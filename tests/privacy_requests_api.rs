@@ -142,7 +142,9 @@ async fn every_type_gets_its_jurisdictions_clock() {
         ("US-CA", Portability, d45, true, true),
         ("US-CA", OptOutSale, bd15, true, false),
         ("US-CA", OptOutTargetedAdvertising, bd15, true, false),
-        ("US-CA", OptOutProfiling, d45, true, false),
+        // The CCPA has no opt-out of profiling; its ADMT opt-out (11 CCR
+        // 7221) starts on 1 January 2027: voluntary before (issue 14).
+        ("US-CA", OptOutProfiling, d45, false, false),
         ("US-CA", LimitSensitiveData, bd15, true, false),
         ("US-CA", Restriction, d45, false, false),
         ("US-CA", Objection, d45, false, false),
@@ -185,10 +187,11 @@ async fn every_type_gets_its_jurisdictions_clock() {
         ("EU", Deletion, m1, true, true),
         ("EU", Correction, m1, true, true),
         ("EU", Portability, m1, true, true),
-        ("EU", OptOutSale, d45, false, false),
+        // An objection (Art. 21) / withdrawal (Art. 7(3)): Art. 12(3)'s month.
+        ("EU", OptOutSale, m1, true, false),
         ("EU", OptOutTargetedAdvertising, m1, true, false),
         ("EU", OptOutProfiling, m1, true, false),
-        ("EU", LimitSensitiveData, d45, false, false),
+        ("EU", LimitSensitiveData, m1, true, false),
         ("EU", Restriction, m1, true, false),
         ("EU", Objection, m1, true, false),
         // A member state resolves to the GDPR; an unknown place to the defaults.

@@ -4,10 +4,12 @@
 
 use chrono::{Datelike, NaiveDate, Weekday};
 use privacy_records::rules::deadline::{
-    add_business_days, add_calendar_days, add_months, is_business_day, pause_length,
+    add_business_days, add_business_days_in, add_calendar_days, add_months, is_business_day,
+    pause_length, pause_length_in,
 };
 use privacy_records::rules::{
-    Clock, DeadlineError, PauseReason, Period, RequestType, Resolution, RulesTable, Unit,
+    Clock, DeadlineError, Holidays, PauseReason, Period, RequestType, Resolution, RulesError,
+    RulesTable, Unit,
 };
 use proptest::prelude::*;
 
@@ -353,9 +355,11 @@ proptest! {
 // ---------------------------------------------------------------------------
 
 #[test]
-fn the_table_is_versioned_and_lists_twenty_one_jurisdictions() {
-    assert_eq!(table().version(), "2026-11-23");
-    assert_eq!(table().entries().count(), 21);
+fn the_table_is_versioned_checked_and_lists_twenty_four_jurisdictions() {
+    assert_eq!(table().version(), "2026-12-03");
+    assert_eq!(table().checked(), d(2026, 12, 3));
+    // The 21 of the research, and Oklahoma, Louisiana and Alabama (2027).
+    assert_eq!(table().entries().count(), 24);
 }
 
 #[test]
@@ -430,10 +434,14 @@ fn the_policy_exceptions_for_iowa_and_utah_are_in_the_table() {
     }
     assert!(!utah.grants(RequestType::OptOutProfiling));
     assert!(utah.grants(RequestType::OptOutTargetedAdvertising));
-    // The other eleven named states grant correction and all three opt-outs.
+    // The other eleven named states grant correction and all three opt-outs,
+    // except that California's profiling right is the ADMT opt-out of 11 CCR
+    // 7221 (from 1 January 2027), not a statutory opt-out of profiling.
+    let ca = table().rules_for("US-CA");
+    assert!(!ca.grants(RequestType::OptOutProfiling));
+    assert!(ca.grants(RequestType::OptOutAdmt));
     for code in [
-        "US-CA", "US-CO", "US-CT", "US-DE", "US-FL", "US-IN", "US-MT", "US-OR", "US-TN", "US-TX",
-        "US-VA",
+        "US-CO", "US-CT", "US-DE", "US-FL", "US-IN", "US-MT", "US-OR", "US-TN", "US-TX", "US-VA",
     ] {
         let rules = table().rules_for(code);
         for t in [
@@ -496,7 +504,6 @@ fn gdpr_access_is_due_in_one_month_extendable_by_two() {
     assert!(due.extension.is_some_and(|e| e.notice_required));
     assert!(eu.grants(RequestType::Restriction));
     assert!(eu.grants(RequestType::Objection));
-    assert!(!eu.grants(RequestType::OptOutSale));
     assert!(!eu.appeal.exists);
     assert!(eu.appeal.regulator_contact_required);
     assert_eq!(eu.free_requests.requests_per_12_months, None);
@@ -566,5 +573,298 @@ fn every_jurisdiction_answers_every_request_type() {
             assert!(due.period.amount > 0, "{} {t}", rules.code());
             assert_eq!(due.statutory, rules.grants(t), "{} {t}", rules.code());
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Issue 14, item 5: the table is the law as enacted, with its dates. Each case
+// names the provision it was checked against.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn california_caps_free_requests_only_for_requests_to_know_civ_code_1798_130_b() {
+    // Civ. Code 1798.130(b): a business need not provide the information
+    // required by 1798.110 and 1798.115 (requests to know) more than twice in
+    // 12 months. A third deletion, correction or opt-out is not capped.
+    let ca = table().rules_for("US-CA");
+    assert_eq!(ca.free_limit_for(RequestType::Access), Some(2));
+    assert_eq!(ca.free_limit_for(RequestType::Portability), Some(2));
+    for t in [
+        RequestType::Deletion,
+        RequestType::Correction,
+        RequestType::OptOutSale,
+        RequestType::OptOutTargetedAdvertising,
+        RequestType::LimitSensitiveData,
+    ] {
+        assert_eq!(ca.free_limit_for(t), None, "{t}");
+        assert_eq!(ca.free_limit_on(t, d(2026, 12, 3)), None, "{t}");
+    }
+    assert!(ca.free_requests.source.contains("1798.130(b)"));
+    // Elsewhere a limit still counts each type on its own.
+    let va = table().rules_for("US-VA");
+    assert_eq!(va.free_limit_for(RequestType::Deletion), Some(2));
+}
+
+#[test]
+fn a_gdpr_opt_out_of_sale_or_of_sensitive_data_use_is_due_in_one_month_art_12_3() {
+    // GDPR Art. 21 (objection) and Art. 7(3) (withdrawal of consent) are
+    // requests under Arts. 15 to 22: Art. 12(3) gives one month, extendable by
+    // two with notice, not the defaults' 45 days.
+    let eu = table().rules_for("EU");
+    for t in [RequestType::OptOutSale, RequestType::LimitSensitiveData] {
+        assert!(eu.grants(t), "{t}");
+        let due = eu.deadline_on(t, d(2026, 12, 3));
+        assert!(due.statutory, "{t}");
+        assert_eq!(due.period, Period::new(1, Unit::Months), "{t}");
+        assert_eq!(due.extension_period(), Some(Period::new(2, Unit::Months)));
+        // Received 3 Dec: due 3 Jan, earlier than 45 days (17 Jan).
+        assert_eq!(due.start_clock(d(2026, 12, 3)).due(), Ok(d(2027, 1, 3)));
+        assert!(!eu.verification_required(t), "{t}");
+    }
+    assert!(
+        eu.right(RequestType::OptOutSale)
+            .is_some_and(|g| { g.source.contains("Art. 21") && g.source.contains("Art. 7(3)") })
+    );
+}
+
+#[test]
+fn where_a_statute_has_no_agent_provision_agents_are_a_voluntary_setting() {
+    let received = d(2026, 12, 3);
+    // Iowa Code 715D, Utah Code 13-61-202, Va. Code 59.1-577: no agent
+    // provision (a parent or guardian only); the GDPR has none either.
+    for code in ["US-IA", "US-UT", "US-VA", "EU"] {
+        let rules = table().rules_for(code);
+        assert!(!rules.agents.provision, "{code}");
+        assert!(rules.agents.types.is_empty(), "{code}");
+        assert!(
+            !rules.agent_statutory_on(RequestType::Access, received),
+            "{code}"
+        );
+        assert!(
+            !rules.agent_may_file_on(RequestType::Access, received, false),
+            "{code}: agents are refused by default"
+        );
+        assert!(
+            rules.agent_may_file_on(RequestType::Access, received, true),
+            "{code}: accepted when the organisation accepts agents voluntarily"
+        );
+    }
+    // C.R.S. 6-1-1306(1)(a)(II): Colorado provides agents for opt-outs only;
+    // the voluntary setting does not override a statute's own provision.
+    let co = table().rules_for("US-CO");
+    assert!(co.agents.provision);
+    assert!(co.agent_statutory_on(RequestType::OptOutSale, received));
+    assert!(!co.agent_may_file_on(RequestType::Access, received, true));
+    // 11 CCR 7063 and 7026(j): California agents for requests to know, delete,
+    // correct and for the opt-outs.
+    let ca = table().rules_for("US-CA");
+    assert!(ca.agent_statutory_on(RequestType::Deletion, received));
+    assert!(ca.agent_statutory_on(RequestType::OptOutSale, received));
+    // A type the law does not grant is voluntary, under the defaults' policy.
+    assert!(!ca.agent_statutory_on(RequestType::ConfirmProcessing, received));
+    assert!(ca.agent_may_file_on(RequestType::ConfirmProcessing, received, false));
+}
+
+#[test]
+fn every_jurisdiction_says_whether_its_statute_provides_for_agents() {
+    for rules in table().entries() {
+        let cite = &rules.agents.source;
+        assert!(!cite.is_empty(), "{}", rules.code());
+        if !rules.agents.provision {
+            assert!(rules.agents.types.is_empty(), "{}", rules.code());
+        }
+    }
+    assert!(!table().defaults().agents.provision);
+}
+
+#[test]
+fn california_admt_rights_start_on_1_january_2027_11_ccr_7221_7222() {
+    // 11 CCR 7200(b): ADMT duties from 1 January 2027 (regulations approved
+    // in September 2025). Before, the request is voluntary, on the defaults.
+    let ca = table().rules_for("US-CA");
+    let before = d(2026, 12, 31);
+    let from = d(2027, 1, 1);
+    for t in [RequestType::OptOutAdmt, RequestType::AccessAdmt] {
+        assert!(!ca.grants_on(t, before), "{t}");
+        assert!(ca.grants_on(t, from), "{t}");
+        let old = ca.deadline_on(t, before);
+        assert!(!old.statutory, "{t}");
+        assert_eq!(old.period, days(45), "{t}");
+    }
+    // 11 CCR 7221: an ADMT opt-out is due in 15 business days, no extension.
+    let opt_out = ca.deadline_on(RequestType::OptOutAdmt, from);
+    assert!(opt_out.statutory);
+    assert_eq!(opt_out.period, Period::new(15, Unit::BusinessDays));
+    assert!(opt_out.extension.is_none());
+    assert!(RequestType::OptOutAdmt.is_opt_out());
+    // 11 CCR 7222: ADMT access is answered like a request to know (45 + 45),
+    // after verification.
+    let access = ca.deadline_on(RequestType::AccessAdmt, from);
+    assert!(access.statutory);
+    assert_eq!(access.period, days(45));
+    assert_eq!(access.extension_period(), Some(days(45)));
+    assert!(ca.verification_required_on(RequestType::AccessAdmt, from));
+    assert!(RequestType::AccessAdmt.is_access());
+    // No other jurisdiction grants the ADMT types: voluntary there.
+    for rules in table().entries().filter(|r| r.code() != "US-CA") {
+        assert!(!rules.grants(RequestType::OptOutAdmt), "{}", rules.code());
+    }
+}
+
+#[test]
+fn the_laws_enacted_for_2027_apply_from_their_effective_dates() {
+    // Oklahoma SB 546 and Louisiana SB 386 (Act 502): 1 January 2027.
+    // Alabama HB 351 (Act 2026-552): 1 May 2027.
+    for (code, before, from) in [
+        ("US-OK", d(2026, 12, 31), d(2027, 1, 1)),
+        ("US-LA", d(2026, 12, 31), d(2027, 1, 1)),
+        ("US-AL", d(2027, 4, 30), d(2027, 5, 1)),
+    ] {
+        let rules = table().rules_for(code);
+        assert_eq!(rules.code(), code);
+        assert_eq!(rules.effective.date, from, "{code}");
+        assert!(!rules.grants_on(RequestType::Access, before), "{code}");
+        assert!(rules.grants_on(RequestType::Access, from), "{code}");
+        // A request received before the date gets the old rule: voluntary.
+        let old = rules.deadline_on(RequestType::Deletion, before);
+        assert!(!old.statutory, "{code}");
+        assert_eq!(old.cite.confidence.as_str(), "policy", "{code}");
+        let new = rules.deadline_on(RequestType::Deletion, from);
+        assert!(new.statutory, "{code}");
+        assert_eq!(new.period, days(45), "{code}");
+    }
+}
+
+#[test]
+fn a_rule_with_a_date_answers_a_request_received_before_it_with_the_rule_before() {
+    // Utah Code 13-61-201 as amended by HB 418: correction from 1 July 2026.
+    let utah = table().rules_for("US-UT");
+    assert!(
+        !utah
+            .deadline_on(RequestType::Correction, d(2026, 6, 30))
+            .statutory
+    );
+    assert!(
+        utah.deadline_on(RequestType::Correction, d(2026, 7, 1))
+            .statutory
+    );
+    // Kentucky (KRS 367.3611 et seq., 1 January 2026): nothing before.
+    let ky = table().rules_for("US-KY");
+    assert!(
+        !ky.deadline_on(RequestType::Access, d(2025, 12, 31))
+            .statutory
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Business days with holidays (California's state holidays as data)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_california_opt_out_received_the_friday_before_thanksgiving_week_skips_the_holidays() {
+    // 11 CCR 7026(f): 15 business days. Received Friday 20 November 2026;
+    // Thanksgiving (Thu 26) and the day after (Fri 27) are state holidays
+    // (Gov. Code 19853; CalHR), so the 15th business day is Tuesday
+    // 15 December, not Friday 11 December.
+    let ca = table().rules_for("US-CA");
+    let received = d(2026, 11, 20);
+    assert_eq!(received.weekday(), Weekday::Fri);
+    let due = ca.deadline_on(RequestType::OptOutSale, received);
+    assert_eq!(due.period, Period::new(15, Unit::BusinessDays));
+    assert_eq!(due.start_clock(received).due(), Ok(d(2026, 12, 15)));
+    assert_eq!(add_business_days(received, 15), Ok(d(2026, 12, 11)));
+}
+
+#[test]
+fn a_california_request_the_friday_before_christmas_skips_christmas_and_new_years_day() {
+    // Received Friday 18 December 2026: Fri 25 Dec and Fri 1 Jan are holidays.
+    let ca = table().rules_for("US-CA");
+    let received = d(2026, 12, 18);
+    let due = ca.deadline_on(RequestType::OptOutSale, received);
+    assert_eq!(due.start_clock(received).due(), Ok(d(2027, 1, 12)));
+    // 11 CCR 7021(a): acknowledge within 10 business days: Tue 5 Jan 2027
+    // (Fri 1 Jan without the two holidays).
+    let ack = ca.acknowledge.as_ref().expect("California acknowledges");
+    let ack_by = Period::new(ack.amount, ack.unit).after_in(received, ca.holidays());
+    assert_eq!(ack_by, Ok(d(2027, 1, 5)));
+}
+
+#[test]
+fn a_voluntary_request_in_california_and_a_texas_opt_out_count_no_holidays() {
+    // Texas has no holiday calendar in the table; a request California does
+    // not grant follows the defaults, which have none either.
+    let tx = table().rules_for("US-TX");
+    assert!(tx.holidays().is_empty());
+    let ca = table().rules_for("US-CA");
+    assert!(
+        ca.deadline_on(RequestType::ConfirmProcessing, d(2026, 11, 20))
+            .holidays
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_business_day_pause_over_a_holiday_does_not_count_the_holiday() {
+    let holidays = [d(2026, 11, 26), d(2026, 11, 27)];
+    let h = Holidays::new(&holidays);
+    // Mon 23 to Mon 30 Nov (exclusive): Mon-Wed are business days, Thu-Fri not.
+    assert_eq!(
+        pause_length_in(d(2026, 11, 23), d(2026, 11, 30), Unit::BusinessDays, h),
+        Ok(3)
+    );
+    assert_eq!(
+        pause_length(d(2026, 11, 23), d(2026, 11, 30), Unit::BusinessDays),
+        Ok(5)
+    );
+    let mut clock =
+        Clock::start(d(2026, 11, 20), Period::new(15, Unit::BusinessDays), None).with_holidays(h);
+    assert_eq!(clock.due(), Ok(d(2026, 12, 15)));
+    // Paused three business days: due three business days later.
+    assert_eq!(
+        clock.pause(d(2026, 11, 23), d(2026, 11, 30)),
+        Ok(d(2026, 12, 18))
+    );
+}
+
+#[test]
+fn the_california_calendar_lists_only_weekdays_in_order_with_its_source() {
+    let ca = table().rules_for("US-CA");
+    let cal = ca.holidays.as_ref().expect("California has a calendar");
+    assert!(cal.source.contains("19853"));
+    assert!(cal.dates.windows(2).all(|w| w[0] < w[1]));
+    assert!(cal.dates.iter().all(|h| is_business_day(*h)));
+    assert!(cal.through >= d(2027, 12, 31));
+    // 4 July 2026 is a Saturday: no weekday is observed for it.
+    assert!(!ca.holidays().contains(d(2026, 7, 3)));
+    // 11 November 2028 is a Saturday: observed Friday 10 November (Gov. Code 6701).
+    assert!(ca.holidays().contains(d(2028, 11, 10)));
+}
+
+#[test]
+fn a_table_with_a_holiday_on_a_weekend_or_out_of_order_is_refused() {
+    let text =
+        privacy_records::rules::EMBEDDED_TABLE.replacen("\"2026-11-26\"", "\"2026-11-28\"", 1);
+    let err = RulesTable::parse(&text).err();
+    assert!(
+        matches!(&err, Some(RulesError::Invalid(p)) if p.iter().any(|p| p.contains("holidays"))),
+        "{err:?}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn business_days_with_holidays_land_on_a_working_day_and_count_n_of_them(
+        start in any_date(),
+        n in 1u32..60,
+    ) {
+        let ca = table().rules_for("US-CA");
+        let h = ca.holidays();
+        let due = add_business_days_in(start, n, h)?;
+        prop_assert!(h.is_business_day(due));
+        let counted = start.iter_days().skip(1).take_while(|day| *day <= due).filter(|day| h.is_business_day(*day)).count();
+        prop_assert_eq!(counted, n as usize);
+        prop_assert!(due >= add_business_days(start, n)?);
     }
 }

@@ -141,12 +141,15 @@ fn date(d: chrono::NaiveDate) -> String {
 fn rules_to_proto(
     r: &JurisdictionRules,
     requested: &str,
-    version: &str,
+    table: &rules::RulesTable,
+    voluntary_agents: bool,
 ) -> proto::JurisdictionRules {
     let request_types = RequestType::ALL
         .iter()
         .map(|&t| {
             let deadline = r.deadline_for(t);
+            // As the law stands once every dated rule has started (right_since).
+            let granted = r.grants(t);
             proto::RequestTypeRules {
                 request_type: request_type(t),
                 statutory: deadline.statutory,
@@ -159,12 +162,15 @@ fn rules_to_proto(
                 extension: deadline.extension_period().map(period),
                 extension_notice_required: deadline.extension.is_some_and(|e| e.notice_required),
                 verification_required: r.verification_required(t),
-                agent_may_file: r.agent_may_file(t),
+                agent_may_file: r.agent_may_file_on(t, chrono::NaiveDate::MAX, voluntary_agents),
                 deadline_citation: Some(citation(deadline.cite)),
+                agent_statutory: !r.is_default() && granted && r.agents.types.contains(&t),
+                free_requests_per_12_months: r.free_limit_for(t).unwrap_or(0),
             }
         })
         .collect();
     let appeal = &r.appeal;
+    let holidays = r.holidays.as_ref();
     proto::JurisdictionRules {
         name: format!("jurisdictionRules/{}", r.code()),
         code: r.code().to_owned(),
@@ -188,7 +194,15 @@ fn rules_to_proto(
             .map(|p| p.reason.as_str().to_owned())
             .collect(),
         notes: r.notes.clone().unwrap_or_default(),
-        table_version: version.to_owned(),
+        table_version: table.version().to_owned(),
+        agent_provision: r.agents.provision,
+        agent_citation: Some(citation(r.agents.cite())),
+        holidays: holidays
+            .map(|h| h.dates.iter().copied().map(date).collect())
+            .unwrap_or_default(),
+        holidays_through: holidays.map(|h| date(h.through)).unwrap_or_default(),
+        holidays_citation: holidays.map(|h| citation(h.cite())),
+        table_checked_date: date(table.checked()),
     }
 }
 
@@ -571,7 +585,8 @@ impl PrivacyRequestService for PrivacyRequestApi {
         Ok(Response::new(rules_to_proto(
             lookup.rules,
             &requested,
-            table.version(),
+            table,
+            self.settings.voluntary_agents,
         )))
     }
 
@@ -580,15 +595,16 @@ impl PrivacyRequestService for PrivacyRequestApi {
         _request: Request<proto::ListJurisdictionRulesRequest>,
     ) -> Result<Response<proto::ListJurisdictionRulesResponse>, Status> {
         let table = rules::table().map_err(|e| Error::Internal(e.to_string()))?;
-        let version = table.version();
+        let voluntary_agents = self.settings.voluntary_agents;
         let jurisdiction_rules = table
             .entries()
             .chain(std::iter::once(table.defaults()))
-            .map(|r| rules_to_proto(r, "", version))
+            .map(|r| rules_to_proto(r, "", table, voluntary_agents))
             .collect();
         Ok(Response::new(proto::ListJurisdictionRulesResponse {
             jurisdiction_rules,
-            table_version: version.to_owned(),
+            table_version: table.version().to_owned(),
+            table_checked_date: date(table.checked()),
         }))
     }
 

@@ -267,13 +267,16 @@ pub use crate::datasystems::model::DataAction;
 /// for a confirmation, which needs no data system.
 pub fn action_for(t: RequestType) -> Option<DataAction> {
     Some(match t {
-        RequestType::Access | RequestType::Portability => DataAction::Export,
+        RequestType::Access | RequestType::Portability | RequestType::AccessAdmt => {
+            DataAction::Export
+        }
         RequestType::ConfirmProcessing => return None,
         RequestType::Deletion => DataAction::Delete,
         RequestType::Correction => DataAction::Correct,
         RequestType::OptOutSale
         | RequestType::OptOutTargetedAdvertising
         | RequestType::OptOutProfiling
+        | RequestType::OptOutAdmt
         | RequestType::LimitSensitiveData => DataAction::Suppress,
         RequestType::Restriction | RequestType::Objection => DataAction::Restrict,
     })

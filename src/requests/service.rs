@@ -63,7 +63,7 @@ fn rules_of(row: &RequestRow) -> Result<&'static JurisdictionRules> {
     Ok(table.get(&row.rules_code).unwrap_or(table.defaults()))
 }
 
-pub(super) fn clock_of(row: &RequestRow) -> Result<Clock> {
+pub(super) fn clock_of(row: &RequestRow) -> Result<Clock<'static>> {
     let unit = |u: &str| {
         Unit::parse(u).ok_or_else(|| Error::Internal(format!("unknown period unit {u:?}")))
     };
@@ -73,13 +73,21 @@ pub(super) fn clock_of(row: &RequestRow) -> Result<Clock> {
         (Some(a), Some(u)) => Some(Period::new(amount(a)?, unit(u)?)),
         _ => None,
     };
+    // A statutory clock counts business days without the jurisdiction's
+    // holidays; a voluntary one follows the defaults, which have none.
+    let holidays = if row.statutory {
+        rules_of(row)?.holidays()
+    } else {
+        rules::Holidays::NONE
+    };
     Ok(Clock::restore(
         row.received_date,
         period,
         extension,
         row.extended,
         amount(row.paused_days)?,
-    ))
+    )
+    .with_holidays(holidays))
 }
 
 /// The appeal a request may have: the law's, or the organisation's own.
@@ -210,7 +218,7 @@ pub async fn create(
             ),
         ));
     }
-    let agent_may_file = rules.agent_may_file(t);
+    let agent_may_file = rules.agent_may_file_on(t, received_date, env.settings.voluntary_agents);
     if new.agent.is_some() && !agent_may_file {
         return Err(Error::precondition(
             ErrorReason::AgentNotPermitted,
@@ -222,14 +230,16 @@ pub async fn create(
             ),
         ));
     }
-    let deadline = rules.deadline_for(t);
+    // Every rule is read as it stood on the day of receipt: a right or a law
+    // that starts later does not apply to this request.
+    let deadline = rules.deadline_on(t, received_date);
     let clock = deadline.start_clock(received_date);
     let due = clock
         .due()
         .map_err(|e| Error::invalid("receive_time", e.to_string()))?;
     let prior = store::count_prior(conn, new.subject.as_str(), t.as_str(), receive_time).await?;
     let free_limit_exceeded = rules
-        .free_limit_for(t)
+        .free_limit_on(t, received_date)
         .is_some_and(|limit| prior >= i64::from(limit));
     let cite = deadline.cite;
     let period_unit = deadline.period.unit.as_str();
@@ -279,7 +289,7 @@ pub async fn create(
             period: (deadline.period.amount as i32, period_unit),
             extension: extension.map(|e| (e.amount as i32, e.unit.as_str())),
             original_due_date: due,
-            verification_required: rules.verification_required(t),
+            verification_required: rules.verification_required_on(t, received_date),
             agent_may_file,
             statutory,
             free_limit_exceeded,
@@ -1000,11 +1010,13 @@ pub async fn access_package(
 ) -> Result<serde_json::Value> {
     let row = store::must_get(conn, id, false).await?;
     let t = request_type(&row)?;
-    if !matches!(t, RequestType::Access | RequestType::Portability) {
+    if !t.is_access() {
         return Err(Error::precondition(
             ErrorReason::ActionNotSupported,
             row.name(),
-            format!("a {t} request has no access package; only access and portability do"),
+            format!(
+                "a {t} request has no access package; only access, portability and ADMT access do"
+            ),
         ));
     }
     let state = row.state()?;

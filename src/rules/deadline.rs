@@ -7,8 +7,10 @@
 //!
 //! Counting conventions, chosen to match how regulators count:
 //! - the day of receipt is day 0, so 45 calendar days from 1 March is 15 April;
-//! - business days are Monday to Friday. There is **no holiday calendar**: a
-//!   public holiday counts as a business day, which can only make a deadline
+//! - business days are Monday to Friday, less the jurisdiction's holidays where
+//!   the rules table gives a calendar for it ([`Holidays`], e.g. California's
+//!   state holidays). Without a calendar, or past the last date a calendar
+//!   covers, a holiday counts as a business day, which can only make a deadline
 //!   earlier than the law's, never later;
 //! - months follow the GDPR (Regulation 1182/71, Art. 3(2)(c)): the same day
 //!   of the month N months on, clamped to that month's last day when it has no
@@ -62,13 +64,61 @@ impl Period {
         Period { amount, unit }
     }
 
-    /// The date this period ends when counted from `start` (day 0).
+    /// The date this period ends when counted from `start` (day 0), with no
+    /// holidays.
     pub fn after(self, start: NaiveDate) -> Result<NaiveDate, DeadlineError> {
+        self.after_in(start, Holidays::NONE)
+    }
+
+    /// The date this period ends when counted from `start` (day 0); business
+    /// days skip `holidays` too.
+    pub fn after_in(
+        self,
+        start: NaiveDate,
+        holidays: Holidays<'_>,
+    ) -> Result<NaiveDate, DeadlineError> {
         match self.unit {
             Unit::CalendarDays => add_calendar_days(start, self.amount),
-            Unit::BusinessDays => add_business_days(start, self.amount),
+            Unit::BusinessDays => add_business_days_in(start, self.amount, holidays),
             Unit::Months => add_months(start, self.amount),
         }
+    }
+}
+
+/// A jurisdiction's holidays that are not business days (observed dates, on
+/// weekdays), sorted. The rules table holds them as data with their sources;
+/// [`Holidays::NONE`] is Monday to Friday without exception.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Holidays<'a> {
+    dates: &'a [NaiveDate],
+}
+
+impl<'a> Holidays<'a> {
+    /// No holidays: every Monday to Friday is a business day.
+    pub const NONE: Holidays<'static> = Holidays { dates: &[] };
+
+    /// Holidays from sorted dates (the rules table checks the order; an
+    /// unsorted slice only makes lookups miss, i.e. deadlines earlier).
+    pub fn new(sorted: &'a [NaiveDate]) -> Self {
+        Holidays { dates: sorted }
+    }
+
+    pub fn dates(&self) -> &'a [NaiveDate] {
+        self.dates
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.dates.is_empty()
+    }
+
+    /// Whether `date` is one of these holidays.
+    pub fn contains(&self, date: NaiveDate) -> bool {
+        self.dates.binary_search(&date).is_ok()
+    }
+
+    /// Monday to Friday and not a holiday.
+    pub fn is_business_day(&self, date: NaiveDate) -> bool {
+        is_business_day(date) && !self.contains(date)
     }
 }
 
@@ -106,8 +156,29 @@ pub fn is_business_day(date: NaiveDate) -> bool {
 /// whatever weekday it is). A request received on a Saturday has Monday as its
 /// first business day.
 pub fn add_business_days(start: NaiveDate, n: u32) -> Result<NaiveDate, DeadlineError> {
+    add_business_days_in(start, n, Holidays::NONE)
+}
+
+/// [`add_business_days`], skipping `holidays` as well as weekends.
+pub fn add_business_days_in(
+    start: NaiveDate,
+    n: u32,
+    holidays: Holidays<'_>,
+) -> Result<NaiveDate, DeadlineError> {
     if n == 0 {
         return Ok(start);
+    }
+    if !holidays.is_empty() {
+        // Legal periods are short (tens of days): walk them day by day.
+        let mut date = start;
+        let mut left = n;
+        while left > 0 {
+            date = date.succ_opt().ok_or(DeadlineError::OutOfRange)?;
+            if holidays.is_business_day(date) {
+                left -= 1;
+            }
+        }
+        return Ok(date);
     }
     // Jump whole weeks first so large periods stay O(1): any 7 consecutive
     // days hold exactly 5 business days, so the nth business day after `start`
@@ -137,6 +208,16 @@ pub fn add_months(start: NaiveDate, n: u32) -> Result<NaiveDate, DeadlineError> 
 /// the days of `unit`: business days for a business-day clock, calendar days
 /// otherwise (a month clock has no fractional months, so it pauses by days).
 pub fn pause_length(start: NaiveDate, end: NaiveDate, unit: Unit) -> Result<u32, DeadlineError> {
+    pause_length_in(start, end, unit, Holidays::NONE)
+}
+
+/// [`pause_length`], where a holiday is not a business day paused.
+pub fn pause_length_in(
+    start: NaiveDate,
+    end: NaiveDate,
+    unit: Unit,
+    holidays: Holidays<'_>,
+) -> Result<u32, DeadlineError> {
     if end < start {
         return Err(DeadlineError::PauseEndsBeforeStart { start, end });
     }
@@ -154,15 +235,31 @@ pub fn pause_length(start: NaiveDate, end: NaiveDate, unit: Unit) -> Result<u32,
                 }
                 day = day.succ_opt().ok_or(DeadlineError::OutOfRange)?;
             }
-            Ok(count)
+            // Holidays inside the pause were not business days either.
+            let skipped = holidays
+                .dates()
+                .iter()
+                .filter(|h| (start..end).contains(h) && is_business_day(**h))
+                .count();
+            Ok(count.saturating_sub(u32::try_from(skipped).unwrap_or(u32::MAX)))
         }
     }
 }
 
 /// Push `due` later by `paused` days of the clock's unit (see [`pause_length`]).
 pub fn push_by_pause(due: NaiveDate, paused: u32, unit: Unit) -> Result<NaiveDate, DeadlineError> {
+    push_by_pause_in(due, paused, unit, Holidays::NONE)
+}
+
+/// [`push_by_pause`], skipping `holidays` on a business-day clock.
+pub fn push_by_pause_in(
+    due: NaiveDate,
+    paused: u32,
+    unit: Unit,
+    holidays: Holidays<'_>,
+) -> Result<NaiveDate, DeadlineError> {
     match unit {
-        Unit::BusinessDays => add_business_days(due, paused),
+        Unit::BusinessDays => add_business_days_in(due, paused, holidays),
         Unit::CalendarDays | Unit::Months => add_calendar_days(due, paused),
     }
 }
@@ -176,15 +273,16 @@ pub fn push_by_pause(due: NaiveDate, paused: u32, unit: Unit) -> Result<NaiveDat
 /// due date, not from the day it was asked for, as CCPA 1798.130 and GDPR
 /// Art. 12(3) both describe "further" time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Clock {
+pub struct Clock<'h> {
     received: NaiveDate,
     period: Period,
     extension: Option<Period>,
     extended: bool,
     paused_days: u32,
+    holidays: Holidays<'h>,
 }
 
-impl Clock {
+impl Clock<'static> {
     /// A clock that starts on `received`; `extension` is what the rule allows
     /// (`None` when it allows none).
     pub fn start(received: NaiveDate, period: Period, extension: Option<Period>) -> Self {
@@ -194,6 +292,7 @@ impl Clock {
             extension,
             extended: false,
             paused_days: 0,
+            holidays: Holidays::NONE,
         }
     }
 
@@ -212,7 +311,27 @@ impl Clock {
             extension,
             extended,
             paused_days,
+            holidays: Holidays::NONE,
         }
+    }
+}
+
+impl<'h> Clock<'h> {
+    /// This clock, counting business days without `holidays` (the
+    /// jurisdiction's calendar from the rules table).
+    pub fn with_holidays<'a>(self, holidays: Holidays<'a>) -> Clock<'a> {
+        Clock {
+            received: self.received,
+            period: self.period,
+            extension: self.extension,
+            extended: self.extended,
+            paused_days: self.paused_days,
+            holidays,
+        }
+    }
+
+    pub fn holidays(&self) -> Holidays<'h> {
+        self.holidays
     }
 
     pub fn received(&self) -> NaiveDate {
@@ -229,15 +348,15 @@ impl Clock {
 
     /// The due date before any extension, pushed by the pauses.
     pub fn original_due(&self) -> Result<NaiveDate, DeadlineError> {
-        let due = self.period.after(self.received)?;
-        push_by_pause(due, self.paused_days, self.period.unit)
+        let due = self.period.after_in(self.received, self.holidays)?;
+        push_by_pause_in(due, self.paused_days, self.period.unit, self.holidays)
     }
 
     /// The due date in force now.
     pub fn due(&self) -> Result<NaiveDate, DeadlineError> {
         let original = self.original_due()?;
         match (self.extended, self.extension) {
-            (true, Some(extension)) => extension.after(original),
+            (true, Some(extension)) => extension.after_in(original, self.holidays),
             _ => Ok(original),
         }
     }
@@ -245,7 +364,9 @@ impl Clock {
     /// The due date the clock would have if extended, without extending it.
     pub fn extended_due(&self) -> Result<Option<NaiveDate>, DeadlineError> {
         match self.extension {
-            Some(extension) => extension.after(self.original_due()?).map(Some),
+            Some(extension) => extension
+                .after_in(self.original_due()?, self.holidays)
+                .map(Some),
             None => Ok(None),
         }
     }
@@ -270,7 +391,7 @@ impl Clock {
     /// Stop the clock over `[start, end)` (e.g. Utah: while a suspected fraud
     /// awaits authentication). Only call it where the rule states a pause.
     pub fn pause(&mut self, start: NaiveDate, end: NaiveDate) -> Result<NaiveDate, DeadlineError> {
-        let length = pause_length(start, end, self.period.unit)?;
+        let length = pause_length_in(start, end, self.period.unit, self.holidays)?;
         let paused_days = self
             .paused_days
             .checked_add(length)

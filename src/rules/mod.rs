@@ -13,11 +13,11 @@ pub mod table;
 
 use std::sync::LazyLock;
 
-pub use deadline::{Clock, DeadlineError, Period, Unit};
+pub use deadline::{Clock, DeadlineError, Holidays, Period, Unit};
 pub use request_type::RequestType;
 pub use table::{
-    Cite, Cited, Confidence, DEFAULT_CODE, DeadlineRule, JurisdictionRules, Lookup, PauseReason,
-    Resolution, RulesError, RulesTable, gdpr_applies_in,
+    AgentRule, Cite, Cited, Confidence, DEFAULT_CODE, DeadlineRule, HolidayCalendar,
+    JurisdictionRules, Lookup, PauseReason, Resolution, RulesError, RulesTable, gdpr_applies_in,
 };
 
 /// The embedded table's text, as shipped with this build.
@@ -50,14 +50,16 @@ mod tests {
     }
 
     #[test]
-    fn the_embedded_table_covers_the_thirteen_named_states_seven_more_and_the_eu() {
+    fn the_embedded_table_covers_the_named_states_the_later_laws_and_the_eu() {
         let table = table().expect("embedded rules table is valid");
         let codes: Vec<&str> = table.entries().map(|r| r.code()).collect();
         let expected = [
             // Named in the DeepInfra policy.
             "US-CA", "US-CO", "US-CT", "US-DE", "US-FL", "US-IN", "US-IA", "US-MT", "US-OR",
             "US-TN", "US-TX", "US-UT", "US-VA", // The seven more in the research.
-            "US-NH", "US-NJ", "US-KY", "US-NE", "US-MD", "US-MN", "US-RI", // And the GDPR.
+            "US-NH", "US-NJ", "US-KY", "US-NE", "US-MD", "US-MN", "US-RI",
+            // The laws enacted for 2027 (issue 14).
+            "US-OK", "US-LA", "US-AL", // And the GDPR.
             "EU",
         ];
         for code in expected {

@@ -27,11 +27,19 @@ pub enum RequestType {
     Restriction,
     /// GDPR Art. 21.
     Objection,
+    /// Opt out of a business's use of automated decisionmaking technology
+    /// (ADMT) for significant decisions (California: 11 CCR 7221, from
+    /// 1 January 2027). Handled like the other opt-outs.
+    OptOutAdmt,
+    /// Access information about a business's use of ADMT for a significant
+    /// decision about the consumer (California: 11 CCR 7222, from 1 January
+    /// 2027). Handled like access.
+    AccessAdmt,
 }
 
 impl RequestType {
     /// Every request type, in the order above.
-    pub const ALL: [RequestType; 11] = [
+    pub const ALL: [RequestType; 13] = [
         RequestType::Access,
         RequestType::ConfirmProcessing,
         RequestType::Deletion,
@@ -43,6 +51,8 @@ impl RequestType {
         RequestType::LimitSensitiveData,
         RequestType::Restriction,
         RequestType::Objection,
+        RequestType::OptOutAdmt,
+        RequestType::AccessAdmt,
     ];
 
     /// The table's key for this type.
@@ -59,6 +69,8 @@ impl RequestType {
             RequestType::LimitSensitiveData => "limit_sensitive_data",
             RequestType::Restriction => "restriction",
             RequestType::Objection => "objection",
+            RequestType::OptOutAdmt => "opt_out_admt",
+            RequestType::AccessAdmt => "access_admt",
         }
     }
 
@@ -67,7 +79,7 @@ impl RequestType {
         RequestType::ALL.into_iter().find(|t| t.as_str() == key)
     }
 
-    /// The three opt-outs, which take effect at once and, in most US states,
+    /// The opt-outs, which take effect at once and, in most US states,
     /// need no authentication.
     pub fn is_opt_out(self) -> bool {
         matches!(
@@ -75,6 +87,15 @@ impl RequestType {
             RequestType::OptOutSale
                 | RequestType::OptOutTargetedAdvertising
                 | RequestType::OptOutProfiling
+                | RequestType::OptOutAdmt
+        )
+    }
+
+    /// The types answered with an access package (a copy of what is held).
+    pub fn is_access(self) -> bool {
+        matches!(
+            self,
+            RequestType::Access | RequestType::Portability | RequestType::AccessAdmt
         )
     }
 }

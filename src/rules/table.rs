@@ -14,7 +14,7 @@ use std::sync::Arc;
 use chrono::NaiveDate;
 use serde::Deserialize;
 
-use super::deadline::{Clock, Period, Unit};
+use super::deadline::{Clock, Holidays, Period, Unit};
 use super::request_type::RequestType;
 
 /// The code under which the organisation's defaults are reported.
@@ -203,11 +203,40 @@ cited! {
 }
 
 cited! {
+    /// Who may file for the subject. `types` are the request types the
+    /// statute lets an authorized agent file (with evidence of authority);
+    /// `provision` says whether the statute provides for agents at all. Where
+    /// it does not, accepting agents is the organisation's voluntary setting
+    /// (`RequestSettings::voluntary_agents`), not the law. In the defaults,
+    /// `types` is what the organisation accepts voluntarily.
+    pub struct AgentRule {
+        pub types: Vec<RequestType>,
+        pub provision: bool,
+    }
+}
+
+cited! {
     /// How many requests per 12 months are free; `None` means no numeric
     /// limit (the GDPR: free unless manifestly unfounded or excessive).
+    /// `types`, when given, are the only request types the limit counts
+    /// (California: requests to know only, Civ. Code 1798.130(b)); absent, it
+    /// counts each type on its own.
     pub struct FreeLimit {
         #[serde(default)]
         pub requests_per_12_months: Option<u32>,
+        #[serde(default)]
+        pub types: Option<Vec<RequestType>>,
+    }
+}
+
+cited! {
+    /// The days, besides weekends, that are not business days in this
+    /// jurisdiction (observed dates, Monday to Friday, ascending), up to
+    /// `through`. Past `through` holidays count as business days, which can
+    /// only make a deadline earlier.
+    pub struct HolidayCalendar {
+        pub dates: Vec<NaiveDate>,
+        pub through: NaiveDate,
     }
 }
 
@@ -270,12 +299,15 @@ pub struct JurisdictionRules {
     #[serde(default)]
     pub acknowledge: Option<AcknowledgeRule>,
     pub verification: TypeSetRule,
-    pub agents: TypeSetRule,
+    pub agents: AgentRule,
     pub appeal: AppealRule,
     pub free_requests: FreeLimit,
     pub universal_opt_out: UniversalOptOut,
     #[serde(default)]
     pub clock_pauses: Vec<ClockPause>,
+    /// The holidays business days skip here; none when absent.
+    #[serde(default)]
+    pub holidays: Option<HolidayCalendar>,
     /// Scope limits and quirks that are not (yet) data.
     #[serde(default)]
     pub notes: Option<String>,
@@ -301,16 +333,18 @@ pub struct DeadlineRule<'a> {
     /// handled voluntarily under the organisation's defaults.
     pub statutory: bool,
     pub cite: Cite<'a>,
+    /// The holidays business days skip under this rule.
+    pub holidays: Holidays<'a>,
 }
 
-impl DeadlineRule<'_> {
+impl<'a> DeadlineRule<'a> {
     pub fn extension_period(&self) -> Option<Period> {
         self.extension.map(|e| Period::new(e.amount, e.unit))
     }
 
     /// Start this rule's clock for a request received on `received`.
-    pub fn start_clock(&self, received: NaiveDate) -> Clock {
-        Clock::start(received, self.period, self.extension_period())
+    pub fn start_clock(&self, received: NaiveDate) -> Clock<'a> {
+        Clock::start(received, self.period, self.extension_period()).with_holidays(self.holidays)
     }
 }
 
@@ -349,16 +383,45 @@ impl JurisdictionRules {
     /// The rules that answer for `t`: these, when the law grants it; the
     /// organisation's defaults otherwise.
     fn answering(&self, t: RequestType) -> &JurisdictionRules {
+        self.answering_if(self.grants(t))
+    }
+
+    /// The rules that answer for `t` received on `date`: these, when the law
+    /// is in effect and grants it on that date; the defaults otherwise (a
+    /// request received before a rule's date gets the rule before it).
+    fn answering_on(&self, t: RequestType, date: NaiveDate) -> &JurisdictionRules {
+        self.answering_if(self.grants_on(t, date))
+    }
+
+    fn answering_if(&self, granted: bool) -> &JurisdictionRules {
         match &self.voluntary {
-            Some(Fallback(defaults)) if !self.grants(t) => defaults,
+            Some(Fallback(defaults)) if !granted => defaults,
             _ => self,
         }
     }
 
-    /// The response clock for `t`.
+    /// The holidays business days skip here (none for most jurisdictions).
+    pub fn holidays(&self) -> Holidays<'_> {
+        self.holidays
+            .as_ref()
+            .map_or(Holidays::NONE, |h| Holidays::new(&h.dates))
+    }
+
+    /// The response clock for `t` (as the law stands once every dated rule
+    /// has started; see [`Self::deadline_on`] for a given receipt date).
     pub fn deadline_for(&self, t: RequestType) -> DeadlineRule<'_> {
-        let rules = self.answering(t);
-        let statutory = !self.is_default() && self.grants(t);
+        self.deadline_from(t, self.grants(t))
+    }
+
+    /// The response clock for `t` received on `date`.
+    pub fn deadline_on(&self, t: RequestType, date: NaiveDate) -> DeadlineRule<'_> {
+        self.deadline_from(t, self.grants_on(t, date))
+    }
+
+    fn deadline_from(&self, t: RequestType, granted: bool) -> DeadlineRule<'_> {
+        let rules = self.answering_if(granted);
+        let statutory = !self.is_default() && granted;
+        let holidays = rules.holidays();
         match rules
             .deadline_overrides
             .iter()
@@ -369,13 +432,23 @@ impl JurisdictionRules {
                 extension: o.extension.as_ref(),
                 statutory,
                 cite: o.cite(),
+                holidays,
             },
             None => DeadlineRule {
                 period: Period::new(rules.response.amount, rules.response.unit),
                 extension: rules.extension.as_ref(),
                 statutory,
                 cite: rules.response.cite(),
+                holidays,
             },
+        }
+    }
+
+    /// The defaults behind these rules (these rules, for the defaults).
+    fn defaults_or_self(&self) -> &JurisdictionRules {
+        match &self.voluntary {
+            Some(Fallback(defaults)) => defaults,
+            None => self,
         }
     }
 
@@ -384,20 +457,76 @@ impl JurisdictionRules {
         self.answering(t).verification.types.contains(&t)
     }
 
+    /// [`Self::verification_required`] for a request received on `date`.
+    pub fn verification_required_on(&self, t: RequestType, date: NaiveDate) -> bool {
+        self.answering_on(t, date).verification.types.contains(&t)
+    }
+
+    /// Whether the statute lets an authorized agent file `t` (with evidence
+    /// of authority), on `date`.
+    pub fn agent_statutory_on(&self, t: RequestType, date: NaiveDate) -> bool {
+        !self.is_default() && self.grants_on(t, date) && self.agents.types.contains(&t)
+    }
+
     /// Whether an authorized agent may file a request of type `t` (always
-    /// with evidence of authority).
+    /// with evidence of authority), with voluntary agents off.
     pub fn agent_may_file(&self, t: RequestType) -> bool {
-        self.answering(t).agents.types.contains(&t)
+        self.agent_may_file_if(t, self.grants(t), false)
+    }
+
+    /// Whether an authorized agent may file `t` received on `date`: where the
+    /// statute lets one; for a type handled voluntarily, where the
+    /// organisation's defaults accept one; and, where the statute has no
+    /// agent provision at all, when `voluntary_agents` is set and the
+    /// defaults accept one. A statute whose agent provision leaves `t` out is
+    /// not overridden.
+    pub fn agent_may_file_on(
+        &self,
+        t: RequestType,
+        date: NaiveDate,
+        voluntary_agents: bool,
+    ) -> bool {
+        self.agent_may_file_if(t, self.grants_on(t, date), voluntary_agents)
+    }
+
+    fn agent_may_file_if(&self, t: RequestType, granted: bool, voluntary_agents: bool) -> bool {
+        let defaults = self.defaults_or_self();
+        if self.is_default() || !granted {
+            return defaults.agents.types.contains(&t);
+        }
+        if self.agents.types.contains(&t) {
+            return true;
+        }
+        !self.agents.provision && voluntary_agents && defaults.agents.types.contains(&t)
     }
 
     /// Free requests of type `t` per 12 months; `None`: no numeric limit.
     pub fn free_limit_for(&self, t: RequestType) -> Option<u32> {
-        self.answering(t).free_requests.requests_per_12_months
+        Self::free_limit_of(self.answering(t), t)
+    }
+
+    /// [`Self::free_limit_for`] for a request received on `date`.
+    pub fn free_limit_on(&self, t: RequestType, date: NaiveDate) -> Option<u32> {
+        Self::free_limit_of(self.answering_on(t, date), t)
+    }
+
+    fn free_limit_of(rules: &JurisdictionRules, t: RequestType) -> Option<u32> {
+        let limit = &rules.free_requests;
+        match &limit.types {
+            Some(types) if !types.contains(&t) => None,
+            _ => limit.requests_per_12_months,
+        }
     }
 
     /// The appeal rules for a request of type `t`.
     pub fn appeal_for(&self, t: RequestType) -> &AppealRule {
         &self.answering(t).appeal
+    }
+
+    /// The appeal rules for a request of type `t` received on `date` (the
+    /// defaults' for a type not yet granted then).
+    pub fn appeal_on(&self, t: RequestType, date: NaiveDate) -> &AppealRule {
+        &self.answering_on(t, date).appeal
     }
 
     /// Whether universal opt-out signals (GPC) must be honoured on `date`.
@@ -445,6 +574,9 @@ impl JurisdictionRules {
         }
         for (i, p) in self.clock_pauses.iter().enumerate() {
             out.push((format!("clock_pauses[{i}]"), p.cite()));
+        }
+        if let Some(h) = &self.holidays {
+            out.push(("holidays".to_owned(), h.cite()));
         }
         out
     }
@@ -501,6 +633,7 @@ pub fn gdpr_applies_in(country: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RulesTable {
     version: String,
+    checked: NaiveDate,
     defaults: Arc<JurisdictionRules>,
     jurisdictions: BTreeMap<String, JurisdictionRules>,
 }
@@ -509,6 +642,8 @@ pub struct RulesTable {
 #[serde(deny_unknown_fields)]
 struct RawTable {
     version: String,
+    /// The date the table was last checked against the statute texts.
+    checked: NaiveDate,
     defaults: JurisdictionRules,
     jurisdictions: BTreeMap<String, JurisdictionRules>,
 }
@@ -551,6 +686,7 @@ impl RulesTable {
         }
         Ok(RulesTable {
             version: raw.version,
+            checked: raw.checked,
             defaults,
             jurisdictions,
         })
@@ -559,6 +695,11 @@ impl RulesTable {
     /// The table's version (a date), to record beside every decision made from it.
     pub fn version(&self) -> &str {
         &self.version
+    }
+
+    /// The date the table was last checked against the statute texts.
+    pub fn checked(&self) -> NaiveDate {
+        self.checked
     }
 
     pub fn defaults(&self) -> &JurisdictionRules {
@@ -725,6 +866,41 @@ fn validate(rules: &JurisdictionRules, is_defaults: bool, problems: &mut Vec<Str
             }
             if !seen.insert(t) {
                 problem(format!("{label}: {t} is listed twice"));
+            }
+        }
+    }
+
+    if is_defaults && rules.agents.provision {
+        problem("agents: the defaults are policy, not a statute's agent provision".to_owned());
+    }
+    if !is_defaults && !rules.agents.provision && !rules.agents.types.is_empty() {
+        problem("agents: no agent provision, so no types an agent may file by statute".to_owned());
+    }
+    if let Some(limit) = &rules.free_requests.types {
+        if limit.is_empty() {
+            problem("free_requests: types, when given, must list at least one".to_owned());
+        }
+        if rules.free_requests.requests_per_12_months.is_none() {
+            problem("free_requests: types without a limit".to_owned());
+        }
+    }
+    if let Some(h) = &rules.holidays {
+        if is_defaults {
+            problem("holidays: the defaults have no holiday calendar".to_owned());
+        }
+        for pair in h.dates.windows(2) {
+            if pair[0] >= pair[1] {
+                problem(format!("holidays: {} is not after {}", pair[1], pair[0]));
+            }
+        }
+        for date in &h.dates {
+            if !super::deadline::is_business_day(*date) {
+                problem(format!(
+                    "holidays: {date} is a weekend day; list the observed weekday"
+                ));
+            }
+            if *date > h.through {
+                problem(format!("holidays: {date} is after through ({})", h.through));
             }
         }
     }
