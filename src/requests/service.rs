@@ -114,10 +114,11 @@ pub(super) fn appeal_terms(
 ) -> Result<std::result::Result<AppealTerms, String>> {
     let rules = rules_of(row)?;
     let t = request_type(row)?;
-    let appeal = rules.appeal_for(t);
-    // The rules answering for a type the jurisdiction does not grant are
+    // The rules as they stood the day the request was received.
+    let appeal = rules.appeal_on(t, row.received_date);
+    // The rules answering for a type the jurisdiction did not grant then are
     // the organisation's defaults: their appeal is the organisation's too.
-    let by_law = !rules.is_default() && rules.grants(t);
+    let by_law = !rules.is_default() && rules.grants_on(t, row.received_date);
     if appeal.exists {
         return Ok(Ok(AppealTerms {
             deadline: appeal.deadline,
