@@ -349,10 +349,10 @@ fn parse_new_disclosure(
     };
     let disclose_time = v.check(
         "disclosure.disclose_time",
+        // Like every other time in the contract, an unset time is now.
         d.disclose_time
             .as_ref()
-            .ok_or_else(|| "is required".to_string())
-            .and_then(parse_timestamp)
+            .map_or_else(|| Ok(chrono::Utc::now()), parse_timestamp)
             .and_then(not_in_future),
     );
     Some(NewDisclosure {
