@@ -1033,6 +1033,7 @@ async fn tasks_are_listed_by_filter_with_page_tokens_bound_to_the_filters() {
             state: state as i32,
             page_size: 2,
             page_token: page_token.into(),
+            ..Default::default()
         }
     };
     let mut names = Vec::new();
@@ -1079,6 +1080,27 @@ async fn tasks_are_listed_by_filter_with_page_tokens_bound_to_the_filters() {
     assert_eq!(t.corrections[0].corrected_value, "a@example.com");
     assert_eq!(t.result, None);
 
+    // One person's tasks, whatever system or request they came from.
+    let of_alice = c
+        .list_tasks(ListTasksRequest {
+            subject_id: "alice".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("by subject")
+        .into_inner()
+        .tasks;
+    let ids: Vec<&str> = of_alice.iter().map(|t| t.id.as_str()).collect();
+    assert_eq!(ids, [corrected.to_string().as_str()]);
+    let err = c
+        .list_tasks(ListTasksRequest {
+            subject_id: "has space".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("an invalid subject");
+    assert_eq!(failure(err), invalid(&["subject_id"]));
+
     // Completing a request's task tells the request (privacy-request side).
     let leased = claim(&mut c, "billing", "w1", 10, 60).await;
     let mine = leased
@@ -1096,6 +1118,7 @@ async fn tasks_are_listed_by_filter_with_page_tokens_bound_to_the_filters() {
             state: 99,
             page_size: -1,
             page_token: "garbage".into(),
+            ..Default::default()
         })
         .await
         .expect_err("invalid");

@@ -639,17 +639,35 @@ impl DataSystemService for DataSystemApi {
             )
         };
         let state = v.check("state", parse_task_state(req.state));
+        let subject_id = if req.subject_id.is_empty() {
+            Some(None)
+        } else {
+            v.check("subject_id", SubjectId::parse(&req.subject_id).map(Some))
+        };
         let limit = v.check("page_size", page_size(req.page_size));
         let filters = format!(
-            "tasks:{}:{}:{}",
-            req.data_system, req.privacy_request, req.state
+            "tasks:{}:{}:{}:{}",
+            req.data_system, req.privacy_request, req.state, req.subject_id
         );
         let after = v.check(
             "page_token",
             PageToken::decode::<i64>(&filters, &req.page_token),
         );
-        let (Some(data_system), Some(privacy_request_id), Some(state), Some(limit), Some(after)) =
-            (data_system, privacy_request_id, state, limit, after)
+        let (
+            Some(data_system),
+            Some(privacy_request_id),
+            Some(state),
+            Some(subject_id),
+            Some(limit),
+            Some(after),
+        ) = (
+            data_system,
+            privacy_request_id,
+            state,
+            subject_id,
+            limit,
+            after,
+        )
         else {
             return Err(v.into_error().into());
         };
@@ -668,6 +686,7 @@ impl DataSystemService for DataSystemApi {
             data_system,
             privacy_request_id,
             state,
+            subject_id,
         };
         let (filter, filters) = (&filter, &filters);
         let (page, next) = self

@@ -296,6 +296,7 @@ pub struct TaskFilter {
     pub data_system: Option<DataSystemId>,
     pub privacy_request_id: Option<i64>,
     pub state: Option<TaskState>,
+    pub subject_id: Option<SubjectId>,
 }
 
 // ---- disclosures ----------------------------------------------------------

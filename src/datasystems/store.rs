@@ -435,9 +435,14 @@ pub async fn list_tasks(
         "$2::bigint IS NULL",
     );
     let by_state = filter(f.state.is_some(), "state = $3", "$3::text IS NULL");
+    let by_subject = filter(
+        f.subject_id.is_some(),
+        "subject_id = $6",
+        "$6::text IS NULL",
+    );
     let sql = format!(
         "SELECT {} FROM tasks
-         WHERE {by_system} AND {by_request} AND {by_state} AND id > $4
+         WHERE {by_system} AND {by_request} AND {by_state} AND {by_subject} AND id > $4
          ORDER BY id LIMIT $5",
         task_columns!("NULL::text", "NULL::bytea")
     );
@@ -447,6 +452,7 @@ pub async fn list_tasks(
         .bind(f.state.map(|s| s.as_str()))
         .bind(after_id.unwrap_or(0))
         .bind(limit)
+        .bind(f.subject_id.as_ref().map(|s| s.as_str()))
         .fetch_all(pool)
         .await?;
     rows.iter().map(task_from_row).collect()
