@@ -233,8 +233,9 @@ stop_server() {
     [[ $status == 0 ]] || fail "the server exited with status $status after SIGTERM (want 0)"
 }
 
+# check_consent [SUBJECT]: may model_training use SUBJECT's data (default $SUBJECT)?
 check_consent() {
-    grpc -d "{\"subjectId\": \"$SUBJECT\", \"purpose\": \"model_training\"}" \
+    grpc -d "{\"subjectId\": \"${1:-$SUBJECT}\", \"purpose\": \"model_training\"}" \
         "$ADDR" privacy.v1.ConsentService/CheckConsent || fail "CheckConsent failed"
 }
 
@@ -502,6 +503,19 @@ grpc -d '{}' "$ADDR" privacy.v1.RetentionService/ListLegalHolds || fail "ListLeg
 if grep -qF "$HOLD" <<<"$LAST_OUTPUT"; then fail "the released hold is still listed as active"; fi
 pass
 
+step "a grant for another person, to see it survive the restart"
+KEPT="$SUBJECT-kept"
+grpc -d "{
+    \"requestId\": \"$(new_uuid)\",
+    \"subjectId\": \"$KEPT\",
+    \"purpose\": \"model_training\",
+    \"decision\": \"GRANTED\",
+    \"source\": \"WRITTEN_AGREEMENT_SOURCE\",
+    \"evidence\": {\"kind\": \"WRITTEN_AGREEMENT\", \"reference\": \"contract-smoke-002\"}
+}" "$ADDR" privacy.v1.ConsentService/RecordConsent || fail "RecordConsent failed"
+expect '"decision": "GRANTED"'
+pass
+
 step "SIGTERM stops the server with exit status 0"
 stop_server
 pass
@@ -513,9 +527,11 @@ start_server 2
 wait_serving
 pass
 
-step "CheckConsent after restart still says ALLOWED, EXPLICIT_GRANT"
-check_consent
+step "after restart the grant still allows and the erased person is still erased"
+check_consent "$KEPT"
 expect '"verdict": "ALLOWED"' '"reason": "EXPLICIT_GRANT"'
+check_consent
+expect '"verdict": "DENIED"' '"reason": "SUBJECT_ERASED"'
 pass
 
 step "SIGTERM stops the restarted server with exit status 0"
