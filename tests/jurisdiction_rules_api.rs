@@ -1,5 +1,5 @@
 //! `PrivacyRequestService`'s rules methods over a real server, and the rules
-//! as enacted seen through `CreatePrivacyRequest` (issue 14, item 5).
+//! as enacted seen through `CreatePrivacyRequest`.
 mod common;
 
 use chrono::{Days, NaiveDate, Utc};

@@ -1,4 +1,4 @@
-//! Logs never carry identifiers, evidence or secrets (issue 5): a server
+//! Logs never carry identifiers, evidence or secrets: a server
 //! with callers configured runs with every `tracing` event at debug level
 //! captured into a buffer, requests carrying them go through it (valid and
 //! invalid ones, accepted and refused bearer tokens), and the buffer is

@@ -1,4 +1,4 @@
-//! Personal data at rest (issue 5): identifiers, evidence, agent details,
+//! Personal data at rest: identifiers, evidence, agent details,
 //! corrections and exports are sealed under per-subject data keys; the API
 //! still answers with them in clear; erasing a subject destroys its data
 //! key; rotate-key re-wraps data keys; the embedded install generates its

@@ -143,7 +143,7 @@ async fn every_type_gets_its_jurisdictions_clock() {
         ("US-CA", OptOutSale, bd15, true, false),
         ("US-CA", OptOutTargetedAdvertising, bd15, true, false),
         // The CCPA has no opt-out of profiling; its ADMT opt-out (11 CCR
-        // 7221) starts on 1 January 2027: voluntary before (issue 14).
+        // 7221) starts on 1 January 2027: voluntary before.
         ("US-CA", OptOutProfiling, d45, false, false),
         ("US-CA", LimitSensitiveData, bd15, true, false),
         ("US-CA", Restriction, d45, false, false),
@@ -437,7 +437,7 @@ async fn an_extension_is_once_before_the_original_due_date_with_a_reason() {
 
 /// Every action refused from every state the lifecycle table does not allow
 /// it from, with FAILED_PRECONDITION / INVALID_STATE_TRANSITION naming the
-/// state. The allowed set is written out here from DESIGN.md, not read from
+/// state. The allowed set is written out here from the design of the lifecycle, not read from
 /// the code.
 #[tokio::test]
 async fn every_invalid_transition_is_refused_naming_the_state() {
@@ -487,7 +487,7 @@ async fn every_invalid_transition_is_refused_naming_the_state() {
     const ACTIONS: [&str; 9] = [
         "verify", "extend", "hold", "resume", "deny", "cancel", "complete", "appeal", "decide",
     ];
-    // From DESIGN.md's lifecycle: what each state allows.
+    // From the lifecycle's design: what each state allows.
     let allowed: &[(&str, &PrivacyRequest, &[&str])] = &[
         (
             "AWAITING_VERIFICATION",

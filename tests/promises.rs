@@ -1,4 +1,4 @@
-//! Promises kept by the purposes catalogue (issue 14, item 2): a PROHIBITED
+//! Promises kept by the purposes catalogue: a PROHIBITED
 //! purpose is a promise the organisation made in its published policy. An
 //! edit of the catalogue alone cannot weaken it; only a published material
 //! policy version lifts it, from that version's effective time, never

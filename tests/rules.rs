@@ -577,7 +577,7 @@ fn every_jurisdiction_answers_every_request_type() {
 }
 
 // ---------------------------------------------------------------------------
-// Issue 14, item 5: the table is the law as enacted, with its dates. Each case
+// The table is the law as enacted, with its dates. Each case
 // names the provision it was checked against.
 // ---------------------------------------------------------------------------
 

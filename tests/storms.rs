@@ -1,4 +1,4 @@
-//! Reliability under load (issue 6, "Under load"): real `privacy-records
+//! Reliability under load: real `privacy-records
 //! serve` processes, real signals, real PostgreSQL, while many calls are in
 //! flight.
 //!

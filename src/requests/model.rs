@@ -92,7 +92,7 @@ use State::*;
 const LIVE: &[State] = &[AwaitingVerification, InProgress, OnHold];
 const APPEALABLE: &[State] = &[Denied, PartiallyCompleted];
 
-/// The lifecycle of DESIGN.md, as data. Anything not listed is refused with
+/// The lifecycle of a privacy request, as data. Anything not listed is refused with
 /// FAILED_PRECONDITION / INVALID_STATE_TRANSITION naming the current state.
 pub const TRANSITIONS: &[Transition] = &[
     Transition {

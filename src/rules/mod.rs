@@ -58,7 +58,7 @@ mod tests {
             "US-CA", "US-CO", "US-CT", "US-DE", "US-FL", "US-IN", "US-IA", "US-MT", "US-OR",
             "US-TN", "US-TX", "US-UT", "US-VA", // The seven more in the research.
             "US-NH", "US-NJ", "US-KY", "US-NE", "US-MD", "US-MN", "US-RI",
-            // The laws enacted for 2027 (issue 14).
+            // The laws enacted for 2027.
             "US-OK", "US-LA", "US-AL", // And the GDPR.
             "EU",
         ];
