@@ -1231,3 +1231,57 @@ async fn other_methods_name_their_invalid_fields_too() {
     );
     server.finish().await;
 }
+
+/// Creates `key` with `model` and returns its etag.
+async fn create_purpose(server: &TestServer, key: &str, model: ConsentModel) -> String {
+    server
+        .consent
+        .clone()
+        .create_purpose(CreatePurposeRequest {
+            request_id: request_id(),
+            purpose: Some(Purpose {
+                key: key.into(),
+                display_name: key.into(),
+                consent_model: model as i32,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create purpose")
+        .into_inner()
+        .etag
+}
+
+#[tokio::test]
+async fn a_grant_right_after_a_purpose_update_is_judged_against_the_updated_purpose() {
+    let server = TestServer::start().await;
+    let mut c = server.consent.clone();
+    // Several rounds, because the window in which the catalogue lags is short.
+    for round in 0..15 {
+        let key = format!("newsletter_{round}");
+        let etag = create_purpose(&server, &key, ConsentModel::NotConsentBased).await;
+        c.update_purpose(UpdatePurposeRequest {
+            request_id: request_id(),
+            purpose: Some(Purpose {
+                name: format!("purposes/{key}"),
+                consent_model: ConsentModel::OptIn as i32,
+                etag,
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["consent_model".into()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("update");
+        let written = c
+            .record_consent(grant(&format!("reader-{round}"), &key))
+            .await;
+        assert!(
+            written.is_ok(),
+            "round {round}: the grant is judged against the purpose as updated: {written:?}"
+        );
+    }
+    server.finish().await;
+}

@@ -324,9 +324,9 @@ const PURPOSE_ATTEMPTS: usize = 3;
 /// rules: a PROHIBITED purpose cannot be granted, a NOT_CONSENT_BASED one
 /// takes no decisions, and a purpose that requires evidence for a grant gets
 /// it. The rules are checked against the purpose in the decision cache's
-/// catalogue when it has one (no round trip), and the write happens only if
-/// the purpose is still at that revision; else against the purpose read from
-/// PostgreSQL. A call whose request id was used returns what that call wrote.
+/// catalogue when it has one and it allows the write (no round trip), and
+/// the write happens only if the purpose is still at that revision; else
+/// against the purpose read from PostgreSQL. A call whose request id was used returns what that call wrote.
 pub async fn record_consent(
     cache: &DecisionCache,
     writes: &GroupCommit,
@@ -343,13 +343,21 @@ pub async fn record_consent(
     };
     let mut cached = cache.purpose(&new.purpose);
     for _ in 0..PURPOSE_ATTEMPTS {
-        let purpose = match cached.take() {
+        // The catalogue may lag this process's own UpdatePurpose (or a
+        // token's): a write it allows is still checked against the revision
+        // in PostgreSQL, and a refusal is only ever given against the purpose
+        // as PostgreSQL has it now.
+        let purpose = match cached.take().filter(|p| check_recordable(p, new).is_ok()) {
             Some(purpose) => purpose,
-            None => store::get_purpose(&mut *writes.pool().acquire().await?, &new.purpose, false)
-                .await?
-                .ok_or_else(|| Error::NotFound(new.purpose.name()))?,
+            None => {
+                let mut conn = writes.pool().acquire().await?;
+                let purpose = store::get_purpose(&mut conn, &new.purpose, false)
+                    .await?
+                    .ok_or_else(|| Error::NotFound(new.purpose.name()))?;
+                check_recordable(&purpose, new)?;
+                purpose
+            }
         };
-        check_recordable(&purpose, new)?;
         match writes.record(new, purpose.revision, &writer).await? {
             store::Appended::Written(record, xid) => {
                 let token = journal::recorded(
@@ -456,7 +464,6 @@ async fn earlier_call(
 
 /// The rules a decision must meet to be recorded for `purpose`.
 fn check_recordable(purpose: &Purpose, new: &NewConsent) -> Result<()> {
-    let name = new.purpose.name();
     // As of the entry's effective time: a grant made while a promise holds
     // (a lift not yet in effect) is refused; one taking effect after, not.
     let at = new.effective_time.unwrap_or_else(Utc::now);
@@ -464,7 +471,7 @@ fn check_recordable(purpose: &Purpose, new: &NewConsent) -> Result<()> {
         ConsentModel::Prohibited if new.decision == Decision::Granted => {
             return Err(Error::precondition(
                 ErrorReason::PurposeProhibited,
-                name,
+                new.purpose.name(),
                 format!(
                     "purpose {} is PROHIBITED: the organisation never does it, so it cannot be granted",
                     new.purpose.as_str()
@@ -474,7 +481,7 @@ fn check_recordable(purpose: &Purpose, new: &NewConsent) -> Result<()> {
         ConsentModel::NotConsentBased => {
             return Err(Error::precondition(
                 ErrorReason::PurposeNotConsentBased,
-                name,
+                new.purpose.name(),
                 format!(
                     "purpose {} is NOT_CONSENT_BASED: it rests on another legal basis, so consent is not recorded for it",
                     new.purpose.as_str()
