@@ -837,3 +837,50 @@ async fn policies_are_installed_by_default_and_editable() {
     );
     server.finish().await;
 }
+
+#[tokio::test]
+async fn get_subject_shows_when_the_account_was_closed() {
+    use privacy_records::proto::GetSubjectRequest;
+    let server = TestServer::start().await;
+    let mut c = clients(&server);
+    register(&mut c, "crm", &["account_information"]).await;
+    let subject = |id: &str| GetSubjectRequest {
+        name: format!("subjects/{id}"),
+    };
+    let open = server.consent.clone().get_subject(subject("ana")).await;
+    assert_eq!(
+        open.expect_err("nothing known of ana yet").code(),
+        tonic::Code::NotFound
+    );
+
+    let active = Utc::now() - Duration::days(40);
+    event(&mut c, "ana", lifecycle_event::Kind::Activity, "", active).await;
+    let got = server
+        .consent
+        .clone()
+        .get_subject(subject("ana"))
+        .await
+        .expect("a subject known from its lifecycle events")
+        .into_inner();
+    assert_eq!(got.account_close_time, None, "the account is open");
+
+    let closed = Utc::now() - Duration::days(3);
+    event(
+        &mut c,
+        "ana",
+        lifecycle_event::Kind::AccountClosed,
+        "",
+        closed,
+    )
+    .await;
+    let got = server
+        .consent
+        .clone()
+        .get_subject(subject("ana"))
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(got.account_close_time, Some(ts(closed)));
+    assert!(!got.erased, "a closed account is not an erased one");
+    server.finish().await;
+}

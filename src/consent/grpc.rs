@@ -256,6 +256,7 @@ fn subject_to_proto(s: &Subject) -> proto::Subject {
             .as_ref()
             .map(|(_, by)| by.clone())
             .unwrap_or_default(),
+        account_close_time: opt_timestamp(s.account_close_time),
     }
 }
 

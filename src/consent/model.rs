@@ -468,6 +468,8 @@ pub struct Subject {
     /// When the subject was erased, and what erased it (a privacy
     /// request's name, or the minor status that erased a minor).
     pub erased: Option<(DateTime<Utc>, String)>,
+    /// When its account was closed (the newest ACCOUNT_CLOSED lifecycle event).
+    pub account_close_time: Option<DateTime<Utc>>,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
 }

@@ -1137,6 +1137,7 @@ fn subject_from_row(row: &PgRow) -> Result<Subject> {
             let by: Option<String> = row.try_get("erased_by")?;
             time.map(|t| (t, by.unwrap_or_default()))
         },
+        account_close_time: row.try_get("account_close_time")?,
         create_time: row.try_get("create_time")?,
         update_time: row.try_get("update_time")?,
     })
@@ -1174,7 +1175,9 @@ pub async fn set_minor(
          ON CONFLICT (subject_id) DO UPDATE
          SET minor_since = CASE WHEN $2 THEN coalesce(subjects.minor_since, now()) END,
              update_time = now()
-         RETURNING subject_id, minor_since, erase_time, erased_by, create_time, update_time",
+         RETURNING subject_id, minor_since, erase_time, erased_by, create_time, update_time,
+                   (SELECT max(event_time) FROM lifecycle_events
+                    WHERE subject_id = $1 AND event = 'ACCOUNT_CLOSED') AS account_close_time",
     )
     .bind(subject.as_str())
     .bind(minor)
@@ -1183,17 +1186,29 @@ pub async fn set_minor(
     subject_from_row(&row)
 }
 
-/// The subject's row, or what the ledger implies about a subject that has
-/// decisions but no row of its own.
+/// The subject's row, or what the ledger or the lifecycle events imply
+/// about a subject that has no row of its own, with its account's closure.
 pub async fn get_subject(pool: &PgPool, subject: &SubjectId) -> Result<Option<Subject>> {
     let row = sqlx::query(
-        "SELECT subject_id, minor_since, erase_time, erased_by, create_time, update_time
-         FROM subjects WHERE subject_id = $1
-         UNION ALL
-         SELECT $1, NULL::timestamptz, NULL::timestamptz, NULL::text, min(record_time), max(record_time)
-         FROM consent_records WHERE subject_id = $1
-         HAVING count(*) > 0
-         LIMIT 1",
+        "WITH known AS (
+             SELECT subject_id, minor_since, erase_time, erased_by, create_time, update_time
+             FROM subjects WHERE subject_id = $1
+             UNION ALL
+             SELECT $1, NULL::timestamptz, NULL::timestamptz, NULL::text, min(record_time),
+                    max(record_time)
+             FROM consent_records WHERE subject_id = $1
+             HAVING count(*) > 0
+             UNION ALL
+             SELECT $1, NULL::timestamptz, NULL::timestamptz, NULL::text, min(record_time),
+                    max(record_time)
+             FROM lifecycle_events WHERE subject_id = $1
+             HAVING count(*) > 0
+             LIMIT 1
+         )
+         SELECT known.*,
+                (SELECT max(event_time) FROM lifecycle_events
+                 WHERE subject_id = $1 AND event = 'ACCOUNT_CLOSED') AS account_close_time
+         FROM known",
     )
     .bind(subject.as_str())
     .fetch_optional(pool)
