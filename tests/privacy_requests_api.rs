@@ -1257,3 +1257,36 @@ async fn metrics_for_a_year_match_a_hand_count() {
     assert_eq!(error_reason(&err).1, vec!["year"]);
     server.finish().await;
 }
+
+#[tokio::test]
+async fn a_written_request_carries_its_consistency_token_in_the_message_and_the_header() {
+    let server = TestServer::start().await;
+    let mut c = client(&server);
+    let created = c
+        .create_privacy_request(new_request("t", RequestType::Access, "US-CA", today()))
+        .await
+        .expect("create");
+    let header = created
+        .metadata()
+        .get(privacy_records::rpc::CONSISTENCY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .expect("the header");
+    let created = created.into_inner();
+    assert_eq!(created.consistency_token, header);
+    let verified = verify(&mut c, &created.name).await.expect("verify");
+    assert!(
+        !verified.consistency_token.is_empty(),
+        "a change has one too"
+    );
+    assert_ne!(verified.consistency_token, created.consistency_token);
+    let read = c
+        .get_privacy_request(proto::GetPrivacyRequestRequest {
+            name: created.name.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(read.consistency_token, "", "a read writes nothing");
+    server.finish().await;
+}

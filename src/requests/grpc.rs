@@ -23,7 +23,7 @@ use crate::identifiers::HashKey;
 use crate::keys::Keyring;
 use crate::proto::privacy_request;
 use crate::rpc::{self, not_in_future, paginate};
-use crate::tokens::{PageToken, page_size};
+use crate::tokens::{ConsistencyToken, PageToken, page_size};
 
 use crate::error::Error;
 use crate::proto;
@@ -96,7 +96,7 @@ impl PrivacyRequestApi {
                 let (env, change) = (env.clone(), change.clone());
                 Box::pin(async move {
                     let token = service::apply(conn, &ctx, &env, id, &change).await?;
-                    Ok((load(&env.keys, &env.settings, conn, id).await?, token))
+                    Ok((written(&env, conn, id, &token).await?, token))
                 })
             },
         )
@@ -347,6 +347,7 @@ fn request_to_proto(
         }),
         appeal_available,
         appeal_voluntary,
+        consistency_token: String::new(),
         legal_keeps: row
             .legal_keeps
             .0
@@ -405,6 +406,18 @@ async fn load(
         today(),
         settings,
     ))
+}
+
+/// A request as a write that changed it returns it, with the write's token.
+async fn written(
+    env: &Env,
+    conn: &mut PgConnection,
+    id: i64,
+    token: &ConsistencyToken,
+) -> DomainResult<proto::PrivacyRequest> {
+    let mut request = load(&env.keys, &env.settings, conn, id).await?;
+    request.consistency_token = token.encode();
+    Ok(request)
 }
 
 /// Today's date (UTC), the date clocks are read against.
@@ -633,7 +646,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
                 let (env, new) = (env.clone(), new.clone());
                 Box::pin(async move {
                     let (id, token) = service::create(conn, &ctx, &env, &new).await?;
-                    Ok((load(&env.keys, &env.settings, conn, id).await?, token))
+                    Ok((written(&env, conn, id, &token).await?, token))
                 })
             },
         )
