@@ -214,7 +214,14 @@ async fn a_deletion_fans_out_completes_and_suppresses_the_person() {
         .expect("check")
         .into_inner();
     assert!(suppressed.suppressed);
-    assert_eq!(suppressed.matched_kinds, vec!["EMAIL_ADDRESS"]);
+    assert_eq!(
+        suppressed.matched_identifier_kinds,
+        vec![identifier::Kind::EmailAddress as i32]
+    );
+    assert!(!suppressed.subject_id_matched, "no subject id was asked");
+    #[allow(deprecated)]
+    let strings = suppressed.matched_kinds;
+    assert_eq!(strings, vec!["EMAIL_ADDRESS"], "the old field stays filled");
     let by_id = c
         .requests
         .check_suppression(CheckSuppressionRequest {
@@ -225,6 +232,8 @@ async fn a_deletion_fans_out_completes_and_suppresses_the_person() {
         .expect("check")
         .into_inner();
     assert!(by_id.suppressed);
+    assert!(by_id.subject_id_matched);
+    assert!(by_id.matched_identifier_kinds.is_empty());
     let other = c
         .requests
         .check_suppression(CheckSuppressionRequest {

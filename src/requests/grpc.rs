@@ -1142,9 +1142,20 @@ impl PrivacyRequestService for PrivacyRequestApi {
         let kinds: Vec<String> = ids.iter().map(|(k, _)| k.as_str().to_owned()).collect();
         let hashes: Vec<Vec<u8>> = ids.iter().map(|(k, val)| key.hash(*k, val)).collect();
         let matched_kinds = store::suppressed(&self.pool, &kinds, &hashes).await?;
+        let subject_id_matched = matched_kinds
+            .iter()
+            .any(|k| k == IdentifierKind::SubjectId.as_str());
+        let mut matched_identifier_kinds: Vec<i32> = matched_kinds
+            .iter()
+            .filter_map(|k| proto::identifier::Kind::from_str_name(k).map(|v| v as i32))
+            .collect();
+        matched_identifier_kinds.sort_unstable();
+        #[allow(deprecated)] // still filled for callers that read it
         Ok(Response::new(proto::CheckSuppressionResponse {
             suppressed: !matched_kinds.is_empty(),
             matched_kinds,
+            matched_identifier_kinds,
+            subject_id_matched,
         }))
     }
 }
