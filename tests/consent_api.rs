@@ -1285,3 +1285,145 @@ async fn a_grant_right_after_a_purpose_update_is_judged_against_the_updated_purp
     }
     server.finish().await;
 }
+
+#[tokio::test]
+async fn contact_form_data_is_never_used_for_advertising_whatever_the_consent() {
+    let server = TestServer::start().await;
+    let mut c = server.consent.clone();
+    let with_category = |category: &str| CheckConsentRequest {
+        data_category: category.into(),
+        ..check("lee", "targeted_advertising")
+    };
+    assert_eq!(
+        decide(&server, check("lee", "targeted_advertising")).await,
+        (Verdict::Allowed, DecisionReason::DefaultOptOut),
+        "the purpose as a whole is an opt-out one"
+    );
+    assert_eq!(
+        decide(&server, with_category("contact_form_inquiries")).await,
+        (Verdict::Denied, DecisionReason::DataCategoryExcluded)
+    );
+    c.record_consent(grant("lee", "targeted_advertising"))
+        .await
+        .expect("grant");
+    assert_eq!(
+        decide(&server, with_category("contact_form_inquiries")).await,
+        (Verdict::Denied, DecisionReason::DataCategoryExcluded),
+        "a grant does not reach an excluded category"
+    );
+    assert_eq!(
+        decide(&server, with_category("device_and_usage_data")).await,
+        (Verdict::Allowed, DecisionReason::ExplicitGrant)
+    );
+    let batch = c
+        .batch_check_consent(BatchCheckConsentRequest {
+            checks: vec![
+                ConsentCheck {
+                    subject_id: "lee".into(),
+                    purpose: "marketing_email".into(),
+                    data_category: "contact_form_inquiries".into(),
+                    ..Default::default()
+                },
+                ConsentCheck {
+                    subject_id: "lee".into(),
+                    purpose: "service_messages".into(),
+                    data_category: "contact_form_inquiries".into(),
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .expect("batch")
+        .into_inner();
+    let reasons: Vec<i32> = batch.results.iter().map(|r| r.reason).collect();
+    assert_eq!(
+        reasons,
+        vec![
+            DecisionReason::DataCategoryExcluded as i32,
+            DecisionReason::NotConsentBasedPurpose as i32
+        ]
+    );
+    let err = c
+        .check_consent(with_category("Contact Forms!"))
+        .await
+        .expect_err("a malformed category");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("data_category"), "{}", err.message());
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn a_purpose_excludes_only_known_categories_and_the_exclusion_can_be_changed() {
+    let server = TestServer::start().await;
+    let mut c = server.consent.clone();
+    let unknown = c
+        .create_purpose(CreatePurposeRequest {
+            request_id: request_id(),
+            purpose: Some(Purpose {
+                key: "cold_outreach".into(),
+                display_name: "Cold outreach".into(),
+                consent_model: ConsentModel::OptOut as i32,
+                excluded_categories: vec!["no_such_category".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("an unknown category");
+    assert_eq!(unknown.code(), Code::InvalidArgument);
+    assert!(
+        unknown.message().contains("excluded_categories[0]"),
+        "{}",
+        unknown.message()
+    );
+    let created = c
+        .create_purpose(CreatePurposeRequest {
+            request_id: request_id(),
+            purpose: Some(Purpose {
+                key: "cold_outreach".into(),
+                display_name: "Cold outreach".into(),
+                consent_model: ConsentModel::OptOut as i32,
+                excluded_categories: vec!["communication_records".into()],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(created.excluded_categories, vec!["communication_records"]);
+    let check_of = |category: &str| CheckConsentRequest {
+        data_category: category.into(),
+        ..check("kim", "cold_outreach")
+    };
+    assert_eq!(
+        decide(&server, check_of("communication_records")).await,
+        (Verdict::Denied, DecisionReason::DataCategoryExcluded)
+    );
+    let updated = c
+        .update_purpose(UpdatePurposeRequest {
+            request_id: request_id(),
+            purpose: Some(Purpose {
+                name: created.name.clone(),
+                excluded_categories: vec!["account_information".into()],
+                etag: created.etag.clone(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["excluded_categories".into()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(updated.excluded_categories, vec!["account_information"]);
+    assert_eq!(
+        decide(&server, check_of("communication_records")).await,
+        (Verdict::Allowed, DecisionReason::DefaultOptOut)
+    );
+    assert_eq!(
+        decide(&server, check_of("account_information")).await,
+        (Verdict::Denied, DecisionReason::DataCategoryExcluded)
+    );
+    server.finish().await;
+}

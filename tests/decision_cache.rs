@@ -119,6 +119,7 @@ fn query(subject: &str) -> CheckQuery {
         purpose: PurposeKey::parse(OPT_IN).expect("purpose"),
         jurisdiction: None,
         gpc_signal: false,
+        category: None,
     }
 }
 

@@ -529,6 +529,7 @@ async fn the_decision_cache_lets_a_pending_lift_take_effect_without_a_write() {
         purpose: key.clone(),
         jurisdiction: None,
         gpc_signal: false,
+        category: None,
     };
     let cached = || async {
         cache

@@ -430,6 +430,7 @@ impl Shared {
                 purpose,
                 jurisdiction: q.jurisdiction.as_ref(),
                 gpc_signal: q.gpc_signal,
+                category: q.category.as_deref(),
                 minor: entry.minor_since.is_some_and(|t| t <= at),
                 erased: entry.erase_time.is_some_and(|t| t <= at),
                 latest: entry

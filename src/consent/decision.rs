@@ -20,6 +20,8 @@ pub struct Inputs<'a> {
     /// The jurisdiction of the check, if the caller gave one.
     pub jurisdiction: Option<&'a Jurisdiction>,
     pub gpc_signal: bool,
+    /// The data category the caller means to use, if it named one.
+    pub category: Option<&'a str>,
     /// Whether the subject was flagged a minor at `at`.
     pub minor: bool,
     /// Whether the subject had been erased at `at`: every purpose is then
@@ -59,10 +61,15 @@ pub fn decide(input: &Inputs<'_>) -> Outcome {
     if input.erased {
         return outcome(false, Reason::SubjectErased, None);
     }
-    match model {
-        ConsentModel::Prohibited => return outcome(false, Reason::Prohibited, None),
-        ConsentModel::NotConsentBased => return outcome(true, Reason::NotConsentBased, None),
-        ConsentModel::OptIn | ConsentModel::OptOut => {}
+    if model == ConsentModel::Prohibited {
+        return outcome(false, Reason::Prohibited, None);
+    }
+    // Never used for the purpose, on whatever basis, whatever was agreed.
+    if input.category.is_some_and(|c| input.purpose.excludes(c)) {
+        return outcome(false, Reason::CategoryExcluded, None);
+    }
+    if model == ConsentModel::NotConsentBased {
+        return outcome(true, Reason::NotConsentBased, None);
     }
     if input.minor {
         return outcome(false, Reason::SubjectIsMinor, None);
@@ -120,6 +127,7 @@ mod tests {
             required_evidence: None,
             honors_gpc: true,
             reconsent_on_material_change: true,
+            excluded_categories: vec!["contact_form_inquiries".into()],
             create_time: t(1),
             update_time: t(1),
             revision: 1,
@@ -150,12 +158,42 @@ mod tests {
             purpose: p,
             jurisdiction: None,
             gpc_signal: false,
+            category: None,
             minor: false,
             erased: false,
             latest,
             material_change: None,
             at: t(20),
         }
+    }
+
+    #[test]
+    fn an_excluded_category_is_denied_whatever_the_basis_after_erasure_and_prohibition() {
+        let grant = record(Decision::Granted, 5);
+        for model in [ConsentModel::OptIn, ConsentModel::NotConsentBased] {
+            let p = purpose(model);
+            let category = |c| Inputs {
+                category: Some(c),
+                ..inputs(&p, Some(&grant))
+            };
+            let excluded = decide(&category("contact_form_inquiries"));
+            assert_eq!(
+                (excluded.allowed, excluded.reason),
+                (false, Reason::CategoryExcluded)
+            );
+            assert!(decide(&category("account_information")).allowed);
+            let erased = Inputs {
+                erased: true,
+                ..category("contact_form_inquiries")
+            };
+            assert_eq!(decide(&erased).reason, Reason::SubjectErased);
+        }
+        let prohibited = purpose(ConsentModel::Prohibited);
+        let input = Inputs {
+            category: Some("contact_form_inquiries"),
+            ..inputs(&prohibited, None)
+        };
+        assert_eq!(decide(&input).reason, Reason::Prohibited);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use super::store;
 use crate::caller::Caller;
 use crate::changefeed;
 use crate::convert::{opt_timestamp, parse_opt_timestamp, parse_timestamp, timestamp};
+use crate::datasystems::model::parse_category;
 use crate::error::{Error, Result, Violations};
 use crate::idempotency::RequestId;
 use crate::journal::ChangeKind;
@@ -141,6 +142,7 @@ fn purpose_to_proto(p: &Purpose) -> proto::Purpose {
         required_evidence: evidence_kind_to_proto(p.required_evidence),
         honors_gpc: p.honors_gpc,
         reconsent_on_material_change: p.reconsent_on_material_change,
+        excluded_categories: p.excluded_categories.clone(),
         create_time: Some(timestamp(p.create_time)),
         update_time: Some(timestamp(p.update_time)),
         etag: p.etag(),
@@ -326,6 +328,25 @@ fn parse_purpose_fields(
     } else {
         Some(None)
     };
+    let mut excluded_categories: Vec<String> = Vec::new();
+    if mask.excluded_categories {
+        if p.excluded_categories.len() > MAX_EXCLUDED_CATEGORIES {
+            v.add(
+                "purpose.excluded_categories",
+                format!("must have at most {MAX_EXCLUDED_CATEGORIES} entries"),
+            );
+        }
+        for (i, raw) in p.excluded_categories.iter().enumerate() {
+            let field = format!("purpose.excluded_categories[{i}]");
+            if let Some(category) = v.check(&field, parse_category(raw)) {
+                if excluded_categories.contains(&category) {
+                    v.add(field, "appears more than once");
+                } else {
+                    excluded_categories.push(category);
+                }
+            }
+        }
+    }
     Some(PurposeFields {
         display_name: display_name?,
         description: description?,
@@ -334,8 +355,12 @@ fn parse_purpose_fields(
         required_evidence: required_evidence?,
         honors_gpc: p.honors_gpc,
         reconsent_on_material_change: p.reconsent_on_material_change,
+        excluded_categories,
     })
 }
+
+/// Most data categories one purpose excludes.
+const MAX_EXCLUDED_CATEGORIES: usize = 100;
 
 fn parse_mask(v: &mut Violations, mask: Option<&prost_types::FieldMask>) -> PurposeMask {
     let paths = mask.map(|m| m.paths.as_slice()).unwrap_or_default();
@@ -352,6 +377,7 @@ fn parse_mask(v: &mut Violations, mask: Option<&prost_types::FieldMask>) -> Purp
             "required_evidence" => out.required_evidence = true,
             "honors_gpc" => out.honors_gpc = true,
             "reconsent_on_material_change" => out.reconsent_on_material_change = true,
+            "excluded_categories" => out.excluded_categories = true,
             other => v.add(
                 "update_mask",
                 format!("{other:?} is not an updatable field"),
@@ -504,6 +530,7 @@ struct CheckFields<'a> {
     purpose: &'a str,
     jurisdiction: &'a str,
     gpc_signal: bool,
+    data_category: &'a str,
 }
 
 /// Parses one question; field names (`checks[3].purpose`) are only built
@@ -523,11 +550,20 @@ fn parse_check(v: &mut Violations, index: Option<usize>, c: CheckFields<'_>) -> 
     let jurisdiction = Jurisdiction::parse_optional(c.jurisdiction)
         .map_err(|e| field("jurisdiction", e))
         .ok();
+    let category = if c.data_category.is_empty() {
+        Some(None)
+    } else {
+        parse_category(c.data_category)
+            .map(Some)
+            .map_err(|e| field("data_category", e))
+            .ok()
+    };
     Some(CheckQuery {
         subject: subject?,
         purpose: purpose?,
         jurisdiction: jurisdiction?,
         gpc_signal: c.gpc_signal,
+        category: category?,
     })
 }
 
@@ -755,6 +791,7 @@ impl ConsentService for ConsentApi {
                 purpose: &req.purpose,
                 jurisdiction: &req.jurisdiction,
                 gpc_signal: req.gpc_signal,
+                data_category: &req.data_category,
             },
         );
         let as_of = parse_as_of(&mut v, req.as_of_time.as_ref());
@@ -817,6 +854,7 @@ impl ConsentService for ConsentApi {
                     purpose: &c.purpose,
                     jurisdiction: &c.jurisdiction,
                     gpc_signal: c.gpc_signal,
+                    data_category: &c.data_category,
                 };
                 parse_check(&mut v, Some(i), fields)
             })

@@ -204,6 +204,7 @@ string_enum!(
         SubjectIsMinor = "SUBJECT_IS_MINOR",
         SubjectErased = "SUBJECT_ERASED",
         ConsentPredatesPolicyChange = "CONSENT_PREDATES_POLICY_CHANGE",
+        CategoryExcluded = "DATA_CATEGORY_EXCLUDED",
     }
 );
 
@@ -218,6 +219,8 @@ pub struct Purpose {
     pub required_evidence: Option<EvidenceKind>,
     pub honors_gpc: bool,
     pub reconsent_on_material_change: bool,
+    /// Data categories never used for the purpose (see `excludes`).
+    pub excluded_categories: Vec<String>,
     pub create_time: DateTime<Utc>,
     pub update_time: DateTime<Utc>,
     pub revision: i64,
@@ -240,6 +243,11 @@ fn resolve(
 }
 
 impl Purpose {
+    /// Whether data of `category` is never used for this purpose.
+    pub fn excludes(&self, category: &str) -> bool {
+        self.excluded_categories.iter().any(|c| c == category)
+    }
+
     /// The model in force in a jurisdiction (its most specific override),
     /// as the catalogue says now.
     pub fn model_in(&self, jurisdiction: Option<&Jurisdiction>) -> ConsentModel {
@@ -290,6 +298,7 @@ pub struct PurposeFields {
     pub required_evidence: Option<EvidenceKind>,
     pub honors_gpc: bool,
     pub reconsent_on_material_change: bool,
+    pub excluded_categories: Vec<String>,
 }
 
 impl PurposeFields {

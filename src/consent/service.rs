@@ -13,7 +13,7 @@ use super::model::{
     Purpose, PurposeFields, PurposeKey, Subject, SubjectId,
 };
 use super::store;
-use crate::error::{Error, Result};
+use crate::error::{Error, FieldViolation, Result};
 use crate::idempotency::{self, RequestId, Stored};
 use crate::journal::{self, ChangeEntry, ChangeKind};
 use crate::keys::Keyring;
@@ -31,6 +31,7 @@ pub async fn create_purpose(
     key: &PurposeKey,
     fields: &PurposeFields,
 ) -> Result<(Purpose, ConsistencyToken)> {
+    require_categories(conn, &fields.excluded_categories).await?;
     store::create_purpose(conn, key, fields).await?;
     let made = make_promises(conn, ctx, key, fields, &[]).await?;
     let purpose = store::get_purpose(conn, key, false)
@@ -89,6 +90,33 @@ async fn make_promises(
     Ok(made)
 }
 
+/// Refuses excluded categories the data categories catalogue lacks, naming
+/// each by its place in the purpose.
+async fn require_categories(conn: &mut PgConnection, categories: &[String]) -> Result<()> {
+    if categories.is_empty() {
+        return Ok(());
+    }
+    let unknown = crate::retention::store::unknown_categories(conn, categories).await?;
+    let violations: Vec<FieldViolation> = categories
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| unknown.contains(c))
+        .map(|(i, c)| {
+            FieldViolation::new(
+                format!("purpose.excluded_categories[{i}]"),
+                format!(
+                    "{c:?} is not a data category (RetentionService ListDataCategories lists them)"
+                ),
+            )
+        })
+        .collect();
+    if violations.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(violations))
+    }
+}
+
 /// Which fields of a purpose an update changes.
 #[derive(Debug, Clone, Default)]
 pub struct PurposeMask {
@@ -99,6 +127,7 @@ pub struct PurposeMask {
     pub required_evidence: bool,
     pub honors_gpc: bool,
     pub reconsent_on_material_change: bool,
+    pub excluded_categories: bool,
 }
 
 impl PurposeMask {
@@ -111,6 +140,7 @@ impl PurposeMask {
             required_evidence: true,
             honors_gpc: true,
             reconsent_on_material_change: true,
+            excluded_categories: true,
         }
     }
 }
@@ -174,7 +204,15 @@ pub async fn update_purpose(
         } else {
             current.reconsent_on_material_change
         },
+        excluded_categories: if mask.excluded_categories {
+            new.excluded_categories.clone()
+        } else {
+            current.excluded_categories.clone()
+        },
     };
+    if mask.excluded_categories {
+        require_categories(conn, &fields.excluded_categories).await?;
+    }
     let weakened: Vec<&Promise> = current
         .unlifted_promises()
         .filter(|p| !fields.keep(p.jurisdiction.as_deref(), &p.exceptions))
@@ -514,6 +552,8 @@ pub struct CheckQuery {
     pub purpose: PurposeKey,
     pub jurisdiction: Option<Jurisdiction>,
     pub gpc_signal: bool,
+    /// The data category the caller means to use, if it named one.
+    pub category: Option<String>,
 }
 
 /// The answers, in the order asked, and the token of the state read.
@@ -563,6 +603,7 @@ fn decide_all(
             purpose,
             jurisdiction: query.jurisdiction.as_ref(),
             gpc_signal: query.gpc_signal,
+            category: query.category.as_deref(),
             minor: row.minor,
             erased: row.erased,
             latest: row.latest.as_ref(),
@@ -617,6 +658,7 @@ fn state_queries(
             purpose,
             jurisdiction: jurisdiction.cloned(),
             gpc_signal,
+            category: None,
         })
         .collect()
 }

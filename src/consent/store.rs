@@ -17,7 +17,7 @@ use crate::keys::{Keyring, column};
 
 const PURPOSE_COLUMNS: &str = "key, display_name, description, consent_model, jurisdiction_models, \
      required_evidence, honors_gpc, reconsent_on_material_change, create_time, update_time, revision, \
-     promises";
+     promises, excluded_categories";
 
 const RECORD_COLUMNS: &str = "id, subject_id, purpose_key, decision, source, policy_version, jurisdiction, \
      evidence_kind, evidence_reference, evidence_description, effective_time, expire_time, \
@@ -226,6 +226,7 @@ fn purpose_from_row(row: &PgRow, prefix: &str) -> Result<Option<Purpose>> {
         required_evidence,
         honors_gpc: row.try_get(col("honors_gpc").as_str())?,
         reconsent_on_material_change: row.try_get(col("reconsent_on_material_change").as_str())?,
+        excluded_categories: row.try_get(col("excluded_categories").as_str())?,
         create_time: row.try_get(col("create_time").as_str())?,
         update_time: row.try_get(col("update_time").as_str())?,
         revision: row.try_get(col("revision").as_str())?,
@@ -340,8 +341,9 @@ pub async fn create_purpose(
 ) -> Result<Purpose> {
     let sql = format!(
         "INSERT INTO purposes (key, display_name, description, consent_model, jurisdiction_models,
-                               required_evidence, honors_gpc, reconsent_on_material_change)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                               required_evidence, honors_gpc, reconsent_on_material_change,
+                               excluded_categories)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          ON CONFLICT (key) DO NOTHING
          RETURNING {PURPOSE_COLUMNS}"
     );
@@ -354,6 +356,7 @@ pub async fn create_purpose(
         .bind(fields.required_evidence.map(|e| e.as_str()))
         .bind(fields.honors_gpc)
         .bind(fields.reconsent_on_material_change)
+        .bind(&fields.excluded_categories)
         .fetch_optional(conn)
         .await?;
     match row {
@@ -406,7 +409,8 @@ pub async fn update_purpose(
     let sql = format!(
         "UPDATE purposes SET display_name = $2, description = $3, consent_model = $4,
                 jurisdiction_models = $5, required_evidence = $6, honors_gpc = $7,
-                reconsent_on_material_change = $8, update_time = now(), revision = revision + 1
+                reconsent_on_material_change = $8, excluded_categories = $9, update_time = now(),
+                revision = revision + 1
          WHERE key = $1
          RETURNING {PURPOSE_COLUMNS}"
     );
@@ -419,6 +423,7 @@ pub async fn update_purpose(
         .bind(fields.required_evidence.map(|e| e.as_str()))
         .bind(fields.honors_gpc)
         .bind(fields.reconsent_on_material_change)
+        .bind(&fields.excluded_categories)
         .fetch_optional(conn)
         .await?;
     match row {
