@@ -197,7 +197,7 @@ async fn the_list_carries_the_table_version_and_the_date_it_was_checked() {
         .await
         .expect("list")
         .into_inner();
-    assert_eq!(all.table_version, "2026-12-03");
+    assert_eq!(all.table_version, "2026-12-03.2");
     assert_eq!(all.table_checked_date, "2026-12-03");
     assert!(
         all.jurisdiction_rules

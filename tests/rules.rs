@@ -356,7 +356,7 @@ proptest! {
 
 #[test]
 fn the_table_is_versioned_checked_and_lists_twenty_four_jurisdictions() {
-    assert_eq!(table().version(), "2026-12-03");
+    assert_eq!(table().version(), "2026-12-03.2");
     assert_eq!(table().checked(), d(2026, 12, 3));
     // The 21 of the research, and Oklahoma, Louisiana and Alabama (2027).
     assert_eq!(table().entries().count(), 24);
@@ -866,5 +866,33 @@ proptest! {
         let counted = start.iter_days().skip(1).take_while(|day| *day <= due).filter(|day| h.is_business_day(*day)).count();
         prop_assert_eq!(counted, n as usize);
         prop_assert!(due >= add_business_days(start, n)?);
+    }
+}
+
+#[test]
+fn nebraska_decides_an_appeal_within_sixty_days_as_its_statute_says() {
+    // Neb. Rev. Stat. 87-1109(3): "not later than the sixtieth day after the
+    // date of receipt of the appeal"; no extension.
+    let nebraska = table().rules_for("US-NE");
+    let deadline = nebraska.appeal.deadline.expect("an appeal deadline");
+    assert_eq!((deadline.amount, deadline.unit), (60, Unit::CalendarDays));
+    assert!(!nebraska.appeal.conservative, "read in the statute");
+}
+
+#[test]
+fn rhode_island_agents_may_file_opt_outs_only() {
+    // R.I. Gen. Laws 6-48.1-5(f): "A customer may designate an authorized
+    // agent to exercise the rights to opt out on their behalf."
+    let rhode_island = table().rules_for("US-RI");
+    assert!(rhode_island.agents.provision);
+    for t in [
+        RequestType::OptOutSale,
+        RequestType::OptOutTargetedAdvertising,
+        RequestType::OptOutProfiling,
+    ] {
+        assert!(rhode_island.agent_may_file(t), "{t:?}");
+    }
+    for t in [RequestType::Access, RequestType::Deletion, RequestType::Correction] {
+        assert!(!rhode_island.agent_may_file(t), "{t:?}");
     }
 }
