@@ -140,6 +140,23 @@ async fn a_tail_truncated_with_the_triggers_off_is_reported_where_it_begins() {
         "{}",
         found.problem
     );
+
+    // The sealer goes on after the last link left, and the gap stays on
+    // record: the checkpoint of the old link 8 never matches again.
+    grants(&server, 2).await;
+    assert_eq!(seal(&pool, 100, 2).await, 2);
+    let later = verify(&mut audit).await;
+    assert!(!later.intact, "{later:?}");
+    assert!(later.problem.contains("link 8"), "{}", later.problem);
+    grants(&server, 3).await;
+    assert_eq!(seal(&pool, 100, 3).await, 3, "a new link 8");
+    let later = verify(&mut audit).await;
+    assert!(!later.intact, "{later:?}");
+    assert!(
+        later.problem.contains("does not match the checkpoint"),
+        "{}",
+        later.problem
+    );
     server.shutdown().await;
     server.db.drop_db().await;
 }
