@@ -491,6 +491,39 @@ impl Keyring {
     }
 }
 
+// ---- the audit chain's checkpoints --------------------------------------------
+
+impl Keyring {
+    /// The key of audit checkpoint MACs under master key `id`, derived
+    /// (HMAC-SHA-256) so that the database, which holds the chain, holds
+    /// nothing that can make a MAC. `None` when the keyring does not hold
+    /// `id` (a master key removed after rotation).
+    fn audit_key(&self, id: &str) -> Option<Hmac<Sha256>> {
+        let master = self.0.as_ref()?.masters.get(id)?;
+        let mut derive = <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&master.0).ok()?;
+        derive.update(b"privacy-records/audit-checkpoint/v1");
+        <Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&derive.finalize().into_bytes()).ok()
+    }
+
+    /// The MAC of an audit checkpoint's `message` under master key `id`.
+    pub fn audit_mac(&self, id: &str, message: &[u8]) -> Result<Vec<u8>> {
+        let mut mac = self
+            .audit_key(id)
+            .ok_or_else(|| Error::Internal(format!("master key {id:?} is not in the keyring")))?;
+        mac.update(message);
+        Ok(mac.finalize().into_bytes().to_vec())
+    }
+
+    /// Whether `tag` is the MAC of `message` under master key `id`
+    /// (compared in constant time); `None` when the keyring does not hold
+    /// `id`, so nothing can be said.
+    pub fn audit_mac_verifies(&self, id: &str, message: &[u8], tag: &[u8]) -> Option<bool> {
+        let mut mac = self.audit_key(id)?;
+        mac.update(message);
+        Some(mac.verify_slice(tag).is_ok())
+    }
+}
+
 /// Seals values of one subject under its data key.
 pub struct Sealer {
     id: i64,

@@ -286,11 +286,12 @@ impl Application {
 
         let sealer = tokio::spawn(crate::audit::sealer::run(
             pool.clone(),
+            settings.keys.clone(),
             settings.audit_seal_interval,
             5000,
             stop_rx.clone(),
         ));
-        let audit = AuditServiceServer::new(AuditApi::new(reads.clone()))
+        let audit = AuditServiceServer::new(AuditApi::new(reads.clone(), settings.keys.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
 

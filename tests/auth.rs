@@ -217,7 +217,7 @@ async fn every_method_refuses_strangers_and_callers_without_permission() {
         let mut audit = audit.clone();
         async move {
             let verdict = audit
-                .verify_audit_log(with_token(VerifyAuditLogRequest {}, CONSOLE_TOKEN))
+                .verify_audit_log(with_token(VerifyAuditLogRequest::default(), CONSOLE_TOKEN))
                 .await
                 .expect("verify")
                 .into_inner();
@@ -227,7 +227,7 @@ async fn every_method_refuses_strangers_and_callers_without_permission() {
     })
     .await;
     let verdict = audit
-        .verify_audit_log(with_token(VerifyAuditLogRequest {}, CONSOLE_TOKEN))
+        .verify_audit_log(with_token(VerifyAuditLogRequest::default(), CONSOLE_TOKEN))
         .await
         .expect("verify")
         .into_inner();

@@ -1,5 +1,6 @@
 //! The chain's arithmetic: what a link's hash covers, in a canonical,
-//! length-prefixed encoding, so no two different events hash alike.
+//! length-prefixed encoding, so no two different events hash alike; what a
+//! checkpoint's MAC covers; and anchors, the positions callers keep.
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 
@@ -60,6 +61,57 @@ pub fn link(prev: &[u8], seq: i64, e: &EventFields) -> Vec<u8> {
     h.finalize().to_vec()
 }
 
+/// What a checkpoint's MAC covers: its chain position and the hash of the
+/// link there. The hash covers every link before it, so one MAC vouches for
+/// the whole chain up to that position.
+pub fn checkpoint_message(seq: i64, hash: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(64 + hash.len());
+    m.extend_from_slice(b"privacy-records audit checkpoint v1\0");
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(&(hash.len() as u64).to_be_bytes());
+    m.extend_from_slice(hash);
+    m
+}
+
+/// A position of the chain a caller keeps outside the service:
+/// `{chain_seq}:{hash in hex}`. The hash covers every link up to it, so a
+/// log that still yields this hash at this position still holds everything
+/// that was there when the anchor was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    pub seq: i64,
+    pub hash: Vec<u8>,
+}
+
+impl Anchor {
+    /// Parses `{chain_seq}:{64 hex digits}`, one spelling per anchor (no
+    /// sign, no leading zeros), as VerifyAuditLog hands it out.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        const FORM: &str = "must be \"{chain_seq}:{hash}\" as VerifyAuditLog returns it \
+                            (a positive position without leading zeros, then 64 hex digits)";
+        let (seq, hash) = raw.split_once(':').ok_or_else(|| FORM.to_owned())?;
+        let canonical = !seq.is_empty()
+            && seq.len() <= 19
+            && seq.bytes().all(|b| b.is_ascii_digit())
+            && !seq.starts_with('0');
+        let seq = canonical
+            .then(|| seq.parse::<i64>().ok())
+            .flatten()
+            .ok_or_else(|| FORM.to_owned())?;
+        let hash = (hash.len() == 64)
+            .then(|| hex::decode(hash).ok())
+            .flatten()
+            .ok_or_else(|| FORM.to_owned())?;
+        Ok(Self { seq, hash })
+    }
+}
+
+impl std::fmt::Display for Anchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.seq, hex::encode(&self.hash))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,5 +148,38 @@ mod tests {
         e.actor = "peer:127.0.0.1:5000p".into();
         e.method = "rivacy.v1.ConsentService/RecordConsent".into();
         assert_ne!(base, link(&GENESIS, 1, &e));
+    }
+
+    #[test]
+    fn an_anchor_has_one_spelling_and_reads_back() {
+        let a = Anchor {
+            seq: 42,
+            hash: vec![0xab; 32],
+        };
+        let text = a.to_string();
+        assert_eq!(text, format!("42:{}", "ab".repeat(32)));
+        assert_eq!(Anchor::parse(&text), Ok(a));
+        let hash = "ab".repeat(32);
+        for bad in [
+            String::new(),
+            "42".into(),
+            format!("042:{hash}"),
+            format!("+42:{hash}"),
+            format!("-42:{hash}"),
+            format!("0:{hash}"),
+            format!(" 42:{hash}"),
+            format!("42:{}", "ab".repeat(31)),
+            format!("42:{}", "zz".repeat(32)),
+            format!("99999999999999999999:{hash}"),
+        ] {
+            assert!(Anchor::parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_message_covers_its_position_and_hash() {
+        let m = checkpoint_message(3, &[1; 32]);
+        assert_ne!(m, checkpoint_message(4, &[1; 32]));
+        assert_ne!(m, checkpoint_message(3, &[2; 32]));
     }
 }

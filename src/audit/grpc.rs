@@ -3,9 +3,11 @@ use futures::TryFutureExt;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
+use super::chain::Anchor;
 use super::sealer;
 use crate::convert::{parse_opt_timestamp, timestamp};
 use crate::error::{Error, Violations};
+use crate::keys::Keyring;
 use crate::proto;
 use crate::proto::audit_service_server::AuditService;
 use crate::reads::Reads;
@@ -16,13 +18,16 @@ pub struct AuditApi {
     /// The primary: chain verification reads it.
     pool: PgPool,
     reads: Reads,
+    /// Checks the checkpoints' MACs (master keys, never in the database).
+    keys: Keyring,
 }
 
 impl AuditApi {
-    pub fn new(reads: Reads) -> Self {
+    pub fn new(reads: Reads, keys: Keyring) -> Self {
         Self {
             pool: reads.primary().clone(),
             reads,
+            keys,
         }
     }
 }
@@ -140,12 +145,31 @@ impl AuditService for AuditApi {
 
     async fn verify_audit_log(
         &self,
-        _request: Request<proto::VerifyAuditLogRequest>,
+        request: Request<proto::VerifyAuditLogRequest>,
     ) -> Result<Response<proto::VerifyAuditLogResponse>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::new();
+        let anchor = v.check(
+            "anchor",
+            match req.anchor.as_str() {
+                "" => Ok(None),
+                raw => Anchor::parse(raw).map(Some),
+            },
+        );
+        let Some(anchor) = anchor else {
+            return Err(v.into_error().into());
+        };
         let mut conn = self.pool.acquire().await.map_err(Error::from)?;
-        let found = sealer::verify(&mut conn).await?;
+        let found = sealer::verify(&mut conn, &self.keys, anchor.as_ref()).await?;
+        let published = found.anchor().map(|a| a.to_string()).unwrap_or_default();
         let (seq, event, problem) = match found.broken {
-            Some((seq, id, problem)) => (seq, format!("auditEvents/{id}"), problem),
+            Some(b) => (
+                b.seq,
+                b.event_id
+                    .map(|id| format!("auditEvents/{id}"))
+                    .unwrap_or_default(),
+                b.problem,
+            ),
             None => (0, String::new(), String::new()),
         };
         Ok(Response::new(proto::VerifyAuditLogResponse {
@@ -156,6 +180,9 @@ impl AuditService for AuditApi {
             problem,
             unsealed_events: found.unsealed,
             head_hash: hex::encode(found.head_hash),
+            anchor: published,
+            anchor_held: found.anchor_held,
+            checkpoints_verified: found.checkpoints_verified,
         }))
     }
 }

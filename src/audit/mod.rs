@@ -10,6 +10,11 @@
 //! `audit_chain` (events themselves are never rewritten). The next events to
 //! seal are those after the last link's event in that order. One sealer
 //! works at a time across replicas (a transaction-scoped advisory lock).
+//! Each batch ends with a checkpoint carrying an HMAC of its position and
+//! hash under a key derived from the active master key, which the database
+//! never holds: whoever can write to the database can recompute links, not
+//! checkpoints. Verification holds the chain against the checkpoints and,
+//! when asked, against an anchor ("{chain_seq}:{hash}") kept outside.
 pub mod chain;
 pub mod grpc;
 pub mod sealer;
