@@ -696,10 +696,13 @@ pub async fn refused_purposes(conn: &mut PgConnection, request_type: &str) -> Re
 ///
 /// Crypto-shredding: the subject's data key is destroyed in this same
 /// transaction, so every value sealed under it, here and in backups, is
-/// unreadable from the commit on. The sealed columns are emptied too, and
-/// the stored responses of the subject's earlier calls are forgotten (they
-/// are sealed under the service's own key, not the subject's); `current`,
-/// the request id of the call doing the erasure, keeps its response.
+/// unreadable from the commit on. That includes the parts of stored
+/// responses (idempotent replays) that hold the subject's data: a replay
+/// leaves them out, or is refused when the response was about the subject
+/// alone (see `idempotency::open`), and never runs the request again. The
+/// sealed columns are emptied too. Responses an earlier version stored
+/// whole under the service's key are forgotten (deleted); `current`, the
+/// request id of the call doing the erasure, keeps its response.
 ///
 /// The subject is marked erased (when, and `erased_by`), for good: an
 /// erasure repeated later keeps the first time. A minor's erasure has no
@@ -713,11 +716,14 @@ pub async fn erase_subject(
     erased_by: &str,
 ) -> Result<()> {
     crate::keys::shred(conn, subject_id).await?;
+    // Responses stored since they are cut by subject went with the data
+    // key; those stored whole before (first byte not 2) are forgotten here.
     sqlx::query(
         "DELETE FROM idempotency_keys
          WHERE request_id IN (SELECT request_id FROM audit_events
                               WHERE subject_id = $1 AND request_id IS NOT NULL)
-           AND request_id <> $2",
+           AND request_id <> $2
+           AND substring(response FROM 1 FOR 1) <> '\\x02'::bytea",
     )
     .bind(subject_id)
     .bind(current)
