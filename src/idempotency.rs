@@ -510,4 +510,21 @@ mod tests {
         assert!(RequestId::parse("é").is_err());
         assert!(RequestId::parse(&"x".repeat(129)).is_err());
     }
+
+    #[test]
+    fn a_stored_response_splits_into_its_parts_or_not_at_all() {
+        let mut framed = vec![PARTS_FORMAT, 1, 0, 0, 0, 2];
+        framed.extend_from_slice(&[0, 0, 0, 0, 2, b'a', b'b']);
+        framed.extend_from_slice(&[1, 0, 3, b'a', b'n', b'n', 0, 0, 0, 1, b'c']);
+        let (partial, parts) = split(&framed).expect("well formed");
+        assert!(partial);
+        assert_eq!(
+            parts,
+            vec![(None, b"ab".as_slice()), (Some("ann"), b"c".as_slice())]
+        );
+        // Cut short, or with bytes after the last part: malformed.
+        assert!(split(&framed[..framed.len() - 1]).is_none());
+        assert!(split(&[framed.as_slice(), &[0]].concat()).is_none());
+        assert!(split(&[PARTS_FORMAT, 0, 0, 0, 0, 1, 7]).is_none());
+    }
 }
