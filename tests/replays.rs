@@ -360,3 +360,63 @@ async fn without_authentication_a_replay_from_a_new_connection_returns_the_store
     assert_eq!(again, first);
     server.finish().await;
 }
+
+#[tokio::test]
+async fn a_workers_failure_message_about_the_person_does_not_outlive_the_erasure() {
+    let server = TestServer::start().await;
+    let mut r = requests(server.channel());
+    let mut s = systems(server.channel());
+    s.register_data_system(registration("accounts-db"))
+        .await
+        .expect("register");
+    file(&mut r, correction("ann", ANN_OLD, ANN_NEW)).await;
+    let task = s
+        .claim_tasks(claim_request(&request_id(), "accounts-db"))
+        .await
+        .expect("claim")
+        .into_inner()
+        .tasks
+        .remove(0);
+    s.fail_task(proto::FailTaskRequest {
+        name: task.name.clone(),
+        request_id: request_id(),
+        lease_id: task.lease_id.clone(),
+        retryable: false,
+        error_message: format!("no row to update at {ANN_NEW}"),
+    })
+    .await
+    .expect("fail");
+
+    file(&mut r, new_request("ann", RequestType::Deletion)).await;
+    for t in s
+        .claim_tasks(claim_request(&request_id(), "accounts-db"))
+        .await
+        .expect("claim the deletion")
+        .into_inner()
+        .tasks
+    {
+        complete(&mut s, &t).await;
+    }
+
+    let after = s
+        .get_task(proto::GetTaskRequest {
+            name: task.name.clone(),
+        })
+        .await
+        .expect("the task is still there")
+        .into_inner();
+    assert!(
+        !format!("{after:?}").contains(ANN_NEW),
+        "the failure message outlived the erasure: {after:?}"
+    );
+    let pool = server.db.pool().await;
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM tasks WHERE last_error LIKE '%' || $1 || '%'")
+            .bind(ANN_NEW)
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+    assert_eq!(left, 0);
+    pool.close().await;
+    server.finish().await;
+}

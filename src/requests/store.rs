@@ -692,7 +692,8 @@ pub async fn refused_purposes(conn: &mut PgConnection, request_type: &str) -> Re
 /// hash, stored with every request) become suppression entries, and this service's records about the
 /// subject keep only what the law requires: the request metadata (CCPA
 /// 11 CCR 7101: 24 months) and the consent ledger (the proof of refusals),
-/// not correction values, agent contacts, exported data or identifiers.
+/// not correction values, agent contacts, exported data, workers' failure
+/// messages or identifiers.
 ///
 /// Crypto-shredding: the subject's data key is destroyed in this same
 /// transaction, so every value sealed under it, here and in backups, is
@@ -755,8 +756,10 @@ pub async fn erase_subject(
     .execute(&mut *conn)
     .await?;
     sqlx::query(
+        // A worker's failure message may name the person (it is kept off
+        // the audit trail for that reason): it goes too; the state stays.
         "UPDATE tasks SET export_json = NULL, corrections = '[]'::jsonb, export_sealed = NULL,
-                          corrections_sealed = NULL
+                          corrections_sealed = NULL, last_error = NULL
          WHERE subject_id = $1",
     )
     .bind(subject_id)
