@@ -15,6 +15,9 @@ pub struct Caller {
     /// The data systems whose tasks this caller may see and work on; `None`
     /// for every system.
     data_systems: Option<Arc<[String]>>,
+    /// Whether `name` was authenticated (a name from the callers file) or is
+    /// only the peer's address.
+    authenticated: bool,
 }
 
 impl Caller {
@@ -23,6 +26,7 @@ impl Caller {
         Caller {
             name: name.to_owned(),
             data_systems,
+            authenticated: true,
         }
     }
 
@@ -35,6 +39,7 @@ impl Caller {
         Caller {
             name,
             data_systems: None,
+            authenticated: false,
         }
     }
 
@@ -47,6 +52,16 @@ impl Caller {
 
     pub fn as_str(&self) -> &str {
         &self.name
+    }
+
+    /// Whose request ids these are: a stored response is served only to
+    /// the caller whose call left it. An authenticated caller's ids are its
+    /// own; without authentication every caller shares one space (a peer's
+    /// address changes with each connection, so a retry over a new one
+    /// would not find its key, and an unauthenticated server trusts every
+    /// caller alike anyway).
+    pub fn request_id_scope(&self) -> &str {
+        if self.authenticated { &self.name } else { "" }
     }
 
     pub fn data_systems(&self) -> Option<&Arc<[String]>> {

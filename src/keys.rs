@@ -419,6 +419,32 @@ impl Keyring {
         })
     }
 
+    /// The data keys the subjects already have (in one query), as sealers;
+    /// a subject without one (never given sealed data, or erased) gets
+    /// none, and none is made for it.
+    pub async fn existing_sealers(
+        &self,
+        conn: &mut PgConnection,
+        subjects: &[&str],
+    ) -> Result<HashMap<String, Sealer>> {
+        if subjects.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, subject_id, master_key_id, wrapped_key FROM subject_keys
+             WHERE subject_id = ANY ($1)",
+        )
+        .bind(subjects)
+        .fetch_all(conn)
+        .await?;
+        let mut sealers = HashMap::with_capacity(rows.len());
+        for (id, subject, master_id, wrapped) in rows {
+            let key = self.unwrap(&subject, &master_id, &wrapped)?;
+            sealers.insert(subject.clone(), Sealer { id, key, subject });
+        }
+        Ok(sealers)
+    }
+
     /// Fetches (in one query) and unwraps the data keys the sealed values
     /// need. Keys that no longer exist (the subject was erased) open nothing.
     pub async fn opener<'a, 'b, E>(

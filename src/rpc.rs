@@ -28,6 +28,8 @@ pub struct Context {
     pub actor: String,
     pub method: &'static str,
     pub request_id: String,
+    /// Whose request id it is (see `Caller::request_id_scope`).
+    pub request_id_scope: String,
     /// The data systems the caller is limited to (`None`: all).
     pub data_systems: Option<Arc<[String]>>,
 }
@@ -39,6 +41,7 @@ impl Context {
             actor: caller.as_str().to_owned(),
             method,
             request_id: request_id.as_str().to_owned(),
+            request_id_scope: caller.request_id_scope().to_owned(),
             data_systems: caller.data_systems().cloned(),
         }
     }
@@ -50,6 +53,8 @@ impl Context {
             actor: actor.into(),
             method,
             request_id,
+            // The service's own jobs store no response under a request id.
+            request_id_scope: String::new(),
             data_systems: None,
         }
     }
@@ -91,13 +96,14 @@ pub async fn mutate<Req, R, F>(
 ) -> Result<Response<R>, Status>
 where
     Req: prost::Message,
-    R: prost::Message + Default,
+    R: idempotency::Holds,
     F: for<'c> Fn(&'c mut PgConnection, Context) -> BoxFuture<'c, Result<(R, ConsistencyToken)>>,
 {
     note_request_id(request_id);
     let ctx = Context::for_call(&caller, method, request_id);
     let fingerprint = idempotency::fingerprint(method, request);
-    let outcome = idempotency::run(pool, keys, method, request_id, &fingerprint, |conn| {
+    let key = idempotency::Key::new(caller.request_id_scope(), request_id);
+    let outcome = idempotency::run(pool, keys, method, &key, &fingerprint, |conn| {
         work(conn, ctx.clone())
     })
     .await;

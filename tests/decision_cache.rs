@@ -472,6 +472,7 @@ fn pending(subject: &str, request_id: &str, purpose_revision: i64) -> store::Pen
         new: new_consent(subject, Decision::Granted),
         purpose_revision,
         actor: "test".into(),
+        scope: String::new(),
         request_id: request_id.into(),
         fingerprint: request_id.as_bytes().to_vec(),
     }
@@ -494,7 +495,8 @@ async fn a_grouped_write_gives_each_entry_its_own_outcome() {
         .await
         .expect("revision");
     sqlx::query(
-        "INSERT INTO idempotency_keys (request_id, method, request_hash) VALUES ('used', $1, '')",
+        "INSERT INTO idempotency_keys (caller, request_id, method, request_hash)
+         VALUES ('', 'used', $1, '')",
     )
     .bind(RECORD_CONSENT)
     .execute(&pool)
@@ -632,8 +634,9 @@ async fn a_retry_of_a_call_made_before_one_statement_writes_gets_its_sealed_resp
         Decision::Refused
     );
     sqlx::query(
-        "INSERT INTO idempotency_keys (request_id, method, request_hash, response, consistency_token)
-         VALUES ($1, 'privacy.v1.ConsentService/RecordConsent', $2, $3, $4)",
+        "INSERT INTO idempotency_keys (caller, request_id, method, request_hash, response,
+                                       consistency_token)
+         VALUES ('', $1, 'privacy.v1.ConsentService/RecordConsent', $2, $3, $4)",
     )
     .bind(request_id)
     .bind(fingerprint.as_bytes())

@@ -111,6 +111,7 @@ impl GroupCommit {
                 new: new.clone(),
                 purpose_revision,
                 actor: writer.actor.to_owned(),
+                scope: writer.scope.to_owned(),
                 request_id: writer.request_id.to_owned(),
                 fingerprint: fingerprint.to_vec(),
             },
@@ -218,6 +219,7 @@ async fn alone(
     let e = &call.entry;
     let writer = Writer {
         actor: &e.actor,
+        scope: &e.scope,
         method,
         request_id: &e.request_id,
         fingerprint: Some(&e.fingerprint),

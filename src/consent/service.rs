@@ -375,6 +375,7 @@ pub async fn record_consent(
 ) -> Result<Recorded> {
     let writer = store::Writer {
         actor: &ctx.actor,
+        scope: &ctx.request_id_scope,
         method: ctx.method,
         request_id: request_id.as_str(),
         fingerprint: Some(fingerprint),
@@ -408,7 +409,8 @@ pub async fn record_consent(
             }
             store::Appended::RequestIdUsed => {
                 let (keys, pool) = (writes.keys(), writes.pool());
-                return earlier_call(keys, pool, request_id, ctx.method, fingerprint).await;
+                let key = idempotency::Key::new(&ctx.request_id_scope, request_id);
+                return earlier_call(keys, pool, key, ctx.method, fingerprint).await;
             }
             store::Appended::PurposeRevised => continue,
             store::Appended::SubjectErased => return Err(subject_erased(&new.subject_id)),
@@ -441,6 +443,7 @@ pub async fn append_decision(
 ) -> Result<(ConsentRecord, ConsistencyToken)> {
     let writer = store::Writer {
         actor: &ctx.actor,
+        scope: &ctx.request_id_scope,
         method: ctx.method,
         request_id: &ctx.request_id,
         fingerprint: None,
@@ -472,17 +475,19 @@ pub async fn append_decision(
 async fn earlier_call(
     keys: &Keyring,
     pool: &PgPool,
-    request_id: &RequestId,
+    key: idempotency::Key<'_>,
     method: &str,
     fingerprint: &[u8],
 ) -> Result<Recorded> {
-    let stored = idempotency::stored(&mut *pool.acquire().await?, request_id, method, fingerprint)
+    // The connection goes back to the pool before the entry is read (on
+    // another one): many replays at once must not hold the pool empty.
+    let stored = idempotency::stored(&mut *pool.acquire().await?, key, method, fingerprint)
         .await?
         // Used, but the key is gone again (pruned, or its subject erased)
         // between the two statements: let the caller retry.
         .ok_or(Error::Conflict)?;
     tracing::info!(
-        request_id = request_id.as_str(),
+        request_id = key.request_id(),
         "replayed an earlier response"
     );
     match stored {
@@ -494,7 +499,7 @@ async fn earlier_call(
             Ok(Recorded::Entry(Box::new(record), token))
         }
         Stored::Response(sealed, token) => Ok(Recorded::Sealed(
-            keys.open_response(request_id.as_str(), &sealed)?,
+            idempotency::open(&mut *pool.acquire().await?, keys, key, &sealed).await?,
             token,
         )),
     }

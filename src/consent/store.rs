@@ -67,8 +67,9 @@ static RECORD_CONSENT: LazyLock<Arc<str>> = LazyLock::new(|| {
              FROM p
              RETURNING {RECORD_COLUMNS}),
          k AS (
-             INSERT INTO idempotency_keys (request_id, method, request_hash, consent_record_id)
-             SELECT r.request_id, $16, $17, r.id FROM r WHERE $17::bytea IS NOT NULL),
+             INSERT INTO idempotency_keys (caller, request_id, method, request_hash,
+                                           consent_record_id)
+             SELECT $19, r.request_id, $16, $17, r.id FROM r WHERE $17::bytea IS NOT NULL),
          {events}
          SELECT r.*, pg_current_xact_id()::text::bigint AS xid FROM r",
         events = entry_events("$16", "$18"),
@@ -87,10 +88,10 @@ static RECORD_CONSENTS: LazyLock<Arc<str>> = LazyLock::new(|| {
         "WITH q AS (
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
                                   $6::text[], $7::timestamptz[], $8::timestamptz[], $9::text[],
-                                  $10::text[], $11::int8[], $12::bytea[])
+                                  $10::text[], $11::int8[], $12::bytea[], $15::text[])
                  WITH ORDINALITY AS q(subject_id, purpose_key, decision, source, policy_version,
                                       jurisdiction, effective_time, expire_time, request_id,
-                                      actor, purpose_revision, request_hash, ord)),
+                                      actor, purpose_revision, request_hash, caller, ord)),
          n AS MATERIALIZED (
              SELECT q.ord, nextval(pg_get_serial_sequence('consent_records', 'id')) AS id
              FROM q JOIN purposes p ON p.key = q.purpose_key AND p.revision = q.purpose_revision
@@ -100,10 +101,11 @@ static RECORD_CONSENTS: LazyLock<Arc<str>> = LazyLock::new(|| {
                  WHERE s.subject_id = q.subject_id AND s.erase_time IS NOT NULL))
              ORDER BY q.ord),
          k AS (
-             INSERT INTO idempotency_keys (request_id, method, request_hash, consent_record_id)
-             SELECT q.request_id, $13, q.request_hash, n.id FROM n JOIN q USING (ord)
-             ORDER BY q.request_id
-             ON CONFLICT (request_id) DO NOTHING
+             INSERT INTO idempotency_keys (caller, request_id, method, request_hash,
+                                           consent_record_id)
+             SELECT q.caller, q.request_id, $13, q.request_hash, n.id FROM n JOIN q USING (ord)
+             ORDER BY q.caller, q.request_id
+             ON CONFLICT (caller, request_id) DO NOTHING
              RETURNING consent_record_id),
          r AS (
              INSERT INTO consent_records (id, subject_id, purpose_key, decision, source,
@@ -569,6 +571,8 @@ pub enum Appended {
 /// Who writes an entry, through which method, under which request.
 pub struct Writer<'a> {
     pub actor: &'a str,
+    /// Whose request id it is (see `Caller::request_id_scope`).
+    pub scope: &'a str,
     pub method: &'a str,
     pub request_id: &'a str,
     /// The request's fingerprint when the entry writes the request's
@@ -652,6 +656,7 @@ pub async fn append(
         .bind(writer.method)
         .bind(writer.fingerprint)
         .bind(crate::journal::ChangeKind::ConsentRecorded.as_str())
+        .bind(writer.scope)
         .fetch_optional(conn)
         .await;
     let row = match result {
@@ -694,6 +699,8 @@ pub struct Pending {
     pub new: NewConsent,
     pub purpose_revision: i64,
     pub actor: String,
+    /// Whose request id it is (see `Caller::request_id_scope`).
+    pub scope: String,
     pub request_id: String,
     pub fingerprint: Vec<u8>,
 }
@@ -745,6 +752,7 @@ pub async fn append_many(
         )
         .bind(method)
         .bind(crate::journal::ChangeKind::ConsentRecorded.as_str())
+        .bind(column(|e| Some(e.scope.as_str())))
         .fetch_all(conn)
         .await?;
     if rows.len() != entries.len() {

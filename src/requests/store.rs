@@ -692,14 +692,18 @@ pub async fn refused_purposes(conn: &mut PgConnection, request_type: &str) -> Re
 /// hash, stored with every request) become suppression entries, and this service's records about the
 /// subject keep only what the law requires: the request metadata (CCPA
 /// 11 CCR 7101: 24 months) and the consent ledger (the proof of refusals),
-/// not correction values, agent contacts, exported data or identifiers.
+/// not correction values, agent contacts, exported data, workers' failure
+/// messages or identifiers.
 ///
 /// Crypto-shredding: the subject's data key is destroyed in this same
 /// transaction, so every value sealed under it, here and in backups, is
-/// unreadable from the commit on. The sealed columns are emptied too, and
-/// the stored responses of the subject's earlier calls are forgotten (they
-/// are sealed under the service's own key, not the subject's); `current`,
-/// the request id of the call doing the erasure, keeps its response.
+/// unreadable from the commit on. That includes the parts of stored
+/// responses (idempotent replays) that hold the subject's data: a replay
+/// leaves them out, or is refused when the response was about the subject
+/// alone (see `idempotency::open`), and never runs the request again. The
+/// sealed columns are emptied too. Responses an earlier version stored
+/// whole under the service's key are forgotten (deleted); `current`, the
+/// request id of the call doing the erasure, keeps its response.
 ///
 /// The subject is marked erased (when, and `erased_by`), for good: an
 /// erasure repeated later keeps the first time. A minor's erasure has no
@@ -713,11 +717,14 @@ pub async fn erase_subject(
     erased_by: &str,
 ) -> Result<()> {
     crate::keys::shred(conn, subject_id).await?;
+    // Responses stored since they are cut by subject went with the data
+    // key; those stored whole before (first byte not 2) are forgotten here.
     sqlx::query(
         "DELETE FROM idempotency_keys
          WHERE request_id IN (SELECT request_id FROM audit_events
                               WHERE subject_id = $1 AND request_id IS NOT NULL)
-           AND request_id <> $2",
+           AND request_id <> $2
+           AND substring(response FROM 1 FOR 1) <> '\\x02'::bytea",
     )
     .bind(subject_id)
     .bind(current)
@@ -749,8 +756,10 @@ pub async fn erase_subject(
     .execute(&mut *conn)
     .await?;
     sqlx::query(
+        // A worker's failure message may name the person (it is kept off
+        // the audit trail for that reason): it goes too; the state stays.
         "UPDATE tasks SET export_json = NULL, corrections = '[]'::jsonb, export_sealed = NULL,
-                          corrections_sealed = NULL
+                          corrections_sealed = NULL, last_error = NULL
          WHERE subject_id = $1",
     )
     .bind(subject_id)

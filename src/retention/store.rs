@@ -567,8 +567,8 @@ pub async fn prune_idempotency_keys(
     batch: i64,
 ) -> Result<i64> {
     let done = sqlx::query(
-        "DELETE FROM idempotency_keys WHERE request_id IN (
-             SELECT request_id FROM idempotency_keys
+        "DELETE FROM idempotency_keys WHERE (caller, request_id) IN (
+             SELECT caller, request_id FROM idempotency_keys
              WHERE create_time < $1 - make_interval(secs => $2)
              ORDER BY create_time LIMIT $3 FOR UPDATE SKIP LOCKED)",
     )
