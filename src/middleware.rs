@@ -1,12 +1,12 @@
 //! The server-wide middleware around every call, in order: a tracing span
-//! (method, caller, request id), then load shedding at the concurrency limit
-//! (RESOURCE_EXHAUSTED with ErrorInfo OVERLOADED), then authentication and
-//! the caller's permission for the method (UNAUTHENTICATED /
-//! PERMISSION_DENIED, audited), then, while the health monitor finds the
-//! database away, UNAVAILABLE at once (also for calls already waiting on
-//! it) rather than a wait for the pool's acquire timeout. Health and
-//! reflection are never shed and need no credentials, so probes keep
-//! answering under load.
+//! (method, caller, request id), then authentication and the caller's
+//! permission for the method (UNAUTHENTICATED / PERMISSION_DENIED, audited),
+//! then load shedding at the concurrency limit (RESOURCE_EXHAUSTED with
+//! ErrorInfo OVERLOADED; refused calls never take a permit), then, while
+//! the health monitor finds the database away, UNAVAILABLE at once (also
+//! for calls already waiting on it) rather than a wait for the pool's
+//! acquire timeout. Health and reflection are never shed and need no
+//! credentials, so probes keep answering under load.
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -138,19 +138,6 @@ where
         }
 
         let open = auth::is_open(&method);
-        let permit = if open {
-            None
-        } else {
-            match self.limiter.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    let _enter = span.enter();
-                    tracing::warn!("concurrency limit reached; call shed");
-                    let response = crate::error::overloaded_status().into_http::<Body>();
-                    return Box::pin(async move { Ok(response) });
-                }
-            }
-        };
 
         match &self.auth {
             Some(authenticator) if !open => {
@@ -178,7 +165,6 @@ where
                                     request_id.as_deref(),
                                 )
                                 .await;
-                                drop(permit);
                                 Ok(status.into_http::<Body>())
                             }
                             .instrument(span),
@@ -190,6 +176,23 @@ where
                 span.record("caller", format!("peer:{peer}").as_str());
             }
         }
+
+        // Only after authentication: a refused call must not hold one of
+        // the callers' permits (a flood of strangers would shed callers).
+        // Authentication is a hash and a map lookup, cheaper than the call.
+        let permit = if open {
+            None
+        } else {
+            match self.limiter.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let _enter = span.enter();
+                    tracing::warn!("concurrency limit reached; call shed");
+                    let response = crate::error::overloaded_status().into_http::<Body>();
+                    return Box::pin(async move { Ok(response) });
+                }
+            }
+        };
 
         if !open && !*self.ready.borrow() {
             drop(permit);
