@@ -204,8 +204,9 @@ fn new_token() -> Result<(), BoxError> {
     getrandom::fill(&mut bytes).map_err(|e| format!("no random source: {e}"))?;
     let token = hex::encode(bytes);
     let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
-    println!("token: {token}");
-    println!("token_sha256 = [\"{hash}\"]");
+    // Not println!: it panics when stdout is closed (`new-token | head -1`).
+    crate::telemetry::write_stdout(&format!("token: {token}"));
+    crate::telemetry::write_stdout(&format!("token_sha256 = [\"{hash}\"]"));
     Ok(())
 }
 
@@ -250,10 +251,10 @@ async fn rotate_key(
         active = settings.keys.active_id()?,
         "rotation done"
     );
-    println!(
+    crate::telemetry::write_stdout(&format!(
         "re-wrapped {n} data keys under master key {}",
         settings.keys.active_id()?
-    );
+    ));
     pool.close().await;
     Ok(())
 }

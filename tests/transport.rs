@@ -1,16 +1,19 @@
-//! The transport under hostile traffic, over real sockets and a real
-//! PostgreSQL: credential-less floods do not take callers' capacity.
+//! The transport under hostile traffic and broken surroundings, over real
+//! sockets and a real PostgreSQL: credential-less floods do not take
+//! callers' capacity; a closed log pipe changes no call's outcome.
 mod common;
 
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{TestServer, test_settings};
+use common::{TestDb, TestServer, test_settings, wait_until};
 use privacy_records::proto::CheckConsentRequest;
 use privacy_records::proto::consent_service_client::ConsentServiceClient;
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 const CONSOLE_TOKEN: &str = "console-token-0123456789";
@@ -98,4 +101,117 @@ async fn a_flood_of_calls_without_credentials_never_sheds_an_authenticated_calle
     // Strangers are refused before they could take a permit.
     assert!(other.is_empty(), "strangers got {other:?}");
     server.finish().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A pipe whose reading end is already closed: every write to the other end
+/// fails with EPIPE, like `serve 2>&1 | head -2` once `head` is done.
+fn closed_pipe() -> Stdio {
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    drop(read);
+    Stdio::from(write)
+}
+
+async fn serving(channel: &Channel) -> bool {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .is_ok_and(|r| r.into_inner().status == 1)
+}
+
+#[tokio::test]
+async fn a_server_whose_log_pipe_is_closed_answers_with_real_statuses_and_audits_refusals() {
+    let dir = common::scratch_dir();
+    let callers = write(dir.path(), "callers.toml", &callers_toml());
+    let db = TestDb::new().await;
+    let port = free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_privacy-records"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &db.url)
+        .envs(common::test_key_env())
+        .env("PRIVACY_RECORDS_CALLERS_FILE", &callers)
+        .env("PRIVACY_RECORDS_HEALTH_INTERVAL_MS", "100")
+        // Every call is logged: successes at debug, failures at info.
+        .env("PRIVACY_RECORDS_LOG_FILTER", "debug")
+        .stdin(Stdio::null())
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn the server binary");
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("uri")
+        .connect_lazy();
+    wait_until("the binary to serve", || serving(&channel)).await;
+
+    let mut client = ConsentServiceClient::new(channel.clone());
+    for _ in 0..10 {
+        let refused = client
+            .check_consent(check())
+            .await
+            .expect_err("no credentials");
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    }
+    client
+        .check_consent(with_token(check(), CONSOLE_TOKEN))
+        .await
+        .expect("the console checks");
+    let mut bad = check();
+    bad.purpose = String::new();
+    let invalid = client
+        .check_consent(with_token(bad, CONSOLE_TOKEN))
+        .await
+        .expect_err("no purpose");
+    assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
+
+    let pool = db.pool().await;
+    let audited: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit_events WHERE target = 'auth'")
+            .fetch_one(&pool)
+            .await
+            .expect("audit");
+    assert_eq!(audited, 10, "every refusal is audited");
+    assert!(child.try_wait().expect("child").is_none(), "still running");
+
+    // SIGTERM: a clean exit, not a panic on the closed pipe.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id().expect("pid") as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = tokio::time::timeout(common::PATIENCE, child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    pool.close().await;
+    db.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_failed_start_with_a_closed_log_pipe_exits_with_failure_not_a_panic() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let db = TestDb::new().await;
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_privacy-records"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("DATABASE_URL", &db.url)
+        .envs(common::test_key_env())
+        .stdin(Stdio::null())
+        .stdout(closed_pipe())
+        .stderr(closed_pipe())
+        .status()
+        .await
+        .expect("run the binary");
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    db.drop_db().await;
 }
