@@ -63,6 +63,14 @@ pub enum ServeError {
     Callers(#[from] crate::auth::CallersError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::auth::tls::TlsFileError),
+    /// The certificate and key cannot serve TLS together (checked before
+    /// serving, so the server never says it serves and then stops).
+    #[error("TLS: cannot serve {} with {}: {reason}", cert.display(), key.display())]
+    TlsPair {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        reason: String,
+    },
     #[error("read_database_url: {0}")]
     ReadDatabase(sqlx::Error),
     /// Safe by default: no unauthenticated or clear-text service beyond
@@ -120,6 +128,9 @@ impl Application {
             }
         };
         let tls = crate::auth::tls::server_config(&settings.security)?;
+        if let Some(config) = &tls {
+            check_tls_pair(config, &settings.security)?;
+        }
         let health_listener = match settings.security.health_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -385,6 +396,36 @@ impl Application {
         tracing::info!("server stopped");
         outcome
     }
+}
+
+/// Builds the TLS acceptor once before serving: tonic builds it only when
+/// the server starts, and then reports a wrong key as "transport error".
+fn check_tls_pair(
+    config: &ServerTlsConfig,
+    security: &crate::config::SecuritySettings,
+) -> Result<(), ServeError> {
+    let Err(e) = Server::builder().tls_config(config.clone()) else {
+        return Ok(());
+    };
+    // The cause chain, as text and as the rustls error's own name.
+    let mut text = Vec::new();
+    let mut mismatch = false;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(error) = cause {
+        mismatch |= format!("{error:?}").contains("KeyMismatch");
+        text.push(error.to_string());
+        cause = error.source();
+    }
+    let reason = if mismatch {
+        "the private key does not match the certificate's public key".to_owned()
+    } else {
+        text.join(": ")
+    };
+    Err(ServeError::TlsPair {
+        cert: security.tls_cert_file.clone().unwrap_or_default(),
+        key: security.tls_key_file.clone().unwrap_or_default(),
+        reason,
+    })
 }
 
 /// Applies migrations, retrying while the database is away, until they

@@ -1,6 +1,7 @@
 //! The transport under hostile traffic and broken surroundings, over real
-//! sockets and a real PostgreSQL: credential-less floods do not take
-//! callers' capacity; a closed log pipe changes no call's outcome.
+//! sockets, real certificates and a real PostgreSQL: credential-less floods
+//! do not take callers' capacity; a closed log pipe changes no call's
+//! outcome; a certificate with the wrong key stops the start.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::{TestDb, TestServer, test_settings, wait_until};
 use privacy_records::proto::CheckConsentRequest;
 use privacy_records::proto::consent_service_client::ConsentServiceClient;
+use privacy_records::server::{Application, ServeError};
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -214,4 +216,68 @@ async fn a_failed_start_with_a_closed_log_pipe_exits_with_failure_not_a_panic() 
         .expect("run the binary");
     assert_eq!(status.code(), Some(1), "{status:?}");
     db.drop_db().await;
+}
+
+fn new_ca() -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "transport test CA");
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("self-sign");
+    (cert.pem(), rcgen::Issuer::new(params, key))
+}
+
+/// A certificate signed by `issuer` and its private key, as PEM.
+fn issue(
+    names: Vec<String>,
+    common_name: &str,
+    usage: rcgen::ExtendedKeyUsagePurpose,
+    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
+) -> (String, String) {
+    let mut params = rcgen::CertificateParams::new(names).expect("params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    params.extended_key_usages = vec![usage];
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, issuer).expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+fn server_pair(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>) -> (String, String) {
+    issue(
+        vec!["localhost".into()],
+        "privacy-records",
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        issuer,
+    )
+}
+
+#[tokio::test]
+async fn a_server_certificate_with_another_private_key_stops_the_start_naming_the_mismatch() {
+    let dir = common::scratch_dir();
+    let (_, ca) = new_ca();
+    let (cert, _) = server_pair(&ca);
+    let (_, other_key) = server_pair(&ca);
+    let mut settings = test_settings();
+    settings.security.tls_cert_file = Some(write(dir.path(), "server.pem", &cert));
+    settings.security.tls_key_file = Some(write(dir.path(), "server.key", &other_key));
+    let db = TestDb::empty().await;
+    let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
+    let outcome = Application::build(settings, pool).await;
+    db.drop_db().await;
+    let err = outcome.err().expect("refused before serving");
+    assert!(!matches!(err, ServeError::Transport(_)), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("does not match"), "{message}");
+    assert!(
+        message.contains("server.key") && message.contains("server.pem"),
+        "{message}"
+    );
 }
