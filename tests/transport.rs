@@ -1,7 +1,8 @@
 //! The transport under hostile traffic and broken surroundings, over real
 //! sockets, real certificates and a real PostgreSQL: credential-less floods
 //! do not take callers' capacity; a closed log pipe changes no call's
-//! outcome; a certificate with the wrong key stops the start.
+//! outcome; a certificate with the wrong key stops the start; certificate
+//! names are explicit.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use privacy_records::proto::consent_service_client::ConsentServiceClient;
 use privacy_records::server::{Application, ServeError};
 use sha2::{Digest, Sha256};
 use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request};
 
 const CONSOLE_TOKEN: &str = "console-token-0123456789";
@@ -280,4 +281,99 @@ async fn a_server_certificate_with_another_private_key_stops_the_start_naming_th
         message.contains("server.key") && message.contains("server.pem"),
         "{message}"
     );
+}
+
+#[tokio::test]
+async fn a_caller_without_certificate_names_accepts_no_certificate() {
+    let dir = common::scratch_dir();
+    let (ca_pem, ca) = new_ca();
+    let (cert, key) = server_pair(&ca);
+    // The console names its certificate; the mailer has only a token.
+    let callers = format!(
+        "{}\n[[caller]]\nname = \"privacy-console\"\ncertificate_names = [\"console.internal\"]\nallow = [\"*\"]\n",
+        "[[caller]]\nname = \"mailer\"\ntoken_sha256 = [\"00000000000000000000000000000000000000000000000000000000000000aa\"]\nallow = [\"*\"]"
+    );
+    let mut settings = test_settings();
+    settings.security.callers_file = Some(write(dir.path(), "callers.toml", &callers));
+    settings.security.tls_cert_file = Some(write(dir.path(), "server.pem", &cert));
+    settings.security.tls_key_file = Some(write(dir.path(), "server.key", &key));
+    settings.security.tls_client_ca_file = Some(write(dir.path(), "ca.pem", &ca_pem));
+    let server = TlsServer::start(settings).await;
+    let tls = |common_name: &str| {
+        let (cert, key) = issue(
+            Vec::new(),
+            common_name,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            &ca,
+        );
+        let config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&ca_pem))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(cert, key));
+        Channel::from_shared(format!("https://{}", server.addr))
+            .expect("uri")
+            .tls_config(config)
+            .expect("tls")
+            .connect_lazy()
+    };
+    let mut console = ConsentServiceClient::new(tls("console.internal"));
+    console
+        .check_consent(check())
+        .await
+        .expect("the console's certificate");
+    // A CA-signed certificate whose CN is the token-only caller's name.
+    let mut posing = ConsentServiceClient::new(tls("mailer"));
+    let refused = posing
+        .check_consent(check())
+        .await
+        .expect_err("a certificate the mailer never had");
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    server.finish().await;
+}
+
+/// A server with TLS on its main listener, and a plaintext health listener
+/// to see it serving.
+struct TlsServer {
+    addr: std::net::SocketAddr,
+    db: TestDb,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsServer {
+    async fn start(mut settings: privacy_records::config::Settings) -> TlsServer {
+        settings.security.health_listen = Some("127.0.0.1:0".parse().expect("addr"));
+        let db = TestDb::new().await;
+        let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
+        let app = Application::build(settings, pool).await.expect("build");
+        let addr = app.local_addr();
+        let health = app.health_addr().expect("health listener");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            app.run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("run");
+        });
+        let probe = Channel::from_shared(format!("http://{health}"))
+            .expect("uri")
+            .connect_lazy();
+        wait_until("health over the probe port", || serving(&probe)).await;
+        TlsServer {
+            addr,
+            db,
+            stop,
+            task,
+        }
+    }
+
+    async fn finish(self) {
+        let _ = self.stop.send(());
+        tokio::time::timeout(common::PATIENCE, self.task)
+            .await
+            .expect("stops")
+            .expect("task");
+        self.db.drop_db().await;
+    }
 }
