@@ -87,6 +87,25 @@ pub struct ServeArgs {
     /// Subjects the consent decision cache keeps at most (0: no cache).
     #[arg(long)]
     pub cache_max_subjects: Option<usize>,
+    /// Connections open at once on the gRPC listener (beyond: closed at once).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one peer address.
+    #[arg(long)]
+    pub max_connections_per_peer: Option<usize>,
+    /// Milliseconds a new connection may take to send its first bytes and
+    /// finish its TLS handshake.
+    #[arg(long)]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Milliseconds a connection may stay open with no call in progress.
+    #[arg(long)]
+    pub idle_connection_timeout_ms: Option<u64>,
+    /// Milliseconds between HTTP/2 pings to each connection's peer.
+    #[arg(long)]
+    pub http2_keepalive_interval_ms: Option<u64>,
+    /// Milliseconds a ping may wait for its answer before the connection closes.
+    #[arg(long)]
+    pub http2_keepalive_timeout_ms: Option<u64>,
     /// Serve beyond loopback without authentication or TLS (not for
     /// production; logged as INSECURE).
     #[arg(long)]
@@ -119,6 +138,12 @@ impl Cli {
             layer.shutdown_grace_ms = s.shutdown_grace_ms;
             layer.max_concurrent_calls = s.max_concurrent_calls;
             layer.cache_max_subjects = s.cache_max_subjects;
+            layer.max_connections = s.max_connections;
+            layer.max_connections_per_peer = s.max_connections_per_peer;
+            layer.handshake_timeout_ms = s.handshake_timeout_ms;
+            layer.idle_connection_timeout_ms = s.idle_connection_timeout_ms;
+            layer.http2_keepalive_interval_ms = s.http2_keepalive_interval_ms;
+            layer.http2_keepalive_timeout_ms = s.http2_keepalive_timeout_ms;
             layer.allow_insecure = s.allow_insecure.then_some(true);
         }
         layer

@@ -6,7 +6,8 @@
 //! the health monitor finds the database away, UNAVAILABLE at once (also
 //! for calls already waiting on it) rather than a wait for the pool's
 //! acquire timeout. Health and reflection are never shed and need no
-//! credentials, so probes keep answering under load.
+//! credentials, so probes keep answering under load. Each call marks its
+//! connection busy until its response ends (see `connections`).
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -21,6 +22,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::auth::{self, Authenticator};
+use crate::connections::{CallGuard, ConnectionInfo, GuardedBody};
 
 #[derive(Clone)]
 pub struct RpcLayer {
@@ -81,21 +83,34 @@ async fn database_away(mut ready: watch::Receiver<bool>) {
     }
 }
 
-/// The peer address and, under TLS, the client certificate's names.
-fn connection_of(request: &Request<Body>) -> (String, Vec<String>) {
+/// The peer address, under TLS the client certificate's names, and the
+/// connection's mark of a call in progress (which keeps it from being
+/// closed as idle).
+fn connection_of(request: &Request<Body>) -> (String, Vec<String>, Option<CallGuard>) {
     let extensions = request.extensions();
-    if let Some(tls) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>() {
-        let peer = tls.get_ref().remote_addr();
+    if let Some(tls) = extensions.get::<TlsConnectInfo<ConnectionInfo>>() {
+        let info = tls.get_ref();
         let names = tls
             .peer_certs()
             .and_then(|certs| certs.first().map(|c| auth::tls::certificate_names(c)))
             .unwrap_or_default();
-        return (describe(peer), names);
+        return (
+            describe(info.tcp.remote_addr()),
+            names,
+            Some(info.activity.begin()),
+        );
+    }
+    if let Some(info) = extensions.get::<ConnectionInfo>() {
+        return (
+            describe(info.tcp.remote_addr()),
+            Vec::new(),
+            Some(info.activity.begin()),
+        );
     }
     let peer = extensions
         .get::<TcpConnectInfo>()
         .and_then(|info| info.remote_addr());
-    (describe(peer), Vec::new())
+    (describe(peer), Vec::new(), None)
 }
 
 fn describe(peer: Option<std::net::SocketAddr>) -> String {
@@ -119,7 +134,7 @@ where
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let method = request.uri().path().to_owned();
-        let (peer, certificate_names) = connection_of(&request);
+        let (peer, certificate_names, in_progress) = connection_of(&request);
         let header_id = request
             .headers()
             .get("x-request-id")
@@ -219,6 +234,12 @@ where
                     }
                 };
                 drop(permit);
+                let result = match (result, in_progress) {
+                    (Ok(response), Some(guard)) => {
+                        Ok(response.map(|body| GuardedBody::wrap(body, guard)))
+                    }
+                    (result, _) => result,
+                };
                 if let Ok(response) = &result {
                     // Errors end in a trailers-only response with the status
                     // in the headers; successes carry it in the trailers.

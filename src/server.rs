@@ -17,6 +17,7 @@ use tonic_health::ServingStatus;
 use crate::audit::grpc::AuditApi;
 use crate::auth::{Authenticator, Callers};
 use crate::config::Settings;
+use crate::connections::{Admission, ConnectionLimits};
 use crate::consent::cache::{CacheSettings, DecisionCache};
 use crate::consent::group_commit::Batching;
 use crate::consent::grpc::{ConsentApi, WatchSettings};
@@ -305,10 +306,21 @@ impl Application {
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
 
-        // Small answers of a burst share a write (see `transport`).
+        // Connections beyond the caps are closed at once; admitted ones close
+        // themselves when late or idle (see `connections`). Small answers of
+        // a burst share a write (see `transport`).
+        let admission = Admission::new(ConnectionLimits {
+            max_connections: settings.max_connections,
+            max_connections_per_peer: settings.max_connections_per_peer,
+            handshake_timeout: settings.handshake_timeout,
+            idle_timeout: settings.idle_connection_timeout,
+        });
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
-            .map(|conn| conn.map(Unvectored));
+            .filter_map(move |conn| match conn {
+                Ok(stream) => admission.admit(stream).map(|c| Ok(Unvectored(c))),
+                Err(e) => Some(Err(e)),
+            });
         let (begin_tx, mut begin_rx) = watch::channel(false);
         let reporter_for_stop = reporter.clone();
         let delay = settings.shutdown_delay;
@@ -352,7 +364,7 @@ impl Application {
         tracing::info!(%local_addr, tls = tls.is_some(), "serving gRPC");
         let mut builder = Server::builder();
         if let Some(tls) = tls {
-            builder = builder.tls_config(tls)?;
+            builder = builder.tls_config(tls.timeout(settings.handshake_timeout))?;
         }
         let server = builder
             .layer(RpcLayer::new(
@@ -361,7 +373,8 @@ impl Application {
                 pool.clone(),
                 ready_rx,
             ))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

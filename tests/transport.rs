@@ -2,19 +2,24 @@
 //! sockets, real certificates and a real PostgreSQL: credential-less floods
 //! do not take callers' capacity; a closed log pipe changes no call's
 //! outcome; a certificate with the wrong key stops the start; certificate
-//! names are explicit.
+//! names are explicit; half-open connections are closed after the
+//! handshake timeout, and over the connection caps a new connection is
+//! refused while established callers still get answers.
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use common::{TestDb, TestServer, test_settings, wait_until};
 use privacy_records::proto::CheckConsentRequest;
 use privacy_records::proto::consent_service_client::ConsentServiceClient;
 use privacy_records::server::{Application, ServeError};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic::{Code, Request};
@@ -376,4 +381,215 @@ impl TlsServer {
             .expect("task");
         self.db.drop_db().await;
     }
+}
+
+/// A raw TCP connection from `from` (a loopback address) that sends nothing.
+async fn raw_connection(from: &str, to: std::net::SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(format!("{from}:0").parse().expect("addr"))
+        .expect("bind");
+    socket.connect(to).await.expect("connect")
+}
+
+/// Whether the server closes `stream` within `patience` (whatever it sent
+/// before, e.g. its HTTP/2 settings, is read and ignored).
+async fn closed_within(stream: &mut TcpStream, patience: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let read_to_end = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(patience, read_to_end).await.is_ok()
+}
+
+async fn console_answers(channel: Channel) {
+    let mut console = ConsentServiceClient::new(channel);
+    console
+        .check_consent(with_token(check(), CONSOLE_TOKEN))
+        .await
+        .expect("the console gets an answer");
+}
+
+fn tls_settings(
+    dir: &Path,
+    ca: &rcgen::Issuer<'_, rcgen::KeyPair>,
+) -> privacy_records::config::Settings {
+    let (cert, key) = server_pair(ca);
+    let mut settings = test_settings();
+    settings.security.callers_file = Some(write(dir, "callers.toml", &callers_toml()));
+    settings.security.tls_cert_file = Some(write(dir, "server.pem", &cert));
+    settings.security.tls_key_file = Some(write(dir, "server.key", &key));
+    settings
+}
+
+fn tls_channel(addr: std::net::SocketAddr, ca_pem: &str) -> Channel {
+    Channel::from_shared(format!("https://{addr}"))
+        .expect("uri")
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(ca_pem))
+                .domain_name("localhost"),
+        )
+        .expect("tls")
+        .connect_lazy()
+}
+
+#[tokio::test]
+async fn half_open_tls_connections_are_closed_after_the_handshake_timeout() {
+    let dir = common::scratch_dir();
+    let (ca_pem, ca) = new_ca();
+    let mut settings = tls_settings(dir.path(), &ca);
+    settings.handshake_timeout = Duration::from_millis(300);
+    settings.max_connections = 20;
+    let server = TlsServer::start(settings).await;
+
+    // The cap filled with connections that never finish their handshake:
+    // some send nothing, some the first bytes of a ClientHello.
+    let mut half_open = Vec::new();
+    for i in 0..20 {
+        let mut stream = raw_connection("127.0.0.1", server.addr).await;
+        if i % 2 == 1 {
+            stream
+                .write_all(&[0x16, 0x03, 0x01, 0x02])
+                .await
+                .expect("write");
+        }
+        half_open.push(stream);
+    }
+    for stream in &mut half_open {
+        assert!(
+            closed_within(stream, Duration::from_secs(10)).await,
+            "a half-open connection was kept"
+        );
+    }
+    console_answers(tls_channel(server.addr, &ca_pem)).await;
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn plaintext_connections_that_send_nothing_are_closed_after_the_handshake_timeout() {
+    let dir = common::scratch_dir();
+    let mut settings = test_settings();
+    settings.security.callers_file = Some(write(dir.path(), "callers.toml", &callers_toml()));
+    settings.handshake_timeout = Duration::from_millis(300);
+    let server = TestServer::start_with(settings).await;
+    let mut silent = raw_connection("127.0.0.1", server.addr).await;
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(10)).await,
+        "a connection that sent nothing was kept"
+    );
+    console_answers(server.channel()).await;
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn a_connection_with_no_call_in_progress_is_closed_after_the_idle_timeout() {
+    let dir = common::scratch_dir();
+    let mut settings = test_settings();
+    settings.security.callers_file = Some(write(dir.path(), "callers.toml", &callers_toml()));
+    settings.idle_connection_timeout = Duration::from_millis(500);
+    let server = TestServer::start_with(settings).await;
+    // A client that says hello (the HTTP/2 preface) and then nothing more.
+    let mut idle = raw_connection("127.0.0.1", server.addr).await;
+    idle.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .expect("preface");
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(10)).await,
+        "an idle connection was kept"
+    );
+    // A call that takes longer than the idle timeout is not cut: a watch
+    // stream stays open across several idle periods.
+    let mut console = ConsentServiceClient::new(server.channel());
+    let mut watch = console
+        .watch_consent_changes(with_token(
+            privacy_records::proto::WatchConsentChangesRequest::default(),
+            CONSOLE_TOKEN,
+        ))
+        .await
+        .expect("watch")
+        .into_inner();
+    // On the watch's own connection, busy while the watch lasts.
+    let mut writer = console.clone();
+    let start = tokio::time::Instant::now();
+    let mut seen = 0;
+    while seen < 3 || start.elapsed() < Duration::from_millis(1500) {
+        writer
+            .record_consent(with_token(common::storage_grant("ann"), CONSOLE_TOKEN))
+            .await
+            .expect("write");
+        let got = tokio::time::timeout(common::PATIENCE, watch.message())
+            .await
+            .expect("the watch answers")
+            .expect("the watch stream is still open");
+        assert!(got.is_some(), "the watch stream ended");
+        seen += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn over_the_total_cap_a_new_connection_is_refused_while_an_established_caller_gets_answers() {
+    let dir = common::scratch_dir();
+    let mut settings = test_settings();
+    settings.security.callers_file = Some(write(dir.path(), "callers.toml", &callers_toml()));
+    settings.max_connections = 3;
+    let server = TestServer::start_with(settings).await;
+    // The test harness's own channel (health) holds one connection.
+    let console = server.channel();
+    console_answers(console.clone()).await;
+    let mut held = Vec::new();
+    while held.len() < 8 {
+        let mut stream = raw_connection("127.0.0.1", server.addr).await;
+        if closed_within(&mut stream, Duration::from_millis(500)).await {
+            break;
+        }
+        held.push(stream);
+    }
+    assert!(held.len() < 3, "the cap of 3 let {} more in", held.len());
+    let mut refused = raw_connection("127.0.0.1", server.addr).await;
+    assert!(
+        closed_within(&mut refused, Duration::from_secs(5)).await,
+        "a connection over the cap was kept"
+    );
+    console_answers(console).await;
+    // A connection closed gives its place back.
+    held.clear();
+    wait_until("a place under the cap", || async {
+        let mut stream = raw_connection("127.0.0.1", server.addr).await;
+        !closed_within(&mut stream, Duration::from_millis(300)).await
+    })
+    .await;
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn over_the_per_peer_cap_a_peer_is_refused_while_other_peers_get_answers() {
+    let dir = common::scratch_dir();
+    let mut settings = test_settings();
+    settings.security.callers_file = Some(write(dir.path(), "callers.toml", &callers_toml()));
+    settings.max_connections_per_peer = 4;
+    let server = TestServer::start_with(settings).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(raw_connection("127.0.0.1", server.addr).await);
+    }
+    let mut refused = raw_connection("127.0.0.1", server.addr).await;
+    assert!(
+        closed_within(&mut refused, Duration::from_secs(5)).await,
+        "a fifth connection from one peer was kept"
+    );
+    let other_peer = Channel::from_shared(format!("http://{}", server.addr))
+        .expect("uri")
+        .local_address(Some("127.0.0.2".parse().expect("ip")))
+        .connect_lazy();
+    console_answers(other_peer).await;
+    drop(held);
+    server.finish().await;
 }
