@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use sqlx::{Connection, PgConnection};
 
 use crate::config::{Layer, LogFormat, Secret, Settings};
-use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use crate::embedded_pg::{EmbeddedOptions, EmbeddedPgError, EmbeddedPostgres, Supervision};
 
 /// privacy-records: consent, privacy requests, retention and audit, over gRPC.
 #[derive(Debug, Parser)]
@@ -191,7 +191,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             ensure_database(&pg.database_url("postgres"), EMBEDDED_DATABASE).await?;
         }
         match cli.command {
-            Command::Serve(_) => serve(settings, &url).await,
+            Command::Serve(_) => serve(settings, &url, embedded.as_ref()).await,
             Command::Migrate(_) => migrate(&settings, &url).await,
             Command::NewToken => unreachable!("handled before the database starts"),
             Command::RotateKey(args) => rotate_key(settings, &url, &args).await,
@@ -206,11 +206,49 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
     outcome
 }
 
-async fn serve(mut settings: Settings, url: &str) -> Result<(), BoxError> {
+/// Serves until SIGTERM or SIGINT. An embedded PostgreSQL that dies under
+/// the server is started again (the listener, health and callers stay;
+/// health says NOT_SERVING meanwhile); when it cannot be, the server stops
+/// and the process exits non-zero so that its supervisor steps in.
+async fn serve(
+    mut settings: Settings,
+    url: &str,
+    embedded: Option<&EmbeddedPostgres>,
+) -> Result<(), BoxError> {
     let pool = crate::db::pool(url, &settings)?;
     settings.keys = crate::keys::resolve(&settings, &pool).await?;
     let app = crate::server::Application::build(settings, pool).await?;
-    app.run_until(shutdown_signal()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (gave_up_tx, gave_up_rx) = tokio::sync::oneshot::channel::<EmbeddedPgError>();
+    let supervisor = embedded.cloned().map(|pg| {
+        tokio::spawn(async move {
+            if let Err(e) = pg.supervise(stop_rx, Supervision::default()).await {
+                let _ = gave_up_tx.send(e);
+            }
+        })
+    });
+    let gave_up = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = gave_up.clone();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            Ok(e) = gave_up_rx => {
+                if let Ok(mut slot) = slot.lock() {
+                    *slot = Some(e);
+                }
+            }
+        }
+    };
+    let outcome = app.run_until(stop).await;
+    // Before `run` stops the database: a stop must not look like a death.
+    let _ = stop_tx.send(true);
+    if let Some(supervisor) = supervisor {
+        let _ = supervisor.await;
+    }
+    outcome?;
+    if let Some(e) = gave_up.lock().ok().and_then(|mut slot| slot.take()) {
+        return Err(format!("the embedded PostgreSQL could not be started again: {e}").into());
+    }
     Ok(())
 }
 
