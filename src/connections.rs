@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -37,10 +37,18 @@ pub struct Admission {
     inner: Arc<Counts>,
 }
 
+/// How often refusals at the caps are reported at most.
+const REFUSAL_REPORT_INTERVAL: Duration = Duration::from_secs(10);
+
 #[derive(Debug)]
 struct Counts {
     limits: ConnectionLimits,
     open: Mutex<Open>,
+    /// Refusals since the last report, and when (seconds since `started`,
+    /// 0 for never) that report was written.
+    refused: AtomicU64,
+    last_report: AtomicU64,
+    started: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +63,9 @@ impl Admission {
             inner: Arc::new(Counts {
                 limits,
                 open: Mutex::new(Open::default()),
+                refused: AtomicU64::new(0),
+                last_report: AtomicU64::new(0),
+                started: Instant::now(),
             }),
         }
     }
@@ -68,12 +79,15 @@ impl Admission {
             // Held only for a counter update; a poisoned lock still counts.
             let mut open = self.inner.open.lock().unwrap_or_else(|e| e.into_inner());
             let from_peer = open.per_peer.get(&peer).copied().unwrap_or(0);
-            if open.total >= limits.max_connections {
-                tracing::debug!(%peer, open = open.total, "connection refused: max_connections reached");
-                return None;
-            }
-            if from_peer >= limits.max_connections_per_peer {
-                tracing::debug!(%peer, open = from_peer, "connection refused: max_connections_per_peer reached");
+            let refusal = if open.total >= limits.max_connections {
+                Some("max_connections")
+            } else if from_peer >= limits.max_connections_per_peer {
+                Some("max_connections_per_peer")
+            } else {
+                None
+            };
+            if let Some(cap) = refusal {
+                self.report_refusal(cap, peer, open.total);
                 return None;
             }
             open.total += 1;
@@ -96,9 +110,24 @@ impl Admission {
         })
     }
 
-    /// Connections open now (for tests and logs).
-    pub fn open(&self) -> usize {
-        self.inner.open.lock().map(|o| o.total).unwrap_or(0)
+    /// Says that connections are being refused, at most once per
+    /// `REFUSAL_REPORT_INTERVAL` (a flood must not flood the log too), with
+    /// the number refused since the last report.
+    fn report_refusal(&self, cap: &'static str, peer: IpAddr, open: usize) {
+        let refused = self.inner.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = self.inner.started.elapsed().as_secs();
+        let last = self.inner.last_report.load(Ordering::Relaxed);
+        let due = last == 0 || now >= last + REFUSAL_REPORT_INTERVAL.as_secs();
+        if due
+            && self
+                .inner
+                .last_report
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.inner.refused.store(0, Ordering::Relaxed);
+            tracing::warn!(cap, %peer, open, refused, "connections refused at the cap");
+        }
     }
 }
 
