@@ -113,6 +113,20 @@ fn connection_of(request: &Request<Body>) -> (String, Vec<String>, Option<CallGu
     (describe(peer), Vec::new(), None)
 }
 
+/// The TCP addresses inside the listener's connection info, when the
+/// request carries no plain `TcpConnectInfo` of its own.
+fn plain_tcp_info(request: &Request<Body>) -> Option<TcpConnectInfo> {
+    let extensions = request.extensions();
+    if extensions.get::<TcpConnectInfo>().is_some() {
+        return None;
+    }
+    extensions
+        .get::<TlsConnectInfo<ConnectionInfo>>()
+        .map(|tls| tls.get_ref())
+        .or_else(|| extensions.get::<ConnectionInfo>())
+        .map(|info| info.tcp.clone())
+}
+
 fn describe(peer: Option<std::net::SocketAddr>) -> String {
     peer.map(|a| a.to_string())
         .unwrap_or_else(|| "unknown".into())
@@ -135,6 +149,12 @@ where
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let method = request.uri().path().to_owned();
         let (peer, certificate_names, in_progress) = connection_of(&request);
+        // tonic's `Request::remote_addr` (which names unauthenticated
+        // callers) looks for the plain TCP info, which the listener's own
+        // connection info wraps.
+        if let Some(tcp) = plain_tcp_info(&request) {
+            request.extensions_mut().insert(tcp);
+        }
         let header_id = request
             .headers()
             .get("x-request-id")
