@@ -181,6 +181,7 @@ set_up_security() {
 # The privacy team's console: everything, by certificate or token.
 [[caller]]
 name = "privacy-console"
+certificate_names = ["privacy-console"]
 $(grep '^token_sha256' <<<"$console")
 allow = ["*"]
 

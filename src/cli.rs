@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use sqlx::{Connection, PgConnection};
 
 use crate::config::{Layer, LogFormat, Secret, Settings};
-use crate::embedded_pg::{EmbeddedOptions, EmbeddedPostgres};
+use crate::embedded_pg::{EmbeddedOptions, EmbeddedPgError, EmbeddedPostgres, Supervision};
 
 /// privacy-records: consent, privacy requests, retention and audit, over gRPC.
 #[derive(Debug, Parser)]
@@ -87,6 +87,25 @@ pub struct ServeArgs {
     /// Subjects the consent decision cache keeps at most (0: no cache).
     #[arg(long)]
     pub cache_max_subjects: Option<usize>,
+    /// Connections open at once on the gRPC listener (beyond: closed at once).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Connections open at once from one peer address.
+    #[arg(long)]
+    pub max_connections_per_peer: Option<usize>,
+    /// Milliseconds a new connection may take to send its first bytes and
+    /// finish its TLS handshake.
+    #[arg(long)]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Milliseconds a connection may stay open with no call in progress.
+    #[arg(long)]
+    pub idle_connection_timeout_ms: Option<u64>,
+    /// Milliseconds between HTTP/2 pings to each connection's peer.
+    #[arg(long)]
+    pub http2_keepalive_interval_ms: Option<u64>,
+    /// Milliseconds a ping may wait for its answer before the connection closes.
+    #[arg(long)]
+    pub http2_keepalive_timeout_ms: Option<u64>,
     /// Serve beyond loopback without authentication or TLS (not for
     /// production; logged as INSECURE).
     #[arg(long)]
@@ -119,6 +138,12 @@ impl Cli {
             layer.shutdown_grace_ms = s.shutdown_grace_ms;
             layer.max_concurrent_calls = s.max_concurrent_calls;
             layer.cache_max_subjects = s.cache_max_subjects;
+            layer.max_connections = s.max_connections;
+            layer.max_connections_per_peer = s.max_connections_per_peer;
+            layer.handshake_timeout_ms = s.handshake_timeout_ms;
+            layer.idle_connection_timeout_ms = s.idle_connection_timeout_ms;
+            layer.http2_keepalive_interval_ms = s.http2_keepalive_interval_ms;
+            layer.http2_keepalive_timeout_ms = s.http2_keepalive_timeout_ms;
             layer.allow_insecure = s.allow_insecure.then_some(true);
         }
         layer
@@ -166,7 +191,7 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
             ensure_database(&pg.database_url("postgres"), EMBEDDED_DATABASE).await?;
         }
         match cli.command {
-            Command::Serve(_) => serve(settings, &url).await,
+            Command::Serve(_) => serve(settings, &url, embedded.as_ref()).await,
             Command::Migrate(_) => migrate(&settings, &url).await,
             Command::NewToken => unreachable!("handled before the database starts"),
             Command::RotateKey(args) => rotate_key(settings, &url, &args).await,
@@ -181,11 +206,49 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
     outcome
 }
 
-async fn serve(mut settings: Settings, url: &str) -> Result<(), BoxError> {
+/// Serves until SIGTERM or SIGINT. An embedded PostgreSQL that dies under
+/// the server is started again (the listener, health and callers stay;
+/// health says NOT_SERVING meanwhile); when it cannot be, the server stops
+/// and the process exits non-zero so that its supervisor steps in.
+async fn serve(
+    mut settings: Settings,
+    url: &str,
+    embedded: Option<&EmbeddedPostgres>,
+) -> Result<(), BoxError> {
     let pool = crate::db::pool(url, &settings)?;
     settings.keys = crate::keys::resolve(&settings, &pool).await?;
     let app = crate::server::Application::build(settings, pool).await?;
-    app.run_until(shutdown_signal()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (gave_up_tx, gave_up_rx) = tokio::sync::oneshot::channel::<EmbeddedPgError>();
+    let supervisor = embedded.cloned().map(|pg| {
+        tokio::spawn(async move {
+            if let Err(e) = pg.supervise(stop_rx, Supervision::default()).await {
+                let _ = gave_up_tx.send(e);
+            }
+        })
+    });
+    let gave_up = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let slot = gave_up.clone();
+    let stop = async move {
+        tokio::select! {
+            () = shutdown_signal() => {}
+            Ok(e) = gave_up_rx => {
+                if let Ok(mut slot) = slot.lock() {
+                    *slot = Some(e);
+                }
+            }
+        }
+    };
+    let outcome = app.run_until(stop).await;
+    // Before `run` stops the database: a stop must not look like a death.
+    let _ = stop_tx.send(true);
+    if let Some(supervisor) = supervisor {
+        let _ = supervisor.await;
+    }
+    outcome?;
+    if let Some(e) = gave_up.lock().ok().and_then(|mut slot| slot.take()) {
+        return Err(format!("the embedded PostgreSQL could not be started again: {e}").into());
+    }
     Ok(())
 }
 
@@ -204,8 +267,9 @@ fn new_token() -> Result<(), BoxError> {
     getrandom::fill(&mut bytes).map_err(|e| format!("no random source: {e}"))?;
     let token = hex::encode(bytes);
     let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
-    println!("token: {token}");
-    println!("token_sha256 = [\"{hash}\"]");
+    // Not println!: it panics when stdout is closed (`new-token | head -1`).
+    crate::telemetry::write_stdout(&format!("token: {token}"));
+    crate::telemetry::write_stdout(&format!("token_sha256 = [\"{hash}\"]"));
     Ok(())
 }
 
@@ -250,10 +314,10 @@ async fn rotate_key(
         active = settings.keys.active_id()?,
         "rotation done"
     );
-    println!(
+    crate::telemetry::write_stdout(&format!(
         "re-wrapped {n} data keys under master key {}",
         settings.keys.active_id()?
-    );
+    ));
     pool.close().await;
     Ok(())
 }

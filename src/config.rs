@@ -67,6 +67,20 @@ pub struct Settings {
     pub max_concurrent_calls: usize,
     /// Largest request or response message, in bytes.
     pub max_message_bytes: usize,
+    /// Connections open at once on the gRPC listener; a new one beyond is
+    /// closed at once.
+    pub max_connections: usize,
+    /// Connections open at once from one peer address.
+    pub max_connections_per_peer: usize,
+    /// How long a new connection may take to send its first bytes and, under
+    /// TLS, to finish its handshake.
+    pub handshake_timeout: Duration,
+    /// How long a connection may stay open with no call in progress.
+    pub idle_connection_timeout: Duration,
+    /// How often an HTTP/2 ping checks that a connection's peer is there.
+    pub http2_keepalive_interval: Duration,
+    /// How long a ping may wait for its answer before the connection closes.
+    pub http2_keepalive_timeout: Duration,
     /// Connections in the database pool.
     pub db_max_connections: u32,
     /// How long a call waits for a pooled connection before UNAVAILABLE.
@@ -187,6 +201,12 @@ impl Default for Settings {
             shutdown_delay: Duration::ZERO,
             max_concurrent_calls: 1024,
             max_message_bytes: 4 * 1024 * 1024,
+            max_connections: 1000,
+            max_connections_per_peer: 100,
+            handshake_timeout: Duration::from_secs(10),
+            idle_connection_timeout: Duration::from_secs(300),
+            http2_keepalive_interval: Duration::from_secs(30),
+            http2_keepalive_timeout: Duration::from_secs(20),
             db_max_connections: 32,
             db_acquire_timeout: Duration::from_secs(3),
             health_interval: Duration::from_secs(1),
@@ -230,6 +250,12 @@ pub struct Layer {
     pub shutdown_delay_ms: Option<u64>,
     pub max_concurrent_calls: Option<usize>,
     pub max_message_bytes: Option<usize>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_peer: Option<usize>,
+    pub handshake_timeout_ms: Option<u64>,
+    pub idle_connection_timeout_ms: Option<u64>,
+    pub http2_keepalive_interval_ms: Option<u64>,
+    pub http2_keepalive_timeout_ms: Option<u64>,
     pub db_max_connections: Option<u32>,
     pub db_acquire_timeout_ms: Option<u64>,
     pub health_interval_ms: Option<u64>,
@@ -345,6 +371,12 @@ impl Layer {
             shutdown_delay_ms: parse(&get, "SHUTDOWN_DELAY_MS")?,
             max_concurrent_calls: parse(&get, "MAX_CONCURRENT_CALLS")?,
             max_message_bytes: parse(&get, "MAX_MESSAGE_BYTES")?,
+            max_connections: parse(&get, "MAX_CONNECTIONS")?,
+            max_connections_per_peer: parse(&get, "MAX_CONNECTIONS_PER_PEER")?,
+            handshake_timeout_ms: parse(&get, "HANDSHAKE_TIMEOUT_MS")?,
+            idle_connection_timeout_ms: parse(&get, "IDLE_CONNECTION_TIMEOUT_MS")?,
+            http2_keepalive_interval_ms: parse(&get, "HTTP2_KEEPALIVE_INTERVAL_MS")?,
+            http2_keepalive_timeout_ms: parse(&get, "HTTP2_KEEPALIVE_TIMEOUT_MS")?,
             db_max_connections: parse(&get, "DB_MAX_CONNECTIONS")?,
             db_acquire_timeout_ms: parse(&get, "DB_ACQUIRE_TIMEOUT_MS")?,
             health_interval_ms: parse(&get, "HEALTH_INTERVAL_MS")?,
@@ -424,6 +456,24 @@ impl Settings {
         }
         if let Some(v) = layer.max_message_bytes {
             self.max_message_bytes = v;
+        }
+        if let Some(v) = layer.max_connections {
+            self.max_connections = v;
+        }
+        if let Some(v) = layer.max_connections_per_peer {
+            self.max_connections_per_peer = v;
+        }
+        if let Some(v) = layer.handshake_timeout_ms {
+            self.handshake_timeout = ms(v);
+        }
+        if let Some(v) = layer.idle_connection_timeout_ms {
+            self.idle_connection_timeout = ms(v);
+        }
+        if let Some(v) = layer.http2_keepalive_interval_ms {
+            self.http2_keepalive_interval = ms(v);
+        }
+        if let Some(v) = layer.http2_keepalive_timeout_ms {
+            self.http2_keepalive_timeout = ms(v);
         }
         if let Some(v) = layer.db_max_connections {
             self.db_max_connections = v;
@@ -550,6 +600,19 @@ impl Settings {
         )?;
         positive("max_message_bytes", self.max_message_bytes as u64)?;
         positive("db_max_connections", u64::from(self.db_max_connections))?;
+        positive("max_connections", self.max_connections as u64)?;
+        positive(
+            "max_connections_per_peer",
+            self.max_connections_per_peer as u64,
+        )?;
+        for (name, value) in [
+            ("handshake_timeout_ms", self.handshake_timeout),
+            ("idle_connection_timeout_ms", self.idle_connection_timeout),
+            ("http2_keepalive_interval_ms", self.http2_keepalive_interval),
+            ("http2_keepalive_timeout_ms", self.http2_keepalive_timeout),
+        ] {
+            positive(name, value.as_millis() as u64)?;
+        }
         positive("write_batch_max", self.write_batch_max as u64)?;
         positive("write_batch_workers", self.write_batch_workers as u64)?;
         positive(
@@ -696,6 +759,39 @@ mod tests {
         )
         .unwrap();
         assert!(!s.requests.offer_voluntary_appeals);
+    }
+
+    #[test]
+    fn connection_limits_come_from_the_file_and_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "max_connections = 50\nhandshake_timeout_ms = 2500\nidle_connection_timeout_ms = 60000\n",
+        )
+        .unwrap();
+        let s = Settings::load(
+            Some(&file),
+            env(&[
+                ("PRIVACY_RECORDS_MAX_CONNECTIONS_PER_PEER", "5"),
+                ("PRIVACY_RECORDS_HTTP2_KEEPALIVE_INTERVAL_MS", "15000"),
+                ("PRIVACY_RECORDS_HTTP2_KEEPALIVE_TIMEOUT_MS", "5000"),
+            ]),
+            Layer::default(),
+        )
+        .unwrap();
+        assert_eq!((s.max_connections, s.max_connections_per_peer), (50, 5));
+        assert_eq!(s.handshake_timeout, Duration::from_millis(2500));
+        assert_eq!(s.idle_connection_timeout, Duration::from_secs(60));
+        assert_eq!(s.http2_keepalive_interval, Duration::from_secs(15));
+        assert_eq!(s.http2_keepalive_timeout, Duration::from_secs(5));
+        let err = Settings::load(
+            None,
+            env(&[("PRIVACY_RECORDS_HANDSHAKE_TIMEOUT_MS", "0")]),
+            Layer::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("handshake_timeout_ms"), "{err}");
     }
 
     #[test]

@@ -247,6 +247,31 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Embe
     }
 }
 
+/// How [`EmbeddedPostgres::supervise`] watches the server and brings it
+/// back.
+#[derive(Debug, Clone, Copy)]
+pub struct Supervision {
+    /// How often the server's process is looked at.
+    pub check_interval: Duration,
+    /// The pause before the first restart after a failed one; doubled after
+    /// each further failure, up to `max_backoff`.
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Restarts that may fail in a row before supervision gives up.
+    pub max_failures: u32,
+}
+
+impl Default for Supervision {
+    fn default() -> Self {
+        Self {
+            check_interval: Duration::from_secs(1),
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(30),
+            max_failures: 10,
+        }
+    }
+}
+
 /// The OS identity the PostgreSQL binaries run as when we are root.
 #[derive(Debug, Clone, Copy)]
 struct RunAs {
@@ -275,7 +300,7 @@ struct PostmasterInfo {
 ///
 /// Dropping the handle leaves the server running: callers stop it explicitly
 /// with [`EmbeddedPostgres::stop`], and several processes may share it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct EmbeddedPostgres {
     data_dir: PathBuf,
     pgdata: PathBuf,
@@ -390,6 +415,68 @@ impl EmbeddedPostgres {
     pub async fn restart(&self) -> Result<()> {
         let _lock = self.lock().await?;
         self.ensure_running().await
+    }
+
+    /// The running server's process id, from `postmaster.pid`.
+    pub fn server_pid(&self) -> Option<u32> {
+        read_postmaster_pid(&self.pgdata).map(|info| info.pid)
+    }
+
+    /// Watches the server until `stop` turns true (or its sender is
+    /// dropped). When its process is gone (killed, crashed, stopped by
+    /// someone else) it says so in the log, with the end of the server log,
+    /// and starts the server again, retrying with backoff. Gives up with the
+    /// last error after `policy.max_failures` failed restarts in a row: the
+    /// caller should then exit non-zero so that its own supervisor steps in.
+    pub async fn supervise(
+        &self,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+        policy: Supervision,
+    ) -> Result<()> {
+        let mut watched = self.server_pid();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(policy.check_interval) => {}
+                changed = stop.changed() => if changed.is_err() || *stop.borrow() {
+                    return Ok(());
+                },
+            }
+            if watched.is_some_and(process_runs) {
+                continue;
+            }
+            tracing::error!(
+                pid = watched,
+                log = %self.log_file.display(),
+                last_lines = %format_log_tail(&self.log_file),
+                "the embedded PostgreSQL is gone (killed, crashed or stopped); starting it again"
+            );
+            let mut backoff = policy.initial_backoff;
+            let mut failures = 0;
+            loop {
+                match self.restart().await {
+                    Ok(()) => {
+                        watched = self.server_pid();
+                        info!(pid = watched, "embedded PostgreSQL started again");
+                        break;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        if failures >= policy.max_failures {
+                            tracing::error!(error = %e, failures, "the embedded PostgreSQL does not start again; giving up");
+                            return Err(e);
+                        }
+                        tracing::warn!(error = %e, failures, ?backoff, "the embedded PostgreSQL did not start; retrying");
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    changed = stop.changed() => if changed.is_err() || *stop.borrow() {
+                        return Ok(());
+                    },
+                }
+                backoff = (backoff * 2).min(policy.max_backoff);
+            }
+        }
     }
 
     /// Creates the data directory and hands it to the server's OS user.
@@ -961,6 +1048,21 @@ fn ensure_include(conf: &Path) -> Result<()> {
 /// A single-quoted postgresql.conf string.
 fn conf_quote(value: &str) -> String {
     format!("'{}'", value.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// Whether process `pid` runs. A zombie does not: when this process is the
+/// container's init, a killed postmaster becomes our zombie until reaped.
+fn process_runs(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        // No /proc (not Linux): signal 0 only asks whether it exists.
+        Err(_) if !Path::new("/proc/self").exists() => i32::try_from(pid)
+            .is_ok_and(|pid| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()),
+        Err(_) => false,
+    }
 }
 
 /// Reads postmaster.pid; `None` if absent or half-written. Line layout

@@ -11,6 +11,7 @@ pub mod caller;
 pub mod changefeed;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod consent;
 pub mod convert;
 pub mod datasystems;

@@ -4,12 +4,16 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = privacy_records::cli::Cli::parse();
-    match privacy_records::cli::run(cli).await {
+    let code = match privacy_records::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // Logging may not be set up yet (bad configuration): stderr.
-            eprintln!("privacy-records: {e}");
+            // Logging may not be set up yet (bad configuration): stderr,
+            // without eprintln!'s panic when stderr is closed.
+            privacy_records::telemetry::write_stderr(&format!("privacy-records: {e}"));
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    // The last log lines are still queued for their thread.
+    privacy_records::telemetry::flush();
+    code
 }

@@ -1,12 +1,13 @@
 //! The server-wide middleware around every call, in order: a tracing span
-//! (method, caller, request id), then load shedding at the concurrency limit
-//! (RESOURCE_EXHAUSTED with ErrorInfo OVERLOADED), then authentication and
-//! the caller's permission for the method (UNAUTHENTICATED /
-//! PERMISSION_DENIED, audited), then, while the health monitor finds the
-//! database away, UNAVAILABLE at once (also for calls already waiting on
-//! it) rather than a wait for the pool's acquire timeout. Health and
-//! reflection are never shed and need no credentials, so probes keep
-//! answering under load.
+//! (method, caller, request id), then authentication and the caller's
+//! permission for the method (UNAUTHENTICATED / PERMISSION_DENIED, audited),
+//! then load shedding at the concurrency limit (RESOURCE_EXHAUSTED with
+//! ErrorInfo OVERLOADED; refused calls never take a permit), then, while
+//! the health monitor finds the database away, UNAVAILABLE at once (also
+//! for calls already waiting on it) rather than a wait for the pool's
+//! acquire timeout. Health and reflection are never shed and need no
+//! credentials, so probes keep answering under load. Each call marks its
+//! connection busy until its response ends (see `connections`).
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -21,6 +22,7 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 
 use crate::auth::{self, Authenticator};
+use crate::connections::{CallGuard, ConnectionInfo, GuardedBody};
 
 #[derive(Clone)]
 pub struct RpcLayer {
@@ -81,21 +83,48 @@ async fn database_away(mut ready: watch::Receiver<bool>) {
     }
 }
 
-/// The peer address and, under TLS, the client certificate's names.
-fn connection_of(request: &Request<Body>) -> (String, Vec<String>) {
+/// The peer address, under TLS the client certificate's names, and the
+/// connection's mark of a call in progress (which keeps it from being
+/// closed as idle).
+fn connection_of(request: &Request<Body>) -> (String, Vec<String>, Option<CallGuard>) {
     let extensions = request.extensions();
-    if let Some(tls) = extensions.get::<TlsConnectInfo<TcpConnectInfo>>() {
-        let peer = tls.get_ref().remote_addr();
+    if let Some(tls) = extensions.get::<TlsConnectInfo<ConnectionInfo>>() {
+        let info = tls.get_ref();
         let names = tls
             .peer_certs()
             .and_then(|certs| certs.first().map(|c| auth::tls::certificate_names(c)))
             .unwrap_or_default();
-        return (describe(peer), names);
+        return (
+            describe(info.tcp.remote_addr()),
+            names,
+            Some(info.activity.begin()),
+        );
+    }
+    if let Some(info) = extensions.get::<ConnectionInfo>() {
+        return (
+            describe(info.tcp.remote_addr()),
+            Vec::new(),
+            Some(info.activity.begin()),
+        );
     }
     let peer = extensions
         .get::<TcpConnectInfo>()
         .and_then(|info| info.remote_addr());
-    (describe(peer), Vec::new())
+    (describe(peer), Vec::new(), None)
+}
+
+/// The TCP addresses inside the listener's connection info, when the
+/// request carries no plain `TcpConnectInfo` of its own.
+fn plain_tcp_info(request: &Request<Body>) -> Option<TcpConnectInfo> {
+    let extensions = request.extensions();
+    if extensions.get::<TcpConnectInfo>().is_some() {
+        return None;
+    }
+    extensions
+        .get::<TlsConnectInfo<ConnectionInfo>>()
+        .map(|tls| tls.get_ref())
+        .or_else(|| extensions.get::<ConnectionInfo>())
+        .map(|info| info.tcp.clone())
 }
 
 fn describe(peer: Option<std::net::SocketAddr>) -> String {
@@ -119,7 +148,13 @@ where
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let method = request.uri().path().to_owned();
-        let (peer, certificate_names) = connection_of(&request);
+        let (peer, certificate_names, in_progress) = connection_of(&request);
+        // tonic's `Request::remote_addr` (which names unauthenticated
+        // callers) looks for the plain TCP info, which the listener's own
+        // connection info wraps.
+        if let Some(tcp) = plain_tcp_info(&request) {
+            request.extensions_mut().insert(tcp);
+        }
         let header_id = request
             .headers()
             .get("x-request-id")
@@ -138,19 +173,6 @@ where
         }
 
         let open = auth::is_open(&method);
-        let permit = if open {
-            None
-        } else {
-            match self.limiter.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
-                Err(_) => {
-                    let _enter = span.enter();
-                    tracing::warn!("concurrency limit reached; call shed");
-                    let response = crate::error::overloaded_status().into_http::<Body>();
-                    return Box::pin(async move { Ok(response) });
-                }
-            }
-        };
 
         match &self.auth {
             Some(authenticator) if !open => {
@@ -178,7 +200,6 @@ where
                                     request_id.as_deref(),
                                 )
                                 .await;
-                                drop(permit);
                                 Ok(status.into_http::<Body>())
                             }
                             .instrument(span),
@@ -190,6 +211,23 @@ where
                 span.record("caller", format!("peer:{peer}").as_str());
             }
         }
+
+        // Only after authentication: a refused call must not hold one of
+        // the callers' permits (a flood of strangers would shed callers).
+        // Authentication is a hash and a map lookup, cheaper than the call.
+        let permit = if open {
+            None
+        } else {
+            match self.limiter.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let _enter = span.enter();
+                    tracing::warn!("concurrency limit reached; call shed");
+                    let response = crate::error::overloaded_status().into_http::<Body>();
+                    return Box::pin(async move { Ok(response) });
+                }
+            }
+        };
 
         if !open && !*self.ready.borrow() {
             drop(permit);
@@ -216,6 +254,12 @@ where
                     }
                 };
                 drop(permit);
+                let result = match (result, in_progress) {
+                    (Ok(response), Some(guard)) => {
+                        Ok(response.map(|body| GuardedBody::wrap(body, guard)))
+                    }
+                    (result, _) => result,
+                };
                 if let Ok(response) = &result {
                     // Errors end in a trailers-only response with the status
                     // in the headers; successes carry it in the trailers.

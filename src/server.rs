@@ -17,6 +17,7 @@ use tonic_health::ServingStatus;
 use crate::audit::grpc::AuditApi;
 use crate::auth::{Authenticator, Callers};
 use crate::config::Settings;
+use crate::connections::{Admission, ConnectionLimits};
 use crate::consent::cache::{CacheSettings, DecisionCache};
 use crate::consent::group_commit::Batching;
 use crate::consent::grpc::{ConsentApi, WatchSettings};
@@ -63,6 +64,14 @@ pub enum ServeError {
     Callers(#[from] crate::auth::CallersError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::auth::tls::TlsFileError),
+    /// The certificate and key cannot serve TLS together (checked before
+    /// serving, so the server never says it serves and then stops).
+    #[error("TLS: cannot serve {} with {}: {reason}", cert.display(), key.display())]
+    TlsPair {
+        cert: std::path::PathBuf,
+        key: std::path::PathBuf,
+        reason: String,
+    },
     #[error("read_database_url: {0}")]
     ReadDatabase(sqlx::Error),
     /// Safe by default: no unauthenticated or clear-text service beyond
@@ -120,6 +129,9 @@ impl Application {
             }
         };
         let tls = crate::auth::tls::server_config(&settings.security)?;
+        if let Some(config) = &tls {
+            check_tls_pair(config, &settings.security)?;
+        }
         let health_listener = match settings.security.health_listen {
             Some(addr) => Some(
                 TcpListener::bind(addr)
@@ -295,10 +307,21 @@ impl Application {
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
 
-        // Small answers of a burst share a write (see `transport`).
+        // Connections beyond the caps are closed at once; admitted ones close
+        // themselves when late or idle (see `connections`). Small answers of
+        // a burst share a write (see `transport`).
+        let admission = Admission::new(ConnectionLimits {
+            max_connections: settings.max_connections,
+            max_connections_per_peer: settings.max_connections_per_peer,
+            handshake_timeout: settings.handshake_timeout,
+            idle_timeout: settings.idle_connection_timeout,
+        });
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
-            .map(|conn| conn.map(Unvectored));
+            .filter_map(move |conn| match conn {
+                Ok(stream) => admission.admit(stream).map(|c| Ok(Unvectored(c))),
+                Err(e) => Some(Err(e)),
+            });
         let (begin_tx, mut begin_rx) = watch::channel(false);
         let reporter_for_stop = reporter.clone();
         let delay = settings.shutdown_delay;
@@ -342,7 +365,7 @@ impl Application {
         tracing::info!(%local_addr, tls = tls.is_some(), "serving gRPC");
         let mut builder = Server::builder();
         if let Some(tls) = tls {
-            builder = builder.tls_config(tls)?;
+            builder = builder.tls_config(tls.timeout(settings.handshake_timeout))?;
         }
         let server = builder
             .layer(RpcLayer::new(
@@ -351,7 +374,8 @@ impl Application {
                 pool.clone(),
                 ready_rx,
             ))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
+            .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -386,6 +410,36 @@ impl Application {
         tracing::info!("server stopped");
         outcome
     }
+}
+
+/// Builds the TLS acceptor once before serving: tonic builds it only when
+/// the server starts, and then reports a wrong key as "transport error".
+fn check_tls_pair(
+    config: &ServerTlsConfig,
+    security: &crate::config::SecuritySettings,
+) -> Result<(), ServeError> {
+    let Err(e) = Server::builder().tls_config(config.clone()) else {
+        return Ok(());
+    };
+    // The cause chain, as text and as the rustls error's own name.
+    let mut text = Vec::new();
+    let mut mismatch = false;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    while let Some(error) = cause {
+        mismatch |= format!("{error:?}").contains("KeyMismatch");
+        text.push(error.to_string());
+        cause = error.source();
+    }
+    let reason = if mismatch {
+        "the private key does not match the certificate's public key".to_owned()
+    } else {
+        text.join(": ")
+    };
+    Err(ServeError::TlsPair {
+        cert: security.tls_cert_file.clone().unwrap_or_default(),
+        key: security.tls_key_file.clone().unwrap_or_default(),
+        reason,
+    })
 }
 
 /// Applies migrations, retrying while the database is away, until they

@@ -40,6 +40,7 @@ fn callers_toml() -> String {
         r#"
 [[caller]]
 name = "privacy-console"
+certificate_names = ["privacy-console"]
 token_sha256 = ["{console}"]
 allow = ["*"]
 
@@ -50,6 +51,7 @@ allow = []
 
 [[caller]]
 name = "mailer"
+certificate_names = ["mailer"]
 token_sha256 = ["{mailer}"]
 allow = ["privacy.v1.ConsentService/CheckConsent", "privacy.v1.ConsentService/BatchCheckConsent"]
 

@@ -9,10 +9,14 @@
 //!
 //! [[caller]]
 //! name = "crm-worker"
-//! certificate_names = ["crm-worker.internal"]  # default: [name]
+//! certificate_names = ["crm-worker.internal"]  # none: no certificate names it
 //! allow = ["privacy.v1.DataSystemService/ClaimTasks", "privacy.v1.DataSystemService/CompleteTask"]
 //! data_systems = ["crm"]                         # only these systems' tasks
 //! ```
+//!
+//! A caller is named by a certificate only through its `certificate_names`:
+//! without them it accepts no certificate, so a CA-signed certificate whose
+//! common name happens to equal a token caller's name gets nothing.
 //!
 //! `allow` entries are `package.Service/Method`, `package.Service/*` or
 //! `*`, checked against the service's own contract when the file is loaded,
@@ -135,10 +139,8 @@ impl Callers {
                     ));
                 }
             }
-            let cert_names = entry
-                .certificate_names
-                .unwrap_or_else(|| vec![name.clone()]);
-            for cert_name in cert_names {
+            // Explicit only: the caller's name is not a certificate name.
+            for cert_name in entry.certificate_names.unwrap_or_default() {
                 if callers
                     .by_certificate_name
                     .insert(cert_name.clone(), principal.clone())
@@ -228,8 +230,28 @@ mod tests {
         assert!(mailer.may_call("/privacy.v1.ConsentService/CheckConsent"));
         assert!(mailer.may_call("/privacy.v1.AuditService/VerifyAuditLog"));
         assert!(!mailer.may_call("/privacy.v1.ConsentService/RecordConsent"));
-        assert!(callers.by_certificate(["mailer"]).is_some());
         assert!(callers.by_certificate(["other"]).is_none());
+    }
+
+    #[test]
+    fn a_caller_without_certificate_names_accepts_no_certificate() {
+        let callers = Callers::parse(&format!(
+            r#"
+            [[caller]]
+            name = "mailer"
+            token_sha256 = ["{HASH}"]
+            allow = ["*"]
+            [[caller]]
+            name = "console"
+            certificate_names = ["console.internal"]
+            allow = ["*"]
+            "#
+        ))
+        .unwrap();
+        assert!(callers.by_certificate(["mailer"]).is_none());
+        assert!(callers.by_certificate(["console"]).is_none());
+        let console = callers.by_certificate(["console.internal"]).unwrap();
+        assert_eq!(console.name, "console");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! A caller proves who it is with a client certificate signed by the
 //! configured CA (mutual TLS; the certificate's common name or a DNS/URI
-//! subject alternative name is looked up in the callers file) or with a
+//! subject alternative name is looked up in the callers' explicit
+//! `certificate_names`) or with a
 //! bearer token in the `authorization` metadata (the file keeps only each
 //! token's SHA-256). It may then call only the methods its entry allows.
 //! Health and reflection need no credentials. Refusals are audited, with the
@@ -180,6 +181,7 @@ mod tests {
             allow = ["privacy.v1.ConsentService/CheckConsent"]
             [[caller]]
             name = "crm-worker"
+            certificate_names = ["crm-worker"]
             allow = ["privacy.v1.DataSystemService/*"]
             data_systems = ["crm"]
             "#
