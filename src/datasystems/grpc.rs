@@ -6,8 +6,9 @@ use tonic::{Request, Response, Status};
 use super::model::{
     Category, Claim, Country, DataAction, DataSystem, DataSystemFields, DataSystemId, Disclosure,
     DisclosureBasis, Kind, LeaseId, NewDisclosure, PurposeKey, SubjectId, Task, TaskFilter, TaskId,
-    TaskResult, TaskState, name_of_system, parse_lease_seconds, parse_max_tasks,
-    parse_request_name, parse_required_text, parse_sha256, parse_text,
+    TaskResult, TaskState, name_of_system, parse_identifier_text, parse_lease_seconds,
+    parse_max_tasks, parse_request_name, parse_required_identifier, parse_required_text,
+    parse_sha256, parse_text,
 };
 use super::{service, store};
 use crate::caller::Caller;
@@ -257,7 +258,7 @@ fn parse_result(v: &mut Violations, r: Option<&proto::TaskResult>) -> Option<Tas
     };
     let system_reference = v.check(
         "result.system_reference",
-        parse_text(&r.system_reference, 500),
+        parse_identifier_text(&r.system_reference, 500),
     );
     let export_json = v.check("result.export_json", parse_export(&r.export_json));
     let exempt_reason = match (r.exempt, r.exempt_reason.trim().is_empty()) {
@@ -456,7 +457,7 @@ impl DataSystemService for DataSystemApi {
         let req = request.into_inner();
         let (request_id, claim) = parsed(&req.request_id, |v| {
             let data_system = v.check("data_system", DataSystemId::parse_name(&req.data_system));
-            let worker = v.check("worker", parse_required_text(&req.worker, 200));
+            let worker = v.check("worker", parse_required_identifier(&req.worker, 200));
             let max_tasks = v.check("max_tasks", parse_max_tasks(req.max_tasks));
             let lease_seconds = v.check("lease_seconds", parse_lease_seconds(req.lease_seconds));
             Some(Claim {

@@ -202,10 +202,10 @@ fn hold_to_proto(h: &HoldRow) -> proto::LegalHold {
 }
 
 fn parse_hold_name(name: &str) -> Result<i64, String> {
-    name.strip_prefix("legalHolds/")
-        .and_then(|id| id.parse::<i64>().ok())
-        .filter(|id| *id > 0)
-        .ok_or_else(|| "must be \"legalHolds/{id}\"".into())
+    crate::convert::parse_numbered_name(name, "legalHolds").ok_or_else(|| {
+        "must be \"legalHolds/{id}\" with a positive numeric id, without a sign or leading zeros"
+            .into()
+    })
 }
 
 fn optional<T>(raw: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, String> {
