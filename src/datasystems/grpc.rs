@@ -395,6 +395,10 @@ impl DataSystemService for DataSystemApi {
         let (request_id, fields) = parsed(&req.request_id, |v| {
             parse_data_system(v, req.data_system.as_ref())
         })?;
+        // A worker limited to some systems must not rewrite another's
+        // registration (fewer actions would make the next deletion skip it).
+        let scope = caller.check_system(fields.id.as_str(), &fields.id.name());
+        rpc::audit_refusal(&self.pool, METHOD, scope).await?;
         mutate(
             &self.pool,
             &self.keys,
@@ -417,8 +421,18 @@ impl DataSystemService for DataSystemApi {
         &self,
         request: Request<proto::GetDataSystemRequest>,
     ) -> Result<Response<proto::DataSystem>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let id = DataSystemId::parse_name(&req.name).map_err(|e| Error::invalid("name", e))?;
+        // Checked before the lookup, so a limited caller learns nothing of
+        // other systems, not even whether one exists.
+        let scope = caller.check_system(id.as_str(), &id.name());
+        rpc::audit_refusal(
+            &self.pool,
+            "privacy.v1.DataSystemService/GetDataSystem",
+            scope,
+        )
+        .await?;
         let system = store::get_data_system(&self.pool, &id)
             .await?
             .ok_or_else(|| Error::NotFound(id.name()))?;
@@ -430,6 +444,7 @@ impl DataSystemService for DataSystemApi {
         request: Request<proto::ListDataSystemsRequest>,
     ) -> Result<Response<proto::ListDataSystemsResponse>, Status> {
         const FILTERS: &str = "data_systems";
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let mut v = Violations::new();
         let limit = v.check("page_size", page_size(req.page_size));
@@ -440,7 +455,12 @@ impl DataSystemService for DataSystemApi {
         let (Some(limit), Some(after)) = (limit, after) else {
             return Err(v.into_error().into());
         };
-        let systems = store::list_data_systems(&self.pool, after.as_deref(), limit + 1).await?;
+        // A caller limited to some systems sees only those: a list has no
+        // single system to refuse, and the rest of the registry is not its
+        // business.
+        let only = caller.data_systems().map(|s| s.as_ref());
+        let systems =
+            store::list_data_systems(&self.pool, only, after.as_deref(), limit + 1).await?;
         let (page, next) = paginate(systems, limit, |s| PageToken::encode(FILTERS, &s.id));
         Ok(Response::new(proto::ListDataSystemsResponse {
             data_systems: page.iter().map(system_to_proto).collect(),
