@@ -87,6 +87,10 @@ pub struct ServeArgs {
     /// Subjects the consent decision cache keeps at most (0: no cache).
     #[arg(long)]
     pub cache_max_subjects: Option<usize>,
+    /// Milliseconds over which repeated refusals of one peer for one
+    /// reason are audited as one event with a count.
+    #[arg(long)]
+    pub refusal_audit_interval_ms: Option<u64>,
     /// Serve beyond loopback without authentication or TLS (not for
     /// production; logged as INSECURE).
     #[arg(long)]
@@ -120,6 +124,7 @@ impl Cli {
             layer.max_concurrent_calls = s.max_concurrent_calls;
             layer.cache_max_subjects = s.cache_max_subjects;
             layer.allow_insecure = s.allow_insecure.then_some(true);
+            layer.refusal_audit_interval_ms = s.refusal_audit_interval_ms;
         }
         layer
     }
