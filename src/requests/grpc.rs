@@ -218,6 +218,11 @@ fn parse_name(name: &str) -> Result<String, String> {
     if !valid {
         return Err("the code must be 2-10 letters, digits or '-', like US-CA or EU".into());
     }
+    // Codes are upper case, as the rules print them ("default" excepted):
+    // "us-ca" would be a second name of the rules "jurisdictionRules/US-CA".
+    if code != rules::DEFAULT_CODE && code.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err("the code is written in upper case, like US-CA or EU (or \"default\")".into());
+    }
     Ok(code.to_ascii_uppercase())
 }
 
