@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// Milliseconds a ping may wait for its answer before the connection closes.
     #[arg(long)]
     pub http2_keepalive_timeout_ms: Option<u64>,
+    /// Milliseconds over which repeated refusals of one peer for one
+    /// reason are audited as one event with a count.
+    #[arg(long)]
+    pub refusal_audit_interval_ms: Option<u64>,
     /// Serve beyond loopback without authentication or TLS (not for
     /// production; logged as INSECURE).
     #[arg(long)]
@@ -145,6 +149,7 @@ impl Cli {
             layer.http2_keepalive_interval_ms = s.http2_keepalive_interval_ms;
             layer.http2_keepalive_timeout_ms = s.http2_keepalive_timeout_ms;
             layer.allow_insecure = s.allow_insecure.then_some(true);
+            layer.refusal_audit_interval_ms = s.refusal_audit_interval_ms;
         }
         layer
     }

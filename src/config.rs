@@ -116,6 +116,10 @@ pub struct Settings {
     pub idempotency_key_ttl: Duration,
     /// How often the audit sealer links new events into the hash chain.
     pub audit_seal_interval: Duration,
+    /// Refused calls of one peer for one reason are audited as one event
+    /// per this interval: the first at once, the rest as a count when the
+    /// interval ends (so a flood cannot fill the audit trail).
+    pub refusal_audit_interval: Duration,
     /// Who may call, and how they prove it.
     pub security: SecuritySettings,
     // -- keys (personal data at rest; see crate::keys) --
@@ -223,6 +227,7 @@ impl Default for Settings {
             retention_sweep_batch: 5000,
             idempotency_key_ttl: Duration::from_secs(7 * 24 * 3600),
             audit_seal_interval: Duration::from_secs(1),
+            refusal_audit_interval: Duration::from_secs(10),
             security: SecuritySettings::default(),
             master_key_file: None,
             master_key: None,
@@ -276,6 +281,7 @@ pub struct Layer {
     pub retention_sweep_batch: Option<i64>,
     pub idempotency_key_ttl_secs: Option<u64>,
     pub audit_seal_interval_ms: Option<u64>,
+    pub refusal_audit_interval_ms: Option<u64>,
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
     pub tls_client_ca_file: Option<PathBuf>,
@@ -399,6 +405,7 @@ impl Layer {
             retention_sweep_batch: parse(&get, "RETENTION_SWEEP_BATCH")?,
             idempotency_key_ttl_secs: parse(&get, "IDEMPOTENCY_KEY_TTL_SECS")?,
             audit_seal_interval_ms: parse(&get, "AUDIT_SEAL_INTERVAL_MS")?,
+            refusal_audit_interval_ms: parse(&get, "REFUSAL_AUDIT_INTERVAL_MS")?,
             tls_cert_file: parse(&get, "TLS_CERT_FILE")?,
             tls_key_file: parse(&get, "TLS_KEY_FILE")?,
             tls_client_ca_file: parse(&get, "TLS_CLIENT_CA_FILE")?,
@@ -535,6 +542,9 @@ impl Settings {
         if let Some(v) = layer.audit_seal_interval_ms {
             self.audit_seal_interval = ms(v);
         }
+        if let Some(v) = layer.refusal_audit_interval_ms {
+            self.refusal_audit_interval = ms(v);
+        }
         let security = &mut self.security;
         for (slot, value) in [
             (&mut security.tls_cert_file, layer.tls_cert_file),
@@ -634,6 +644,10 @@ impl Settings {
         positive(
             "cache_poll_interval_ms",
             self.cache_poll_interval.as_millis() as u64,
+        )?;
+        positive(
+            "refusal_audit_interval_ms",
+            self.refusal_audit_interval.as_millis() as u64,
         )?;
         let security = &self.security;
         if security.tls_cert_file.is_some() != security.tls_key_file.is_some() {

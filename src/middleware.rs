@@ -21,6 +21,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
+use crate::auth::refusals::{Refusal, RefusalAudit};
 use crate::auth::{self, Authenticator};
 use crate::connections::{CallGuard, ConnectionInfo, GuardedBody};
 
@@ -30,11 +31,20 @@ pub struct RpcLayer {
     auth: Option<Arc<Authenticator>>,
     /// Where refused calls are audited.
     pool: PgPool,
+    /// Aggregates repeated refusals (without it, each is written alone).
+    refusals: Option<Arc<RefusalAudit>>,
     /// Whether the database answers (from the health monitor).
     ready: watch::Receiver<bool>,
 }
 
 impl RpcLayer {
+    /// Audits refused calls through `refusals`, which writes repeated ones
+    /// as counts.
+    pub fn with_refusal_audit(mut self, refusals: Arc<RefusalAudit>) -> Self {
+        self.refusals = Some(refusals);
+        self
+    }
+
     /// `auth` is `None` when no callers are configured: every call is let
     /// through and named by its peer address.
     pub fn new(
@@ -47,6 +57,7 @@ impl RpcLayer {
             limiter: Arc::new(Semaphore::new(max_concurrent_calls)),
             auth,
             pool,
+            refusals: None,
             ready,
         }
     }
@@ -61,6 +72,7 @@ impl<S> Layer<S> for RpcLayer {
             limiter: self.limiter.clone(),
             auth: self.auth.clone(),
             pool: self.pool.clone(),
+            refusals: self.refusals.clone(),
             ready: self.ready.clone(),
         }
     }
@@ -72,6 +84,7 @@ pub struct RpcService<S> {
     limiter: Arc<Semaphore>,
     auth: Option<Arc<Authenticator>>,
     pool: PgPool,
+    refusals: Option<Arc<RefusalAudit>>,
     ready: watch::Receiver<bool>,
 }
 
@@ -185,21 +198,38 @@ where
                         let name = method.trim_start_matches('/').to_owned();
                         let status = denial.status(&name);
                         let pool = self.pool.clone();
+                        let refusals = self.refusals.clone();
                         let request_id = (!header_id.is_empty()).then_some(header_id);
                         return Box::pin(
                             async move {
                                 let (actor, outcome, reason) = auth::denial_fields(&denial);
                                 tracing::warn!(%actor, %outcome, %reason, "call refused");
-                                auth::audit_denial(
-                                    &pool,
-                                    &actor,
-                                    &method,
-                                    outcome,
-                                    &reason,
-                                    &peer,
-                                    request_id.as_deref(),
-                                )
-                                .await;
+                                match &refusals {
+                                    Some(refusals) => {
+                                        refusals
+                                            .record(Refusal {
+                                                actor: &actor,
+                                                path: &method,
+                                                outcome,
+                                                reason: &reason,
+                                                peer: &peer,
+                                                request_id: request_id.as_deref(),
+                                            })
+                                            .await
+                                    }
+                                    None => {
+                                        auth::audit_denial(
+                                            &pool,
+                                            &actor,
+                                            &method,
+                                            outcome,
+                                            &reason,
+                                            &peer,
+                                            request_id.as_deref(),
+                                        )
+                                        .await
+                                    }
+                                }
                                 Ok(status.into_http::<Body>())
                             }
                             .instrument(span),

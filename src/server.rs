@@ -15,6 +15,7 @@ use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::audit::grpc::AuditApi;
+use crate::auth::refusals::RefusalAudit;
 use crate::auth::{Authenticator, Callers};
 use crate::config::Settings;
 use crate::connections::{Admission, ConnectionLimits};
@@ -303,6 +304,14 @@ impl Application {
             5000,
             stop_rx.clone(),
         ));
+        // Refusals at the door, aggregated; its counts are written until
+        // the server has stopped taking calls.
+        let refusals = Arc::new(RefusalAudit::new(
+            pool.clone(),
+            settings.refusal_audit_interval,
+        ));
+        let (refusals_stop_tx, refusals_stop_rx) = watch::channel(false);
+        let refusal_counter = tokio::spawn(refusals.clone().run(refusals_stop_rx));
         let audit = AuditServiceServer::new(AuditApi::new(reads.clone(), settings.keys.clone()))
             .max_decoding_message_size(limit)
             .max_encoding_message_size(limit);
@@ -368,12 +377,10 @@ impl Application {
             builder = builder.tls_config(tls.timeout(settings.handshake_timeout))?;
         }
         let server = builder
-            .layer(RpcLayer::new(
-                settings.max_concurrent_calls,
-                auth,
-                pool.clone(),
-                ready_rx,
-            ))
+            .layer(
+                RpcLayer::new(settings.max_concurrent_calls, auth, pool.clone(), ready_rx)
+                    .with_refusal_audit(refusals),
+            )
             .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
             .add_service(health_service)
@@ -398,6 +405,8 @@ impl Application {
                 Ok(())
             }
         };
+        let _ = refusals_stop_tx.send(true);
+        let _ = refusal_counter.await;
         let _ = monitor.await;
         if let Some(sweeper) = sweeper {
             let _ = sweeper.await;

@@ -30,6 +30,7 @@ const CONSOLE_TOKEN: &str = "console-token-0123456789";
 const NOBODY_TOKEN: &str = "nobody-token-0123456789";
 const MAILER_TOKEN: &str = "mailer-token-0123456789";
 const WORKER_TOKEN: &str = "crm-worker-token-0123456789";
+const SCOPED_ALL_TOKEN: &str = "billing-everything-token-0123456789";
 
 fn sha(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -60,11 +61,18 @@ name = "crm-worker"
 token_sha256 = ["{worker}"]
 allow = ["privacy.v1.DataSystemService/*"]
 data_systems = ["crm"]
+
+[[caller]]
+name = "billing-everything"
+token_sha256 = ["{scoped_all}"]
+allow = ["*"]
+data_systems = ["billing"]
 "#,
         console = sha(CONSOLE_TOKEN),
         nobody = sha(NOBODY_TOKEN),
         mailer = sha(MAILER_TOKEN),
         worker = sha(WORKER_TOKEN),
+        scoped_all = sha(SCOPED_ALL_TOKEN),
     )
 }
 
@@ -126,10 +134,54 @@ fn plain_channel(server: &TestServer) -> Channel {
     server.channel()
 }
 
+/// Refusals of one peer for one reason are written as one event per this
+/// interval (with a count); short here so tests see the counts soon.
+const REFUSAL_AUDIT_INTERVAL: Duration = Duration::from_millis(200);
+
 async fn start_with_callers(dir: &Path) -> TestServer {
     let mut settings = test_settings();
     settings.security.callers_file = Some(write(dir, "callers.toml", &callers_toml()));
+    settings.refusal_audit_interval = REFUSAL_AUDIT_INTERVAL;
     TestServer::start_with(settings).await
+}
+
+/// The audit events of refused calls, (actor, method, request id, details),
+/// once the refusals counted in them add up to `expected` (refusals of one
+/// peer for one reason within an interval share one event with a count).
+async fn refusal_events(
+    pool: &sqlx::PgPool,
+    expected: i64,
+) -> Vec<(String, String, Option<String>, serde_json::Value)> {
+    common::wait_until("the refusals to be counted in the audit trail", || {
+        let pool = pool.clone();
+        async move {
+            let counted: Option<i64> = sqlx::query_scalar(
+                "SELECT sum(coalesce((details->>'count')::bigint, 1))::bigint
+                 FROM audit_events WHERE target = 'auth'",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("audit");
+            let counted = counted.unwrap_or(0);
+            assert!(
+                counted <= expected,
+                "{counted} refusals counted, {expected} made"
+            );
+            counted == expected
+        }
+    })
+    .await;
+    sqlx::query_as(
+        "SELECT actor, method, request_id, details FROM audit_events
+         WHERE target = 'auth' ORDER BY id",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("audit")
+}
+
+fn count_of(details: &serde_json::Value) -> i64 {
+    details["count"].as_i64().unwrap_or(1)
 }
 
 #[tokio::test]
@@ -189,26 +241,26 @@ async fn every_method_refuses_strangers_and_callers_without_permission() {
     assert_ne!(reflection.code(), Code::Unauthenticated);
 
     // Each refusal is audited: who (if known), what, why; never the token.
+    // Repeated refusals of one peer for one reason share an event with a
+    // count; the counts add up to every refusal.
     let pool = server.db.pool().await;
-    let rows: Vec<(String, String, String)> = sqlx::query_as(
-        "SELECT actor, method, details::text FROM audit_events WHERE target = 'auth'",
-    )
-    .fetch_all(&pool)
-    .await
-    .expect("audit");
-    assert_eq!(rows.len(), methods.len() * 3);
-    let denied_nobody = rows
+    let rows = refusal_events(&pool, (methods.len() * 3) as i64).await;
+    let denied_nobody: i64 = rows
         .iter()
-        .filter(|(actor, _, details)| actor == "nobody" && details.contains("PERMISSION_DENIED"))
-        .count();
-    assert_eq!(denied_nobody, methods.len());
+        .filter(|(actor, _, _, details)| {
+            actor == "nobody" && details["outcome"] == "PERMISSION_DENIED"
+        })
+        .map(|(_, _, _, details)| count_of(details))
+        .sum();
+    assert_eq!(denied_nobody, methods.len() as i64);
     assert!(
         rows.iter()
-            .any(|(actor, method, details)| actor == "unauthenticated"
-                && method == "privacy.v1.ConsentService/RecordConsent"
-                && details.contains("no credentials"))
+            .any(|(actor, method, _, details)| actor == "unauthenticated"
+                && method.starts_with("privacy.v1.")
+                && details["reason"] == "no credentials")
     );
-    for (_, _, details) in &rows {
+    for (_, _, _, details) in &rows {
+        let details = details.to_string();
         for token in [CONSOLE_TOKEN, NOBODY_TOKEN, "not-a-known-token"] {
             assert!(!details.contains(token), "a token reached the audit trail");
         }
@@ -233,7 +285,7 @@ async fn every_method_refuses_strangers_and_callers_without_permission() {
         .await
         .expect("verify")
         .into_inner();
-    assert!(verdict.events_verified >= (methods.len() * 3) as i64);
+    assert!(verdict.events_verified >= rows.len() as i64);
     server.finish().await;
 }
 
@@ -609,4 +661,232 @@ async fn a_server_beyond_loopback_will_not_start_open() {
     ));
     let err = build(typo).await.err().expect("refused");
     assert!(matches!(err, ServeError::Callers(_)), "{err}");
+}
+
+/// A flood of refused calls with a 7 KB unknown path and a 7 KB request id:
+/// the audit trail records each refusal (the counts add up to the calls)
+/// in a few events, with the method recorded as unknown and the request id
+/// cut to its limit, so refusals cannot fill the disk.
+#[tokio::test]
+async fn a_flood_of_refused_calls_writes_few_bounded_audit_events_whose_counts_add_up() {
+    let dir = common::scratch_dir();
+    let server = start_with_callers(dir.path()).await;
+    let channel = plain_channel(&server);
+    let long_path = format!("/privacy.v1.ConsentService/{}", "A".repeat(7 * 1024));
+    let long_id = "r".repeat(7 * 1024);
+    const FLOOD: usize = 400;
+    let started = std::time::Instant::now();
+    for i in 0..FLOOD {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready().await.expect("ready");
+        let mut request = Request::new(Vec::new());
+        request
+            .metadata_mut()
+            .insert("x-request-id", long_id.parse().expect("metadata"));
+        // Every other call names a real method without credentials.
+        let path = if i % 2 == 0 {
+            long_path.as_str()
+        } else {
+            "/privacy.v1.ConsentService/RecordConsent"
+        };
+        let path: http::uri::PathAndQuery = path.parse().expect("path");
+        let status = grpc
+            .unary(request, path, RawCodec)
+            .await
+            .map(|_| ())
+            .expect_err("refused");
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    let elapsed = started.elapsed();
+
+    let pool = server.db.pool().await;
+    let rows = refusal_events(&pool, FLOOD as i64).await;
+    // At most the first refusal of an interval and the interval's count,
+    // per interval the flood lasted (and one more for the last).
+    let intervals = (elapsed.as_millis() / REFUSAL_AUDIT_INTERVAL.as_millis()) as usize + 2;
+    assert!(
+        rows.len() <= 2 * intervals,
+        "{} events for {FLOOD} refusals over {elapsed:?}",
+        rows.len()
+    );
+    assert!(rows.len() < FLOOD / 4, "{} events", rows.len());
+    let mut unknown = 0;
+    let mut known = 0;
+    for (actor, method, request_id, details) in &rows {
+        assert_eq!(actor, "unauthenticated");
+        assert!(method.len() <= 200, "method of {} bytes", method.len());
+        assert!(
+            !method.contains("AAAA"),
+            "the unknown path reached the trail"
+        );
+        let request_id = request_id.as_deref().unwrap_or_default();
+        assert!(
+            request_id.len() <= 128,
+            "request id of {} bytes",
+            request_id.len()
+        );
+        assert!(details.to_string().len() <= 2048, "details: {details}");
+        let methods = details["methods"].as_array().cloned().unwrap_or_default();
+        if method == "unknown method" || methods.iter().any(|m| m == "unknown method") {
+            unknown += 1;
+        }
+        if method == "privacy.v1.ConsentService/RecordConsent"
+            || methods
+                .iter()
+                .any(|m| m == "privacy.v1.ConsentService/RecordConsent")
+        {
+            known += 1;
+        }
+    }
+    assert!(unknown > 0 && known > 0, "{rows:?}");
+    server.finish().await;
+}
+
+/// A caller limited to one data system may name only that system: it can
+/// neither re-register another system (the next deletion would skip what
+/// it removed) nor read it, its lists show only its own systems, and the
+/// org-wide disclosure log and report are beyond it. Each refusal is
+/// PERMISSION_DENIED and audited.
+#[tokio::test]
+async fn a_worker_scoped_to_one_system_can_neither_rewrite_nor_read_another() {
+    use privacy_records::proto::{
+        Disclosure, DisclosureBasis, GetDataSystemRequest, GetDisclosureReportRequest,
+        ListDataSystemsRequest, RecordDisclosureRequest,
+    };
+    let dir = common::scratch_dir();
+    let server = start_with_callers(dir.path()).await;
+    let channel = plain_channel(&server);
+    let mut systems = DataSystemServiceClient::new(channel.clone());
+    for id in ["crm", "billing"] {
+        systems
+            .register_data_system(with_token(system(id), CONSOLE_TOKEN))
+            .await
+            .expect("register");
+    }
+
+    // Re-registering another system, with fewer actions: refused, unchanged.
+    let mut shrunk = system("billing");
+    if let Some(s) = shrunk.data_system.as_mut() {
+        s.actions = vec![DataAction::Export as i32];
+    }
+    let refused = systems
+        .register_data_system(with_token(shrunk, WORKER_TOKEN))
+        .await
+        .expect_err("another system's registration");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    assert_eq!(error_reason(&refused).0, "CALLER_NOT_PERMITTED");
+    let get = |id: &str| GetDataSystemRequest {
+        name: format!("dataSystems/{id}"),
+    };
+    let billing = systems
+        .get_data_system(with_token(get("billing"), CONSOLE_TOKEN))
+        .await
+        .expect("the console reads")
+        .into_inner();
+    assert_eq!(billing.actions, [DataAction::Delete as i32]);
+    // Its own registration it may replace.
+    systems
+        .register_data_system(with_token(system("crm"), WORKER_TOKEN))
+        .await
+        .expect("its own system");
+
+    // Reading: its own system, not another (nor whether one exists).
+    systems
+        .get_data_system(with_token(get("crm"), WORKER_TOKEN))
+        .await
+        .expect("its own system");
+    for id in ["billing", "no-such-system"] {
+        let refused = systems
+            .get_data_system(with_token(get(id), WORKER_TOKEN))
+            .await
+            .expect_err(id);
+        assert_eq!(refused.code(), Code::PermissionDenied, "{id}");
+    }
+    let listed = systems
+        .list_data_systems(with_token(ListDataSystemsRequest::default(), WORKER_TOKEN))
+        .await
+        .expect("its list")
+        .into_inner();
+    let ids: Vec<_> = listed.data_systems.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["crm"]);
+
+    // The disclosure log and its report are org-wide.
+    let refused = systems
+        .get_disclosure_report(with_token(
+            GetDisclosureReportRequest::default(),
+            WORKER_TOKEN,
+        ))
+        .await
+        .expect_err("the org-wide report");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let disclosure = RecordDisclosureRequest {
+        request_id: request_id(),
+        disclosure: Some(Disclosure {
+            recipient: "Ad Network".into(),
+            categories: vec!["account_data".into()],
+            basis: DisclosureBasis::ServiceProvider as i32,
+            ..Default::default()
+        }),
+    };
+    let refused = systems
+        .record_disclosure(with_token(disclosure, WORKER_TOKEN))
+        .await
+        .expect_err("the org-wide log");
+    assert_eq!(refused.code(), Code::PermissionDenied);
+
+    // A scoped caller allowed everything still reaches no org-wide method.
+    for method in [
+        "/privacy.v1.DataSystemService/GetDisclosureReport",
+        "/privacy.v1.RetentionService/GetRecordOfProcessing",
+        "/privacy.v1.RetentionService/RunRetentionSweep",
+        "/privacy.v1.AuditService/ListAuditEvents",
+        "/privacy.v1.PrivacyRequestService/GetPrivacyRequest",
+    ] {
+        let status = call_raw(&channel, method, false, Some(SCOPED_ALL_TOKEN)).await;
+        assert_eq!(status.code(), Code::PermissionDenied, "{method}");
+    }
+    let status = call_raw(
+        &channel,
+        "/privacy.v1.ConsentService/CheckConsent",
+        false,
+        Some(SCOPED_ALL_TOKEN),
+    )
+    .await;
+    assert_ne!(status.code(), Code::PermissionDenied, "{status:?}");
+    // A lifecycle event names one of its systems.
+    let event = |system: &str| privacy_records::proto::RecordLifecycleEventRequest {
+        request_id: request_id(),
+        subject_id: "ann".into(),
+        data_system: system.into(),
+        event: privacy_records::proto::lifecycle_event::Kind::Activity as i32,
+        ..Default::default()
+    };
+    let mut retention =
+        privacy_records::proto::retention_service_client::RetentionServiceClient::new(
+            channel.clone(),
+        );
+    for system in ["dataSystems/crm", ""] {
+        let refused = retention
+            .record_lifecycle_event(with_token(event(system), SCOPED_ALL_TOKEN))
+            .await
+            .expect_err(system);
+        assert_eq!(refused.code(), Code::PermissionDenied, "{system:?}");
+    }
+    retention
+        .record_lifecycle_event(with_token(event("dataSystems/billing"), SCOPED_ALL_TOKEN))
+        .await
+        .expect("its own system");
+
+    let pool = server.db.pool().await;
+    let rows = refusal_events(&pool, 12).await;
+    let by_worker: i64 = rows
+        .iter()
+        .filter(|(actor, ..)| actor == "crm-worker")
+        .map(|(_, _, _, details)| count_of(details))
+        .sum();
+    assert_eq!(
+        by_worker, 5,
+        "register, two gets, the report and the log: {rows:?}"
+    );
+    server.finish().await;
 }

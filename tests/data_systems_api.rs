@@ -1327,3 +1327,88 @@ async fn a_disclosure_is_validated_and_its_purpose_must_exist() {
     assert!(!report.sold);
     server.finish().await;
 }
+
+// ---- names and identifiers ------------------------------------------------
+
+/// One task has one name: "tasks/01" and "tasks/+1" would otherwise reach
+/// "tasks/1". Every method that takes a task or request name refuses them,
+/// naming the field.
+#[tokio::test]
+async fn a_task_answers_only_to_its_canonical_name() {
+    let server = TestServer::start().await;
+    let pool = server.db.pool().await;
+    let mut c = client(&server);
+    register(&mut c, "crm").await;
+    let id = insert_tasks(&pool, "crm", "DELETE", 1).await[0];
+    for bad in [
+        format!("tasks/0{id}"),
+        format!("tasks/+{id}"),
+        format!("tasks/00{id}"),
+    ] {
+        let err = c
+            .get_task(GetTaskRequest { name: bad.clone() })
+            .await
+            .expect_err(&bad);
+        assert_eq!(failure(err), invalid(&["name"]), "{bad}");
+        let err = c
+            .renew_task_lease(RenewTaskLeaseRequest {
+                name: bad.clone(),
+                request_id: request_id(),
+                lease_id: uuid::Uuid::new_v4().to_string(),
+                lease_seconds: 60,
+            })
+            .await
+            .expect_err(&bad);
+        assert_eq!(failure(err), invalid(&["name"]), "{bad}");
+    }
+    let err = c
+        .list_tasks(ListTasksRequest {
+            privacy_request: "privacyRequests/01".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a request's name with a leading zero");
+    assert_eq!(failure(err), invalid(&["privacy_request"]));
+    get_task(&mut c, &format!("tasks/{id}")).await;
+    server.finish().await;
+}
+
+/// A worker's name and a system's reference are identifiers an operator
+/// reads and searches for: a control character (NUL, CR, LF, ESC, DEL, C1)
+/// in them is refused, naming the field.
+#[tokio::test]
+async fn control_characters_in_worker_identifiers_are_refused() {
+    let server = TestServer::start().await;
+    let pool = server.db.pool().await;
+    let mut c = client(&server);
+    register(&mut c, "crm").await;
+    insert_tasks(&pool, "crm", "DELETE", 1).await;
+    for bad in [
+        "w1\0",
+        "w1\r\nforged",
+        "w\u{1b}1",
+        "w1\u{7f}",
+        "w1\u{9b}",
+        "w1\t",
+    ] {
+        let err = c
+            .claim_tasks(claim_request("crm", bad, 1, 60))
+            .await
+            .expect_err(bad);
+        assert_eq!(failure(err), invalid(&["worker"]), "{bad:?}");
+    }
+    let tasks = claim(&mut c, "crm", "w1", 1, 60).await;
+    let err = c
+        .complete_task(complete_request(
+            &tasks[0],
+            &tasks[0].lease_id,
+            TaskResult {
+                system_reference: "job-42\nforged".into(),
+                ..proof(1)
+            },
+        ))
+        .await
+        .expect_err("a reference with a line break");
+    assert_eq!(failure(err), invalid(&["result.system_reference"]));
+    server.finish().await;
+}

@@ -418,3 +418,30 @@ async fn an_agent_may_file_in_iowa_only_where_the_organisation_accepts_agents_vo
     assert_eq!(error_reason(&err).0, "AGENT_NOT_PERMITTED");
     server.finish().await;
 }
+
+/// A jurisdiction's rules have one name, with the code in upper case as it
+/// is printed ("jurisdictionRules/US-CA"): "us-ca" or "Us-Ca" would be
+/// second names of the same rules, and are refused naming the field.
+#[tokio::test]
+async fn jurisdiction_rules_answer_only_to_their_canonical_name() {
+    let server = TestServer::start().await;
+    let mut c = client(&server);
+    for bad in ["us-ca", "Us-CA", "eu", "de"] {
+        let err = c.get_jurisdiction_rules(get(bad)).await.expect_err(bad);
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        assert_eq!(error_reason(&err).1, ["name"], "{bad}");
+    }
+    let ca = c
+        .get_jurisdiction_rules(get("US-CA"))
+        .await
+        .expect("the canonical name")
+        .into_inner();
+    assert_eq!(ca.name, "jurisdictionRules/US-CA");
+    let defaults = c
+        .get_jurisdiction_rules(get("default"))
+        .await
+        .expect("the defaults' name")
+        .into_inner();
+    assert_eq!(defaults.code, "default");
+    server.finish().await;
+}

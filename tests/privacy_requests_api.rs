@@ -1290,3 +1290,81 @@ async fn a_written_request_carries_its_consistency_token_in_the_message_and_the_
     assert_eq!(read.consistency_token, "", "a read writes nothing");
     server.finish().await;
 }
+
+/// One request has one name: "privacyRequests/01", "/+1" and "/001" would
+/// otherwise all reach "privacyRequests/1", and a reader comparing names
+/// (an audit reviewer, a cache) would see several requests where there is
+/// one. Reads and changes refuse them, naming the field.
+#[tokio::test]
+async fn a_request_answers_only_to_its_canonical_name() {
+    let server = TestServer::start().await;
+    let mut c = client(&server);
+    let r = create(
+        &mut c,
+        new_request("ann", RequestType::Access, "US-CA", today()),
+    )
+    .await;
+    let id = r.name.strip_prefix("privacyRequests/").expect("a name");
+    for bad in [
+        format!("privacyRequests/0{id}"),
+        format!("privacyRequests/+{id}"),
+        format!("privacyRequests/00{id}"),
+        format!("privacyRequests/{id} "),
+    ] {
+        let err = c
+            .get_privacy_request(proto::GetPrivacyRequestRequest { name: bad.clone() })
+            .await
+            .expect_err(&bad);
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        assert_eq!(error_reason(&err).1, ["name"], "{bad}");
+        let err = verify(&mut c, &bad).await.expect_err(&bad);
+        assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
+        assert_eq!(error_reason(&err).1, ["name"], "{bad}");
+    }
+    c.get_privacy_request(proto::GetPrivacyRequestRequest {
+        name: r.name.clone(),
+    })
+    .await
+    .expect("the canonical name");
+    server.finish().await;
+}
+
+/// An identifier value with a control character (NUL, CR, LF, ESC, DEL, a
+/// C1 control) would be hashed and matched as typed, and could forge lines
+/// in whatever later prints it: refused, naming the field.
+#[tokio::test]
+async fn control_characters_in_identifier_values_are_refused() {
+    let server = TestServer::start().await;
+    let mut c = client(&server);
+    for value in [
+        "ann@example.com\0",
+        "ann\r\n@example.com",
+        "ann@exa\nmple.com",
+        "\u{1b}[31mann@example.com",
+        "ann\u{7f}@example.com",
+        "ann\u{85}@example.com",
+        "ann\t@example.com",
+    ] {
+        let req = CreatePrivacyRequestRequest {
+            identifiers: vec![proto::Identifier {
+                kind: proto::identifier::Kind::EmailAddress as i32,
+                value: value.into(),
+            }],
+            ..new_request("ann", RequestType::Access, "US-CA", today())
+        };
+        let err = c.create_privacy_request(req).await.expect_err(value);
+        assert_eq!(err.code(), Code::InvalidArgument, "{value:?}");
+        assert_eq!(error_reason(&err).1, ["identifiers[0].value"], "{value:?}");
+    }
+    let fine = CreatePrivacyRequestRequest {
+        identifiers: vec![proto::Identifier {
+            kind: proto::identifier::Kind::EmailAddress as i32,
+            value: " Ann@Example.com ".into(),
+        }],
+        ..new_request("ann", RequestType::Access, "US-CA", today())
+    };
+    c.create_privacy_request(fine)
+        .await
+        .expect("surrounding spaces are trimmed, as before");
+    server.finish().await;
+}

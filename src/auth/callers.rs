@@ -21,6 +21,12 @@
 //! `allow` entries are `package.Service/Method`, `package.Service/*` or
 //! `*`, checked against the service's own contract when the file is loaded,
 //! so a typo stops the server instead of silently denying.
+//!
+//! A caller with `data_systems` acts only for those systems: it may call
+//! only the methods in `SCOPED_METHODS`, which either check the system they
+//! name against its list or name and reveal no data system at all. A
+//! wildcard leaves the other methods out; naming one of them stops the
+//! load.
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,6 +54,44 @@ struct Entry {
     #[serde(default)]
     data_systems: Option<Vec<String>>,
 }
+
+/// The methods a caller limited to some data systems may call: those that
+/// check the system they name (or filter their list) against its scope, and
+/// those that name and reveal no data system. Everything else shows or
+/// changes the organisation's data as a whole (every system's tasks in a
+/// privacy request, the disclosure log, legal holds, the record of
+/// processing, the audit trail), which no single system's worker needs. A
+/// method added to the contract stays out until it is placed here.
+pub const SCOPED_METHODS: &[&str] = &[
+    // Checked against the scope: the system named, or the task's system.
+    "/privacy.v1.DataSystemService/RegisterDataSystem",
+    "/privacy.v1.DataSystemService/GetDataSystem",
+    "/privacy.v1.DataSystemService/ClaimTasks",
+    "/privacy.v1.DataSystemService/RenewTaskLease",
+    "/privacy.v1.DataSystemService/CompleteTask",
+    "/privacy.v1.DataSystemService/FailTask",
+    "/privacy.v1.DataSystemService/GetTask",
+    "/privacy.v1.DataSystemService/ListTasks",
+    "/privacy.v1.RetentionService/RecordLifecycleEvent",
+    // Filtered to the scope.
+    "/privacy.v1.DataSystemService/ListDataSystems",
+    // Naming and revealing no data system.
+    "/privacy.v1.ConsentService/CheckConsent",
+    "/privacy.v1.ConsentService/BatchCheckConsent",
+    "/privacy.v1.ConsentService/RecordConsent",
+    "/privacy.v1.ConsentService/GetConsentState",
+    "/privacy.v1.ConsentService/ListConsentRecords",
+    "/privacy.v1.ConsentService/GetPurpose",
+    "/privacy.v1.ConsentService/ListPurposes",
+    "/privacy.v1.ConsentService/ListPolicyVersions",
+    "/privacy.v1.PrivacyRequestService/GetJurisdictionRules",
+    "/privacy.v1.PrivacyRequestService/ListJurisdictionRules",
+    "/privacy.v1.PrivacyRequestService/CheckSuppression",
+    "/privacy.v1.RetentionService/ListDataCategories",
+    "/privacy.v1.RetentionService/GetRetentionPolicy",
+    "/privacy.v1.RetentionService/ListRetentionPolicies",
+    "/privacy.v1.AuditService/VerifyAuditLog",
+];
 
 /// A configured caller, with its permissions expanded to method paths.
 #[derive(Debug)]
@@ -107,14 +151,25 @@ impl Callers {
             if !names.insert(name.clone()) {
                 return Err(format!("caller {name:?} is listed twice"));
             }
+            let scoped = entry.data_systems.is_some();
             let mut allowed = HashSet::new();
             for pattern in &entry.allow {
-                let matched = expand(pattern, &methods);
+                let mut matched = expand(pattern, &methods);
                 if matched.is_empty() {
                     return Err(format!(
                         "caller {name:?}: {pattern:?} names no method of this service \
                          (use package.Service/Method, package.Service/* or *)"
                     ));
+                }
+                if scoped {
+                    let wildcard = pattern.trim().ends_with('*');
+                    if !wildcard && !SCOPED_METHODS.contains(&matched[0].as_str()) {
+                        return Err(format!(
+                            "caller {name:?}: {pattern:?} concerns every data system, but the \
+                             caller is limited to data_systems; give it to a caller without them"
+                        ));
+                    }
+                    matched.retain(|m| SCOPED_METHODS.contains(&m.as_str()));
                 }
                 allowed.extend(matched);
             }
@@ -169,6 +224,14 @@ impl Callers {
             .into_iter()
             .find_map(|n| self.by_certificate_name.get(n))
     }
+}
+
+/// Whether `name` ("pkg.Service/Method", without the leading slash) is a
+/// method of this service's own contract.
+pub fn is_contract_method(name: &str) -> bool {
+    static METHODS: std::sync::OnceLock<BTreeSet<String>> = std::sync::OnceLock::new();
+    let methods = METHODS.get_or_init(contract_methods);
+    name.len() < 200 && methods.contains(&format!("/{name}"))
 }
 
 /// The method paths of this service's own contract (`/pkg.Service/Method`).
@@ -252,6 +315,42 @@ mod tests {
         assert!(callers.by_certificate(["console"]).is_none());
         let console = callers.by_certificate(["console.internal"]).unwrap();
         assert_eq!(console.name, "console");
+    }
+
+    #[test]
+    fn scoped_methods_are_methods_of_the_contract() {
+        let methods = contract_methods();
+        for method in SCOPED_METHODS {
+            assert!(methods.contains(*method), "{method}");
+        }
+    }
+
+    #[test]
+    fn a_caller_limited_to_data_systems_gets_no_org_wide_method() {
+        let callers = Callers::parse(&format!(
+            r#"
+            [[caller]]
+            name = "w"
+            token_sha256 = ["{HASH}"]
+            allow = ["*"]
+            data_systems = ["crm"]
+            "#
+        ))
+        .unwrap();
+        let hash: [u8; 32] = hex::decode(HASH).unwrap().try_into().unwrap();
+        let w = callers.by_token_hash(&hash).unwrap();
+        assert!(w.may_call("/privacy.v1.DataSystemService/ClaimTasks"));
+        assert!(w.may_call("/privacy.v1.ConsentService/CheckConsent"));
+        assert!(!w.may_call("/privacy.v1.DataSystemService/GetDisclosureReport"));
+        assert!(!w.may_call("/privacy.v1.PrivacyRequestService/GetPrivacyRequest"));
+        let err = Callers::parse(
+            r#"[[caller]]
+            name = "w"
+            allow = ["privacy.v1.RetentionService/GetRecordOfProcessing"]
+            data_systems = ["crm"]"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("limited to data_systems"), "{err}");
     }
 
     #[test]

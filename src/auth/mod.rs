@@ -9,6 +9,7 @@
 //! Health and reflection need no credentials. Refusals are audited, with the
 //! reason but never the credential.
 pub mod callers;
+pub mod refusals;
 pub mod tls;
 
 use std::sync::Arc;
@@ -124,6 +125,10 @@ fn bearer_token(value: &str) -> Option<&str> {
 
 /// The audit event of a refused call: who (if known), which method, why,
 /// from where. Never the token or the certificate.
+/// Written at once, one event per refusal: for refusals of authenticated
+/// callers inside a use case; refusals at the door go through
+/// `refusals::RefusalAudit`, which aggregates them. The fields a caller
+/// controls are bounded either way.
 pub async fn audit_denial(
     pool: &PgPool,
     actor: &str,
@@ -133,21 +138,20 @@ pub async fn audit_denial(
     peer: &str,
     request_id: Option<&str>,
 ) {
-    let method = path.trim_start_matches('/');
-    let details = serde_json::json!({ "outcome": outcome, "reason": reason, "peer": peer });
-    let result = sqlx::query(
-        "INSERT INTO audit_events (actor, method, target, request_id, details)
-         VALUES ($1, $2, 'auth', $3, $4)",
+    let details = serde_json::json!({
+        "outcome": outcome,
+        "reason": refusals::cut(reason, 1000),
+        "peer": refusals::cut(peer, 64),
+        "count": 1,
+    });
+    refusals::insert(
+        pool,
+        refusals::cut(actor, 200),
+        refusals::method_name(path),
+        request_id.map(|id| refusals::cut(id, refusals::MAX_REQUEST_ID)),
+        details,
     )
-    .bind(actor)
-    .bind(method)
-    .bind(request_id)
-    .bind(details)
-    .execute(pool)
     .await;
-    if let Err(e) = result {
-        tracing::warn!(error = %e, "could not audit a refused call");
-    }
 }
 
 /// The audit fields of a denial: (actor, outcome, reason).

@@ -507,6 +507,35 @@ pub fn parse_required_text(raw: &str, max: usize) -> Result<String, String> {
     parse_text(raw, max)
 }
 
+/// An identifier someone chose (a worker's name, a system's reference, a
+/// subject's email address): it is matched and printed as given, so any
+/// control character (C0 with NUL, tab, CR and LF, DEL, C1) is refused, not
+/// just the ones free text refuses: a NUL would make two spellings of one
+/// value, a line break would forge lines wherever it is printed.
+pub fn refuse_control_characters(raw: &str) -> Result<(), String> {
+    if raw.chars().any(char::is_control) {
+        return Err(
+            "must not contain control characters (NUL, tab, CR, LF, ESC, DEL or C1 controls)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// An identifier (see `refuse_control_characters`) of at most `max`
+/// characters, possibly empty.
+pub fn parse_identifier_text(raw: &str, max: usize) -> Result<String, String> {
+    refuse_control_characters(raw)?;
+    parse_text(raw, max)
+}
+
+/// A required identifier (see `refuse_control_characters`): not blank, at
+/// most `max` characters.
+pub fn parse_required_identifier(raw: &str, max: usize) -> Result<String, String> {
+    refuse_control_characters(raw)?;
+    parse_required_text(raw, max)
+}
+
 pub fn parse_text(raw: &str, max: usize) -> Result<String, String> {
     if raw.chars().count() > max {
         return Err(format!("must be at most {max} characters"));

@@ -6,8 +6,9 @@ use tonic::{Request, Response, Status};
 use super::model::{
     Category, Claim, Country, DataAction, DataSystem, DataSystemFields, DataSystemId, Disclosure,
     DisclosureBasis, Kind, LeaseId, NewDisclosure, PurposeKey, SubjectId, Task, TaskFilter, TaskId,
-    TaskResult, TaskState, name_of_system, parse_lease_seconds, parse_max_tasks,
-    parse_request_name, parse_required_text, parse_sha256, parse_text,
+    TaskResult, TaskState, name_of_system, parse_identifier_text, parse_lease_seconds,
+    parse_max_tasks, parse_request_name, parse_required_identifier, parse_required_text,
+    parse_sha256, parse_text,
 };
 use super::{service, store};
 use crate::caller::Caller;
@@ -257,7 +258,7 @@ fn parse_result(v: &mut Violations, r: Option<&proto::TaskResult>) -> Option<Tas
     };
     let system_reference = v.check(
         "result.system_reference",
-        parse_text(&r.system_reference, 500),
+        parse_identifier_text(&r.system_reference, 500),
     );
     let export_json = v.check("result.export_json", parse_export(&r.export_json));
     let exempt_reason = match (r.exempt, r.exempt_reason.trim().is_empty()) {
@@ -394,6 +395,10 @@ impl DataSystemService for DataSystemApi {
         let (request_id, fields) = parsed(&req.request_id, |v| {
             parse_data_system(v, req.data_system.as_ref())
         })?;
+        // A worker limited to some systems must not rewrite another's
+        // registration (fewer actions would make the next deletion skip it).
+        let scope = caller.check_system(fields.id.as_str(), &fields.id.name());
+        rpc::audit_refusal(&self.pool, METHOD, scope).await?;
         mutate(
             &self.pool,
             &self.keys,
@@ -416,8 +421,18 @@ impl DataSystemService for DataSystemApi {
         &self,
         request: Request<proto::GetDataSystemRequest>,
     ) -> Result<Response<proto::DataSystem>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let id = DataSystemId::parse_name(&req.name).map_err(|e| Error::invalid("name", e))?;
+        // Checked before the lookup, so a limited caller learns nothing of
+        // other systems, not even whether one exists.
+        let scope = caller.check_system(id.as_str(), &id.name());
+        rpc::audit_refusal(
+            &self.pool,
+            "privacy.v1.DataSystemService/GetDataSystem",
+            scope,
+        )
+        .await?;
         let system = store::get_data_system(&self.pool, &id)
             .await?
             .ok_or_else(|| Error::NotFound(id.name()))?;
@@ -429,6 +444,7 @@ impl DataSystemService for DataSystemApi {
         request: Request<proto::ListDataSystemsRequest>,
     ) -> Result<Response<proto::ListDataSystemsResponse>, Status> {
         const FILTERS: &str = "data_systems";
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let mut v = Violations::new();
         let limit = v.check("page_size", page_size(req.page_size));
@@ -439,7 +455,12 @@ impl DataSystemService for DataSystemApi {
         let (Some(limit), Some(after)) = (limit, after) else {
             return Err(v.into_error().into());
         };
-        let systems = store::list_data_systems(&self.pool, after.as_deref(), limit + 1).await?;
+        // A caller limited to some systems sees only those: a list has no
+        // single system to refuse, and the rest of the registry is not its
+        // business.
+        let only = caller.data_systems().map(|s| s.as_ref());
+        let systems =
+            store::list_data_systems(&self.pool, only, after.as_deref(), limit + 1).await?;
         let (page, next) = paginate(systems, limit, |s| PageToken::encode(FILTERS, &s.id));
         Ok(Response::new(proto::ListDataSystemsResponse {
             data_systems: page.iter().map(system_to_proto).collect(),
@@ -456,7 +477,7 @@ impl DataSystemService for DataSystemApi {
         let req = request.into_inner();
         let (request_id, claim) = parsed(&req.request_id, |v| {
             let data_system = v.check("data_system", DataSystemId::parse_name(&req.data_system));
-            let worker = v.check("worker", parse_required_text(&req.worker, 200));
+            let worker = v.check("worker", parse_required_identifier(&req.worker, 200));
             let max_tasks = v.check("max_tasks", parse_max_tasks(req.max_tasks));
             let lease_seconds = v.check("lease_seconds", parse_lease_seconds(req.lease_seconds));
             Some(Claim {

@@ -4,7 +4,10 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::consent::model::string_enum;
-pub use crate::consent::model::{PurposeKey, SubjectId, parse_required_text, parse_text};
+pub use crate::consent::model::{
+    PurposeKey, SubjectId, parse_identifier_text, parse_required_identifier, parse_required_text,
+    parse_text,
+};
 
 string_enum!(
     /// Whether a system is the organisation's own or a processor's.
@@ -167,11 +170,12 @@ pub struct TaskId(pub i64);
 
 impl TaskId {
     pub fn parse_name(name: &str) -> Result<Self, String> {
-        name.strip_prefix("tasks/")
-            .and_then(|id| id.parse::<i64>().ok())
-            .filter(|id| *id > 0)
+        crate::convert::parse_numbered_name(name, "tasks")
             .map(TaskId)
-            .ok_or_else(|| "must be \"tasks/{id}\" with a positive numeric id".into())
+            .ok_or_else(|| {
+                "must be \"tasks/{id}\" with a positive numeric id, without a sign or leading zeros"
+                    .into()
+            })
     }
 
     pub fn name(self) -> String {

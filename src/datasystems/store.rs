@@ -121,18 +121,22 @@ pub async fn data_system_exists(conn: &mut PgConnection, id: &DataSystemId) -> R
 }
 
 /// A page of the registry by id; `after` is the last id of the page before.
+/// A page of the registry by id; only the systems in `only`, when given.
 pub async fn list_data_systems(
     pool: &PgPool,
+    only: Option<&[String]>,
     after: Option<&str>,
     limit: i64,
 ) -> Result<Vec<DataSystem>> {
     let rows = sqlx::query(concat!(
         "SELECT ",
         system_columns!(),
-        " FROM data_systems WHERE id > $1 ORDER BY id LIMIT $2"
+        " FROM data_systems WHERE id > $1 AND ($3::text[] IS NULL OR id = ANY($3))
+          ORDER BY id LIMIT $2"
     ))
     .bind(after.unwrap_or(""))
     .bind(limit)
+    .bind(only)
     .fetch_all(pool)
     .await?;
     rows.iter().map(system_from_row).collect()

@@ -14,7 +14,9 @@ use super::service::{self, Change, Env, NewRequest};
 use super::store::{self, ListFilter, RequestRow, TaskCounts, TransitionRow};
 use crate::caller::Caller;
 use crate::config::RequestSettings;
-use crate::consent::model::{Jurisdiction, SubjectId, parse_required_text, parse_text};
+use crate::consent::model::{
+    Jurisdiction, SubjectId, parse_required_text, parse_text, refuse_control_characters,
+};
 use crate::convert::{opt_timestamp, parse_opt_timestamp, timestamp};
 use crate::datasystems::model::parse_category;
 use crate::error::{Result as DomainResult, Violations};
@@ -215,6 +217,11 @@ fn parse_name(name: &str) -> Result<String, String> {
         && code.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
     if !valid {
         return Err("the code must be 2-10 letters, digits or '-', like US-CA or EU".into());
+    }
+    // Codes are upper case, as the rules print them ("default" excepted):
+    // "us-ca" would be a second name of the rules "jurisdictionRules/US-CA".
+    if code != rules::DEFAULT_CODE && code.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err("the code is written in upper case, like US-CA or EU (or \"default\")".into());
     }
     Ok(code.to_ascii_uppercase())
 }
@@ -446,6 +453,21 @@ fn parse_identifier(id: &proto::Identifier) -> Result<(IdentifierKind, String), 
     Ok((kind, value))
 }
 
+/// The `i`th identifier of a request. Control characters are refused
+/// before normalising (which trims), so one anywhere in the value is
+/// refused, naming the value.
+fn check_identifier(
+    v: &mut Violations,
+    i: usize,
+    id: &proto::Identifier,
+) -> Option<(IdentifierKind, String)> {
+    if let Err(e) = refuse_control_characters(&id.value) {
+        v.add(format!("identifiers[{i}].value"), e);
+        return None;
+    }
+    v.check(&format!("identifiers[{i}]"), parse_identifier(id))
+}
+
 /// The whole CreatePrivacyRequest, validated.
 fn parse_new_request(
     v: &mut Violations,
@@ -478,7 +500,7 @@ fn parse_new_request(
         .identifiers
         .iter()
         .enumerate()
-        .filter_map(|(i, id)| v.check(&format!("identifiers[{i}]"), parse_identifier(id)))
+        .filter_map(|(i, id)| check_identifier(v, i, id))
         .collect();
     let agent = req.agent.as_ref().and_then(|a| {
         let display_name = v.check(
@@ -1124,7 +1146,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
             .identifiers
             .iter()
             .enumerate()
-            .filter_map(|(i, id)| v.check(&format!("identifiers[{i}]"), parse_identifier(id)))
+            .filter_map(|(i, id)| check_identifier(&mut v, i, id))
             .collect();
         if !req.subject_id.is_empty()
             && let Some(s) = v.check("subject_id", SubjectId::parse(&req.subject_id))

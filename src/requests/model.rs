@@ -316,11 +316,13 @@ pub struct RequestRef(pub i64);
 
 impl RequestRef {
     pub fn parse_name(name: &str) -> Result<Self, String> {
-        name.strip_prefix("privacyRequests/")
-            .and_then(|id| id.parse::<i64>().ok())
-            .filter(|id| *id > 0)
+        crate::convert::parse_numbered_name(name, "privacyRequests")
             .map(RequestRef)
-            .ok_or_else(|| "must be \"privacyRequests/{id}\" with a positive numeric id".into())
+            .ok_or_else(|| {
+                "must be \"privacyRequests/{id}\" with a positive numeric id, without a sign or \
+                 leading zeros"
+                    .into()
+            })
     }
 
     pub fn name(self) -> String {

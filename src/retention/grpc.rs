@@ -202,10 +202,10 @@ fn hold_to_proto(h: &HoldRow) -> proto::LegalHold {
 }
 
 fn parse_hold_name(name: &str) -> Result<i64, String> {
-    name.strip_prefix("legalHolds/")
-        .and_then(|id| id.parse::<i64>().ok())
-        .filter(|id| *id > 0)
-        .ok_or_else(|| "must be \"legalHolds/{id}\"".into())
+    crate::convert::parse_numbered_name(name, "legalHolds").ok_or_else(|| {
+        "must be \"legalHolds/{id}\" with a positive numeric id, without a sign or leading zeros"
+            .into()
+    })
 }
 
 fn optional<T>(raw: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, String> {
@@ -384,6 +384,18 @@ impl RetentionService for RetentionApi {
             return Err(v.into_error().into());
         };
         let at = at.unwrap_or_else(Utc::now);
+        // A reporter limited to some data systems reports for one of them:
+        // without a system the event would move every system's schedule.
+        if caller.data_systems().is_some() {
+            let scope = match &system {
+                Some(id) => caller.check_system(id.as_str(), &id.name()),
+                None => Err(Error::PermissionDenied {
+                    caller: caller.as_str().to_owned(),
+                    resource: "every data system's schedule (name a data_system)".to_owned(),
+                }),
+            };
+            rpc::audit_refusal(&self.pool, METHOD, scope).await?;
+        }
         rpc::mutate(
             &self.pool,
             &self.keys,
