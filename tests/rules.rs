@@ -892,7 +892,11 @@ fn rhode_island_agents_may_file_opt_outs_only() {
     ] {
         assert!(rhode_island.agent_may_file(t), "{t:?}");
     }
-    for t in [RequestType::Access, RequestType::Deletion, RequestType::Correction] {
+    for t in [
+        RequestType::Access,
+        RequestType::Deletion,
+        RequestType::Correction,
+    ] {
         assert!(!rhode_island.agent_may_file(t), "{t:?}");
     }
 }
