@@ -802,6 +802,18 @@ async fn a_worker_scoped_to_one_system_can_neither_rewrite_nor_read_another() {
             .expect_err(id);
         assert_eq!(refused.code(), Code::PermissionDenied, "{id}");
     }
+    // Nor whether a task exists: one of another system and none at all
+    // are refused alike.
+    let refused = systems
+        .get_task(with_token(
+            privacy_records::proto::GetTaskRequest {
+                name: "tasks/999999".into(),
+            },
+            WORKER_TOKEN,
+        ))
+        .await
+        .expect_err("no such task");
+    assert_eq!(refused.code(), Code::PermissionDenied);
     let listed = systems
         .list_data_systems(with_token(ListDataSystemsRequest::default(), WORKER_TOKEN))
         .await
@@ -878,15 +890,15 @@ async fn a_worker_scoped_to_one_system_can_neither_rewrite_nor_read_another() {
         .expect("its own system");
 
     let pool = server.db.pool().await;
-    let rows = refusal_events(&pool, 12).await;
+    let rows = refusal_events(&pool, 13).await;
     let by_worker: i64 = rows
         .iter()
         .filter(|(actor, ..)| actor == "crm-worker")
         .map(|(_, _, _, details)| count_of(details))
         .sum();
     assert_eq!(
-        by_worker, 5,
-        "register, two gets, the report and the log: {rows:?}"
+        by_worker, 6,
+        "register, two gets, a task, the report and the log: {rows:?}"
     );
     server.finish().await;
 }

@@ -626,11 +626,15 @@ impl DataSystemService for DataSystemApi {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let id = TaskId::parse_name(&req.name).map_err(|e| Error::invalid("name", e))?;
-        let mut task = store::get_task(&self.pool, id.0)
-            .await?
-            .ok_or_else(|| Error::NotFound(id.name()))?;
-        let scope = caller.check_system(&task.data_system_id, &id.name());
-        rpc::audit_refusal(&self.pool, "privacy.v1.DataSystemService/GetTask", scope).await?;
+        const METHOD: &str = "privacy.v1.DataSystemService/GetTask";
+        let found = store::get_task(&self.pool, id.0).await?;
+        // A caller limited to some systems is refused a task that is not
+        // theirs and one that does not exist alike: the answer must not
+        // tell it whether another system's task id exists.
+        let system = found.as_ref().map_or("", |t| t.data_system_id.as_str());
+        let scope = caller.check_system(system, &id.name());
+        rpc::audit_refusal(&self.pool, METHOD, scope).await?;
+        let mut task = found.ok_or_else(|| Error::NotFound(id.name()))?;
         let mut conn = self.pool.acquire().await.map_err(Error::from)?;
         store::open_tasks(&self.keys, &mut conn, std::slice::from_mut(&mut task)).await?;
         Ok(Response::new(task_to_proto(&task)))
