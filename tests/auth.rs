@@ -814,6 +814,17 @@ async fn a_worker_scoped_to_one_system_can_neither_rewrite_nor_read_another() {
         .await
         .expect_err("no such task");
     assert_eq!(refused.code(), Code::PermissionDenied);
+    let renew = privacy_records::proto::RenewTaskLeaseRequest {
+        name: "tasks/999999".into(),
+        request_id: request_id(),
+        lease_id: "00000000-0000-0000-0000-000000000000".into(),
+        lease_seconds: 60,
+    };
+    let refused = systems
+        .renew_task_lease(with_token(renew, WORKER_TOKEN))
+        .await
+        .expect_err("no such task to renew");
+    assert_eq!(refused.code(), Code::PermissionDenied);
     let listed = systems
         .list_data_systems(with_token(ListDataSystemsRequest::default(), WORKER_TOKEN))
         .await
@@ -890,15 +901,15 @@ async fn a_worker_scoped_to_one_system_can_neither_rewrite_nor_read_another() {
         .expect("its own system");
 
     let pool = server.db.pool().await;
-    let rows = refusal_events(&pool, 13).await;
+    let rows = refusal_events(&pool, 14).await;
     let by_worker: i64 = rows
         .iter()
         .filter(|(actor, ..)| actor == "crm-worker")
         .map(|(_, _, _, details)| count_of(details))
         .sum();
     assert_eq!(
-        by_worker, 6,
-        "register, two gets, a task, the report and the log: {rows:?}"
+        by_worker, 7,
+        "register, two gets, a task read and renewed, the report and the log: {rows:?}"
     );
     server.finish().await;
 }

@@ -146,13 +146,21 @@ async fn journal_task(
 }
 
 /// Locks a task for a change, refusing a caller limited to other data
-/// systems (PERMISSION_DENIED; nothing is written).
+/// systems (PERMISSION_DENIED, for a missing task too; nothing is written).
 async fn lock_own_task(
     conn: &mut PgConnection,
     ctx: &Context,
     id: TaskId,
 ) -> Result<(Task, DateTime<Utc>)> {
-    let (task, now) = store::lock_task(conn, id.0).await?;
+    let (task, now) = match store::lock_task(conn, id.0).await {
+        // Refused alike whether another system's or none at all, so that a
+        // caller limited to some systems learns nothing of other task ids.
+        Err(Error::NotFound(what)) => {
+            ctx.check_system("", &id.name())?;
+            return Err(Error::NotFound(what));
+        }
+        locked => locked?,
+    };
     ctx.check_system(&task.data_system_id, &id.name())?;
     Ok((task, now))
 }
