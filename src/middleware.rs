@@ -21,7 +21,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::auth::refusals::{Refusal, RefusalAudit};
+use crate::auth::refusals::{self, Refusal, RefusalAudit};
 use crate::auth::{self, Authenticator};
 use crate::connections::{CallGuard, ConnectionInfo, GuardedBody};
 
@@ -174,15 +174,21 @@ where
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
+        // The log gets what a stranger sent bounded, as the audit trail
+        // does: a path that is no method as "unknown method", the request
+        // id cut to its limit.
         let span = tracing::info_span!(
             "rpc",
-            method = %method,
+            method = %refusals::method_name(&method),
             caller = tracing::field::Empty,
             peer = %peer,
             request_id = tracing::field::Empty,
         );
         if !header_id.is_empty() {
-            span.record("request_id", header_id.as_str());
+            span.record(
+                "request_id",
+                refusals::cut(&header_id, refusals::MAX_REQUEST_ID),
+            );
         }
 
         let open = auth::is_open(&method);

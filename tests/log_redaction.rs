@@ -28,6 +28,16 @@ const CONSOLE_TOKEN: &str = "console-token-secret-5d1e";
 const MAILER_TOKEN: &str = "mailer-token-secret-90ab";
 const UNKNOWN_TOKEN: &str = "unknown-token-secret-77c3";
 
+/// A stranger's overlong method path and request id (7 KB each, as a
+/// flood would send them); a log line holds neither whole.
+fn long_path() -> String {
+    format!("Flood{}", "Pq7".repeat(2400))
+}
+
+fn long_request_id() -> String {
+    format!("flood-{}", "rQ3".repeat(2400))
+}
+
 /// Everything that must never reach a log line.
 const SECRETS: &[&str] = &[
     EMAIL,
@@ -201,6 +211,22 @@ async fn exercise(server: &TestServer) {
         .record_consent(common::grant("log-subject", "api_io_storage"))
         .await
         .expect_err("the mailer may not record");
+
+    // What a stranger sends is bounded before it is logged: a path that is
+    // no method, and an overlong request id.
+    let mut grpc = tonic::client::Grpc::new(server.channel());
+    grpc.ready().await.expect("ready");
+    let mut request = Request::new(Vec::new());
+    request.metadata_mut().insert(
+        "x-request-id",
+        long_request_id().parse().expect("an ascii request id"),
+    );
+    let path: http::uri::PathAndQuery = format!("/privacy.v1.ConsentService/{}", long_path())
+        .parse()
+        .expect("path");
+    grpc.unary(request, path, common::raw::RawCodec)
+        .await
+        .expect_err("no such method, no credentials");
 }
 
 #[tokio::test]
@@ -234,4 +260,12 @@ async fn logs_at_debug_level_never_carry_identifiers_or_evidence() {
     for secret in SECRETS {
         assert!(!logs.contains(secret), "{secret:?} reached the log");
     }
+    assert!(
+        !logs.contains(&long_path()[..200]),
+        "a path that is no method is logged as such, not as sent"
+    );
+    assert!(
+        !logs.contains(&long_request_id()[..200]),
+        "a request id is cut to its limit in the log"
+    );
 }
