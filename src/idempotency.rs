@@ -42,13 +42,40 @@ impl RequestId {
 
 /// The fingerprint of a request: its method and its encoded bytes (prost
 /// encodes a message deterministically), so "the same request" means the
-/// same method with the same fields.
-pub fn fingerprint<M: Message>(method: &str, request: &M) -> Vec<u8> {
-    let mut hasher = Sha256::new();
-    hasher.update(method.as_bytes());
-    hasher.update([0u8]);
-    hasher.update(request.encode_to_vec());
-    hasher.finalize().to_vec()
+/// same method with the same fields. Keyed (HMAC-SHA-256 under the
+/// keyring's lookup key, which never enters the database), because a
+/// request may carry a person's data (corrections, identifiers): a plain
+/// hash kept beside its request id could be tested against guesses.
+pub struct Fingerprint {
+    keyed: Vec<u8>,
+    /// The plain SHA-256 that keys stored before fingerprints were keyed
+    /// hold; matched only against those (they expire with
+    /// `idempotency_key_ttl_secs`, after which this can go).
+    legacy: Vec<u8>,
+}
+
+impl Fingerprint {
+    /// What is stored with a new key.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.keyed
+    }
+
+    /// Whether a stored fingerprint is this request's.
+    fn matches(&self, stored: &[u8]) -> bool {
+        stored == self.keyed.as_slice() || stored == self.legacy.as_slice()
+    }
+}
+
+pub fn fingerprint<M: Message>(keys: &Keyring, method: &str, request: &M) -> Result<Fingerprint> {
+    let body = request.encode_to_vec();
+    let mut legacy = Sha256::new();
+    legacy.update(method.as_bytes());
+    legacy.update([0u8]);
+    legacy.update(&body);
+    Ok(Fingerprint {
+        keyed: keys.hash_key()?.fingerprint(method, &body),
+        legacy: legacy.finalize().to_vec(),
+    })
 }
 
 /// A request id as its caller's: the same id from another caller is
@@ -360,7 +387,7 @@ pub async fn stored(
     conn: &mut PgConnection,
     key: Key<'_>,
     method: &str,
-    fingerprint: &[u8],
+    fingerprint: &Fingerprint,
 ) -> Result<Option<Stored>> {
     let row: Option<StoredKey> = sqlx::query_as(
         "SELECT method, request_hash, response, consistency_token, consent_record_id,
@@ -385,7 +412,7 @@ pub async fn stored(
         // Not finished: a call with the id is still in flight.
         (None, None) => return Ok(None),
     };
-    if m != method || hash != fingerprint {
+    if m != method || !fingerprint.matches(&hash) {
         return Err(Error::RequestIdReused(key.request_id().to_owned()));
     }
     Ok(Some(stored))
@@ -403,7 +430,7 @@ async fn begin(
     conn: &mut PgConnection,
     key: Key<'_>,
     method: &str,
-    fingerprint: &[u8],
+    fingerprint: &Fingerprint,
 ) -> Result<Begun> {
     let inserted: Option<bool> = sqlx::query_scalar(
         "INSERT INTO idempotency_keys (caller, request_id, method, request_hash)
@@ -414,7 +441,7 @@ async fn begin(
     .bind(key.scope())
     .bind(key.request_id())
     .bind(method)
-    .bind(fingerprint)
+    .bind(fingerprint.as_bytes())
     .fetch_optional(&mut *conn)
     .await?;
     if inserted.is_some() {
@@ -460,7 +487,7 @@ pub async fn run<R, F>(
     keys: &Keyring,
     method: &'static str,
     key: &Key<'_>,
-    fingerprint: &[u8],
+    fingerprint: &Fingerprint,
     work: F,
 ) -> Result<(R, ConsistencyToken)>
 where

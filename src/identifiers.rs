@@ -35,6 +35,19 @@ impl HashKey {
         mac.update(normalized.as_bytes());
         mac.finalize().into_bytes().to_vec()
     }
+
+    /// The keyed fingerprint of a request (`crate::idempotency`): its
+    /// method and encoded body, under a label of its own so that it never
+    /// equals an identifier's hash.
+    pub fn fingerprint(&self, method: &str, body: &[u8]) -> Vec<u8> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0)
+            .expect("HMAC accepts a key of any length");
+        mac.update(b"privacy-records/request-fingerprint/v1\0");
+        mac.update(method.as_bytes());
+        mac.update(&[0]);
+        mac.update(body);
+        mac.finalize().into_bytes().to_vec()
+    }
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ where
 {
     note_request_id(request_id);
     let ctx = Context::for_call(&caller, method, request_id);
-    let fingerprint = idempotency::fingerprint(method, request);
+    let fingerprint = idempotency::fingerprint(keys, method, request)?;
     let key = idempotency::Key::new(caller.request_id_scope(), request_id);
     let outcome = idempotency::run(pool, keys, method, &key, &fingerprint, |conn| {
         work(conn, ctx.clone())

@@ -20,7 +20,7 @@ use privacy_records::consent::model::{
 use privacy_records::consent::service::{self, CheckQuery, Context, Recorded};
 use privacy_records::consent::store::{self, Appended};
 use privacy_records::error::Error;
-use privacy_records::idempotency::RequestId;
+use privacy_records::idempotency::{self, RequestId};
 use privacy_records::proto::ErrorReason;
 use privacy_records::reads::Reads;
 use privacy_records::tokens::ConsistencyToken;
@@ -375,7 +375,8 @@ async fn record(
         String::new(),
     );
     let new = new_consent("writer", decision);
-    let fingerprint = format!("{request_id:?}{decision:?}").into_bytes();
+    let body = format!("{request_id:?}{decision:?}");
+    let fingerprint = idempotency::fingerprint(&test_keyring(), ctx.method, &body).expect("key");
     let writes = GroupCommit::start(f.pool.clone(), test_keyring(), ctx.method, BATCHING);
     service::record_consent(&f.cache, &writes, &ctx, &fingerprint, &request_id, &new).await
 }
@@ -587,7 +588,9 @@ async fn concurrent_writes_through_the_group_commit_each_land_once() {
             let request_id = RequestId::parse(&id).expect("id");
             let ctx = Context::internal("test", RECORD_CONSENT, String::new());
             let new = new_consent(&subject, Decision::Granted);
-            service::record_consent(&f.cache, writes, &ctx, id.as_bytes(), &request_id, &new).await
+            let fingerprint =
+                idempotency::fingerprint(&test_keyring(), RECORD_CONSENT, &id).expect("key");
+            service::record_consent(&f.cache, writes, &ctx, &fingerprint, &request_id, &new).await
         }
     });
     let outcomes = futures::future::join_all(calls).await;

@@ -420,3 +420,62 @@ async fn a_workers_failure_message_about_the_person_does_not_outlive_the_erasure
     pool.close().await;
     server.finish().await;
 }
+
+/// The plain SHA-256 a request's fingerprint was before it was keyed.
+fn plain_fingerprint(method: &str, request: &CreatePrivacyRequestRequest) -> Vec<u8> {
+    use prost::Message;
+    let mut h = Sha256::new();
+    h.update(method.as_bytes());
+    h.update([0u8]);
+    h.update(request.encode_to_vec());
+    h.finalize().to_vec()
+}
+
+#[tokio::test]
+async fn a_stored_fingerprint_cannot_be_tested_against_guesses_of_the_request() {
+    const METHOD: &str = "privacy.v1.PrivacyRequestService/CreatePrivacyRequest";
+    let server = TestServer::start().await;
+    let mut c = requests(server.channel());
+    let req = correction("ann", ANN_OLD, ANN_NEW);
+    let first = c
+        .create_privacy_request(req.clone())
+        .await
+        .expect("create")
+        .into_inner();
+    let pool = server.db.pool().await;
+    let stored: Vec<u8> =
+        sqlx::query_scalar("SELECT request_hash FROM idempotency_keys WHERE request_id = $1")
+            .bind(&req.request_id)
+            .fetch_one(&pool)
+            .await
+            .expect("the key");
+    assert_ne!(
+        stored,
+        plain_fingerprint(METHOD, &req),
+        "whoever reads the table could hash guesses of the corrections and compare"
+    );
+
+    // A key stored before fingerprints were keyed still replays.
+    sqlx::query("UPDATE idempotency_keys SET request_hash = $2 WHERE request_id = $1")
+        .bind(&req.request_id)
+        .bind(plain_fingerprint(METHOD, &req))
+        .execute(&pool)
+        .await
+        .expect("an older key");
+    let again = c
+        .create_privacy_request(req.clone())
+        .await
+        .expect("the replay of an older key")
+        .into_inner();
+    assert_eq!(again.name, first.name);
+    let other = CreatePrivacyRequestRequest {
+        subject_id: "bob".into(),
+        ..req
+    };
+    let err = c
+        .create_privacy_request(other)
+        .await
+        .expect_err("another request under the id");
+    assert_eq!(error_reason(&err).0, "REQUEST_ID_REUSED", "{err:?}");
+    server.finish().await;
+}

@@ -745,7 +745,7 @@ impl ConsentService for ConsentApi {
         let (request_id, new) = parse_new_consent(&req)?;
         crate::rpc::note_request_id(&request_id);
         let ctx = Context::for_call(&caller, RECORD_CONSENT, &request_id);
-        let fingerprint = crate::idempotency::fingerprint(RECORD_CONSENT, &req);
+        let fingerprint = crate::idempotency::fingerprint(&self.keys, RECORD_CONSENT, &req)?;
         let outcome = crate::db::retry_on_conflict(|| {
             service::record_consent(
                 &self.cache,

@@ -369,7 +369,7 @@ pub async fn record_consent(
     cache: &DecisionCache,
     writes: &GroupCommit,
     ctx: &Context,
-    fingerprint: &[u8],
+    fingerprint: &idempotency::Fingerprint,
     request_id: &RequestId,
     new: &NewConsent,
 ) -> Result<Recorded> {
@@ -378,7 +378,7 @@ pub async fn record_consent(
         scope: &ctx.request_id_scope,
         method: ctx.method,
         request_id: request_id.as_str(),
-        fingerprint: Some(fingerprint),
+        fingerprint: Some(fingerprint.as_bytes()),
     };
     let mut cached = cache.purpose(&new.purpose);
     for _ in 0..PURPOSE_ATTEMPTS {
@@ -477,7 +477,7 @@ async fn earlier_call(
     pool: &PgPool,
     key: idempotency::Key<'_>,
     method: &str,
-    fingerprint: &[u8],
+    fingerprint: &idempotency::Fingerprint,
 ) -> Result<Recorded> {
     // The connection goes back to the pool before the entry is read (on
     // another one): many replays at once must not hold the pool empty.
