@@ -631,11 +631,13 @@ async fn a_retry_of_a_call_made_before_one_statement_writes_gets_its_sealed_resp
     let token = ConsistencyToken { xid: 4242 };
     let response = b"an encoded RecordConsentResponse".to_vec();
     let request_id = "before-0008";
-    let fingerprint = format!(
+    let body = format!(
         "{:?}{:?}",
         RequestId::parse(request_id).unwrap(),
         Decision::Refused
     );
+    let fingerprint =
+        idempotency::fingerprint(&test_keyring(), RECORD_CONSENT, &body).expect("fingerprint");
     sqlx::query(
         "INSERT INTO idempotency_keys (caller, request_id, method, request_hash, response,
                                        consistency_token)
