@@ -1101,7 +1101,7 @@ async fn record_consent_script(pool: &sqlx::PgPool) -> Result<String, String> {
         .await
         .map_err(|e| format!("cannot read purposes/{SEEDED_PURPOSE}: {e}"))?;
     // Parameter number → SQL text, in the statement's order.
-    let values: [String; 18] = [
+    let values: [String; 19] = [
         "'bench-subject-' || :n".into(),
         format!("'{SEEDED_PURPOSE}'"),
         "(CASE WHEN :n % 2 = 0 THEN 'GRANTED' ELSE 'REFUSED' END)".into(),
@@ -1120,6 +1120,8 @@ async fn record_consent_script(pool: &sqlx::PgPool) -> Result<String, String> {
         "'privacy.v1.ConsentService/RecordConsent'".into(),
         "'\\x00'::bytea".into(),
         "'CONSENT_RECORDED'".into(),
+        // The caller whose request id it is (none: an unauthenticated server).
+        "''".into(),
     ];
     let sql = privacy_records::consent::store::record_consent_sql();
     let mut out = String::with_capacity(sql.len() + 512);
@@ -1133,9 +1135,12 @@ async fn record_consent_script(pool: &sqlx::PgPool) -> Result<String, String> {
         let n: usize = rest[at + 1..at + 1 + digits]
             .parse()
             .map_err(|_| "RecordConsent's statement has a bare $".to_string())?;
-        let value = values
-            .get(n.wrapping_sub(1))
-            .ok_or_else(|| format!("RecordConsent's statement has ${n}; the bench fills 18"))?;
+        let value = values.get(n.wrapping_sub(1)).ok_or_else(|| {
+            format!(
+                "RecordConsent's statement has ${n}; the bench fills {}",
+                values.len()
+            )
+        })?;
         out.push_str(value);
         rest = &rest[at + 1 + digits..];
     }
