@@ -229,9 +229,17 @@ impl Callers {
 /// Whether `name` ("pkg.Service/Method", without the leading slash) is a
 /// method of this service's own contract.
 pub fn is_contract_method(name: &str) -> bool {
-    static METHODS: std::sync::OnceLock<BTreeSet<String>> = std::sync::OnceLock::new();
-    let methods = METHODS.get_or_init(contract_methods);
-    name.len() < 200 && methods.contains(&format!("/{name}"))
+    // Without the leading '/', so that a lookup (on every call's span)
+    // allocates nothing.
+    static NAMES: std::sync::OnceLock<std::collections::HashSet<String>> =
+        std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        contract_methods()
+            .into_iter()
+            .map(|path| path.trim_start_matches('/').to_owned())
+            .collect()
+    });
+    names.contains(name)
 }
 
 /// The method paths of this service's own contract (`/pkg.Service/Method`).
