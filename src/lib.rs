@@ -25,6 +25,7 @@ pub mod journal;
 pub mod keys;
 pub mod limits;
 pub mod middleware;
+pub mod names;
 pub mod reads;
 pub mod requests;
 pub mod retention;

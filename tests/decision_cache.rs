@@ -14,13 +14,12 @@ use std::time::Duration;
 use common::{TestDb, TestServer, test_keyring, test_settings};
 use privacy_records::consent::cache::{CacheSettings, DecisionCache};
 use privacy_records::consent::group_commit::{Batching, GroupCommit};
-use privacy_records::consent::model::{
-    ConsentModel, Decision, NewConsent, PurposeKey, Reason, Source, SubjectId,
-};
+use privacy_records::consent::model::{ConsentModel, Decision, NewConsent, Reason, Source};
 use privacy_records::consent::service::{self, CheckQuery, Context, Recorded};
 use privacy_records::consent::store::{self, Appended};
 use privacy_records::error::Error;
 use privacy_records::idempotency::{self, RequestId};
+use privacy_records::names::{PurposeKey, SubjectId};
 use privacy_records::proto::ErrorReason;
 use privacy_records::reads::Reads;
 use privacy_records::tokens::ConsistencyToken;

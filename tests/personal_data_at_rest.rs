@@ -466,7 +466,7 @@ async fn rotation_rewraps_every_data_key_so_the_old_master_key_can_go() {
 
     // The old key removed from the keyring: everything still reads back.
     let new_only = ring(&[("test-mk-2", 9)]);
-    let subject = privacy_records::consent::model::SubjectId::parse("s3").expect("id");
+    let subject = privacy_records::names::SubjectId::parse("s3").expect("id");
     let records = privacy_records::consent::store::list_records(
         &new_only,
         &pool,

@@ -8,8 +8,9 @@ mod common;
 use chrono::{DateTime, Duration, Utc};
 use common::{TestServer, error_reason, grant, request_id, ts, wait_until};
 use privacy_records::consent::cache::{CacheSettings, DecisionCache};
-use privacy_records::consent::model::{PurposeKey, Reason, SubjectId};
+use privacy_records::consent::model::Reason;
 use privacy_records::consent::service::CheckQuery;
+use privacy_records::names::{PurposeKey, SubjectId};
 use privacy_records::proto::audit_service_client::AuditServiceClient;
 use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
 use privacy_records::proto::{

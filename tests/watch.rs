@@ -7,8 +7,9 @@ use std::collections::HashSet;
 
 use common::{PATIENCE, TestServer, request_id, storage_grant, test_keyring};
 use privacy_records::changefeed;
-use privacy_records::consent::model::{Decision, NewConsent, PurposeKey, Source, SubjectId};
+use privacy_records::consent::model::{Decision, NewConsent, Source};
 use privacy_records::consent::service::{self, Context};
+use privacy_records::names::{PurposeKey, SubjectId};
 use privacy_records::proto::WatchConsentChangesRequest;
 use privacy_records::proto::consent_service_client::ConsentServiceClient;
 use privacy_records::tokens::FeedPosition;

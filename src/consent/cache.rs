@@ -35,12 +35,13 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
 use super::decision::{self, Inputs, MaterialChange};
-use super::model::{ConsentRecord, Purpose, PurposeKey};
+use super::model::{ConsentRecord, Purpose};
 use super::service::{CheckAnswers, CheckQuery};
 use super::store;
 use crate::changefeed;
 use crate::error::Result;
 use crate::journal::{ChangeKind, Follower, LOCAL_WRITES};
+use crate::names::PurposeKey;
 use crate::tokens::{ConsistencyToken, FeedPosition};
 
 /// The channel this service's processes wake each other's followers on.

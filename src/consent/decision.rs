@@ -4,7 +4,8 @@
 //! the same inputs and give the same answer.
 use chrono::{DateTime, Utc};
 
-use super::model::{ConsentModel, ConsentRecord, Decision, Jurisdiction, Purpose, Reason, Source};
+use super::model::{ConsentModel, ConsentRecord, Decision, Purpose, Reason, Source};
+use crate::names::Jurisdiction;
 
 /// The latest material policy version in effect at the time asked about.
 #[derive(Debug, Clone)]
@@ -109,7 +110,8 @@ pub fn decide(input: &Inputs<'_>) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consent::model::{Lift, Promise, PurposeKey};
+    use crate::consent::model::{Lift, Promise};
+    use crate::names::PurposeKey;
     use chrono::TimeZone;
     use std::collections::BTreeMap;
 

@@ -15,8 +15,8 @@ use super::cache::DecisionCache;
 use super::decision::Outcome;
 use super::group_commit::{Batching, GroupCommit};
 use super::model::{
-    self as m, ConsentModel, ConsentRecord, Decision, Evidence, EvidenceKind, Jurisdiction,
-    NewConsent, PolicyVersion, Purpose, PurposeFields, PurposeKey, Source, Subject, SubjectId,
+    self as m, ConsentModel, ConsentRecord, Decision, Evidence, EvidenceKind, NewConsent,
+    PolicyVersion, Purpose, PurposeFields, Source, Subject,
 };
 use super::service::{self, CheckQuery, PurposeMask, ReadAt, Recorded};
 use super::store;
@@ -27,6 +27,7 @@ use crate::datasystems::model::parse_category;
 use crate::error::{Error, Result, Violations};
 use crate::idempotency::RequestId;
 use crate::journal::ChangeKind;
+use crate::names::{Jurisdiction, PurposeKey, SubjectId};
 use crate::proto;
 use crate::proto::consent_service_server::ConsentService;
 use crate::reads::Reads;
@@ -272,7 +273,7 @@ fn parse_purpose_fields(
     let display_name = if mask.display_name {
         v.check(
             "purpose.display_name",
-            m::parse_text(&p.display_name, 200).and_then(|s| {
+            crate::names::parse_text(&p.display_name, 200).and_then(|s| {
                 if s.trim().is_empty() {
                     Err("is required".into())
                 } else {
@@ -284,7 +285,10 @@ fn parse_purpose_fields(
         Some(String::new())
     };
     let description = if mask.description {
-        v.check("purpose.description", m::parse_text(&p.description, 2000))
+        v.check(
+            "purpose.description",
+            crate::names::parse_text(&p.description, 2000),
+        )
     } else {
         Some(String::new())
     };
@@ -434,8 +438,14 @@ fn parse_evidence(v: &mut Violations, e: Option<&proto::Evidence>) -> Option<Opt
         parse_evidence_kind(e.kind)
             .and_then(|k| k.ok_or_else(|| "is required when evidence is given".into())),
     );
-    let reference = v.check("evidence.reference", m::parse_text(&e.reference, 512));
-    let description = v.check("evidence.description", m::parse_text(&e.description, 2000));
+    let reference = v.check(
+        "evidence.reference",
+        crate::names::parse_text(&e.reference, 512),
+    );
+    let description = v.check(
+        "evidence.description",
+        crate::names::parse_text(&e.description, 2000),
+    );
     Some(Some(Evidence {
         kind: kind?,
         reference: reference?,
@@ -1050,7 +1060,10 @@ impl ConsentService for ConsentApi {
                         .and_then(parse_timestamp),
                 );
                 let sha = v.check("policy_version.text_sha256", parse_sha256(&p.text_sha256));
-                let summary = v.check("policy_version.summary", m::parse_text(&p.summary, 2000));
+                let summary = v.check(
+                    "policy_version.summary",
+                    crate::names::parse_text(&p.summary, 2000),
+                );
                 match (id, effective, sha, summary) {
                     (Some(version_id), Some(effective_time), Some(text_sha256), Some(summary)) => {
                         Some(PolicyVersion {
@@ -1177,7 +1190,7 @@ impl ConsentService for ConsentApi {
         let mut v = Violations::new();
         let request_id = v.check("request_id", RequestId::parse(&req.request_id));
         let subject = v.check("subject_id", SubjectId::parse(&req.subject_id));
-        let reason = v.check("reason", m::parse_text(&req.reason, 2000));
+        let reason = v.check("reason", crate::names::parse_text(&req.reason, 2000));
         let (Some(request_id), Some(subject), Some(reason)) = (request_id, subject, reason) else {
             return Err(v.into_error().into());
         };

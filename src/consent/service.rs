@@ -9,14 +9,15 @@ use super::cache::DecisionCache;
 use super::decision::{self, Inputs, Outcome};
 use super::group_commit::GroupCommit;
 use super::model::{
-    ConsentModel, ConsentRecord, Decision, Jurisdiction, NewConsent, PolicyVersion, Promise,
-    Purpose, PurposeFields, PurposeKey, Subject, SubjectId,
+    ConsentModel, ConsentRecord, Decision, NewConsent, PolicyVersion, Promise, Purpose,
+    PurposeFields, Subject,
 };
 use super::store;
 use crate::error::{Error, FieldViolation, Result};
 use crate::idempotency::{self, RequestId, Stored};
 use crate::journal::{self, ChangeEntry, ChangeKind};
 use crate::keys::Keyring;
+use crate::names::{Jurisdiction, PurposeKey, SubjectId};
 use crate::proto::ErrorReason;
 use crate::reads::Reads;
 use crate::tokens::ConsistencyToken;

@@ -10,10 +10,11 @@ use sqlx::{PgConnection, PgPool, Row};
 use super::decision::MaterialChange;
 use super::model::{
     ConsentModel, ConsentRecord, Decision, Evidence, EvidenceKind, Lift, NewConsent, PolicyVersion,
-    Promise, Purpose, PurposeFields, PurposeKey, Source, Subject, SubjectId,
+    Promise, Purpose, PurposeFields, Source, Subject,
 };
 use crate::error::{Error, Result};
 use crate::keys::{Keyring, column};
+use crate::names::{PurposeKey, SubjectId};
 
 const PURPOSE_COLUMNS: &str = "key, display_name, description, consent_model, jurisdiction_models, \
      required_evidence, honors_gpc, reconsent_on_material_change, create_time, update_time, revision, \

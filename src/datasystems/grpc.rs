@@ -5,16 +5,18 @@ use tonic::{Request, Response, Status};
 
 use super::model::{
     Category, Claim, Country, DataAction, DataSystem, DataSystemFields, DataSystemId, Disclosure,
-    DisclosureBasis, Kind, LeaseId, NewDisclosure, PurposeKey, SubjectId, Task, TaskFilter, TaskId,
-    TaskResult, TaskState, name_of_system, parse_identifier_text, parse_lease_seconds,
-    parse_max_tasks, parse_request_name, parse_required_identifier, parse_required_text,
-    parse_sha256, parse_text,
+    DisclosureBasis, Kind, LeaseId, NewDisclosure, Task, TaskFilter, TaskId, TaskResult, TaskState,
+    name_of_system, parse_lease_seconds, parse_max_tasks, parse_request_name, parse_sha256,
 };
 use super::{service, store};
 use crate::caller::Caller;
 use crate::convert::{opt_timestamp, parse_opt_timestamp, parse_timestamp, timestamp};
 use crate::error::{Error, Result, Violations};
 use crate::idempotency::RequestId;
+use crate::names::{
+    PurposeKey, SubjectId, parse_identifier_text, parse_required_identifier, parse_required_text,
+    parse_text,
+};
 use crate::proto;
 use crate::proto::data_system_service_server::DataSystemService;
 use crate::reads::Reads;

@@ -3,11 +3,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::consent::model::string_enum;
-pub use crate::consent::model::{
-    PurposeKey, SubjectId, parse_identifier_text, parse_required_identifier, parse_required_text,
-    parse_text,
-};
+use crate::names::{PurposeKey, SubjectId, string_enum};
 
 string_enum!(
     /// Whether a system is the organisation's own or a processor's.
@@ -252,7 +248,16 @@ pub struct TaskResult {
 }
 
 /// One field a CORRECT task changes (the jsonb `corrections` column).
-pub use crate::requests::model::FieldCorrection as Correction;
+/// One field a correction changes (a correction request carries them; its
+/// tasks hand them to the data systems).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FieldCorrection {
+    pub field: String,
+    #[serde(default)]
+    pub current_value: String,
+    #[serde(default)]
+    pub corrected_value: String,
+}
 
 /// The sealed values of a task.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -270,7 +275,7 @@ pub struct Task {
     pub subject_id: String,
     pub action: DataAction,
     pub categories: Vec<String>,
-    pub corrections: Vec<Correction>,
+    pub corrections: Vec<FieldCorrection>,
     pub state: TaskState,
     pub attempts: i32,
     pub max_attempts: i32,

@@ -8,7 +8,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::model::{
     Claim, DataAction, DataSystem, DataSystemFields, Disclosure, DisclosureBasis, DisclosureReport,
-    LeaseId, NewDisclosure, PurposeKey, Task, TaskId, TaskResult, TaskState,
+    LeaseId, NewDisclosure, Task, TaskId, TaskResult, TaskState,
 };
 use super::store;
 use crate::consent::model::ConsentModel;
@@ -16,6 +16,7 @@ use crate::consent::store as consent_store;
 use crate::error::{Error, Result};
 use crate::journal::{self, ChangeEntry, ChangeKind};
 use crate::keys::{Keyring, column};
+use crate::names::PurposeKey;
 use crate::proto::ErrorReason;
 use crate::requests::progress::task_settled;
 use crate::rpc::Context;

@@ -6,12 +6,12 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, PgPool, Row};
 
 use super::model::{
-    Claim, Correction, DataAction, DataSystem, DataSystemFields, DataSystemId, Disclosure,
-    DisclosureBasis, Kind, NewDisclosure, PurposeKey, SealedParts, Task, TaskFilter, TaskResult,
-    TaskState,
+    Claim, DataAction, DataSystem, DataSystemFields, DataSystemId, Disclosure, DisclosureBasis,
+    FieldCorrection, Kind, NewDisclosure, SealedParts, Task, TaskFilter, TaskResult, TaskState,
 };
 use crate::error::{Error, Result};
 use crate::keys::{Keyring, column};
+use crate::names::PurposeKey;
 
 macro_rules! system_columns {
     () => {
@@ -149,7 +149,7 @@ fn task_from_row(row: &PgRow) -> Result<Task> {
     let state: String = row.try_get("state")?;
     let state = TaskState::from_db(&state).ok_or_else(|| corrupt("task state", &state))?;
     let corrections: serde_json::Value = row.try_get("corrections")?;
-    let corrections: Vec<Correction> = serde_json::from_value(corrections)
+    let corrections: Vec<FieldCorrection> = serde_json::from_value(corrections)
         .map_err(|e| corrupt("task corrections", &e.to_string()))?;
     let result = match state {
         TaskState::Succeeded | TaskState::Exempted => Some(TaskResult {

@@ -7,22 +7,22 @@ use sqlx::{PgConnection, PgPool};
 use tonic::{Request, Response, Status};
 
 use super::model::{
-    Agent, AppealState, Channel, DenialReason, FieldCorrection, HoldReason, IdentifierKind,
-    RequestRef, State,
+    Agent, AppealState, Channel, DenialReason, HoldReason, IdentifierKind, RequestRef, State,
 };
 use super::service::{self, Change, Env, NewRequest};
 use super::store::{self, ListFilter, RequestRow, TaskCounts, TransitionRow};
 use crate::caller::Caller;
 use crate::config::RequestSettings;
-use crate::consent::model::{
-    Jurisdiction, SubjectId, parse_required_text, parse_text, refuse_control_characters,
-};
 use crate::convert::{opt_timestamp, parse_opt_timestamp, timestamp};
+use crate::datasystems::model::FieldCorrection;
 use crate::datasystems::model::parse_category;
 use crate::error::{Result as DomainResult, Violations};
 use crate::idempotency::RequestId;
 use crate::identifiers::HashKey;
 use crate::keys::Keyring;
+use crate::names::{
+    Jurisdiction, SubjectId, parse_required_text, parse_text, refuse_control_characters,
+};
 use crate::proto::privacy_request;
 use crate::rpc::{self, not_in_future, paginate};
 use crate::tokens::{ConsistencyToken, PageToken, page_size};

@@ -1,7 +1,7 @@
 //! The privacy-request domain: states, the lifecycle as a table of allowed
 //! transitions, and the typed values a request carries.
-use crate::consent::model::string_enum;
 use crate::error::Error;
+use crate::names::string_enum;
 use crate::rules::RequestType;
 
 string_enum!(
@@ -261,7 +261,7 @@ string_enum!(
     }
 );
 
-pub use crate::datasystems::model::DataAction;
+use crate::datasystems::model::DataAction;
 
 /// The task action that fulfils a request type at the data systems; `None`
 /// for a confirmation, which needs no data system.
@@ -280,16 +280,6 @@ pub fn action_for(t: RequestType) -> Option<DataAction> {
         | RequestType::LimitSensitiveData => DataAction::Suppress,
         RequestType::Restriction | RequestType::Objection => DataAction::Restrict,
     })
-}
-
-/// One field a correction changes.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct FieldCorrection {
-    pub field: String,
-    #[serde(default)]
-    pub current_value: String,
-    #[serde(default)]
-    pub corrected_value: String,
 }
 
 /// An authorized agent.

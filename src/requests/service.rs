@@ -7,17 +7,18 @@ use serde_json::json;
 use sqlx::PgConnection;
 
 use super::model::{
-    self, Action, Agent, AppealState, Channel, DenialReason, FieldCorrection, HoldReason,
-    IdentifierKind, State,
+    self, Action, Agent, AppealState, Channel, DenialReason, HoldReason, IdentifierKind, State,
 };
 use super::store::{self, NewRow, RequestRow};
 use crate::config::RequestSettings;
-use crate::consent::model::{Decision, Jurisdiction, NewConsent, PurposeKey, Source, SubjectId};
+use crate::consent::model::{Decision, NewConsent, Source};
 use crate::consent::service as consent;
+use crate::datasystems::model::FieldCorrection;
 use crate::error::{Error, Result};
 use crate::identifiers::HashKey;
 use crate::journal::{self, ChangeEntry, ChangeKind};
 use crate::keys::{Keyring, column};
+use crate::names::{Jurisdiction, PurposeKey, SubjectId};
 use crate::proto::ErrorReason;
 use crate::rpc::Context;
 use crate::rules::{self, Clock, JurisdictionRules, Period, RequestType, Unit};

@@ -5,7 +5,8 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
-use super::model::{Action, AppealState, DataAction, DenialReason, HoldReason, State};
+use super::model::{Action, AppealState, DenialReason, HoldReason, State};
+use crate::datasystems::model::DataAction;
 use crate::error::{Error, Result};
 use crate::keys::{Keyring, column};
 use crate::retention::store::LegalKeep;

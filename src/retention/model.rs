@@ -1,5 +1,5 @@
 //! The retention domain's values.
-use crate::consent::model::string_enum;
+use crate::names::string_enum;
 
 string_enum!(
     /// What starts a retention clock.
