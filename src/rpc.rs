@@ -85,7 +85,48 @@ impl Context {
 /// Runs a mutation once per request id (AIP-155) in one transaction, and
 /// returns its response with the write's consistency token in the
 /// `x-consistency-token` header.
-pub async fn mutate<Req, R, F>(
+///
+/// `input` is the request already parsed into domain values; `work` gets it
+/// (and the call's context) shared, so a retried transaction reuses them
+/// rather than cloning what the closure captured.
+#[allow(clippy::too_many_arguments)]
+pub async fn mutate<Req, In, R, F>(
+    pool: &PgPool,
+    keys: &crate::keys::Keyring,
+    method: &'static str,
+    caller: Caller,
+    request_id: &RequestId,
+    request: &Req,
+    input: In,
+    work: F,
+) -> Result<Response<R>, Status>
+where
+    Req: prost::Message,
+    R: idempotency::Holds,
+    F: for<'c> Fn(
+        &'c mut PgConnection,
+        Arc<Context>,
+        Arc<In>,
+    ) -> BoxFuture<'c, Result<(R, ConsistencyToken)>>,
+{
+    note_request_id(request_id);
+    let ctx = Arc::new(Context::for_call(&caller, method, request_id));
+    let input = Arc::new(input);
+    let fingerprint = idempotency::fingerprint(keys, method, request)?;
+    let key = idempotency::Key::new(caller.request_id_scope(), request_id);
+    let outcome = idempotency::run(pool, keys, method, &key, &fingerprint, |conn| {
+        work(conn, ctx.clone(), input.clone())
+    })
+    .await;
+    let (response, token) = audit_refusal(pool, method, outcome).await?;
+    Ok(with_token(response, token))
+}
+
+/// `mutate` for handlers not yet moved to parsed inputs: the closure clones
+/// what it captured. Runs a mutation once per request id in one transaction, and
+/// returns its response with the write's consistency token in the
+/// `x-consistency-token` header.
+pub async fn mutate_cloning<Req, R, F>(
     pool: &PgPool,
     keys: &crate::keys::Keyring,
     method: &'static str,

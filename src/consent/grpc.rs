@@ -622,7 +622,7 @@ impl ConsentService for ConsentApi {
             return Err(v.into_error().into());
         };
         v.finish()?;
-        crate::rpc::mutate(
+        crate::rpc::mutate_cloning(
             &self.pool,
             &self.keys,
             METHOD,
@@ -713,7 +713,7 @@ impl ConsentService for ConsentApi {
             return Err(v.into_error().into());
         };
         v.finish()?;
-        crate::rpc::mutate(
+        crate::rpc::mutate_cloning(
             &self.pool,
             &self.keys,
             METHOD,
@@ -1083,7 +1083,7 @@ impl ConsentService for ConsentApi {
             return Err(v.into_error().into());
         };
         v.finish()?;
-        crate::rpc::mutate(
+        crate::rpc::mutate_cloning(
             &self.pool,
             &self.keys,
             METHOD,
@@ -1195,7 +1195,7 @@ impl ConsentService for ConsentApi {
             return Err(v.into_error().into());
         };
         let (minor, parental_consent) = (req.minor, req.parental_consent);
-        crate::rpc::mutate(
+        crate::rpc::mutate_cloning(
             &self.pool,
             &self.keys,
             METHOD,

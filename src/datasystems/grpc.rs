@@ -20,7 +20,7 @@ use crate::names::{
 use crate::proto;
 use crate::proto::data_system_service_server::DataSystemService;
 use crate::reads::Reads;
-use crate::rpc::{self, mutate, not_in_future, paginate};
+use crate::rpc::{self, mutate_cloning as mutate, not_in_future, paginate};
 use crate::tokens::{PageToken, page_size};
 
 /// The largest export a task may return.
@@ -401,15 +401,15 @@ impl DataSystemService for DataSystemApi {
         // registration (fewer actions would make the next deletion skip it).
         let scope = caller.check_system(fields.id.as_str(), &fields.id.name());
         rpc::audit_refusal(&self.pool, METHOD, scope).await?;
-        mutate(
+        rpc::mutate(
             &self.pool,
             &self.keys,
             METHOD,
             caller,
             &request_id,
             &req,
-            move |conn, ctx| {
-                let fields = fields.clone();
+            fields,
+            |conn, ctx, fields| {
                 Box::pin(async move {
                     let (system, token) = service::register(conn, &ctx, &fields).await?;
                     Ok((system_to_proto(&system), token))

@@ -87,7 +87,7 @@ impl PrivacyRequestApi {
             return Err(v.into_error().into());
         };
         let env = self.env().await?;
-        rpc::mutate(
+        rpc::mutate_cloning(
             &self.pool,
             &self.keys,
             method,
@@ -657,7 +657,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
             return Err(v.into_error().into());
         };
         let env = self.env().await?;
-        rpc::mutate(
+        rpc::mutate_cloning(
             &self.pool,
             &self.keys,
             METHOD,

@@ -90,7 +90,7 @@ impl RetentionApi {
             action,
             legal_reason: reason,
         };
-        rpc::mutate(
+        rpc::mutate_cloning(
             &self.pool,
             &self.keys,
             method,
@@ -321,7 +321,7 @@ impl RetentionService for RetentionApi {
         else {
             return Err(v.into_error().into());
         };
-        rpc::mutate(
+        rpc::mutate_cloning(
             &self.pool,
             &self.keys,
             METHOD,
@@ -396,7 +396,7 @@ impl RetentionService for RetentionApi {
             };
             rpc::audit_refusal(&self.pool, METHOD, scope).await?;
         }
-        rpc::mutate(
+        rpc::mutate_cloning(
             &self.pool,
             &self.keys,
             METHOD,
@@ -476,7 +476,7 @@ impl RetentionService for RetentionApi {
         ) else {
             return Err(v.into_error().into());
         };
-        rpc::mutate(
+        rpc::mutate_cloning(
             &self.pool,
             &self.keys,
             METHOD,
@@ -521,7 +521,7 @@ impl RetentionService for RetentionApi {
         let (Some(rid), Some(id), Some(reason)) = (rid, id, reason) else {
             return Err(v.into_error().into());
         };
-        rpc::mutate(
+        rpc::mutate_cloning(
             &self.pool,
             &self.keys,
             METHOD,
