@@ -5,6 +5,10 @@
 //! timeout on top), and an idle timeout that closes a connection with no call
 //! in progress. HTTP/2 keepalive (set on the server) closes connections whose
 //! peer stopped answering.
+//!
+//! The plaintext health listener gets the same treatment with small fixed
+//! caps (`HEALTH_LIMITS`): a flood of silent connections there must neither
+//! exhaust the process's file descriptors nor keep probes from answering.
 use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
@@ -30,6 +34,13 @@ pub struct ConnectionLimits {
     /// How long a connection may stay open without a call in progress.
     pub idle_timeout: Duration,
 }
+
+/// The health listener's caps. A probe opens a connection or two at a time
+/// (the kubelet, a load balancer's checker, a person with grpcurl), so 64 in
+/// total and 16 per peer leave room for every real prober while bounding
+/// what a flood can hold.
+pub const HEALTH_MAX_CONNECTIONS: usize = 64;
+pub const HEALTH_MAX_CONNECTIONS_PER_PEER: usize = 16;
 
 /// Counts the open connections and admits new ones under the caps.
 #[derive(Debug, Clone)]
@@ -336,5 +347,52 @@ impl http_body::Body for GuardedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Marks each call on a tracked connection in progress until its response
+/// ends, for a listener without `RpcLayer` (which does the same as one of
+/// its steps): the health listener's `Watch` streams are never idle.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MarkCallsLayer;
+
+impl<S> tower::Layer<S> for MarkCallsLayer {
+    type Service = MarkCalls<S>;
+
+    fn layer(&self, inner: S) -> MarkCalls<S> {
+        MarkCalls(inner)
+    }
+}
+
+/// See `MarkCallsLayer`.
+#[derive(Debug, Clone)]
+pub struct MarkCalls<S>(S);
+
+impl<S> tower::Service<http::Request<Body>> for MarkCalls<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let guard = request
+            .extensions()
+            .get::<ConnectionInfo>()
+            .map(|info| info.activity.begin());
+        let call = self.0.call(request);
+        Box::pin(async move {
+            let response = call.await?;
+            Ok(match guard {
+                Some(guard) => response.map(|body| GuardedBody::wrap(body, guard)),
+                None => response,
+            })
+        })
     }
 }

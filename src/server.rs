@@ -355,9 +355,29 @@ impl Application {
             let probe_reflection_v1 = probe_reflection().build_v1()?;
             let probe_reflection_v1alpha = probe_reflection().build_v1alpha()?;
             let mut stopped = stop_rx.clone();
+            // Capped and timed out like the main listener (see `connections`):
+            // probes must keep answering through a flood of idle connections.
+            let probe_admission = Admission::new(ConnectionLimits {
+                max_connections: crate::connections::HEALTH_MAX_CONNECTIONS,
+                max_connections_per_peer: crate::connections::HEALTH_MAX_CONNECTIONS_PER_PEER,
+                handshake_timeout: settings.handshake_timeout,
+                idle_timeout: settings.idle_connection_timeout,
+            });
+            let keepalive = (
+                settings.http2_keepalive_interval,
+                settings.http2_keepalive_timeout,
+            );
             tokio::spawn(async move {
-                let incoming = TcpIncoming::from(listener);
+                let incoming = TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .filter_map(move |conn| match conn {
+                        Ok(stream) => probe_admission.admit(stream).map(Ok),
+                        Err(e) => Some(Err(e)),
+                    });
                 let result = Server::builder()
+                    .layer(crate::connections::MarkCallsLayer)
+                    .http2_keepalive_interval(Some(keepalive.0))
+                    .http2_keepalive_timeout(Some(keepalive.1))
                     .add_service(health_only)
                     .add_service(probe_reflection_v1)
                     .add_service(probe_reflection_v1alpha)

@@ -597,3 +597,88 @@ async fn over_the_per_peer_cap_a_peer_is_refused_while_other_peers_get_answers()
     drop(held);
     server.finish().await;
 }
+
+/// A server with a plaintext health listener, and the listener's address.
+async fn with_health_listener(
+    mut settings: privacy_records::config::Settings,
+) -> (TestServer, std::net::SocketAddr) {
+    settings.security.health_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let db = TestDb::new().await;
+    let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
+    let app = Application::build(settings, pool).await.expect("build");
+    let health = app.health_addr().expect("health listener");
+    (TestServer::run(db, app).await, health)
+}
+
+/// Whether a probe from `from` to the health listener gets SERVING.
+async fn probe_serves(from: &str, health: std::net::SocketAddr) -> bool {
+    let channel = Channel::from_shared(format!("http://{health}"))
+        .expect("uri")
+        .local_address(Some(from.parse().expect("ip")))
+        .connect_lazy();
+    serving(&channel).await
+}
+
+#[tokio::test]
+async fn the_health_listener_caps_a_peers_connections_while_other_peers_probes_get_answers() {
+    let (server, health) = with_health_listener(test_settings()).await;
+    // One peer holds connections that send nothing, up to its cap...
+    let mut held = Vec::new();
+    while held.len() < 64 {
+        let mut stream = raw_connection("127.0.0.1", health).await;
+        if closed_within(&mut stream, Duration::from_millis(300)).await {
+            break;
+        }
+        held.push(stream);
+    }
+    assert!(
+        held.len() < 64,
+        "one peer kept {} silent connections to the health listener",
+        held.len()
+    );
+    // ...and the kubelet, another peer, still gets its answer.
+    assert!(
+        probe_serves("127.0.0.2", health).await,
+        "a probe from another peer got no answer"
+    );
+    drop(held);
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn silent_connections_to_the_health_listener_are_closed_after_the_handshake_timeout() {
+    let mut settings = test_settings();
+    settings.handshake_timeout = Duration::from_millis(300);
+    let (server, health) = with_health_listener(settings).await;
+    let mut silent = raw_connection("127.0.0.1", health).await;
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(10)).await,
+        "a connection that sent nothing to the health listener was kept"
+    );
+    assert!(probe_serves("127.0.0.1", health).await, "no probe answer");
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn a_health_watch_on_the_health_listener_outlives_the_idle_timeout() {
+    let mut settings = test_settings();
+    settings.idle_connection_timeout = Duration::from_millis(300);
+    let (server, health) = with_health_listener(settings).await;
+    let channel = Channel::from_shared(format!("http://{health}"))
+        .expect("uri")
+        .connect_lazy();
+    let mut watch = tonic_health::pb::health_client::HealthClient::new(channel)
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("first status");
+    assert!(first.is_some(), "the watch sent no status");
+    // Nothing changes, so nothing is sent: a stream closed as idle would
+    // end (or fail) within this wait; an open one stays silent through it.
+    let quiet = tokio::time::timeout(Duration::from_millis(1500), watch.message()).await;
+    assert!(quiet.is_err(), "the health watch ended: {quiet:?}");
+    server.finish().await;
+}
