@@ -180,12 +180,31 @@ pub fn generate(fds: &FileDescriptorSet) -> Result<String, String> {
          /// stored responses and logs record it: one constant per RPC, by service.\n\
          pub mod method {\n",
     );
+    let mut all = String::from(
+        "    /// Every RPC: (full name, service, method, kind as the gRPC ecosystem's\n\
+         \x20   /// metrics name it: `unary`, `server_stream`...).\n\
+         \x20   pub const ALL: &[(&str, &str, &str, &str)] = &[\n",
+    );
     for f in fds.file.iter().filter(|f| f.package() == "privacy.v1") {
         for s in &f.service {
             writeln!(methods, "    pub mod {} {{", snake(s.name())).map_err(|e| e.to_string())?;
             for m in &s.method {
                 inputs.insert(m.input_type().to_owned());
                 outputs.insert(m.output_type().to_owned());
+                let kind = match (m.client_streaming(), m.server_streaming()) {
+                    (false, false) => "unary",
+                    (false, true) => "server_stream",
+                    (true, false) => "client_stream",
+                    (true, true) => "bidi_stream",
+                };
+                writeln!(
+                    all,
+                    "        (\"{pkg}.{svc}/{name}\", \"{pkg}.{svc}\", \"{name}\", \"{kind}\"),",
+                    pkg = f.package(),
+                    svc = s.name(),
+                    name = m.name()
+                )
+                .map_err(|e| e.to_string())?;
                 writeln!(
                     methods,
                     "        pub const {}: &str = \"{}.{}/{}\";",
@@ -199,6 +218,8 @@ pub fn generate(fds: &FileDescriptorSet) -> Result<String, String> {
             methods.push_str("    }\n");
         }
     }
+    all.push_str("    ];\n");
+    methods.push_str(&all);
     methods.push_str("}\n");
     if let Some(both) = inputs.intersection(&outputs).next() {
         // The codec checks a type's limits wherever it decodes it, so a

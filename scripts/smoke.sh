@@ -150,7 +150,7 @@ free_port() {
 start_server() {
     SERVER_LOG="$WORK/server-$1.log"
     env "${SERVER_ENV[@]}" "$BIN" serve --listen "$ADDR" --data-dir "$DATA_DIR" \
-        >"$SERVER_LOG" 2>&1 &
+        --metrics-listen "$METRICS_ADDR" >"$SERVER_LOG" 2>&1 &
     SERVER_PID=$!
 }
 
@@ -253,6 +253,7 @@ WORK=$(mktemp -d /tmp/privacy-records-smoke.XXXXXX)
 chmod 0755 "$WORK"
 DATA_DIR="$WORK/data"
 ADDR="127.0.0.1:$(free_port)"
+METRICS_ADDR="127.0.0.1:$(free_port)"
 SUBJECT="smoke-$(date +%s)-$$"
 SERVER_ENV=()
 pass
@@ -502,6 +503,14 @@ grpc -d "{\"name\": \"$HOLD\", \"requestId\": \"$(new_uuid)\", \"reason\": \"set
 expect '"releaseTime"' '"releasedBy"'
 grpc -d '{}' "$ADDR" privacy.v1.RetentionService/ListLegalHolds || fail "ListLegalHolds failed"
 if grep -qF "$HOLD" <<<"$LAST_OUTPUT"; then fail "the released hold is still listed as active"; fi
+pass
+
+step "/metrics counts the calls made, by method and code"
+LAST_OUTPUT=$(python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' \
+    "http://$METRICS_ADDR/metrics" 2>&1) || fail "GET /metrics failed"
+expect 'grpc_server_handled_total{grpc_type="unary",grpc_service="privacy.v1.ConsentService",grpc_method="CheckConsent",grpc_code="OK"}' \
+    'grpc_code="FailedPrecondition"' "grpc_server_handling_seconds_bucket" \
+    "privacy_records_grpc_calls_in_flight"
 pass
 
 step "a grant for another person, to see it survive the restart"

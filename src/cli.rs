@@ -116,6 +116,10 @@ pub struct ServeArgs {
     /// production; logged as INSECURE).
     #[arg(long)]
     pub allow_insecure: bool,
+    /// An HTTP address serving Prometheus metrics at /metrics, e.g.
+    /// 0.0.0.0:9090 (also PRIVACY_RECORDS_METRICS_LISTEN; off when unset).
+    #[arg(long)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The name of the database the service uses inside the embedded cluster.
@@ -152,6 +156,7 @@ impl Cli {
             layer.http2_keepalive_timeout_ms = s.http2_keepalive_timeout_ms;
             layer.allow_insecure = s.allow_insecure.then_some(true);
             layer.refusal_audit_interval_ms = s.refusal_audit_interval_ms;
+            layer.metrics_listen = s.metrics_listen;
         }
         layer
     }

@@ -122,6 +122,9 @@ pub struct Settings {
     pub refusal_audit_interval: Duration,
     /// Who may call, and how they prove it.
     pub security: SecuritySettings,
+    /// An HTTP listener serving Prometheus metrics at `/metrics` (off when
+    /// unset).
+    pub metrics_listen: Option<SocketAddr>,
     // -- keys (personal data at rest; see crate::keys) --
     /// A keyring file (TOML: master keys, the active one, the lookup key).
     pub master_key_file: Option<PathBuf>,
@@ -229,6 +232,7 @@ impl Default for Settings {
             audit_seal_interval: Duration::from_secs(1),
             refusal_audit_interval: Duration::from_secs(10),
             security: SecuritySettings::default(),
+            metrics_listen: None,
             master_key_file: None,
             master_key: None,
             keys: crate::keys::Keyring::default(),
@@ -288,6 +292,7 @@ pub struct Layer {
     pub callers_file: Option<PathBuf>,
     pub allow_insecure: Option<bool>,
     pub health_listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
     // -- keys --
     pub master_key_file: Option<PathBuf>,
     pub master_key: Option<Secret>,
@@ -412,6 +417,7 @@ impl Layer {
             callers_file: parse(&get, "CALLERS_FILE")?,
             allow_insecure: parse(&get, "ALLOW_INSECURE")?,
             health_listen: parse(&get, "HEALTH_LISTEN")?,
+            metrics_listen: parse(&get, "METRICS_LISTEN")?,
             // -- keys --
             master_key_file: parse(&get, "MASTER_KEY_FILE")?,
             master_key: get(&format!("{ENV_PREFIX}MASTER_KEY"))
@@ -561,6 +567,9 @@ impl Settings {
         }
         if let Some(v) = layer.health_listen {
             security.health_listen = Some(v);
+        }
+        if let Some(v) = layer.metrics_listen {
+            self.metrics_listen = Some(v);
         }
         // -- keys --
         if let Some(v) = layer.master_key_file {

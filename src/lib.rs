@@ -24,6 +24,7 @@ pub mod identifiers;
 pub mod journal;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod middleware;
 pub mod names;
 pub mod reads;

@@ -23,7 +23,8 @@ use tracing::Instrument;
 
 use crate::auth::refusals::{self, Refusal, RefusalAudit};
 use crate::auth::{self, Authenticator};
-use crate::connections::{CallGuard, ConnectionInfo, GuardedBody};
+use crate::connections::{CallGuard, ConnectionInfo};
+use crate::metrics::{CallRecord, GrpcMetrics};
 
 #[derive(Clone)]
 pub struct RpcLayer {
@@ -35,9 +36,17 @@ pub struct RpcLayer {
     refusals: Option<Arc<RefusalAudit>>,
     /// Whether the database answers (from the health monitor).
     ready: watch::Receiver<bool>,
+    /// Counts calls by method and code (without it, nothing is counted).
+    metrics: Option<Arc<GrpcMetrics>>,
 }
 
 impl RpcLayer {
+    /// Counts every call in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<GrpcMetrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// Audits refused calls through `refusals`, which writes repeated ones
     /// as counts.
     pub fn with_refusal_audit(mut self, refusals: Arc<RefusalAudit>) -> Self {
@@ -59,6 +68,7 @@ impl RpcLayer {
             pool,
             refusals: None,
             ready,
+            metrics: None,
         }
     }
 }
@@ -74,6 +84,7 @@ impl<S> Layer<S> for RpcLayer {
             pool: self.pool.clone(),
             refusals: self.refusals.clone(),
             ready: self.ready.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -86,6 +97,25 @@ pub struct RpcService<S> {
     pool: PgPool,
     refusals: Option<Arc<RefusalAudit>>,
     ready: watch::Receiver<bool>,
+    metrics: Option<Arc<GrpcMetrics>>,
+}
+
+/// Counts the call handled now when `response` carries its status in its
+/// headers (an error: a trailers-only response); otherwise hands the record
+/// back, to ride with the body until its trailers.
+fn settle(record: Option<CallRecord>, response: &Response<Body>) -> Option<CallRecord> {
+    let mut record = record?;
+    match response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(status) => {
+            record.set_status(status);
+            None
+        }
+        None => Some(record),
+    }
 }
 
 /// Completes when the database is found away; never if the monitor has
@@ -161,6 +191,7 @@ where
 
     fn call(&mut self, mut request: Request<Body>) -> Self::Future {
         let method = request.uri().path().to_owned();
+        let record = self.metrics.as_ref().map(|m| m.begin(&method));
         let (peer, certificate_names, in_progress) = connection_of(&request);
         // tonic's `Request::remote_addr` (which names unauthenticated
         // callers) looks for the plain TCP info, which the listener's own
@@ -236,7 +267,9 @@ where
                                         .await
                                     }
                                 }
-                                Ok(status.into_http::<Body>())
+                                let response = status.into_http::<Body>();
+                                settle(record, &response);
+                                Ok(response)
                             }
                             .instrument(span),
                         );
@@ -260,6 +293,10 @@ where
                     let _enter = span.enter();
                     tracing::warn!("concurrency limit reached; call shed");
                     let response = crate::error::overloaded_status().into_http::<Body>();
+                    if let Some(metrics) = &self.metrics {
+                        metrics.shed();
+                    }
+                    settle(record, &response);
                     return Box::pin(async move { Ok(response) });
                 }
             }
@@ -268,6 +305,7 @@ where
         if !open && !*self.ready.borrow() {
             drop(permit);
             let response = crate::error::database_away_status().into_http::<Body>();
+            settle(record, &response);
             return Box::pin(async move { Ok(response) });
         }
         let ready = self.ready.clone();
@@ -290,11 +328,17 @@ where
                     }
                 };
                 drop(permit);
-                let result = match (result, in_progress) {
-                    (Ok(response), Some(guard)) => {
-                        Ok(response.map(|body| GuardedBody::wrap(body, guard)))
+                let result = match result {
+                    Ok(response) => {
+                        let record = settle(record, &response);
+                        if in_progress.is_some() || record.is_some() {
+                            Ok(response.map(|body| CallBody::wrap(body, in_progress, record)))
+                        } else {
+                            Ok(response)
+                        }
                     }
-                    (result, _) => result,
+                    // The record, dropped, counts the call as cancelled.
+                    Err(e) => Err(e),
                 };
                 if let Ok(response) = &result {
                     // Errors end in a trailers-only response with the status
@@ -316,5 +360,54 @@ where
             }
             .instrument(span),
         )
+    }
+}
+
+/// A response body that keeps its call marked in progress on its
+/// connection until the body ends (a stream's last message), so a long
+/// stream is never idle, and that counts the call handled then, with the
+/// status its trailers carry.
+struct CallBody {
+    inner: Body,
+    _busy: Option<CallGuard>,
+    record: Option<CallRecord>,
+}
+
+impl CallBody {
+    fn wrap(inner: Body, busy: Option<CallGuard>, record: Option<CallRecord>) -> Body {
+        Body::new(Self {
+            inner,
+            _busy: busy,
+            record,
+        })
+    }
+}
+
+impl http_body::Body for CallBody {
+    type Data = tonic::codegen::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(record)) = (&polled, self.record.as_mut())
+            && let Some(status) = frame
+                .trailers_ref()
+                .and_then(|t| t.get("grpc-status"))
+                .and_then(|v| v.to_str().ok())
+        {
+            record.set_status(status);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

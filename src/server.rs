@@ -23,6 +23,7 @@ use crate::consent::cache::{CacheSettings, DecisionCache};
 use crate::consent::group_commit::Batching;
 use crate::consent::grpc::{ConsentApi, WatchSettings};
 use crate::datasystems::grpc::DataSystemApi;
+use crate::metrics::Metrics;
 use crate::middleware::RpcLayer;
 use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::consent_service_server::ConsentServiceServer;
@@ -40,6 +41,9 @@ pub struct Application {
     local_addr: SocketAddr,
     /// The plaintext health-only listener, when configured.
     health_listener: Option<TcpListener>,
+    /// The Prometheus `/metrics` listener, when configured.
+    metrics_listener: Option<TcpListener>,
+    metrics: Metrics,
     pool: PgPool,
     /// Where checks and lists go (the primary, or a fresh enough replica).
     reads: Reads,
@@ -141,6 +145,14 @@ impl Application {
             ),
             None => None,
         };
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServeError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
         let addr = settings.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -161,6 +173,8 @@ impl Application {
             listener,
             local_addr,
             health_listener,
+            metrics_listener,
+            metrics: Metrics::new(),
             pool,
             reads,
             settings,
@@ -185,6 +199,18 @@ impl Application {
             .and_then(|l| l.local_addr().ok())
     }
 
+    /// The address of the Prometheus `/metrics` listener, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// The server's metrics (shared with the running server).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
     /// Serves until `shutdown` completes, then: health NOT_SERVING, wait the
     /// configured delay, stop accepting, let calls in flight finish within
     /// the grace period, stop background jobs.
@@ -196,6 +222,8 @@ impl Application {
             listener,
             local_addr,
             health_listener,
+            metrics_listener,
+            metrics,
             pool,
             reads,
             settings,
@@ -391,6 +419,23 @@ impl Application {
             });
         }
 
+        let metrics_server = metrics_listener.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "serving metrics at /metrics");
+            }
+            tokio::spawn(crate::metrics::serve(
+                listener,
+                metrics.clone(),
+                ConnectionLimits {
+                    max_connections: crate::connections::HEALTH_MAX_CONNECTIONS,
+                    max_connections_per_peer: crate::connections::HEALTH_MAX_CONNECTIONS_PER_PEER,
+                    handshake_timeout: settings.handshake_timeout,
+                    idle_timeout: settings.idle_connection_timeout,
+                },
+                stop_rx.clone(),
+            ))
+        });
+
         tracing::info!(%local_addr, tls = tls.is_some(), "serving gRPC");
         let mut builder = Server::builder();
         if let Some(tls) = tls {
@@ -399,7 +444,8 @@ impl Application {
         let server = builder
             .layer(
                 RpcLayer::new(settings.max_concurrent_calls, auth, pool.clone(), ready_rx)
-                    .with_refusal_audit(refusals),
+                    .with_refusal_audit(refusals)
+                    .with_metrics(metrics.grpc().clone()),
             )
             .http2_keepalive_interval(Some(settings.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(settings.http2_keepalive_timeout))
@@ -432,6 +478,9 @@ impl Application {
             let _ = sweeper.await;
         }
         let _ = sealer.await;
+        if let Some(metrics_server) = metrics_server {
+            let _ = metrics_server.await;
+        }
         let _ = follower.await;
         let _ = notifier.await;
         let _ = replica_probe.await;

@@ -1,0 +1,227 @@
+//! Prometheus metrics over HTTP, checked by Prometheus' own tools: the
+//! exposition passes `promtool check metrics`, and a real Prometheus server
+//! scrapes the server on loopback and sees, through its query API, the
+//! counters move as calls are made.
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use common::{TestDb, TestServer, test_settings, wait_until};
+use privacy_records::proto::CheckConsentRequest;
+use privacy_records::server::Application;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn with_metrics() -> (TestServer, SocketAddr) {
+    let mut settings = test_settings();
+    settings.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    let db = TestDb::new().await;
+    let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
+    let app = Application::build(settings, pool).await.expect("build");
+    let metrics = app.metrics_addr().expect("metrics listener");
+    (TestServer::run(db, app).await, metrics)
+}
+
+/// A plain HTTP/1.1 GET: the status line's code and the body.
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8(raw).expect("utf-8");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (code, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = &rest[size + 2..];
+    }
+    out
+}
+
+fn check(subject: &str) -> CheckConsentRequest {
+    CheckConsentRequest {
+        subject_id: subject.into(),
+        purpose: "api_io_storage".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_scrape_counts_calls_by_method_and_code_and_promtool_accepts_it() {
+    let (mut server, metrics) = with_metrics().await;
+    for _ in 0..3 {
+        server
+            .consent
+            .check_consent(check("ann"))
+            .await
+            .expect("check");
+    }
+    let refused = server.consent.check_consent(check("")).await;
+    assert_eq!(
+        refused.expect_err("refused").code(),
+        tonic::Code::InvalidArgument
+    );
+
+    let (code, body) = http_get(metrics, "/metrics").await;
+    assert_eq!(code, 200, "{body}");
+    for line in [
+        "grpc_server_handled_total{grpc_type=\"unary\",grpc_service=\"privacy.v1.ConsentService\",grpc_method=\"CheckConsent\",grpc_code=\"OK\"} 3",
+        "grpc_server_handled_total{grpc_type=\"unary\",grpc_service=\"privacy.v1.ConsentService\",grpc_method=\"CheckConsent\",grpc_code=\"InvalidArgument\"} 1",
+        "grpc_server_started_total{grpc_type=\"unary\",grpc_service=\"privacy.v1.ConsentService\",grpc_method=\"CheckConsent\"} 4",
+    ] {
+        assert!(body.contains(line), "no {line:?} in\n{body}");
+    }
+    assert!(
+        body.contains("grpc_server_handling_seconds_bucket{"),
+        "no latency histogram in\n{body}"
+    );
+    assert!(
+        !body.contains("api_io_storage"),
+        "a request's value became a label"
+    );
+
+    let (code, _) = http_get(metrics, "/nothing").await;
+    assert_eq!(code, 404);
+
+    let mut promtool = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package; .ci/run installs it)");
+    let mut stdin = promtool.stdin.take().expect("stdin");
+    stdin
+        .write_all(body.as_bytes())
+        .await
+        .expect("feed promtool");
+    drop(stdin);
+    let out = promtool.wait_with_output().await.expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.finish().await;
+}
+
+/// A Prometheus server scraping `target` every second, on a free loopback
+/// port, with its data in a scratch directory; killed when dropped.
+struct Prometheus {
+    addr: SocketAddr,
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    async fn start(target: SocketAddr) -> Prometheus {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: privacy-records\n    \
+                 static_configs:\n      - targets: ['{target}']\n"
+            ),
+        )
+        .expect("config");
+        let addr = {
+            let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("port");
+            probe.local_addr().expect("addr")
+        };
+        let child = tokio::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("prometheus (Debian's prometheus package; .ci/run installs it)");
+        let prometheus = Prometheus {
+            addr,
+            child,
+            _dir: dir,
+        };
+        wait_until("Prometheus ready", || async {
+            match TcpStream::connect(addr).await {
+                Ok(_) => http_get(addr, "/-/ready").await.0 == 200,
+                Err(_) => false,
+            }
+        })
+        .await;
+        prometheus
+    }
+
+    /// The value of an instant query with one result, if it has one.
+    async fn value(&self, query: &str) -> Option<f64> {
+        let encoded: String = query
+            .bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (code, body) = http_get(self.addr, &format!("/api/v1/query?query={encoded}")).await;
+        assert_eq!(code, 200, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).expect("json");
+        json["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|v| v.parse().ok())
+    }
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_server_and_sees_calls_counted() {
+    let (mut server, metrics) = with_metrics().await;
+    let mut prometheus = Prometheus::start(metrics).await;
+    let query = "sum(grpc_server_handled_total{grpc_method=\"CheckConsent\",grpc_code=\"OK\"})";
+    wait_until("the first scrape", || async {
+        prometheus.value("up{job=\"privacy-records\"}").await == Some(1.0)
+    })
+    .await;
+    let before = prometheus.value(query).await.unwrap_or(0.0);
+    for _ in 0..5 {
+        server
+            .consent
+            .check_consent(check("ann"))
+            .await
+            .expect("check");
+    }
+    wait_until("five more checks counted", || async {
+        prometheus.value(query).await.unwrap_or(0.0) >= before + 5.0
+    })
+    .await;
+    let _ = prometheus.child.kill().await;
+    server.finish().await;
+}
