@@ -6,11 +6,12 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 use tonic::{Request, Response, Status};
 
+use super::metrics;
+use super::model::ListFilter;
 use super::model::{
     Agent, AppealState, Channel, DenialReason, HoldReason, IdentifierKind, RequestRef, State,
 };
-use super::service::{self, Change, Env, NewRequest};
-use super::store::{self, ListFilter, RequestRow, TaskCounts, TransitionRow};
+use super::service::{self, Change, Env, NewRequest, RequestView};
 use crate::caller::Caller;
 use crate::config::RequestSettings;
 use crate::convert::{opt_timestamp, parse_opt_timestamp, timestamp};
@@ -24,7 +25,7 @@ use crate::names::{
     Jurisdiction, SubjectId, parse_required_text, parse_text, refuse_control_characters,
 };
 use crate::proto::privacy_request;
-use crate::rpc::{self, not_in_future, paginate};
+use crate::rpc::{self, not_in_future};
 use crate::tokens::{ConsistencyToken, PageToken, page_size};
 
 use crate::error::Error;
@@ -228,8 +229,8 @@ fn parse_name(name: &str) -> Result<String, String> {
 
 // ---- requests: conversions ------------------------------------------------
 
-fn state_to_proto(s: &str) -> i32 {
-    privacy_request::State::from_str_name(s).map_or(0, |v| v as i32)
+fn state_to_proto(s: State) -> i32 {
+    privacy_request::State::from_str_name(s.as_str()).map_or(0, |v| v as i32)
 }
 
 fn parse_enum<P: Copy, D>(
@@ -256,108 +257,91 @@ fn date_str(d: Option<NaiveDate>) -> String {
 }
 
 fn request_to_proto(
-    row: &RequestRow,
-    transitions: &[TransitionRow],
-    tasks: TaskCounts,
+    view: &RequestView,
     today: NaiveDate,
     settings: &RequestSettings,
 ) -> proto::PrivacyRequest {
+    let row = &view.request;
+    let tasks = view.tasks;
     let (appeal_available, appeal_voluntary) = service::appeal_available(row, settings);
-    let state = State::from_db(&row.state).unwrap_or(State::Received);
+    let state = row.state;
     // The due date the one extension would give, while it is unused.
-    let extended_due = service::clock_of(row)
-        .ok()
+    let extended_due = Some(row.clock)
         .filter(|clock| !clock.is_extended())
         .and_then(|clock| clock.extended_due().ok().flatten());
-    let agent = row
-        .agent
-        .clone()
-        .and_then(|a| serde_json::from_value::<Agent>(a).ok())
-        .map(|a| proto::Agent {
-            display_name: a.display_name,
-            contact: a.contact,
-            evidence_reference: a.evidence_reference,
-            evidence_description: a.evidence_description,
-        });
-    let corrections: Vec<FieldCorrection> =
-        serde_json::from_value(row.corrections.clone()).unwrap_or_default();
+    let agent = row.agent.clone().map(|a| proto::Agent {
+        display_name: a.display_name,
+        contact: a.contact,
+        evidence_reference: a.evidence_reference,
+        evidence_description: a.evidence_description,
+    });
     let cite = &row.deadline_citation;
-    let text = |k: &str| {
-        cite.get(k)
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned()
-    };
     let count = |n: i64| i32::try_from(n).unwrap_or(i32::MAX);
     proto::PrivacyRequest {
         name: row.name(),
         id: row.id.to_string(),
-        subject_id: row.subject_id.clone(),
-        request_type: rules::RequestType::parse(&row.request_type).map_or(0, request_type),
+        subject_id: row.subject_id.as_str().to_owned(),
+        request_type: request_type(row.request_type),
         jurisdiction: row.jurisdiction.clone(),
         rules_code: row.rules_code.clone(),
-        channel: privacy_request::Channel::from_str_name(&row.channel).map_or(0, |v| v as i32),
+        channel: privacy_request::Channel::from_str_name(row.channel.as_str())
+            .map_or(0, |v| v as i32),
         identifier_kinds: row
             .identifier_kinds
             .iter()
-            .filter_map(|k| proto::identifier::Kind::from_str_name(k).map(|v| v as i32))
+            .filter_map(|k| proto::identifier::Kind::from_str_name(k.as_str()).map(|v| v as i32))
             .collect(),
         agent,
-        corrections: corrections
-            .into_iter()
+        corrections: row
+            .corrections
+            .iter()
             .map(|c| proto::FieldCorrection {
-                field: c.field,
-                current_value: c.current_value,
-                corrected_value: c.corrected_value,
+                field: c.field.clone(),
+                current_value: c.current_value.clone(),
+                corrected_value: c.corrected_value.clone(),
             })
             .collect(),
         categories: row.categories.clone(),
-        state: state_to_proto(&row.state),
+        state: state_to_proto(state),
         receive_time: Some(timestamp(row.receive_time)),
-        received_date: date(row.received_date),
+        received_date: date(row.received_date()),
         due_date: date(row.due_date),
         original_due_date: date(row.original_due_date),
         extension_allowed: extended_due.is_some()
             && state.is_open()
             && today <= row.original_due_date,
         extended_due_date: date_str(extended_due),
-        extended: row.extended,
+        extended: row.clock.is_extended(),
         extension_reason: row.extension_reason.clone().unwrap_or_default(),
         verification_required: row.verification_required,
         agent_may_file: row.agent_may_file,
         statutory: row.statutory,
         free_limit_exceeded: row.free_limit_exceeded,
         prior_requests_12_months: row.prior_requests_12_months,
-        paused_days: row.paused_days,
+        paused_days: i32::try_from(row.clock.paused_days()).unwrap_or(i32::MAX),
         hold_reason: row
-            .hold_reason
-            .as_deref()
-            .and_then(proto::HoldReason::from_str_name)
+            .hold
+            .and_then(|h| proto::HoldReason::from_str_name(h.reason.as_str()))
             .map_or(0, |v| v as i32),
-        denial_reason: row
-            .denial_reason
-            .as_deref()
-            .and_then(proto::DenialReason::from_str_name)
-            .map_or(0, |v| v as i32),
+        denial_reason: denial_reason_to_proto(row.denial_reason),
         explanation: row.explanation.clone(),
         exemptions: row.exemptions.clone(),
-        appeal: row.appeal_state.as_deref().map(|s| proto::Appeal {
-            state: proto::appeal::State::from_str_name(s).map_or(0, |v| v as i32),
-            statement: row.appeal_statement.clone().unwrap_or_default(),
-            create_time: opt_timestamp(row.appeal_create_time),
-            due_date: date_str(row.appeal_due_date),
-            explanation: row.appeal_explanation.clone().unwrap_or_default(),
-            regulator_contact_provided: row.appeal_regulator_contact_provided.unwrap_or(false),
-            regulator_contact_required: row.appeal_regulator_contact_required.unwrap_or(false),
-            decide_time: opt_timestamp(row.appeal_decide_time),
-            voluntary: row.appeal_voluntary.unwrap_or(false),
+        appeal: row.appeal.as_ref().map(|a| proto::Appeal {
+            state: proto::appeal::State::from_str_name(a.state.as_str()).map_or(0, |v| v as i32),
+            statement: a.statement.clone(),
+            create_time: opt_timestamp(a.create_time),
+            due_date: date_str(a.due_date),
+            explanation: a.explanation.clone().unwrap_or_default(),
+            regulator_contact_provided: a.regulator_contact_provided,
+            regulator_contact_required: a.regulator_contact_required,
+            decide_time: opt_timestamp(a.decide_time),
+            voluntary: a.voluntary,
         }),
         appeal_available,
         appeal_voluntary,
         consistency_token: String::new(),
         legal_keeps: row
             .legal_keeps
-            .0
             .iter()
             .map(crate::retention::grpc::legal_keep_to_proto)
             .collect(),
@@ -368,15 +352,16 @@ fn request_to_proto(
             failed: count(tasks.failed),
             open: count(tasks.open),
         }),
-        transitions: transitions
+        transitions: view
+            .history
             .iter()
             .map(|t| proto::StateTransition {
-                from_state: t.from_state.as_deref().map_or(0, state_to_proto),
-                to_state: state_to_proto(&t.to_state),
+                from_state: t.from.map_or(0, state_to_proto),
+                to_state: state_to_proto(t.to),
                 action: t.action.clone(),
                 actor: t.actor.clone(),
                 reason: t.reason.clone(),
-                transition_time: Some(timestamp(t.transition_time)),
+                transition_time: Some(timestamp(t.time)),
             })
             .collect(),
         overdue: state.is_open() && row.due_date < today,
@@ -384,35 +369,17 @@ fn request_to_proto(
         update_time: Some(timestamp(row.update_time)),
         close_time: opt_timestamp(row.close_time),
         deadline_citation: Some(proto::Citation {
-            source: text("source"),
-            confidence: text("confidence"),
-            conservative: cite
-                .get("conservative")
-                .and_then(|v| v.as_bool())
-                .unwrap_or(false),
-            note: text("note"),
+            source: cite.source.clone(),
+            confidence: cite.confidence.clone(),
+            conservative: cite.conservative,
+            note: cite.note.clone(),
         }),
     }
 }
 
-/// Reads a request with its history and task summary, as the API shows it.
-async fn load(
-    keys: &Keyring,
-    settings: &RequestSettings,
-    conn: &mut PgConnection,
-    id: i64,
-) -> DomainResult<proto::PrivacyRequest> {
-    let mut row = store::must_get(conn, id, false).await?;
-    store::open(keys, conn, std::slice::from_mut(&mut row)).await?;
-    let transitions = store::transitions(conn, id).await?;
-    let tasks = store::task_counts(conn, id).await?;
-    Ok(request_to_proto(
-        &row,
-        &transitions,
-        tasks,
-        today(),
-        settings,
-    ))
+fn denial_reason_to_proto(r: Option<DenialReason>) -> i32 {
+    r.and_then(|r| proto::DenialReason::from_str_name(r.as_str()))
+        .map_or(0, |v| v as i32)
 }
 
 /// A request as a write that changed it returns it, with the write's token.
@@ -422,7 +389,8 @@ async fn written(
     id: i64,
     token: &ConsistencyToken,
 ) -> DomainResult<proto::PrivacyRequest> {
-    let mut request = load(&env.keys, &env.settings, conn, id).await?;
+    let view = service::get(&env.keys, conn, id).await?;
+    let mut request = request_to_proto(&view, today(), &env.settings);
     request.consistency_token = token.encode();
     Ok(request)
 }
@@ -594,13 +562,39 @@ fn parse_request_id(v: &mut Violations, raw: &str) -> Option<RequestId> {
     v.check("request_id", RequestId::parse(raw))
 }
 
-/// The median of `days` (sorted in place); 0 when empty.
-fn median(days: &mut [i32]) -> f64 {
-    days.sort_unstable();
-    match days.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => f64::from(days[n / 2]),
-        n => (f64::from(days[n / 2 - 1]) + f64::from(days[n / 2])) / 2.0,
+fn metrics_to_proto(m: &metrics::YearMetrics) -> proto::RequestMetrics {
+    let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+    let request_types = m
+        .request_types
+        .iter()
+        .map(|t| {
+            let mut denied_by_reason: Vec<proto::DenialCount> = t
+                .denied_by_reason
+                .iter()
+                .map(|&(reason, n)| proto::DenialCount {
+                    denial_reason: denial_reason_to_proto(reason),
+                    count: count(n),
+                })
+                .collect();
+            // In the wire enum's order, as clients have always read them.
+            denied_by_reason.sort_by_key(|c| c.denial_reason);
+            proto::RequestTypeMetrics {
+                request_type: request_type(t.request_type),
+                received: count(t.received),
+                complied_in_whole: count(t.complied_in_whole),
+                complied_in_part: count(t.complied_in_part),
+                denied: count(t.denied),
+                denied_by_reason,
+                median_days_to_respond: t.median_days_to_respond,
+                mean_days_to_respond: t.mean_days_to_respond,
+            }
+        })
+        .collect();
+    proto::RequestMetrics {
+        year: m.year,
+        request_types,
+        overdue: i32::try_from(m.overdue).unwrap_or(i32::MAX),
+        due_within_7_days: i32::try_from(m.due_within_7_days).unwrap_or(i32::MAX),
     }
 }
 
@@ -683,14 +677,12 @@ impl PrivacyRequestService for PrivacyRequestApi {
         let Some(id) = parse_ref(&mut v, &request.get_ref().name) else {
             return Err(v.into_error().into());
         };
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(crate::error::Error::from)?;
-        Ok(Response::new(
-            load(&self.keys, &self.settings, &mut conn, id).await?,
-        ))
+        let view = service::read(&self.keys, &self.pool, id).await?;
+        Ok(Response::new(request_to_proto(
+            &view,
+            today(),
+            &self.settings,
+        )))
     }
 
     async fn list_privacy_requests(
@@ -785,27 +777,17 @@ impl PrivacyRequestService for PrivacyRequestApi {
             overdue: req.overdue,
             due_before,
         };
-        let (filter, filters) = (&filter, &filters);
-        let (page, next, counts) = self
-            .reads
-            .read(None, |pool| async move {
-                let rows = store::list(pool, filter, after.unwrap_or(0), limit + 1).await?;
-                let (mut page, next) = paginate(rows, limit, |r| PageToken::encode(filters, &r.id));
-                let mut conn = pool.acquire().await.map_err(Error::from)?;
-                store::open(&self.keys, &mut conn, &mut page).await?;
-                drop(conn);
-                let ids: Vec<i64> = page.iter().map(|r| r.id).collect();
-                let counts = store::task_counts_of(pool, &ids).await?;
-                Ok((page, next, counts))
-            })
-            .await?;
+        let listed =
+            service::list(&self.reads, &self.keys, &filter, after.unwrap_or(0), limit).await?;
+        let next = match listed.requests.last() {
+            Some(last) if listed.more => PageToken::encode(&filters, &last.request.id),
+            _ => String::new(),
+        };
         let today = today();
-        let out = page
+        let out = listed
+            .requests
             .iter()
-            .map(|row| {
-                let tasks = counts.get(&row.id).copied().unwrap_or_default();
-                request_to_proto(row, &[], tasks, today, &self.settings)
-            })
+            .map(|view| request_to_proto(view, today, &self.settings))
             .collect();
         Ok(Response::new(proto::ListPrivacyRequestsResponse {
             privacy_requests: out,
@@ -1044,12 +1026,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
         let Some(id) = parse_ref(&mut v, &request.get_ref().name) else {
             return Err(v.into_error().into());
         };
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(crate::error::Error::from)?;
-        let package = service::access_package(&self.keys, &mut conn, id).await?;
+        let package = service::access_package(&self.keys, &self.pool, id).await?;
         let content = serde_json::to_string_pretty(&package)
             .map_err(|e| crate::error::Error::Internal(e.to_string()))?;
         Ok(Response::new(proto::AccessPackage {
@@ -1071,66 +1048,8 @@ impl PrivacyRequestService for PrivacyRequestApi {
                 crate::error::Error::invalid("year", "must be a year from 2000 to 9998").into(),
             );
         }
-        let rows = store::year_rows(&self.pool, year).await?;
-        let (overdue, due_soon) = store::due_counts(&self.pool).await?;
-        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
-        let request_types = rules::RequestType::ALL
-            .iter()
-            .map(|&t| {
-                let of_type: Vec<_> = rows
-                    .iter()
-                    .filter(|r| r.request_type == t.as_str())
-                    .collect();
-                let in_state = |s: State| of_type.iter().filter(|r| r.state == s.as_str()).count();
-                let denied: Vec<_> = of_type
-                    .iter()
-                    .filter(|r| r.state == State::Denied.as_str())
-                    .collect();
-                let mut by_reason: Vec<proto::DenialCount> = Vec::new();
-                for r in &denied {
-                    let reason = r
-                        .denial_reason
-                        .as_deref()
-                        .and_then(proto::DenialReason::from_str_name)
-                        .map_or(0, |v| v as i32);
-                    match by_reason.iter_mut().find(|c| c.denial_reason == reason) {
-                        Some(c) => c.count += 1,
-                        None => by_reason.push(proto::DenialCount {
-                            denial_reason: reason,
-                            count: 1,
-                        }),
-                    }
-                }
-                by_reason.sort_by_key(|c| c.denial_reason);
-                // Days to respond: requests answered (complied with or denied).
-                let mut days: Vec<i32> = of_type
-                    .iter()
-                    .filter(|r| r.state != State::Canceled.as_str())
-                    .filter_map(|r| r.days)
-                    .collect();
-                let mean = if days.is_empty() {
-                    0.0
-                } else {
-                    days.iter().map(|&d| f64::from(d)).sum::<f64>() / days.len() as f64
-                };
-                proto::RequestTypeMetrics {
-                    request_type: request_type(t),
-                    received: count(of_type.len()),
-                    complied_in_whole: count(in_state(State::Completed)),
-                    complied_in_part: count(in_state(State::PartiallyCompleted)),
-                    denied: count(denied.len()),
-                    denied_by_reason: by_reason,
-                    median_days_to_respond: median(&mut days),
-                    mean_days_to_respond: mean,
-                }
-            })
-            .collect();
-        Ok(Response::new(proto::RequestMetrics {
-            year,
-            request_types,
-            overdue: i32::try_from(overdue).unwrap_or(i32::MAX),
-            due_within_7_days: i32::try_from(due_soon).unwrap_or(i32::MAX),
-        }))
+        let m = service::year_metrics(&self.pool, year).await?;
+        Ok(Response::new(metrics_to_proto(&m)))
     }
 
     async fn check_suppression(
@@ -1161,9 +1080,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
         }
         v.finish()?;
         let key = self.key()?;
-        let kinds: Vec<String> = ids.iter().map(|(k, _)| k.as_str().to_owned()).collect();
-        let hashes: Vec<Vec<u8>> = ids.iter().map(|(k, val)| key.hash(*k, val)).collect();
-        let matched_kinds = store::suppressed(&self.pool, &kinds, &hashes).await?;
+        let matched_kinds = service::suppressed(&self.pool, &key, &ids).await?;
         let subject_id_matched = matched_kinds
             .iter()
             .any(|k| k == IdentifierKind::SubjectId.as_str());

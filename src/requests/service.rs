@@ -4,12 +4,14 @@
 //! events there. They know no gRPC.
 use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::json;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
+use super::metrics;
 use super::model::{
     self, Action, Agent, AppealState, Channel, DenialReason, HoldReason, IdentifierKind, State,
 };
-use super::store::{self, NewRow, RequestRow};
+use super::model::{HistoryEntry, ListFilter, PrivacyRequest, TaskCounts};
+use super::store::{self, NewRow};
 use crate::config::RequestSettings;
 use crate::consent::model::{Decision, NewConsent, Source};
 use crate::consent::service as consent;
@@ -20,8 +22,9 @@ use crate::journal::{self, ChangeEntry, ChangeKind};
 use crate::keys::{Keyring, column};
 use crate::names::{Jurisdiction, PurposeKey, SubjectId};
 use crate::proto::ErrorReason;
+use crate::reads::Reads;
 use crate::rpc::Context;
-use crate::rules::{self, Clock, JurisdictionRules, Period, RequestType, Unit};
+use crate::rules::{self, Period, RequestType};
 use crate::tokens::ConsistencyToken;
 
 /// What the use cases need beyond the transaction.
@@ -53,44 +56,6 @@ fn table() -> Result<&'static rules::RulesTable> {
     rules::table().map_err(|e| Error::Internal(e.to_string()))
 }
 
-fn request_type(row: &RequestRow) -> Result<RequestType> {
-    RequestType::parse(&row.request_type)
-        .ok_or_else(|| Error::Internal(format!("unknown request type {:?}", row.request_type)))
-}
-
-/// The rules a stored request was filed under ("EU", "default", ...).
-fn rules_of(row: &RequestRow) -> Result<&'static JurisdictionRules> {
-    let table = table()?;
-    Ok(table.get(&row.rules_code).unwrap_or(table.defaults()))
-}
-
-pub(super) fn clock_of(row: &RequestRow) -> Result<Clock<'static>> {
-    let unit = |u: &str| {
-        Unit::parse(u).ok_or_else(|| Error::Internal(format!("unknown period unit {u:?}")))
-    };
-    let amount = |a: i32| u32::try_from(a).map_err(|_| Error::Internal("negative period".into()));
-    let period = Period::new(amount(row.period_amount)?, unit(&row.period_unit)?);
-    let extension = match (row.extension_amount, row.extension_unit.as_deref()) {
-        (Some(a), Some(u)) => Some(Period::new(amount(a)?, unit(u)?)),
-        _ => None,
-    };
-    // A statutory clock counts business days without the jurisdiction's
-    // holidays; a voluntary one follows the defaults, which have none.
-    let holidays = if row.statutory {
-        rules_of(row)?.holidays()
-    } else {
-        rules::Holidays::NONE
-    };
-    Ok(Clock::restore(
-        row.received_date,
-        period,
-        extension,
-        row.extended,
-        amount(row.paused_days)?,
-    )
-    .with_holidays(holidays))
-}
-
 /// The appeal a request may have: the law's, or the organisation's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct AppealTerms {
@@ -110,16 +75,17 @@ pub(super) struct AppealTerms {
 /// organisation's deadline (the rules table's defaults) and a regulator
 /// notice only where the jurisdiction's law requires one.
 pub(super) fn appeal_terms(
-    row: &RequestRow,
+    row: &PrivacyRequest,
     settings: &RequestSettings,
 ) -> Result<std::result::Result<AppealTerms, String>> {
-    let rules = rules_of(row)?;
-    let t = request_type(row)?;
+    let rules = row.rules;
+    let t = row.request_type;
+    let received = row.received_date();
     // The rules as they stood the day the request was received.
-    let appeal = rules.appeal_on(t, row.received_date);
+    let appeal = rules.appeal_on(t, received);
     // The rules answering for a type the jurisdiction did not grant then are
     // the organisation's defaults: their appeal is the organisation's too.
-    let by_law = !rules.is_default() && rules.grants_on(t, row.received_date);
+    let by_law = !rules.is_default() && rules.grants_on(t, received);
     if appeal.exists {
         return Ok(Ok(AppealTerms {
             deadline: appeal.deadline,
@@ -143,7 +109,7 @@ pub(super) fn appeal_terms(
 
 /// Whether the request may be appealed (the law's appeal or the
 /// organisation's voluntary one), and whether that appeal is voluntary.
-pub(super) fn appeal_available(row: &RequestRow, settings: &RequestSettings) -> (bool, bool) {
+pub(super) fn appeal_available(row: &PrivacyRequest, settings: &RequestSettings) -> (bool, bool) {
     match appeal_terms(row, settings) {
         Ok(Ok(terms)) => (true, terms.voluntary),
         _ => (false, false),
@@ -158,18 +124,15 @@ fn deadline_error(name: &str, e: rules::DeadlineError) -> Error {
 async fn journal(
     conn: &mut PgConnection,
     ctx: &Context,
-    row: &RequestRow,
+    row: &PrivacyRequest,
     details: serde_json::Value,
 ) -> Result<ConsistencyToken> {
     let name = row.name();
+    let subject = row.subject_id.as_str();
     journal::record(
         conn,
-        ctx.audit(&name, Some(&row.subject_id), details),
-        ChangeEntry::resource(
-            ChangeKind::PrivacyRequestChanged,
-            &name,
-            Some(&row.subject_id),
-        ),
+        ctx.audit(&name, Some(subject), details),
+        ChangeEntry::resource(ChangeKind::PrivacyRequestChanged, &name, Some(subject)),
     )
     .await
 }
@@ -179,18 +142,18 @@ async fn journal(
 async fn transition(
     conn: &mut PgConnection,
     ctx: &Context,
-    row: &mut RequestRow,
+    row: &mut PrivacyRequest,
     action: Action,
     to: State,
     reason: &str,
 ) -> Result<()> {
-    let from = row.state()?;
+    let from = row.state;
     model::check(&row.name(), action, from, Some(to))?;
     if from != to {
         store::set_state(conn, row.id, to).await?;
     }
     store::record_transition(conn, row, Some(from), to, action, ctx, reason).await?;
-    row.state = to.as_str().to_owned();
+    row.state = to;
     Ok(())
 }
 
@@ -378,7 +341,7 @@ pub async fn create(
             "jurisdiction": new.jurisdiction.as_str(),
             "rules_code": rules.code(),
             "due_date": due.to_string(),
-            "state": row.state,
+            "state": row.state.as_str(),
             "agent": new.agent.is_some(),
         }),
     )
@@ -394,16 +357,16 @@ async fn take_effect(
     conn: &mut PgConnection,
     ctx: &Context,
     env: &Env,
-    row: &mut RequestRow,
+    row: &mut PrivacyRequest,
 ) -> Result<()> {
-    let t = request_type(row)?;
+    let t = row.request_type;
     let refused = refuse_purposes(&env.keys, conn, ctx, row, t).await?;
     if t == RequestType::Deletion {
         // Deletion closes the account: the retention schedule's
         // account-closure clocks start (the same path data systems report on).
         crate::retention::store::record_event(
             conn,
-            &row.subject_id,
+            row.subject_id.as_str(),
             None,
             None,
             crate::retention::model::EventKind::AccountClosed,
@@ -428,7 +391,7 @@ async fn take_effect(
         row.exemptions.extend(kept);
         if !fan_out.kept.is_empty() {
             store::add_legal_keeps(conn, row.id, &fan_out.kept).await?;
-            row.legal_keeps.0.extend(fan_out.kept.iter().cloned());
+            row.legal_keeps.extend(fan_out.kept.iter().cloned());
         }
         if fan_out.tasks == 0 {
             let explanation = "everything in scope is kept, under a legal hold or by law";
@@ -462,16 +425,16 @@ async fn refuse_purposes(
     keyring: &Keyring,
     conn: &mut PgConnection,
     ctx: &Context,
-    row: &RequestRow,
+    row: &PrivacyRequest,
     t: RequestType,
 ) -> Result<Vec<String>> {
     let keys = store::refused_purposes(conn, t.as_str()).await?;
     if keys.is_empty() {
         return Ok(keys);
     }
-    let subject = SubjectId::parse(&row.subject_id).map_err(Error::Internal)?;
+    let subject = row.subject_id.clone();
     let jurisdiction = Jurisdiction::parse(&row.jurisdiction).ok();
-    let source = if row.channel == Channel::GlobalPrivacyControl.as_str() {
+    let source = if row.channel == Channel::GlobalPrivacyControl {
         Source::GpcSignal
     } else {
         Source::PrivacyRequest
@@ -516,16 +479,14 @@ async fn verify(
     model::check(
         &row.name(),
         Action::Verify,
-        row.state()?,
+        row.state,
         Some(State::InProgress),
     )?;
     store::open(&env.keys, conn, std::slice::from_mut(&mut row)).await?;
-    if let Some(agent) = row.agent.clone() {
-        let mut agent: Agent = serde_json::from_value(agent)
-            .map_err(|e| Error::Internal(format!("stored agent does not decode: {e}")))?;
+    if let Some(mut agent) = row.agent.clone() {
         if let Some(evidence) = agent_evidence {
             agent.evidence_reference = evidence.to_owned();
-            let sealer = env.keys.sealer(conn, &row.subject_id).await?;
+            let sealer = env.keys.sealer(conn, row.subject_id.as_str()).await?;
             store::set_agent(conn, id, &sealer.seal_json(column::REQUEST_AGENT, &agent)?).await?;
         }
         if !agent.has_evidence() {
@@ -560,9 +521,9 @@ async fn extend(
     today: NaiveDate,
 ) -> Result<ConsistencyToken> {
     let mut row = store::must_get(conn, id, true).await?;
-    let state = row.state()?;
+    let state = row.state;
     model::check(&row.name(), Action::Extend, state, None)?;
-    let mut clock = clock_of(&row)?;
+    let mut clock = row.clock;
     let due = clock
         .extend(today)
         .map_err(|e| deadline_error(&row.name(), e))?;
@@ -588,11 +549,11 @@ async fn hold(
     today: NaiveDate,
 ) -> Result<ConsistencyToken> {
     let mut row = store::must_get(conn, id, true).await?;
-    let from = row.state()?;
+    let from = row.state;
     model::check(&row.name(), Action::Hold, from, Some(State::OnHold))?;
     let pauses = reason
         .pause_reason()
-        .is_some_and(|p| rules_of(&row).is_ok_and(|r| r.pauses_clock_for(p)));
+        .is_some_and(|p| row.rules.pauses_clock_for(p));
     store::set_hold(conn, id, from, reason, today, pauses).await?;
     transition(
         conn,
@@ -622,15 +583,12 @@ async fn resume(
     today: NaiveDate,
 ) -> Result<ConsistencyToken> {
     let mut row = store::must_get(conn, id, true).await?;
-    let to = row
-        .held_from
-        .as_deref()
-        .and_then(State::from_db)
-        .unwrap_or(State::InProgress);
-    model::check(&row.name(), Action::Resume, row.state()?, Some(to))?;
-    let mut clock = clock_of(&row)?;
-    if row.hold_pauses_clock
-        && let Some(start) = row.hold_start
+    let to = row.hold.and_then(|h| h.from).unwrap_or(State::InProgress);
+    model::check(&row.name(), Action::Resume, row.state, Some(to))?;
+    let mut clock = row.clock;
+    if let Some(hold) = row.hold
+        && hold.pauses_clock
+        && let Some(start) = hold.since
     {
         clock
             .pause(start, today)
@@ -659,7 +617,7 @@ async fn deny(
     explanation: &str,
 ) -> Result<ConsistencyToken> {
     let mut row = store::must_get(conn, id, true).await?;
-    model::check(&row.name(), Action::Deny, row.state()?, Some(State::Denied))?;
+    model::check(&row.name(), Action::Deny, row.state, Some(State::Denied))?;
     store::set_denial(conn, id, reason, explanation).await?;
     store::abandon_open_tasks(conn, id).await?;
     let why = format!("{}: {explanation}", reason.as_str());
@@ -678,7 +636,7 @@ async fn cancel(
     model::check(
         &row.name(),
         Action::Cancel,
-        row.state()?,
+        row.state,
         Some(State::Canceled),
     )?;
     store::set_explanation(conn, id, explanation).await?;
@@ -709,7 +667,7 @@ async fn complete(
     model::check(
         &row.name(),
         Action::Complete,
-        row.state()?,
+        row.state,
         Some(State::Completed),
     )?;
     let counts = store::task_counts(conn, id).await?;
@@ -735,7 +693,7 @@ async fn complete(
 async fn finish(
     conn: &mut PgConnection,
     ctx: &Context,
-    row: &mut RequestRow,
+    row: &mut PrivacyRequest,
     action: Action,
     explanation: &str,
     exemptions: &[String],
@@ -747,8 +705,9 @@ async fn finish(
     };
     store::set_outcome(conn, row.id, explanation, exemptions).await?;
     transition(conn, ctx, row, action, to, explanation).await?;
-    if request_type(row)? == RequestType::Deletion {
-        consent::erase_subject(conn, ctx, &row.subject_id, Some(row.id), &row.name()).await?;
+    if row.request_type == RequestType::Deletion {
+        let subject = row.subject_id.as_str();
+        consent::erase_subject(conn, ctx, subject, Some(row.id), &row.name()).await?;
     }
     Ok(())
 }
@@ -758,9 +717,9 @@ async fn finish(
 pub(super) async fn complete_if_done(
     conn: &mut PgConnection,
     ctx: &Context,
-    row: &mut RequestRow,
+    row: &mut PrivacyRequest,
 ) -> Result<bool> {
-    if row.state()? != State::InProgress {
+    if row.state != State::InProgress {
         return Ok(false);
     }
     let counts = store::task_counts(conn, row.id).await?;
@@ -788,11 +747,11 @@ async fn appeal(
     receive_time: DateTime<Utc>,
 ) -> Result<ConsistencyToken> {
     let mut row = store::must_get(conn, id, true).await?;
-    let state = row.state()?;
+    let state = row.state;
     model::check(&row.name(), Action::Appeal, state, None)?;
     let terms = appeal_terms(&row, &env.settings)?
         .map_err(|why| Error::precondition(ErrorReason::AppealNotAllowed, row.name(), why))?;
-    if row.appeal_state.is_some() {
+    if row.appeal.is_some() {
         return Err(Error::precondition(
             ErrorReason::AppealNotAllowed,
             row.name(),
@@ -807,7 +766,7 @@ async fn appeal(
     // The subject's own words: sealed.
     let sealed = env
         .keys
-        .sealer(conn, &row.subject_id)
+        .sealer(conn, row.subject_id.as_str())
         .await?
         .seal(column::APPEAL_STATEMENT, statement.as_bytes())?;
     store::open_appeal(
@@ -851,16 +810,20 @@ async fn decide_appeal(
     regulator_contact_provided: bool,
 ) -> Result<ConsistencyToken> {
     let mut row = store::must_get(conn, id, true).await?;
-    let state = row.state()?;
+    let state = row.state;
     model::check(&row.name(), Action::DecideAppeal, state, None)?;
-    if row.appeal_state.as_deref() != Some(AppealState::Pending.as_str()) {
+    let Some(pending) = row
+        .appeal
+        .as_ref()
+        .filter(|a| a.state == AppealState::Pending)
+    else {
         return Err(Error::precondition(
             ErrorReason::AppealNotAllowed,
             row.name(),
             "the request has no pending appeal",
         ));
-    }
-    let required = row.appeal_regulator_contact_required.unwrap_or(false);
+    };
+    let required = pending.regulator_contact_required;
     if decision == AppealState::Upheld && required && !regulator_contact_provided {
         return Err(Error::invalid(
             "regulator_contact_provided",
@@ -1005,13 +968,12 @@ pub async fn apply(
 
 /// The JSON export of a completed access or portability request: what each
 /// data system exported, and this service's own records of the subject.
-pub async fn access_package(
-    keys: &Keyring,
-    conn: &mut PgConnection,
-    id: i64,
-) -> Result<serde_json::Value> {
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
+pub async fn access_package(keys: &Keyring, pool: &PgPool, id: i64) -> Result<serde_json::Value> {
+    let mut conn = pool.acquire().await?;
+    let conn = &mut *conn;
     let row = store::must_get(conn, id, false).await?;
-    let t = request_type(&row)?;
+    let t = row.request_type;
     if !t.is_access() {
         return Err(Error::precondition(
             ErrorReason::ActionNotSupported,
@@ -1021,7 +983,7 @@ pub async fn access_package(
             ),
         ));
     }
-    let state = row.state()?;
+    let state = row.state;
     if !matches!(state, State::Completed | State::PartiallyCompleted) {
         return Err(Error::InvalidTransition {
             resource: row.name(),
@@ -1053,7 +1015,7 @@ pub async fn access_package(
     // What the law makes the organisation keep of the subject's data, and
     // why and until when: the same rule that keeps it from being erased.
     let kept: Vec<_> =
-        crate::retention::store::legal_keeps(conn, &row.subject_id, &[], None, Utc::now())
+        crate::retention::store::legal_keeps(conn, row.subject_id.as_str(), &[], None, Utc::now())
             .await?
             .into_iter()
             .map(|k| {
@@ -1072,12 +1034,112 @@ pub async fn access_package(
         "format": "privacy-records access package v1",
         "privacy_request": row.name(),
         "request_type": t.as_str(),
-        "subject_id": row.subject_id,
+        "subject_id": row.subject_id.as_str(),
         "jurisdiction": row.jurisdiction,
         "received": row.receive_time,
         "data_systems": systems,
         "kept_by_law": kept,
-        "consent_history": store::consent_history(conn, &row.subject_id).await?,
-        "privacy_requests": store::request_history(conn, &row.subject_id).await?,
+        "consent_history": store::consent_history(conn, row.subject_id.as_str()).await?,
+        "privacy_requests": store::request_history(conn, row.subject_id.as_str()).await?,
     }))
+}
+
+/// A request as the API shows it: opened, with its history (empty in a
+/// listing) and its task summary.
+#[derive(Debug, Clone)]
+pub struct RequestView {
+    pub request: PrivacyRequest,
+    pub history: Vec<HistoryEntry>,
+    pub tasks: TaskCounts,
+}
+
+/// Reads a request with its history and task summary, in the caller's
+/// transaction: what a read returns and what every write answers with.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
+pub async fn get(keys: &Keyring, conn: &mut PgConnection, id: i64) -> Result<RequestView> {
+    let mut request = store::must_get(conn, id, false).await?;
+    store::open(keys, conn, std::slice::from_mut(&mut request)).await?;
+    let history = store::transitions(conn, id).await?;
+    let tasks = store::task_counts(conn, id).await?;
+    Ok(RequestView {
+        request,
+        history,
+        tasks,
+    })
+}
+
+/// `get`, on a connection of its own from the primary.
+pub async fn read(keys: &Keyring, pool: &PgPool, id: i64) -> Result<RequestView> {
+    let mut conn = pool.acquire().await?;
+    get(keys, &mut conn, id).await
+}
+
+/// A page of requests, and whether more follow it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub requests: Vec<RequestView>,
+    pub more: bool,
+}
+
+/// The requests matching `filter` with ids above `after`, at most `limit`
+/// of them, opened and with their task summaries (no history). Routed as
+/// reads are (`crate::reads`).
+#[tracing::instrument(skip_all, fields(after, limit))]
+pub async fn list(
+    reads: &Reads,
+    keys: &Keyring,
+    filter: &ListFilter,
+    after: i64,
+    limit: i64,
+) -> Result<Listed> {
+    reads
+        .read(None, |pool| async move {
+            let mut page = store::list(pool, filter, after, limit + 1).await?;
+            let more = page.len() > usize::try_from(limit).unwrap_or(usize::MAX);
+            if more {
+                page.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+            }
+            let mut conn = pool.acquire().await?;
+            store::open(keys, &mut conn, &mut page).await?;
+            drop(conn);
+            let ids: Vec<i64> = page.iter().map(|r| r.id).collect();
+            let counts = store::task_counts_of(pool, &ids).await?;
+            let requests = page
+                .into_iter()
+                .map(|request| RequestView {
+                    tasks: counts.get(&request.id).copied().unwrap_or_default(),
+                    history: Vec::new(),
+                    request,
+                })
+                .collect();
+            Ok(Listed { requests, more })
+        })
+        .await
+}
+
+/// Which kinds of the given identifiers are suppressed (a deletion turned
+/// them into suppression entries). Compared by keyed hash only.
+#[tracing::instrument(skip_all, fields(identifiers = identifiers.len()))]
+pub async fn suppressed(
+    pool: &PgPool,
+    key: &HashKey,
+    identifiers: &[(IdentifierKind, String)],
+) -> Result<Vec<String>> {
+    let kinds: Vec<String> = identifiers
+        .iter()
+        .map(|(k, _)| k.as_str().to_owned())
+        .collect();
+    let hashes: Vec<Vec<u8>> = identifiers
+        .iter()
+        .map(|(k, val)| key.hash(*k, val))
+        .collect();
+    store::suppressed(pool, &kinds, &hashes).await
+}
+
+/// The year's request metrics, with what is overdue or due soon today.
+#[tracing::instrument(skip_all, fields(year))]
+pub async fn year_metrics(pool: &PgPool, year: i32) -> Result<metrics::YearMetrics> {
+    let outcomes = store::year_outcomes(pool, year).await?;
+    let (overdue, due_soon) = store::due_counts(pool).await?;
+    Ok(metrics::of_year(year, &outcomes, overdue, due_soon))
 }
