@@ -24,7 +24,7 @@ use crate::names::{Jurisdiction, PurposeKey, SubjectId};
 use crate::proto::ErrorReason;
 use crate::reads::Reads;
 use crate::rpc::Context;
-use crate::rules::{self, Period, RequestType};
+use crate::rules::{self, JurisdictionRules, Period, RequestType};
 use crate::tokens::ConsistencyToken;
 
 /// What the use cases need beyond the transaction.
@@ -1142,4 +1142,33 @@ pub async fn year_metrics(pool: &PgPool, year: i32) -> Result<metrics::YearMetri
     let outcomes = store::year_outcomes(pool, year).await?;
     let (overdue, due_soon) = store::due_counts(pool).await?;
     Ok(metrics::of_year(year, &outcomes, overdue, due_soon))
+}
+
+/// The compiled-in rules table.
+pub fn rules_table() -> Result<&'static rules::RulesTable> {
+    table()
+}
+
+/// The rules that answer for a jurisdiction code, and the code asked for
+/// when they are another's (an EU member state's, or the defaults).
+#[derive(Debug, Clone)]
+pub struct RulesFor {
+    pub rules: &'static JurisdictionRules,
+    /// Empty when the rules are the code's own.
+    pub requested: String,
+    pub table: &'static rules::RulesTable,
+}
+
+pub fn rules_for(code: String) -> Result<RulesFor> {
+    let table = table()?;
+    let lookup = table.lookup(&code);
+    let requested = match lookup.resolution {
+        rules::Resolution::Exact => String::new(),
+        rules::Resolution::MemberState | rules::Resolution::Default => code,
+    };
+    Ok(RulesFor {
+        rules: lookup.rules,
+        requested,
+        table,
+    })
 }
