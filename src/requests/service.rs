@@ -139,6 +139,7 @@ async fn journal(
 
 /// Moves `row` to `to` after the lifecycle table allows it, and records the
 /// transition.
+#[tracing::instrument(skip_all, fields(privacy_request = row.id, action = action.as_str(), to = to.as_str()))]
 async fn transition(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -159,6 +160,7 @@ async fn transition(
 
 /// Files a request and starts its clock; an opt-out that needs no
 /// verification takes effect in the same transaction.
+#[tracing::instrument(skip_all, fields(request_type = new.request_type.as_str(), jurisdiction = new.jurisdiction.as_str()))]
 pub async fn create(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -353,6 +355,7 @@ pub async fn create(
 /// the refusals its type implies (opt-outs, limits, objections), a deletion
 /// closes the account, and one task per concerned data system is queued.
 /// A request whose fulfilment was only the ledger completes at once.
+#[tracing::instrument(skip_all, fields(privacy_request = row.id))]
 async fn take_effect(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -421,6 +424,7 @@ async fn take_effect(
 
 /// Appends a refusal for each purpose the request type refuses (skipping
 /// purposes not based on consent in the jurisdiction). Returns the purposes.
+#[tracing::instrument(skip_all, fields(privacy_request = row.id, request_type = t.as_str()))]
 async fn refuse_purposes(
     keyring: &Keyring,
     conn: &mut PgConnection,
@@ -467,6 +471,7 @@ async fn refuse_purposes(
 }
 
 /// Identity (and an agent's authority) verified: the request proceeds.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 async fn verify(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -513,6 +518,7 @@ async fn verify(
 }
 
 /// Uses the one extension, before the original due date, with a reason.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 async fn extend(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -540,6 +546,7 @@ async fn extend(
 
 /// Puts the request on hold; where the rules stop the clock for the
 /// reason, it stops until the request resumes.
+#[tracing::instrument(skip_all, fields(privacy_request = id, hold_reason = reason.as_str()))]
 async fn hold(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -575,6 +582,7 @@ async fn hold(
 
 /// Resumes a held request in the state it was held from; a stopped clock
 /// moves the due date by the time it was stopped.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 async fn resume(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -609,6 +617,7 @@ async fn resume(
 }
 
 /// Denies the request with a typed reason; tasks not yet run are abandoned.
+#[tracing::instrument(skip_all, fields(privacy_request = id, denial_reason = reason.as_str()))]
 async fn deny(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -626,6 +635,7 @@ async fn deny(
 }
 
 /// Cancels the request; tasks not yet run are abandoned.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 async fn cancel(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -656,6 +666,7 @@ async fn cancel(
 /// Completes an in-progress request by hand: allowed once no task is
 /// queued or running. Exemptions (given, or from exempted tasks) make it
 /// PARTIALLY_COMPLETED.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 async fn complete(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -690,6 +701,7 @@ async fn complete(
 
 /// Moves an in-progress request to COMPLETED (or PARTIALLY_COMPLETED with
 /// exemptions); a deletion then erases what this service holds.
+#[tracing::instrument(skip_all, fields(privacy_request = row.id, action = action.as_str()))]
 async fn finish(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -714,6 +726,7 @@ async fn finish(
 
 /// When every task of an in-progress request has settled and none failed,
 /// the request completes (in part when some were exempt).
+#[tracing::instrument(skip_all, fields(privacy_request = row.id))]
 pub(super) async fn complete_if_done(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -738,6 +751,7 @@ pub(super) async fn complete_if_done(
 
 /// Appeals a denied or partly completed request where the rules give an
 /// appeal or the organisation offers one (`appeal_terms`).
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 async fn appeal(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -800,6 +814,7 @@ async fn appeal(
 /// Decides a pending appeal. GRANTED reopens the request (it takes effect
 /// again); UPHELD keeps the outcome and, where the law says so, must record
 /// that the subject was told how to contact the regulator.
+#[tracing::instrument(skip_all, fields(privacy_request = id, decision = decision.as_str()))]
 async fn decide_appeal(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -905,6 +920,7 @@ pub enum Change {
 }
 
 /// Applies `change` to request `id` in the caller's transaction.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 pub async fn apply(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -1069,6 +1085,7 @@ pub async fn get(keys: &Keyring, conn: &mut PgConnection, id: i64) -> Result<Req
 }
 
 /// `get`, on a connection of its own from the primary.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 pub async fn read(keys: &Keyring, pool: &PgPool, id: i64) -> Result<RequestView> {
     let mut conn = pool.acquire().await?;
     get(keys, &mut conn, id).await
@@ -1084,7 +1101,7 @@ pub struct Listed {
 /// The requests matching `filter` with ids above `after`, at most `limit`
 /// of them, opened and with their task summaries (no history). Routed as
 /// reads are (`crate::reads`).
-#[tracing::instrument(skip_all, fields(after, limit))]
+#[tracing::instrument(skip_all, fields(after = after, limit = limit))]
 pub async fn list(
     reads: &Reads,
     keys: &Keyring,
@@ -1137,7 +1154,7 @@ pub async fn suppressed(
 }
 
 /// The year's request metrics, with what is overdue or due soon today.
-#[tracing::instrument(skip_all, fields(year))]
+#[tracing::instrument(skip_all, fields(year = year))]
 pub async fn year_metrics(pool: &PgPool, year: i32) -> Result<metrics::YearMetrics> {
     let outcomes = store::year_outcomes(pool, year).await?;
     let (overdue, due_soon) = store::due_counts(pool).await?;

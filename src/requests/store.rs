@@ -353,6 +353,7 @@ pub async fn open(
     Ok(())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn insert(conn: &mut PgConnection, r: &NewRow<'_>) -> Result<i64> {
     let id = sqlx::query_scalar(
         "INSERT INTO privacy_requests (
@@ -397,7 +398,7 @@ pub async fn insert(conn: &mut PgConnection, r: &NewRow<'_>) -> Result<i64> {
 }
 
 /// Reads one request; `for_update` locks it for the rest of the transaction.
-#[tracing::instrument(skip_all, fields(privacy_request = id, for_update))]
+#[tracing::instrument(skip_all, fields(privacy_request = id, for_update = for_update))]
 pub async fn get(
     conn: &mut PgConnection,
     id: i64,
@@ -413,6 +414,7 @@ pub async fn get(
 }
 
 /// Reads one request or fails with NOT_FOUND.
+#[tracing::instrument(skip_all, fields(privacy_request = id, for_update = for_update))]
 pub async fn must_get(
     conn: &mut PgConnection,
     id: i64,
@@ -425,6 +427,7 @@ pub async fn must_get(
 
 /// Requests of `request_type` the subject filed in the 12 months before
 /// `before` (canceled ones do not count).
+#[tracing::instrument(skip_all, fields(request_type = request_type))]
 pub async fn count_prior(
     conn: &mut PgConnection,
     subject_id: &str,
@@ -443,6 +446,7 @@ pub async fn count_prior(
     .await?)
 }
 
+#[tracing::instrument(skip_all, fields(privacy_request = id, identifiers = kinds.len()))]
 pub async fn insert_identifiers(
     conn: &mut PgConnection,
     id: i64,
@@ -468,6 +472,7 @@ pub async fn insert_identifiers(
 
 /// Appends a transition (or, with `from == to`, an event such as an
 /// extension) to the request's history.
+#[tracing::instrument(skip_all, fields(privacy_request = row.id, action = action.as_str(), to = to.as_str()))]
 pub async fn record_transition(
     conn: &mut PgConnection,
     row: &PrivacyRequest,
@@ -509,6 +514,7 @@ pub async fn transitions(conn: &mut PgConnection, id: i64) -> Result<Vec<History
 }
 
 /// One UPDATE of a request's row by id, with its parameters from $2 on.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 async fn update(
     conn: &mut PgConnection,
     set: &'static str,
@@ -691,6 +697,7 @@ pub async fn decide_appeal(
 }
 
 /// Sets the state (and the close time when it closes).
+#[tracing::instrument(skip_all, fields(privacy_request = id, state = state.as_str()))]
 pub async fn set_state(conn: &mut PgConnection, id: i64, state: State) -> Result<()> {
     sqlx::query(
         "UPDATE privacy_requests
@@ -726,6 +733,7 @@ struct CountsRow {
     counts: TaskCounts,
 }
 
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 pub async fn task_counts(conn: &mut PgConnection, id: i64) -> Result<TaskCounts> {
     let row: Option<CountsRow> = sqlx::query_as(TASK_COUNTS)
         .bind(vec![id])
@@ -736,6 +744,7 @@ pub async fn task_counts(conn: &mut PgConnection, id: i64) -> Result<TaskCounts>
 
 /// The task counts of many requests in one query (requests without tasks
 /// are absent).
+#[tracing::instrument(skip_all, fields(requests = ids.len()))]
 pub async fn task_counts_of(pool: &PgPool, ids: &[i64]) -> Result<HashMap<i64, TaskCounts>> {
     let rows: Vec<CountsRow> = sqlx::query_as(TASK_COUNTS)
         .bind(ids)
@@ -745,6 +754,7 @@ pub async fn task_counts_of(pool: &PgPool, ids: &[i64]) -> Result<HashMap<i64, T
 }
 
 /// The exemptions the request's exempted tasks gave, "dataSystems/x: why".
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 pub async fn task_exemptions(conn: &mut PgConnection, id: i64) -> Result<Vec<String>> {
     Ok(sqlx::query_scalar(
         "SELECT 'dataSystems/' || data_system_id || ': ' || coalesce(exempt_reason, '')
@@ -772,6 +782,7 @@ pub struct FanOut {
 /// rule every erasure path follows): the (system, category) pairs an active
 /// legal hold covers or the law keeps are left out and reported instead; a
 /// system with nothing left gets no task.
+#[tracing::instrument(skip_all, fields(privacy_request = row.id, action = action.as_str()))]
 pub async fn fan_out(
     conn: &mut PgConnection,
     row: &PrivacyRequest,
@@ -859,6 +870,7 @@ pub async fn fan_out(
 }
 
 /// Gives up the request's tasks that have not run (it was denied or canceled).
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 pub async fn abandon_open_tasks(conn: &mut PgConnection, id: i64) -> Result<()> {
     sqlx::query(
         "UPDATE tasks SET state = 'ABANDONED', lease_id = NULL, lease_expire_time = NULL,
@@ -872,6 +884,7 @@ pub async fn abandon_open_tasks(conn: &mut PgConnection, id: i64) -> Result<()> 
 }
 
 /// The purposes a request type refuses in the consent ledger.
+#[tracing::instrument(skip_all, fields(request_type = request_type))]
 pub async fn refused_purposes(conn: &mut PgConnection, request_type: &str) -> Result<Vec<String>> {
     Ok(sqlx::query_scalar(
         "SELECT purpose_key FROM request_type_refusals WHERE request_type = $1 ORDER BY purpose_key",
@@ -902,6 +915,7 @@ pub async fn refused_purposes(conn: &mut PgConnection, request_type: &str) -> Re
 /// erasure repeated later keeps the first time. A minor's erasure has no
 /// privacy request (`request_id` None) and so no suppression entries of
 /// its own.
+#[tracing::instrument(skip_all, fields(privacy_request = request_id))]
 pub async fn erase_subject(
     conn: &mut PgConnection,
     subject_id: &str,
@@ -973,6 +987,7 @@ pub async fn erase_subject(
 }
 
 /// Which of the hashes are suppressed.
+#[tracing::instrument(skip_all, fields(identifiers = kinds.len()))]
 pub async fn suppressed(
     pool: &PgPool,
     kinds: &[String],
@@ -989,6 +1004,7 @@ pub async fn suppressed(
     .await?)
 }
 
+#[tracing::instrument(skip_all, fields(after = after, limit = limit))]
 pub async fn list(
     pool: &PgPool,
     f: &ListFilter,
@@ -1031,7 +1047,7 @@ struct MetricRow {
 }
 
 /// The requests received in `year`, as the metrics count them.
-#[tracing::instrument(skip_all, fields(year))]
+#[tracing::instrument(skip_all, fields(year = year))]
 pub async fn year_outcomes(pool: &PgPool, year: i32) -> Result<Vec<Outcome>> {
     let rows: Vec<MetricRow> = sqlx::query_as(
         "SELECT request_type, state, denial_reason,
@@ -1093,6 +1109,7 @@ pub struct ExportRow {
 
 /// The request's tasks with their exports, opened (an export whose data
 /// key was destroyed reads as absent).
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 pub async fn exports(keys: &Keyring, conn: &mut PgConnection, id: i64) -> Result<Vec<ExportRow>> {
     let mut rows: Vec<ExportRow> = sqlx::query_as(
         "SELECT id, data_system_id, state, categories, records_affected, content_sha256,
@@ -1118,6 +1135,7 @@ pub async fn exports(keys: &Keyring, conn: &mut PgConnection, id: i64) -> Result
 }
 
 /// The subject's consent ledger, oldest first, as JSON objects.
+#[tracing::instrument(skip_all)]
 pub async fn consent_history(conn: &mut PgConnection, subject_id: &str) -> Result<Vec<Value>> {
     Ok(sqlx::query_scalar(
         "SELECT jsonb_build_object(
@@ -1133,6 +1151,7 @@ pub async fn consent_history(conn: &mut PgConnection, subject_id: &str) -> Resul
 }
 
 /// The subject's requests, oldest first, as JSON objects.
+#[tracing::instrument(skip_all)]
 pub async fn request_history(conn: &mut PgConnection, subject_id: &str) -> Result<Vec<Value>> {
     Ok(sqlx::query_scalar(
         "SELECT jsonb_build_object(
