@@ -4,5 +4,6 @@ pub mod grpc;
 pub mod metrics;
 pub mod model;
 pub mod progress;
+pub mod queries;
 pub mod service;
 pub mod store;

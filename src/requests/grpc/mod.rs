@@ -4,7 +4,8 @@
 //! answer (`encode`). Nothing here reads or writes the database itself.
 use tonic::{Request, Response, Status};
 
-use super::service::{self, Change, Env};
+use super::queries;
+use super::service::{self, Change, Env, NewRequest};
 use crate::caller::Caller;
 use crate::config::RequestSettings;
 use crate::error::Result as DomainResult;
@@ -92,6 +93,36 @@ impl PrivacyRequestApi {
     }
 }
 
+impl PrivacyRequestApi {
+    /// Files a parsed request once per request id, and answers with it.
+    async fn file(
+        &self,
+        caller: Caller,
+        req: &proto::CreatePrivacyRequestRequest,
+        (request_id, new): (RequestId, NewRequest),
+    ) -> Result<Response<proto::PrivacyRequest>, Status> {
+        let input = (self.env()?, new);
+        rpc::mutate(
+            self.reads.primary(),
+            &self.keys,
+            method::CREATE_PRIVACY_REQUEST,
+            caller,
+            &request_id,
+            req,
+            input,
+            |conn, ctx, input| {
+                Box::pin(async move {
+                    let (env, new) = &*input;
+                    let (id, token) = service::create(conn, &ctx, env, new).await?;
+                    let view = service::get(&env.keys, conn, id).await?;
+                    Ok((written(&view, &env.settings, &token), token))
+                })
+            },
+        )
+        .await
+    }
+}
+
 /// A request as a write that changed it returns it, with the write's token.
 fn written(
     view: &service::RequestView,
@@ -115,7 +146,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
         request: Request<proto::GetJurisdictionRulesRequest>,
     ) -> Result<Response<proto::JurisdictionRules>, Status> {
         let code = parse::rules_name(&request.get_ref().name)?;
-        let found = service::rules_for(code)?;
+        let found = queries::rules_for(code)?;
         Ok(Response::new(encode::rules_to_proto(
             found.rules,
             &found.requested,
@@ -128,7 +159,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
         &self,
         _request: Request<proto::ListJurisdictionRulesRequest>,
     ) -> Result<Response<proto::ListJurisdictionRulesResponse>, Status> {
-        let table = service::rules_table()?;
+        let table = queries::rules_table()?;
         Ok(Response::new(encode::rules_list(
             table,
             self.settings.voluntary_agents,
@@ -141,26 +172,8 @@ impl PrivacyRequestService for PrivacyRequestApi {
     ) -> Result<Response<proto::PrivacyRequest>, Status> {
         let caller = Caller::of(&request);
         let req = request.into_inner();
-        let (request_id, new): (RequestId, _) = parse::create(&req)?;
-        let input = (self.env()?, new);
-        rpc::mutate(
-            self.reads.primary(),
-            &self.keys,
-            method::CREATE_PRIVACY_REQUEST,
-            caller,
-            &request_id,
-            &req,
-            input,
-            |conn, ctx, input| {
-                Box::pin(async move {
-                    let (env, new) = &*input;
-                    let (id, token) = service::create(conn, &ctx, env, new).await?;
-                    let view = service::get(&env.keys, conn, id).await?;
-                    Ok((written(&view, &env.settings, &token), token))
-                })
-            },
-        )
-        .await
+        let parsed = parse::create(&req)?;
+        self.file(caller, &req, parsed).await
     }
 
     async fn get_privacy_request(
@@ -168,7 +181,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
         request: Request<proto::GetPrivacyRequestRequest>,
     ) -> Result<Response<proto::PrivacyRequest>, Status> {
         let id = parse::request_name(&request.get_ref().name)?;
-        let view = service::read(&self.keys, self.reads.primary(), id).await?;
+        let view = queries::read(&self.keys, self.reads.primary(), id).await?;
         Ok(Response::new(encode::request_to_proto(
             &view,
             today(),
@@ -181,7 +194,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
         request: Request<proto::ListPrivacyRequestsRequest>,
     ) -> Result<Response<proto::ListPrivacyRequestsResponse>, Status> {
         let q = parse::list(request.get_ref())?;
-        let listed = service::list(&self.reads, &self.keys, &q.filter, q.after, q.limit).await?;
+        let listed = queries::list(&self.reads, &self.keys, &q.filter, q.after, q.limit).await?;
         let next_page_token = match listed.requests.last() {
             Some(last) if listed.more => PageToken::encode(&q.filters, &last.request.id),
             _ => String::new(),
@@ -306,7 +319,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
         request: Request<proto::GetAccessPackageRequest>,
     ) -> Result<Response<proto::AccessPackage>, Status> {
         let id = parse::request_name(&request.get_ref().name)?;
-        let package = service::access_package(&self.keys, self.reads.primary(), id).await?;
+        let package = queries::access_package(&self.keys, self.reads.primary(), id).await?;
         Ok(Response::new(encode::access_package(id, &package)?))
     }
 
@@ -315,7 +328,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
         request: Request<proto::GetRequestMetricsRequest>,
     ) -> Result<Response<proto::RequestMetrics>, Status> {
         let year = parse::metrics_year(request.get_ref())?;
-        let metrics = service::year_metrics(self.reads.primary(), year).await?;
+        let metrics = queries::year_metrics(self.reads.primary(), year).await?;
         Ok(Response::new(encode::metrics_to_proto(&metrics)))
     }
 
@@ -325,7 +338,7 @@ impl PrivacyRequestService for PrivacyRequestApi {
     ) -> Result<Response<proto::CheckSuppressionResponse>, Status> {
         let identifiers = parse::suppression(request.get_ref())?;
         let key = self.keys.hash_key()?;
-        let matched = service::suppressed(self.reads.primary(), &key, &identifiers).await?;
+        let matched = queries::suppressed(self.reads.primary(), &key, &identifiers).await?;
         Ok(Response::new(encode::suppression(matched)))
     }
 }

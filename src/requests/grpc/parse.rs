@@ -229,8 +229,13 @@ pub(super) fn create(req: &proto::CreatePrivacyRequestRequest) -> Result<(Reques
     let mut v = Violations::new();
     let request_id = parse_request_id(&mut v, &req.request_id);
     let new = parse_new_request(&mut v, req);
-    match (request_id, new) {
-        (Some(request_id), Some(new)) if v.is_empty() => Ok((request_id, new)),
+    all_valid(v, request_id.zip(new))
+}
+
+/// The parsed value when no field was invalid, else every violation found.
+fn all_valid<T>(v: Violations, parsed: Option<T>) -> Result<T> {
+    match parsed {
+        Some(parsed) if v.is_empty() => Ok(parsed),
         _ => Err(v.into_error()),
     }
 }
@@ -253,14 +258,14 @@ fn changing(
     let change = fields(&mut v);
     let request_id = parse_request_id(&mut v, request_id);
     let id = parse_ref(&mut v, name);
-    match (request_id, id, change) {
-        (Some(request_id), Some(id), Some(change)) if v.is_empty() => Ok(Changing {
-            request_id,
-            id,
-            change,
-        }),
-        _ => Err(v.into_error()),
-    }
+    let parsed = (|| {
+        Some(Changing {
+            request_id: request_id?,
+            id: id?,
+            change: change?,
+        })
+    })();
+    all_valid(v, parsed)
 }
 
 pub(super) fn verify(req: &proto::VerifyPrivacyRequestIdentityRequest) -> Result<Changing> {
@@ -493,40 +498,22 @@ pub(super) fn list(req: &proto::ListPrivacyRequestsRequest) -> Result<ListQuery>
         "page_token",
         PageToken::decode::<i64>(&filters, &req.page_token),
     );
-    // Every field parsed or at least one violation was recorded.
-    let (
-        Some(subject_id),
-        Some(state),
-        Some(request_type),
-        Some(jurisdiction),
-        Some(due_before),
-        Some(limit),
-        Some(after),
-    ) = (
-        subject_id,
-        state,
-        request_type,
-        jurisdiction,
-        due_before,
-        limit,
-        after,
-    )
-    else {
-        return Err(v.into_error());
-    };
-    Ok(ListQuery {
-        filter: ListFilter {
-            subject_id,
-            state,
-            request_type,
-            jurisdiction,
-            overdue: req.overdue,
-            due_before,
-        },
-        after: after.unwrap_or(0),
-        limit,
-        filters,
-    })
+    let parsed = (|| {
+        Some(ListQuery {
+            filter: ListFilter {
+                subject_id: subject_id?,
+                state: state?,
+                request_type: request_type?,
+                jurisdiction: jurisdiction?,
+                overdue: req.overdue,
+                due_before: due_before?,
+            },
+            after: after?.unwrap_or(0),
+            limit: limit?,
+            filters,
+        })
+    })();
+    all_valid(v, parsed)
 }
 
 /// The year of GetRequestMetrics.
