@@ -5,12 +5,14 @@ use sha2::{Digest, Sha256};
 
 use super::super::metrics;
 use super::super::model::{DenialReason, IdentifierKind, RequestRef, State};
+use super::super::queries::Listed;
 use super::super::service::{self, RequestView};
 use crate::config::RequestSettings;
 use crate::convert::{opt_timestamp, timestamp};
 use crate::error::Error;
 use crate::proto::{self, privacy_request};
 use crate::rules::{self, Cite, Cited, JurisdictionRules, Period, RequestType, Unit};
+use crate::tokens::PageToken;
 
 fn period(p: Period) -> proto::Period {
     proto::Period {
@@ -276,6 +278,28 @@ pub(super) fn metrics_to_proto(m: &metrics::YearMetrics) -> proto::RequestMetric
         request_types,
         overdue: i32::try_from(m.overdue).unwrap_or(i32::MAX),
         due_within_7_days: i32::try_from(m.due_within_7_days).unwrap_or(i32::MAX),
+    }
+}
+
+/// A page of requests; the next page's token (bound to the filters) when
+/// more follow.
+pub(super) fn page(
+    listed: &Listed,
+    filters: &str,
+    today: NaiveDate,
+    settings: &RequestSettings,
+) -> proto::ListPrivacyRequestsResponse {
+    let next_page_token = match listed.requests.last() {
+        Some(last) if listed.more => PageToken::encode(filters, &last.request.id),
+        _ => String::new(),
+    };
+    proto::ListPrivacyRequestsResponse {
+        privacy_requests: listed
+            .requests
+            .iter()
+            .map(|view| request_to_proto(view, today, settings))
+            .collect(),
+        next_page_token,
     }
 }
 

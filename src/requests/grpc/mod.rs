@@ -1,7 +1,8 @@
 //! `privacy.v1.PrivacyRequestService`: each RPC parses its message into
-//! domain values (`parse`), calls one use case (`super::service`, writes
-//! inside one idempotent transaction through `rpc::mutate`) and encodes the
-//! answer (`encode`). Nothing here reads or writes the database itself.
+//! domain values (`parse`), calls one use case (a write in `super::service`,
+//! inside one idempotent transaction through `rpc::mutate`; a read in
+//! `super::queries`) and encodes the answer (`encode`). Nothing here reads
+//! or writes the database itself.
 use tonic::{Request, Response, Status};
 
 use super::queries;
@@ -16,7 +17,7 @@ use crate::proto::method::privacy_request_service as method;
 use crate::proto::privacy_request_service_server::PrivacyRequestService;
 use crate::reads::Reads;
 use crate::rpc;
-use crate::tokens::{ConsistencyToken, PageToken};
+use crate::tokens::ConsistencyToken;
 
 mod encode;
 mod parse;
@@ -195,19 +196,8 @@ impl PrivacyRequestService for PrivacyRequestApi {
     ) -> Result<Response<proto::ListPrivacyRequestsResponse>, Status> {
         let q = parse::list(request.get_ref())?;
         let listed = queries::list(&self.reads, &self.keys, &q.filter, q.after, q.limit).await?;
-        let next_page_token = match listed.requests.last() {
-            Some(last) if listed.more => PageToken::encode(&q.filters, &last.request.id),
-            _ => String::new(),
-        };
-        let today = today();
-        Ok(Response::new(proto::ListPrivacyRequestsResponse {
-            privacy_requests: listed
-                .requests
-                .iter()
-                .map(|view| encode::request_to_proto(view, today, &self.settings))
-                .collect(),
-            next_page_token,
-        }))
+        let page = encode::page(&listed, &q.filters, today(), &self.settings);
+        Ok(Response::new(page))
     }
 
     async fn verify_privacy_request_identity(
