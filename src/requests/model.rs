@@ -1,8 +1,12 @@
 //! The privacy-request domain: states, the lifecycle as a table of allowed
 //! transitions, and the typed values a request carries.
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::datasystems::model::FieldCorrection;
 use crate::error::Error;
-use crate::names::string_enum;
-use crate::rules::RequestType;
+use crate::names::{SubjectId, string_enum};
+use crate::retention::store::LegalKeep;
+use crate::rules::{Clock, JurisdictionRules, RequestType};
 
 string_enum!(
     /// Where a request is in its life.
@@ -318,6 +322,143 @@ impl RequestRef {
     pub fn name(self) -> String {
         format!("privacyRequests/{}", self.0)
     }
+}
+
+/// A privacy request as the domain knows it: decoded once, from its stored
+/// row, by `super::store`. Its personal parts (agent, corrections, appeal
+/// statement) are sealed at rest and read as absent until `store::open`.
+#[derive(Debug, Clone)]
+pub struct PrivacyRequest {
+    pub id: i64,
+    pub subject_id: SubjectId,
+    pub request_type: RequestType,
+    pub jurisdiction: String,
+    /// The rules the request was filed under ("EU", "default", ...), as
+    /// stored, and the rules that answer for it today.
+    pub rules_code: String,
+    pub rules: &'static JurisdictionRules,
+    pub channel: Channel,
+    pub identifier_kinds: Vec<IdentifierKind>,
+    pub agent: Option<Agent>,
+    pub corrections: Vec<FieldCorrection>,
+    pub categories: Vec<String>,
+    pub state: State,
+    pub hold: Option<Hold>,
+    pub receive_time: DateTime<Utc>,
+    /// The legal clock, restored from the stored period, extension and
+    /// pauses.
+    pub clock: Clock<'static>,
+    pub extension_reason: Option<String>,
+    pub original_due_date: NaiveDate,
+    pub due_date: NaiveDate,
+    pub verification_required: bool,
+    pub agent_may_file: bool,
+    pub statutory: bool,
+    pub free_limit_exceeded: bool,
+    pub prior_requests_12_months: i32,
+    pub deadline_citation: Citation,
+    pub denial_reason: Option<DenialReason>,
+    pub explanation: String,
+    pub exemptions: Vec<String>,
+    pub appeal: Option<Appeal>,
+    /// What the law made this request keep (a deletion), structured; each
+    /// is in `exemptions` as text too.
+    pub legal_keeps: Vec<LegalKeep>,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+    pub close_time: Option<DateTime<Utc>>,
+    /// The sealed forms of the personal parts, as stored (`crate::keys`).
+    pub sealed: Sealed,
+}
+
+impl PrivacyRequest {
+    pub fn name(&self) -> String {
+        RequestRef(self.id).name()
+    }
+
+    pub fn received_date(&self) -> NaiveDate {
+        self.clock.received()
+    }
+}
+
+/// The sealed personal parts of a request. `store::open` opens the agent
+/// and the statement into the request and forgets their sealed form; the
+/// corrections stay sealed too, since its tasks receive them as they are.
+#[derive(Debug, Clone, Default)]
+pub struct Sealed {
+    pub agent: Option<Vec<u8>>,
+    pub corrections: Option<Vec<u8>>,
+    pub appeal_statement: Option<Vec<u8>>,
+}
+
+/// Why and since when a request is on hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hold {
+    pub reason: HoldReason,
+    /// The state it resumes in.
+    pub from: Option<State>,
+    pub since: Option<NaiveDate>,
+    /// Whether the rules stop the clock for this reason.
+    pub pauses_clock: bool,
+}
+
+/// An appeal of a request's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appeal {
+    pub state: AppealState,
+    /// The subject's words; blank until opened, or once erased.
+    pub statement: String,
+    pub create_time: Option<DateTime<Utc>>,
+    pub due_date: Option<NaiveDate>,
+    pub explanation: Option<String>,
+    pub regulator_contact_required: bool,
+    pub regulator_contact_provided: bool,
+    pub decide_time: Option<DateTime<Utc>>,
+    /// True when the appeal is the organisation's voluntary offer.
+    pub voluntary: bool,
+}
+
+/// The source the request's deadline was taken from, as it was cited on
+/// the day of receipt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Citation {
+    pub source: String,
+    pub confidence: String,
+    pub conservative: bool,
+    pub note: String,
+}
+
+/// One step in a request's history: a transition, or an event that kept
+/// the state (an extension, an appeal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryEntry {
+    pub from: Option<State>,
+    pub to: State,
+    pub action: String,
+    pub actor: String,
+    pub reason: String,
+    pub time: DateTime<Utc>,
+}
+
+/// Counts of a request's tasks by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct TaskCounts {
+    pub total: i64,
+    pub succeeded: i64,
+    pub exempt: i64,
+    pub failed: i64,
+    pub open: i64,
+}
+
+/// Filters of ListPrivacyRequests.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub subject_id: Option<String>,
+    pub state: Option<State>,
+    pub request_type: Option<String>,
+    pub jurisdiction: Option<String>,
+    pub overdue: bool,
+    pub due_before: Option<NaiveDate>,
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use crate::rpc::Context;
 /// settled state (SUCCEEDED, EXEMPTED, FAILED): completes the request when
 /// every task is done (in part when some were exempt). A failed task keeps
 /// the request open and shows in its task summary, for an operator.
+#[tracing::instrument(skip_all, fields(privacy_request = privacy_request_id))]
 pub async fn task_settled(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -21,14 +22,11 @@ pub async fn task_settled(
     };
     if service::complete_if_done(conn, ctx, &mut row).await? {
         let name = row.name();
+        let subject = row.subject_id.as_str();
         journal::record(
             conn,
-            ctx.audit(&name, Some(&row.subject_id), json!({ "state": row.state })),
-            ChangeEntry::resource(
-                ChangeKind::PrivacyRequestChanged,
-                &name,
-                Some(&row.subject_id),
-            ),
+            ctx.audit(&name, Some(subject), json!({ "state": row.state.as_str() })),
+            ChangeEntry::resource(ChangeKind::PrivacyRequestChanged, &name, Some(subject)),
         )
         .await?;
     }

@@ -9,7 +9,8 @@ use sqlx::PgConnection;
 use super::model::{
     self, Action, Agent, AppealState, Channel, DenialReason, HoldReason, IdentifierKind, State,
 };
-use super::store::{self, NewRow, RequestRow};
+use super::model::{HistoryEntry, PrivacyRequest, TaskCounts};
+use super::store::{self, NewRow};
 use crate::config::RequestSettings;
 use crate::consent::model::{Decision, NewConsent, Source};
 use crate::consent::service as consent;
@@ -21,7 +22,7 @@ use crate::keys::{Keyring, column};
 use crate::names::{Jurisdiction, PurposeKey, SubjectId};
 use crate::proto::ErrorReason;
 use crate::rpc::Context;
-use crate::rules::{self, Clock, JurisdictionRules, Period, RequestType, Unit};
+use crate::rules::{self, Period, RequestType};
 use crate::tokens::ConsistencyToken;
 
 /// What the use cases need beyond the transaction.
@@ -53,44 +54,6 @@ fn table() -> Result<&'static rules::RulesTable> {
     rules::table().map_err(|e| Error::Internal(e.to_string()))
 }
 
-fn request_type(row: &RequestRow) -> Result<RequestType> {
-    RequestType::parse(&row.request_type)
-        .ok_or_else(|| Error::Internal(format!("unknown request type {:?}", row.request_type)))
-}
-
-/// The rules a stored request was filed under ("EU", "default", ...).
-fn rules_of(row: &RequestRow) -> Result<&'static JurisdictionRules> {
-    let table = table()?;
-    Ok(table.get(&row.rules_code).unwrap_or(table.defaults()))
-}
-
-pub(super) fn clock_of(row: &RequestRow) -> Result<Clock<'static>> {
-    let unit = |u: &str| {
-        Unit::parse(u).ok_or_else(|| Error::Internal(format!("unknown period unit {u:?}")))
-    };
-    let amount = |a: i32| u32::try_from(a).map_err(|_| Error::Internal("negative period".into()));
-    let period = Period::new(amount(row.period_amount)?, unit(&row.period_unit)?);
-    let extension = match (row.extension_amount, row.extension_unit.as_deref()) {
-        (Some(a), Some(u)) => Some(Period::new(amount(a)?, unit(u)?)),
-        _ => None,
-    };
-    // A statutory clock counts business days without the jurisdiction's
-    // holidays; a voluntary one follows the defaults, which have none.
-    let holidays = if row.statutory {
-        rules_of(row)?.holidays()
-    } else {
-        rules::Holidays::NONE
-    };
-    Ok(Clock::restore(
-        row.received_date,
-        period,
-        extension,
-        row.extended,
-        amount(row.paused_days)?,
-    )
-    .with_holidays(holidays))
-}
-
 /// The appeal a request may have: the law's, or the organisation's own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct AppealTerms {
@@ -110,16 +73,17 @@ pub(super) struct AppealTerms {
 /// organisation's deadline (the rules table's defaults) and a regulator
 /// notice only where the jurisdiction's law requires one.
 pub(super) fn appeal_terms(
-    row: &RequestRow,
+    row: &PrivacyRequest,
     settings: &RequestSettings,
 ) -> Result<std::result::Result<AppealTerms, String>> {
-    let rules = rules_of(row)?;
-    let t = request_type(row)?;
+    let rules = row.rules;
+    let t = row.request_type;
+    let received = row.received_date();
     // The rules as they stood the day the request was received.
-    let appeal = rules.appeal_on(t, row.received_date);
+    let appeal = rules.appeal_on(t, received);
     // The rules answering for a type the jurisdiction did not grant then are
     // the organisation's defaults: their appeal is the organisation's too.
-    let by_law = !rules.is_default() && rules.grants_on(t, row.received_date);
+    let by_law = !rules.is_default() && rules.grants_on(t, received);
     if appeal.exists {
         return Ok(Ok(AppealTerms {
             deadline: appeal.deadline,
@@ -143,7 +107,7 @@ pub(super) fn appeal_terms(
 
 /// Whether the request may be appealed (the law's appeal or the
 /// organisation's voluntary one), and whether that appeal is voluntary.
-pub(super) fn appeal_available(row: &RequestRow, settings: &RequestSettings) -> (bool, bool) {
+pub(super) fn appeal_available(row: &PrivacyRequest, settings: &RequestSettings) -> (bool, bool) {
     match appeal_terms(row, settings) {
         Ok(Ok(terms)) => (true, terms.voluntary),
         _ => (false, false),
@@ -158,44 +122,43 @@ fn deadline_error(name: &str, e: rules::DeadlineError) -> Error {
 async fn journal(
     conn: &mut PgConnection,
     ctx: &Context,
-    row: &RequestRow,
+    row: &PrivacyRequest,
     details: serde_json::Value,
 ) -> Result<ConsistencyToken> {
     let name = row.name();
+    let subject = row.subject_id.as_str();
     journal::record(
         conn,
-        ctx.audit(&name, Some(&row.subject_id), details),
-        ChangeEntry::resource(
-            ChangeKind::PrivacyRequestChanged,
-            &name,
-            Some(&row.subject_id),
-        ),
+        ctx.audit(&name, Some(subject), details),
+        ChangeEntry::resource(ChangeKind::PrivacyRequestChanged, &name, Some(subject)),
     )
     .await
 }
 
 /// Moves `row` to `to` after the lifecycle table allows it, and records the
 /// transition.
+#[tracing::instrument(skip_all, fields(privacy_request = row.id, action = action.as_str(), to = to.as_str()))]
 async fn transition(
     conn: &mut PgConnection,
     ctx: &Context,
-    row: &mut RequestRow,
+    row: &mut PrivacyRequest,
     action: Action,
     to: State,
     reason: &str,
 ) -> Result<()> {
-    let from = row.state()?;
+    let from = row.state;
     model::check(&row.name(), action, from, Some(to))?;
     if from != to {
         store::set_state(conn, row.id, to).await?;
     }
     store::record_transition(conn, row, Some(from), to, action, ctx, reason).await?;
-    row.state = to.as_str().to_owned();
+    row.state = to;
     Ok(())
 }
 
 /// Files a request and starts its clock; an opt-out that needs no
 /// verification takes effect in the same transaction.
+#[tracing::instrument(skip_all, fields(request_type = new.request_type.as_str(), jurisdiction = new.jurisdiction.as_str()))]
 pub async fn create(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -378,7 +341,7 @@ pub async fn create(
             "jurisdiction": new.jurisdiction.as_str(),
             "rules_code": rules.code(),
             "due_date": due.to_string(),
-            "state": row.state,
+            "state": row.state.as_str(),
             "agent": new.agent.is_some(),
         }),
     )
@@ -390,20 +353,21 @@ pub async fn create(
 /// the refusals its type implies (opt-outs, limits, objections), a deletion
 /// closes the account, and one task per concerned data system is queued.
 /// A request whose fulfilment was only the ledger completes at once.
+#[tracing::instrument(skip_all, fields(privacy_request = row.id))]
 async fn take_effect(
     conn: &mut PgConnection,
     ctx: &Context,
     env: &Env,
-    row: &mut RequestRow,
+    row: &mut PrivacyRequest,
 ) -> Result<()> {
-    let t = request_type(row)?;
+    let t = row.request_type;
     let refused = refuse_purposes(&env.keys, conn, ctx, row, t).await?;
     if t == RequestType::Deletion {
         // Deletion closes the account: the retention schedule's
         // account-closure clocks start (the same path data systems report on).
         crate::retention::store::record_event(
             conn,
-            &row.subject_id,
+            row.subject_id.as_str(),
             None,
             None,
             crate::retention::model::EventKind::AccountClosed,
@@ -428,7 +392,7 @@ async fn take_effect(
         row.exemptions.extend(kept);
         if !fan_out.kept.is_empty() {
             store::add_legal_keeps(conn, row.id, &fan_out.kept).await?;
-            row.legal_keeps.0.extend(fan_out.kept.iter().cloned());
+            row.legal_keeps.extend(fan_out.kept.iter().cloned());
         }
         if fan_out.tasks == 0 {
             let explanation = "everything in scope is kept, under a legal hold or by law";
@@ -458,20 +422,21 @@ async fn take_effect(
 
 /// Appends a refusal for each purpose the request type refuses (skipping
 /// purposes not based on consent in the jurisdiction). Returns the purposes.
+#[tracing::instrument(skip_all, fields(privacy_request = row.id, request_type = t.as_str()))]
 async fn refuse_purposes(
     keyring: &Keyring,
     conn: &mut PgConnection,
     ctx: &Context,
-    row: &RequestRow,
+    row: &PrivacyRequest,
     t: RequestType,
 ) -> Result<Vec<String>> {
     let keys = store::refused_purposes(conn, t.as_str()).await?;
     if keys.is_empty() {
         return Ok(keys);
     }
-    let subject = SubjectId::parse(&row.subject_id).map_err(Error::Internal)?;
+    let subject = row.subject_id.clone();
     let jurisdiction = Jurisdiction::parse(&row.jurisdiction).ok();
-    let source = if row.channel == Channel::GlobalPrivacyControl.as_str() {
+    let source = if row.channel == Channel::GlobalPrivacyControl {
         Source::GpcSignal
     } else {
         Source::PrivacyRequest
@@ -504,6 +469,7 @@ async fn refuse_purposes(
 }
 
 /// Identity (and an agent's authority) verified: the request proceeds.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 async fn verify(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -516,16 +482,14 @@ async fn verify(
     model::check(
         &row.name(),
         Action::Verify,
-        row.state()?,
+        row.state,
         Some(State::InProgress),
     )?;
     store::open(&env.keys, conn, std::slice::from_mut(&mut row)).await?;
-    if let Some(agent) = row.agent.clone() {
-        let mut agent: Agent = serde_json::from_value(agent)
-            .map_err(|e| Error::Internal(format!("stored agent does not decode: {e}")))?;
+    if let Some(mut agent) = row.agent.clone() {
         if let Some(evidence) = agent_evidence {
             agent.evidence_reference = evidence.to_owned();
-            let sealer = env.keys.sealer(conn, &row.subject_id).await?;
+            let sealer = env.keys.sealer(conn, row.subject_id.as_str()).await?;
             store::set_agent(conn, id, &sealer.seal_json(column::REQUEST_AGENT, &agent)?).await?;
         }
         if !agent.has_evidence() {
@@ -552,6 +516,7 @@ async fn verify(
 }
 
 /// Uses the one extension, before the original due date, with a reason.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 async fn extend(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -560,9 +525,9 @@ async fn extend(
     today: NaiveDate,
 ) -> Result<ConsistencyToken> {
     let mut row = store::must_get(conn, id, true).await?;
-    let state = row.state()?;
+    let state = row.state;
     model::check(&row.name(), Action::Extend, state, None)?;
-    let mut clock = clock_of(&row)?;
+    let mut clock = row.clock;
     let due = clock
         .extend(today)
         .map_err(|e| deadline_error(&row.name(), e))?;
@@ -579,6 +544,7 @@ async fn extend(
 
 /// Puts the request on hold; where the rules stop the clock for the
 /// reason, it stops until the request resumes.
+#[tracing::instrument(skip_all, fields(privacy_request = id, hold_reason = reason.as_str()))]
 async fn hold(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -588,11 +554,11 @@ async fn hold(
     today: NaiveDate,
 ) -> Result<ConsistencyToken> {
     let mut row = store::must_get(conn, id, true).await?;
-    let from = row.state()?;
+    let from = row.state;
     model::check(&row.name(), Action::Hold, from, Some(State::OnHold))?;
     let pauses = reason
         .pause_reason()
-        .is_some_and(|p| rules_of(&row).is_ok_and(|r| r.pauses_clock_for(p)));
+        .is_some_and(|p| row.rules.pauses_clock_for(p));
     store::set_hold(conn, id, from, reason, today, pauses).await?;
     transition(
         conn,
@@ -614,6 +580,7 @@ async fn hold(
 
 /// Resumes a held request in the state it was held from; a stopped clock
 /// moves the due date by the time it was stopped.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 async fn resume(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -622,15 +589,12 @@ async fn resume(
     today: NaiveDate,
 ) -> Result<ConsistencyToken> {
     let mut row = store::must_get(conn, id, true).await?;
-    let to = row
-        .held_from
-        .as_deref()
-        .and_then(State::from_db)
-        .unwrap_or(State::InProgress);
-    model::check(&row.name(), Action::Resume, row.state()?, Some(to))?;
-    let mut clock = clock_of(&row)?;
-    if row.hold_pauses_clock
-        && let Some(start) = row.hold_start
+    let to = row.hold.and_then(|h| h.from).unwrap_or(State::InProgress);
+    model::check(&row.name(), Action::Resume, row.state, Some(to))?;
+    let mut clock = row.clock;
+    if let Some(hold) = row.hold
+        && hold.pauses_clock
+        && let Some(start) = hold.since
     {
         clock
             .pause(start, today)
@@ -651,6 +615,7 @@ async fn resume(
 }
 
 /// Denies the request with a typed reason; tasks not yet run are abandoned.
+#[tracing::instrument(skip_all, fields(privacy_request = id, denial_reason = reason.as_str()))]
 async fn deny(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -659,7 +624,7 @@ async fn deny(
     explanation: &str,
 ) -> Result<ConsistencyToken> {
     let mut row = store::must_get(conn, id, true).await?;
-    model::check(&row.name(), Action::Deny, row.state()?, Some(State::Denied))?;
+    model::check(&row.name(), Action::Deny, row.state, Some(State::Denied))?;
     store::set_denial(conn, id, reason, explanation).await?;
     store::abandon_open_tasks(conn, id).await?;
     let why = format!("{}: {explanation}", reason.as_str());
@@ -668,6 +633,7 @@ async fn deny(
 }
 
 /// Cancels the request; tasks not yet run are abandoned.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 async fn cancel(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -678,7 +644,7 @@ async fn cancel(
     model::check(
         &row.name(),
         Action::Cancel,
-        row.state()?,
+        row.state,
         Some(State::Canceled),
     )?;
     store::set_explanation(conn, id, explanation).await?;
@@ -698,6 +664,7 @@ async fn cancel(
 /// Completes an in-progress request by hand: allowed once no task is
 /// queued or running. Exemptions (given, or from exempted tasks) make it
 /// PARTIALLY_COMPLETED.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 async fn complete(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -709,7 +676,7 @@ async fn complete(
     model::check(
         &row.name(),
         Action::Complete,
-        row.state()?,
+        row.state,
         Some(State::Completed),
     )?;
     let counts = store::task_counts(conn, id).await?;
@@ -732,10 +699,11 @@ async fn complete(
 
 /// Moves an in-progress request to COMPLETED (or PARTIALLY_COMPLETED with
 /// exemptions); a deletion then erases what this service holds.
+#[tracing::instrument(skip_all, fields(privacy_request = row.id, action = action.as_str()))]
 async fn finish(
     conn: &mut PgConnection,
     ctx: &Context,
-    row: &mut RequestRow,
+    row: &mut PrivacyRequest,
     action: Action,
     explanation: &str,
     exemptions: &[String],
@@ -747,20 +715,22 @@ async fn finish(
     };
     store::set_outcome(conn, row.id, explanation, exemptions).await?;
     transition(conn, ctx, row, action, to, explanation).await?;
-    if request_type(row)? == RequestType::Deletion {
-        consent::erase_subject(conn, ctx, &row.subject_id, Some(row.id), &row.name()).await?;
+    if row.request_type == RequestType::Deletion {
+        let subject = row.subject_id.as_str();
+        consent::erase_subject(conn, ctx, subject, Some(row.id), &row.name()).await?;
     }
     Ok(())
 }
 
 /// When every task of an in-progress request has settled and none failed,
 /// the request completes (in part when some were exempt).
+#[tracing::instrument(skip_all, fields(privacy_request = row.id))]
 pub(super) async fn complete_if_done(
     conn: &mut PgConnection,
     ctx: &Context,
-    row: &mut RequestRow,
+    row: &mut PrivacyRequest,
 ) -> Result<bool> {
-    if row.state()? != State::InProgress {
+    if row.state != State::InProgress {
         return Ok(false);
     }
     let counts = store::task_counts(conn, row.id).await?;
@@ -779,6 +749,7 @@ pub(super) async fn complete_if_done(
 
 /// Appeals a denied or partly completed request where the rules give an
 /// appeal or the organisation offers one (`appeal_terms`).
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 async fn appeal(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -788,11 +759,11 @@ async fn appeal(
     receive_time: DateTime<Utc>,
 ) -> Result<ConsistencyToken> {
     let mut row = store::must_get(conn, id, true).await?;
-    let state = row.state()?;
+    let state = row.state;
     model::check(&row.name(), Action::Appeal, state, None)?;
     let terms = appeal_terms(&row, &env.settings)?
         .map_err(|why| Error::precondition(ErrorReason::AppealNotAllowed, row.name(), why))?;
-    if row.appeal_state.is_some() {
+    if row.appeal.is_some() {
         return Err(Error::precondition(
             ErrorReason::AppealNotAllowed,
             row.name(),
@@ -807,7 +778,7 @@ async fn appeal(
     // The subject's own words: sealed.
     let sealed = env
         .keys
-        .sealer(conn, &row.subject_id)
+        .sealer(conn, row.subject_id.as_str())
         .await?
         .seal(column::APPEAL_STATEMENT, statement.as_bytes())?;
     store::open_appeal(
@@ -841,6 +812,7 @@ async fn appeal(
 /// Decides a pending appeal. GRANTED reopens the request (it takes effect
 /// again); UPHELD keeps the outcome and, where the law says so, must record
 /// that the subject was told how to contact the regulator.
+#[tracing::instrument(skip_all, fields(privacy_request = id, decision = decision.as_str()))]
 async fn decide_appeal(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -851,16 +823,20 @@ async fn decide_appeal(
     regulator_contact_provided: bool,
 ) -> Result<ConsistencyToken> {
     let mut row = store::must_get(conn, id, true).await?;
-    let state = row.state()?;
+    let state = row.state;
     model::check(&row.name(), Action::DecideAppeal, state, None)?;
-    if row.appeal_state.as_deref() != Some(AppealState::Pending.as_str()) {
+    let Some(pending) = row
+        .appeal
+        .as_ref()
+        .filter(|a| a.state == AppealState::Pending)
+    else {
         return Err(Error::precondition(
             ErrorReason::AppealNotAllowed,
             row.name(),
             "the request has no pending appeal",
         ));
-    }
-    let required = row.appeal_regulator_contact_required.unwrap_or(false);
+    };
+    let required = pending.regulator_contact_required;
     if decision == AppealState::Upheld && required && !regulator_contact_provided {
         return Err(Error::invalid(
             "regulator_contact_provided",
@@ -942,6 +918,7 @@ pub enum Change {
 }
 
 /// Applies `change` to request `id` in the caller's transaction.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 pub async fn apply(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -1003,81 +980,26 @@ pub async fn apply(
     }
 }
 
-/// The JSON export of a completed access or portability request: what each
-/// data system exported, and this service's own records of the subject.
-pub async fn access_package(
-    keys: &Keyring,
-    conn: &mut PgConnection,
-    id: i64,
-) -> Result<serde_json::Value> {
-    let row = store::must_get(conn, id, false).await?;
-    let t = request_type(&row)?;
-    if !t.is_access() {
-        return Err(Error::precondition(
-            ErrorReason::ActionNotSupported,
-            row.name(),
-            format!(
-                "a {t} request has no access package; only access, portability and ADMT access do"
-            ),
-        ));
-    }
-    let state = row.state()?;
-    if !matches!(state, State::Completed | State::PartiallyCompleted) {
-        return Err(Error::InvalidTransition {
-            resource: row.name(),
-            state: state.as_str(),
-            action: "GetAccessPackage",
-            allowed_from: vec![
-                State::Completed.as_str(),
-                State::PartiallyCompleted.as_str(),
-            ],
-        });
-    }
-    let systems: Vec<_> = store::exports(keys, conn, id)
-        .await?
-        .into_iter()
-        .map(|e| {
-            json!({
-                "task": format!("tasks/{}", e.id),
-                "data_system": format!("dataSystems/{}", e.data_system_id),
-                "state": e.state,
-                "categories": e.categories,
-                "records": e.records_affected,
-                "content_sha256": e.content_sha256,
-                "system_reference": e.system_reference,
-                "exempt_reason": e.exempt_reason,
-                "data": e.export_json,
-            })
-        })
-        .collect();
-    // What the law makes the organisation keep of the subject's data, and
-    // why and until when: the same rule that keeps it from being erased.
-    let kept: Vec<_> =
-        crate::retention::store::legal_keeps(conn, &row.subject_id, &[], None, Utc::now())
-            .await?
-            .into_iter()
-            .map(|k| {
-                json!({
-                    "category": k.category,
-                    "data_system": format!("dataSystems/{}", k.data_system_id),
-                    "legal_reason": k.legal_reason,
-                    "keep_until": k.keep_until,
-                    "period": { "amount": k.period_amount, "unit": k.period_unit },
-                    "trigger": k.trigger,
-                    "explanation": k.describe(),
-                })
-            })
-            .collect();
-    Ok(json!({
-        "format": "privacy-records access package v1",
-        "privacy_request": row.name(),
-        "request_type": t.as_str(),
-        "subject_id": row.subject_id,
-        "jurisdiction": row.jurisdiction,
-        "received": row.receive_time,
-        "data_systems": systems,
-        "kept_by_law": kept,
-        "consent_history": store::consent_history(conn, &row.subject_id).await?,
-        "privacy_requests": store::request_history(conn, &row.subject_id).await?,
-    }))
+/// A request as the API shows it: opened, with its history (empty in a
+/// listing) and its task summary.
+#[derive(Debug, Clone)]
+pub struct RequestView {
+    pub request: PrivacyRequest,
+    pub history: Vec<HistoryEntry>,
+    pub tasks: TaskCounts,
+}
+
+/// Reads a request with its history and task summary, in the caller's
+/// transaction: what a read returns and what every write answers with.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
+pub async fn get(keys: &Keyring, conn: &mut PgConnection, id: i64) -> Result<RequestView> {
+    let mut request = store::must_get(conn, id, false).await?;
+    store::open(keys, conn, std::slice::from_mut(&mut request)).await?;
+    let history = store::transitions(conn, id).await?;
+    let tasks = store::task_counts(conn, id).await?;
+    Ok(RequestView {
+        request,
+        history,
+        tasks,
+    })
 }

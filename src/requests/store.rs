@@ -5,106 +5,273 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
-use super::model::{Action, AppealState, DenialReason, HoldReason, State};
-use crate::datasystems::model::DataAction;
+use super::metrics::Outcome;
+use super::model::{
+    Action, Agent, Appeal, AppealState, Channel, Citation, DenialReason, HistoryEntry, Hold,
+    HoldReason, IdentifierKind, ListFilter, PrivacyRequest, Sealed, State, TaskCounts,
+};
+use crate::datasystems::model::{DataAction, FieldCorrection};
 use crate::error::{Error, Result};
 use crate::keys::{Keyring, column};
+use crate::names::SubjectId;
 use crate::retention::store::LegalKeep;
 use crate::rpc::Context;
+use crate::rules::{self, Clock, Period, RequestType, Unit};
 
-/// A request as stored.
+/// A request's row as stored: strings and columns, private to this file.
+/// `decode` turns it into the domain's `PrivacyRequest`, once.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct RequestRow {
-    pub id: i64,
-    pub subject_id: String,
-    pub request_type: String,
-    pub jurisdiction: String,
-    pub rules_code: String,
-    pub rules_version: String,
-    pub channel: String,
-    pub identifier_kinds: Vec<String>,
-    pub agent: Option<Value>,
-    pub corrections: Value,
-    pub categories: Vec<String>,
-    pub state: String,
-    pub held_from: Option<String>,
-    pub hold_reason: Option<String>,
-    pub hold_start: Option<NaiveDate>,
-    pub hold_pauses_clock: bool,
-    pub receive_time: DateTime<Utc>,
-    pub received_date: NaiveDate,
-    pub period_amount: i32,
-    pub period_unit: String,
-    pub extension_amount: Option<i32>,
-    pub extension_unit: Option<String>,
-    pub extended: bool,
-    pub extension_reason: Option<String>,
-    pub paused_days: i32,
-    pub original_due_date: NaiveDate,
-    pub due_date: NaiveDate,
-    pub verification_required: bool,
-    pub agent_may_file: bool,
-    pub statutory: bool,
-    pub free_limit_exceeded: bool,
-    pub prior_requests_12_months: i32,
-    pub deadline_citation: Value,
-    pub denial_reason: Option<String>,
-    pub explanation: String,
-    pub exemptions: Vec<String>,
-    pub appeal_state: Option<String>,
-    pub appeal_statement: Option<String>,
-    pub appeal_create_time: Option<DateTime<Utc>>,
-    pub appeal_due_date: Option<NaiveDate>,
-    pub appeal_explanation: Option<String>,
-    pub appeal_regulator_contact_required: Option<bool>,
-    pub appeal_regulator_contact_provided: Option<bool>,
-    pub appeal_decide_time: Option<DateTime<Utc>>,
-    /// True when the appeal is the organisation's voluntary offer.
-    pub appeal_voluntary: Option<bool>,
-    /// What the law made this request keep (a deletion), structured; each
-    /// is in `exemptions` as text too.
-    pub legal_keeps: sqlx::types::Json<Vec<LegalKeep>>,
-    pub create_time: DateTime<Utc>,
-    pub update_time: DateTime<Utc>,
-    pub close_time: Option<DateTime<Utc>>,
-    /// The sealed agent, corrections and appeal statement (`crate::keys`);
-    /// `open` puts them, in clear, into `agent`, `corrections` and
-    /// `appeal_statement`.
-    pub agent_sealed: Option<Vec<u8>>,
-    pub corrections_sealed: Option<Vec<u8>>,
-    pub appeal_statement_sealed: Option<Vec<u8>>,
+struct RequestRow {
+    id: i64,
+    subject_id: String,
+    request_type: String,
+    jurisdiction: String,
+    rules_code: String,
+    #[allow(dead_code)] // kept for the record; the rules answer by code
+    rules_version: String,
+    channel: String,
+    identifier_kinds: Vec<String>,
+    agent: Option<Value>,
+    corrections: Value,
+    categories: Vec<String>,
+    state: String,
+    held_from: Option<String>,
+    hold_reason: Option<String>,
+    hold_start: Option<NaiveDate>,
+    hold_pauses_clock: bool,
+    receive_time: DateTime<Utc>,
+    received_date: NaiveDate,
+    period_amount: i32,
+    period_unit: String,
+    extension_amount: Option<i32>,
+    extension_unit: Option<String>,
+    extended: bool,
+    extension_reason: Option<String>,
+    paused_days: i32,
+    original_due_date: NaiveDate,
+    due_date: NaiveDate,
+    verification_required: bool,
+    agent_may_file: bool,
+    statutory: bool,
+    free_limit_exceeded: bool,
+    prior_requests_12_months: i32,
+    deadline_citation: Value,
+    denial_reason: Option<String>,
+    explanation: String,
+    exemptions: Vec<String>,
+    appeal_state: Option<String>,
+    appeal_statement: Option<String>,
+    appeal_create_time: Option<DateTime<Utc>>,
+    appeal_due_date: Option<NaiveDate>,
+    appeal_explanation: Option<String>,
+    appeal_regulator_contact_required: Option<bool>,
+    appeal_regulator_contact_provided: Option<bool>,
+    appeal_decide_time: Option<DateTime<Utc>>,
+    appeal_voluntary: Option<bool>,
+    legal_keeps: sqlx::types::Json<Vec<LegalKeep>>,
+    create_time: DateTime<Utc>,
+    update_time: DateTime<Utc>,
+    close_time: Option<DateTime<Utc>>,
+    agent_sealed: Option<Vec<u8>>,
+    corrections_sealed: Option<Vec<u8>>,
+    appeal_statement_sealed: Option<Vec<u8>>,
+}
+
+/// A stored value that does not decode is a bug (every one was written
+/// from a domain value): INTERNAL, naming the column, never the value
+/// when it may be personal.
+fn corrupt(what: &str, id: i64) -> Error {
+    Error::Internal(format!(
+        "privacyRequests/{id}: the stored {what} does not decode"
+    ))
+}
+
+fn enum_of<T>(id: i64, what: &str, raw: &str, parse: fn(&str) -> Option<T>) -> Result<T> {
+    parse(raw).ok_or_else(|| corrupt(what, id))
+}
+
+fn opt_enum_of<T>(
+    id: i64,
+    what: &str,
+    raw: Option<&str>,
+    parse: fn(&str) -> Option<T>,
+) -> Result<Option<T>> {
+    raw.map(|r| enum_of(id, what, r, parse)).transpose()
 }
 
 impl RequestRow {
-    pub fn state(&self) -> Result<State> {
-        State::from_db(&self.state)
-            .ok_or_else(|| Error::Internal(format!("unknown request state {:?}", self.state)))
+    /// The domain's request, with its clock restored under the rules it was
+    /// filed with.
+    fn decode(self) -> Result<PrivacyRequest> {
+        let id = self.id;
+        let table = rules::table().map_err(|e| Error::Internal(e.to_string()))?;
+        let rules = table.get(&self.rules_code).unwrap_or(table.defaults());
+        let unit = |u: &str| enum_of(id, "period unit", u, Unit::parse);
+        let amount = |a: i32| u32::try_from(a).map_err(|_| corrupt("period", id));
+        let period = Period::new(amount(self.period_amount)?, unit(&self.period_unit)?);
+        let extension = match (self.extension_amount, self.extension_unit.as_deref()) {
+            (Some(a), Some(u)) => Some(Period::new(amount(a)?, unit(u)?)),
+            _ => None,
+        };
+        // A statutory clock counts business days without the jurisdiction's
+        // holidays; a voluntary one follows the defaults, which have none.
+        let holidays = if self.statutory {
+            rules.holidays()
+        } else {
+            rules::Holidays::NONE
+        };
+        let clock = Clock::restore(
+            self.received_date,
+            period,
+            extension,
+            self.extended,
+            amount(self.paused_days)?,
+        )
+        .with_holidays(holidays);
+        let hold = opt_enum_of(
+            id,
+            "hold reason",
+            self.hold_reason.as_deref(),
+            HoldReason::from_db,
+        )?
+        .map(|reason| -> Result<Hold> {
+            Ok(Hold {
+                reason,
+                from: opt_enum_of(
+                    id,
+                    "held-from state",
+                    self.held_from.as_deref(),
+                    State::from_db,
+                )?,
+                since: self.hold_start,
+                pauses_clock: self.hold_pauses_clock,
+            })
+        })
+        .transpose()?;
+        let appeal = opt_enum_of(
+            id,
+            "appeal state",
+            self.appeal_state.as_deref(),
+            AppealState::from_db,
+        )?
+        .map(|state| Appeal {
+            state,
+            statement: self.appeal_statement.clone().unwrap_or_default(),
+            create_time: self.appeal_create_time,
+            due_date: self.appeal_due_date,
+            explanation: self.appeal_explanation.clone(),
+            regulator_contact_required: self.appeal_regulator_contact_required.unwrap_or(false),
+            regulator_contact_provided: self.appeal_regulator_contact_provided.unwrap_or(false),
+            decide_time: self.appeal_decide_time,
+            voluntary: self.appeal_voluntary.unwrap_or(false),
+        });
+        let agent = self
+            .agent
+            .map(serde_json::from_value::<Agent>)
+            .transpose()
+            .map_err(|_| corrupt("agent", id))?;
+        let corrections: Vec<FieldCorrection> =
+            serde_json::from_value(self.corrections).map_err(|_| corrupt("corrections", id))?;
+        let cite = &self.deadline_citation;
+        let text = |k: &str| {
+            cite.get(k)
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let deadline_citation = Citation {
+            source: text("source"),
+            confidence: text("confidence"),
+            conservative: cite
+                .get("conservative")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            note: text("note"),
+        };
+        Ok(PrivacyRequest {
+            id,
+            subject_id: SubjectId::parse(&self.subject_id)
+                .map_err(|_| corrupt("subject id", id))?,
+            request_type: enum_of(id, "request type", &self.request_type, RequestType::parse)?,
+            jurisdiction: self.jurisdiction,
+            rules_code: self.rules_code,
+            rules,
+            channel: enum_of(id, "channel", &self.channel, Channel::from_db)?,
+            identifier_kinds: self
+                .identifier_kinds
+                .iter()
+                .map(|k| enum_of(id, "identifier kind", k, IdentifierKind::from_db))
+                .collect::<Result<_>>()?,
+            agent,
+            corrections,
+            categories: self.categories,
+            state: enum_of(id, "state", &self.state, State::from_db)?,
+            hold,
+            receive_time: self.receive_time,
+            clock,
+            extension_reason: self.extension_reason,
+            original_due_date: self.original_due_date,
+            due_date: self.due_date,
+            verification_required: self.verification_required,
+            agent_may_file: self.agent_may_file,
+            statutory: self.statutory,
+            free_limit_exceeded: self.free_limit_exceeded,
+            prior_requests_12_months: self.prior_requests_12_months,
+            deadline_citation,
+            denial_reason: opt_enum_of(
+                id,
+                "denial reason",
+                self.denial_reason.as_deref(),
+                DenialReason::from_db,
+            )?,
+            explanation: self.explanation,
+            exemptions: self.exemptions,
+            appeal,
+            legal_keeps: self.legal_keeps.0,
+            create_time: self.create_time,
+            update_time: self.update_time,
+            close_time: self.close_time,
+            sealed: Sealed {
+                agent: self.agent_sealed,
+                corrections: self.corrections_sealed,
+                appeal_statement: self.appeal_statement_sealed,
+            },
+        })
     }
+}
 
-    pub fn name(&self) -> String {
-        format!("privacyRequests/{}", self.id)
-    }
+fn decode_all(rows: Vec<RequestRow>) -> Result<Vec<PrivacyRequest>> {
+    rows.into_iter().map(RequestRow::decode).collect()
 }
 
 /// A transition as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct TransitionRow {
-    pub from_state: Option<String>,
-    pub to_state: String,
-    pub action: String,
-    pub actor: String,
-    pub reason: String,
-    pub transition_time: DateTime<Utc>,
+struct TransitionRow {
+    id: i64,
+    from_state: Option<String>,
+    to_state: String,
+    action: String,
+    actor: String,
+    reason: String,
+    transition_time: DateTime<Utc>,
 }
 
-/// Counts of a request's tasks by outcome.
-#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
-pub struct TaskCounts {
-    pub total: i64,
-    pub succeeded: i64,
-    pub exempt: i64,
-    pub failed: i64,
-    pub open: i64,
+impl TransitionRow {
+    fn decode(self) -> Result<HistoryEntry> {
+        let state = |s: &str| {
+            State::from_db(s).ok_or_else(|| {
+                Error::Internal(format!("transition {}: unknown state {s:?}", self.id))
+            })
+        };
+        Ok(HistoryEntry {
+            from: self.from_state.as_deref().map(state).transpose()?,
+            to: state(&self.to_state)?,
+            action: self.action.clone(),
+            actor: self.actor.clone(),
+            reason: self.reason.clone(),
+            time: self.transition_time,
+        })
+    }
 }
 
 /// What a new request's row holds.
@@ -137,44 +304,56 @@ pub struct NewRow<'a> {
 /// Opens the sealed values of requests read from the database (one key
 /// query for all of them); values whose data key was destroyed read as
 /// absent (agent none, corrections empty, statement blank).
-pub async fn open(keys: &Keyring, conn: &mut PgConnection, rows: &mut [RequestRow]) -> Result<()> {
+#[tracing::instrument(skip_all, fields(requests = requests.len()))]
+pub async fn open(
+    keys: &Keyring,
+    conn: &mut PgConnection,
+    requests: &mut [PrivacyRequest],
+) -> Result<()> {
     let opener = keys
         .opener(
             conn,
-            rows.iter().flat_map(|r| {
+            requests.iter().flat_map(|r| {
                 [
-                    r.agent_sealed.as_deref(),
-                    r.corrections_sealed.as_deref(),
-                    r.appeal_statement_sealed.as_deref(),
+                    r.sealed.agent.as_deref(),
+                    r.sealed.corrections.as_deref(),
+                    r.sealed.appeal_statement.as_deref(),
                 ]
                 .into_iter()
                 .flatten()
             }),
         )
         .await?;
-    for r in rows {
+    for r in requests {
         let subject = r.subject_id.as_str();
-        if let Some(s) = r.agent_sealed.take() {
-            r.agent = opener.open_json(subject, column::REQUEST_AGENT, &s)?;
+        if let Some(s) = r.sealed.agent.take() {
+            r.agent = opener
+                .open_json::<Value>(subject, column::REQUEST_AGENT, &s)?
+                .map(serde_json::from_value::<Agent>)
+                .transpose()
+                .map_err(|_| corrupt("agent", r.id))?;
         }
-        if let Some(s) = r.corrections_sealed.take() {
-            r.corrections = opener
-                .open_json(subject, column::CORRECTIONS, &s)?
-                .unwrap_or_else(|| Value::Array(Vec::new()));
-            r.corrections_sealed = Some(s);
+        if let Some(s) = &r.sealed.corrections {
+            let opened: Option<Value> = opener.open_json(subject, column::CORRECTIONS, s)?;
+            r.corrections = match opened {
+                Some(v) => serde_json::from_value(v).map_err(|_| corrupt("corrections", r.id))?,
+                None => Vec::new(),
+            };
         }
-        if let Some(s) = r.appeal_statement_sealed.take() {
-            r.appeal_statement = Some(
-                opener
-                    .open(subject, column::APPEAL_STATEMENT, &s)?
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default(),
-            );
+        if let Some(s) = r.sealed.appeal_statement.take() {
+            let statement = opener
+                .open(subject, column::APPEAL_STATEMENT, &s)?
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            if let Some(appeal) = &mut r.appeal {
+                appeal.statement = statement;
+            }
         }
     }
     Ok(())
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn insert(conn: &mut PgConnection, r: &NewRow<'_>) -> Result<i64> {
     let id = sqlx::query_scalar(
         "INSERT INTO privacy_requests (
@@ -219,17 +398,28 @@ pub async fn insert(conn: &mut PgConnection, r: &NewRow<'_>) -> Result<i64> {
 }
 
 /// Reads one request; `for_update` locks it for the rest of the transaction.
-pub async fn get(conn: &mut PgConnection, id: i64, for_update: bool) -> Result<Option<RequestRow>> {
+#[tracing::instrument(skip_all, fields(privacy_request = id, for_update = for_update))]
+pub async fn get(
+    conn: &mut PgConnection,
+    id: i64,
+    for_update: bool,
+) -> Result<Option<PrivacyRequest>> {
     let sql = if for_update {
         "SELECT * FROM privacy_requests WHERE id = $1 FOR UPDATE"
     } else {
         "SELECT * FROM privacy_requests WHERE id = $1"
     };
-    Ok(sqlx::query_as(sql).bind(id).fetch_optional(conn).await?)
+    let row: Option<RequestRow> = sqlx::query_as(sql).bind(id).fetch_optional(conn).await?;
+    row.map(RequestRow::decode).transpose()
 }
 
 /// Reads one request or fails with NOT_FOUND.
-pub async fn must_get(conn: &mut PgConnection, id: i64, for_update: bool) -> Result<RequestRow> {
+#[tracing::instrument(skip_all, fields(privacy_request = id, for_update = for_update))]
+pub async fn must_get(
+    conn: &mut PgConnection,
+    id: i64,
+    for_update: bool,
+) -> Result<PrivacyRequest> {
     get(conn, id, for_update)
         .await?
         .ok_or_else(|| Error::NotFound(format!("privacyRequests/{id}")))
@@ -237,6 +427,7 @@ pub async fn must_get(conn: &mut PgConnection, id: i64, for_update: bool) -> Res
 
 /// Requests of `request_type` the subject filed in the 12 months before
 /// `before` (canceled ones do not count).
+#[tracing::instrument(skip_all, fields(request_type = request_type))]
 pub async fn count_prior(
     conn: &mut PgConnection,
     subject_id: &str,
@@ -255,6 +446,7 @@ pub async fn count_prior(
     .await?)
 }
 
+#[tracing::instrument(skip_all, fields(privacy_request = id, identifiers = kinds.len()))]
 pub async fn insert_identifiers(
     conn: &mut PgConnection,
     id: i64,
@@ -280,9 +472,10 @@ pub async fn insert_identifiers(
 
 /// Appends a transition (or, with `from == to`, an event such as an
 /// extension) to the request's history.
+#[tracing::instrument(skip_all, fields(privacy_request = row.id, action = action.as_str(), to = to.as_str()))]
 pub async fn record_transition(
     conn: &mut PgConnection,
-    row: &RequestRow,
+    row: &PrivacyRequest,
     from: Option<State>,
     to: State,
     action: Action,
@@ -295,7 +488,7 @@ pub async fn record_transition(
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(row.id)
-    .bind(&row.subject_id)
+    .bind(row.subject_id.as_str())
     .bind(from.map(|s| s.as_str()))
     .bind(to.as_str())
     .bind(action.as_str())
@@ -307,17 +500,21 @@ pub async fn record_transition(
     Ok(())
 }
 
-pub async fn transitions(conn: &mut PgConnection, id: i64) -> Result<Vec<TransitionRow>> {
-    Ok(sqlx::query_as(
-        "SELECT from_state, to_state, action, actor, reason, transition_time
+/// The request's history, oldest first.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
+pub async fn transitions(conn: &mut PgConnection, id: i64) -> Result<Vec<HistoryEntry>> {
+    let rows: Vec<TransitionRow> = sqlx::query_as(
+        "SELECT id, from_state, to_state, action, actor, reason, transition_time
          FROM request_transitions WHERE privacy_request_id = $1 ORDER BY id",
     )
     .bind(id)
     .fetch_all(conn)
-    .await?)
+    .await?;
+    rows.into_iter().map(TransitionRow::decode).collect()
 }
 
 /// One UPDATE of a request's row by id, with its parameters from $2 on.
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 async fn update(
     conn: &mut PgConnection,
     set: &'static str,
@@ -500,6 +697,7 @@ pub async fn decide_appeal(
 }
 
 /// Sets the state (and the close time when it closes).
+#[tracing::instrument(skip_all, fields(privacy_request = id, state = state.as_str()))]
 pub async fn set_state(conn: &mut PgConnection, id: i64, state: State) -> Result<()> {
     sqlx::query(
         "UPDATE privacy_requests
@@ -535,6 +733,7 @@ struct CountsRow {
     counts: TaskCounts,
 }
 
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 pub async fn task_counts(conn: &mut PgConnection, id: i64) -> Result<TaskCounts> {
     let row: Option<CountsRow> = sqlx::query_as(TASK_COUNTS)
         .bind(vec![id])
@@ -545,6 +744,7 @@ pub async fn task_counts(conn: &mut PgConnection, id: i64) -> Result<TaskCounts>
 
 /// The task counts of many requests in one query (requests without tasks
 /// are absent).
+#[tracing::instrument(skip_all, fields(requests = ids.len()))]
 pub async fn task_counts_of(pool: &PgPool, ids: &[i64]) -> Result<HashMap<i64, TaskCounts>> {
     let rows: Vec<CountsRow> = sqlx::query_as(TASK_COUNTS)
         .bind(ids)
@@ -554,6 +754,7 @@ pub async fn task_counts_of(pool: &PgPool, ids: &[i64]) -> Result<HashMap<i64, T
 }
 
 /// The exemptions the request's exempted tasks gave, "dataSystems/x: why".
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 pub async fn task_exemptions(conn: &mut PgConnection, id: i64) -> Result<Vec<String>> {
     Ok(sqlx::query_scalar(
         "SELECT 'dataSystems/' || data_system_id || ': ' || coalesce(exempt_reason, '')
@@ -581,9 +782,10 @@ pub struct FanOut {
 /// rule every erasure path follows): the (system, category) pairs an active
 /// legal hold covers or the law keeps are left out and reported instead; a
 /// system with nothing left gets no task.
+#[tracing::instrument(skip_all, fields(privacy_request = row.id, action = action.as_str()))]
 pub async fn fan_out(
     conn: &mut PgConnection,
-    row: &RequestRow,
+    row: &PrivacyRequest,
     action: DataAction,
     max_attempts: i32,
 ) -> Result<FanOut> {
@@ -606,7 +808,7 @@ pub async fn fan_out(
          GROUP BY s.system, s.category
          ORDER BY s.system, s.category",
     )
-    .bind(&row.subject_id)
+    .bind(row.subject_id.as_str())
     .bind(action.as_str())
     .bind(&row.categories)
     .bind(respects_holds)
@@ -616,7 +818,7 @@ pub async fn fan_out(
     let kept = if respects_holds {
         crate::retention::store::legal_keeps(
             conn,
-            &row.subject_id,
+            row.subject_id.as_str(),
             &row.categories,
             Some(action.as_str()),
             at,
@@ -641,21 +843,22 @@ pub async fn fan_out(
          ORDER BY d.id",
     )
     .bind(row.id)
-    .bind(&row.subject_id)
+    .bind(row.subject_id.as_str())
     .bind(action.as_str())
     .bind(&row.categories)
     // Sealed corrections travel sealed; only a request from before sealing
     // copies its clear ones.
-    .bind(if row.corrections_sealed.is_some() {
+    .bind(if row.sealed.corrections.is_some() {
         Value::Array(Vec::new())
     } else {
-        row.corrections.clone()
+        serde_json::to_value(&row.corrections)
+            .map_err(|e| Error::Internal(format!("corrections: {e}")))?
     })
     .bind(max_attempts)
     .bind(respects_holds)
     // The request's sealed corrections, as they are: same subject, same
     // column name, so the tasks need no key of their own.
-    .bind(&row.corrections_sealed)
+    .bind(&row.sealed.corrections)
     .bind(at)
     .execute(conn)
     .await?;
@@ -667,6 +870,7 @@ pub async fn fan_out(
 }
 
 /// Gives up the request's tasks that have not run (it was denied or canceled).
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 pub async fn abandon_open_tasks(conn: &mut PgConnection, id: i64) -> Result<()> {
     sqlx::query(
         "UPDATE tasks SET state = 'ABANDONED', lease_id = NULL, lease_expire_time = NULL,
@@ -680,6 +884,7 @@ pub async fn abandon_open_tasks(conn: &mut PgConnection, id: i64) -> Result<()> 
 }
 
 /// The purposes a request type refuses in the consent ledger.
+#[tracing::instrument(skip_all, fields(request_type = request_type))]
 pub async fn refused_purposes(conn: &mut PgConnection, request_type: &str) -> Result<Vec<String>> {
     Ok(sqlx::query_scalar(
         "SELECT purpose_key FROM request_type_refusals WHERE request_type = $1 ORDER BY purpose_key",
@@ -710,6 +915,7 @@ pub async fn refused_purposes(conn: &mut PgConnection, request_type: &str) -> Re
 /// erasure repeated later keeps the first time. A minor's erasure has no
 /// privacy request (`request_id` None) and so no suppression entries of
 /// its own.
+#[tracing::instrument(skip_all, fields(privacy_request = request_id))]
 pub async fn erase_subject(
     conn: &mut PgConnection,
     subject_id: &str,
@@ -781,6 +987,7 @@ pub async fn erase_subject(
 }
 
 /// Which of the hashes are suppressed.
+#[tracing::instrument(skip_all, fields(identifiers = kinds.len()))]
 pub async fn suppressed(
     pool: &PgPool,
     kinds: &[String],
@@ -797,24 +1004,14 @@ pub async fn suppressed(
     .await?)
 }
 
-/// Filters of ListPrivacyRequests.
-#[derive(Debug, Clone, Default)]
-pub struct ListFilter {
-    pub subject_id: Option<String>,
-    pub state: Option<State>,
-    pub request_type: Option<String>,
-    pub jurisdiction: Option<String>,
-    pub overdue: bool,
-    pub due_before: Option<NaiveDate>,
-}
-
+#[tracing::instrument(skip_all, fields(after = after, limit = limit))]
 pub async fn list(
     pool: &PgPool,
     f: &ListFilter,
     after: i64,
     limit: i64,
-) -> Result<Vec<RequestRow>> {
-    Ok(sqlx::query_as(
+) -> Result<Vec<PrivacyRequest>> {
+    let rows: Vec<RequestRow> = sqlx::query_as(
         "SELECT * FROM privacy_requests
          WHERE id > $1
            AND ($2::text IS NULL OR subject_id = $2)
@@ -836,21 +1033,23 @@ pub async fn list(
     .bind(f.due_before)
     .bind(limit)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    decode_all(rows)
 }
 
-/// One closed or open request of a year, for the metrics.
+/// One closed or open request of a year, as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
-pub struct MetricRow {
-    pub request_type: String,
-    pub state: String,
-    pub denial_reason: Option<String>,
-    /// Calendar days from receipt to the close; `None` while open.
-    pub days: Option<i32>,
+struct MetricRow {
+    request_type: String,
+    state: String,
+    denial_reason: Option<String>,
+    days: Option<i32>,
 }
 
-pub async fn year_rows(pool: &PgPool, year: i32) -> Result<Vec<MetricRow>> {
-    Ok(sqlx::query_as(
+/// The requests received in `year`, as the metrics count them.
+#[tracing::instrument(skip_all, fields(year = year))]
+pub async fn year_outcomes(pool: &PgPool, year: i32) -> Result<Vec<Outcome>> {
+    let rows: Vec<MetricRow> = sqlx::query_as(
         "SELECT request_type, state, denial_reason,
                 (close_time::date - receive_time::date) AS days
          FROM privacy_requests
@@ -859,10 +1058,28 @@ pub async fn year_rows(pool: &PgPool, year: i32) -> Result<Vec<MetricRow>> {
     )
     .bind(year)
     .fetch_all(pool)
-    .await?)
+    .await?;
+    let bad =
+        |what: &str, raw: &str| Error::Internal(format!("a stored {what} {raw:?} is unknown"));
+    rows.into_iter()
+        .map(|r| {
+            Ok(Outcome {
+                request_type: RequestType::parse(&r.request_type)
+                    .ok_or_else(|| bad("request type", &r.request_type))?,
+                state: State::from_db(&r.state).ok_or_else(|| bad("state", &r.state))?,
+                denial_reason: r
+                    .denial_reason
+                    .as_deref()
+                    .map(|d| DenialReason::from_db(d).ok_or_else(|| bad("denial reason", d)))
+                    .transpose()?,
+                days: r.days,
+            })
+        })
+        .collect()
 }
 
 /// Open requests overdue now, and due within the next 7 days.
+#[tracing::instrument(skip_all)]
 pub async fn due_counts(pool: &PgPool) -> Result<(i64, i64)> {
     Ok(sqlx::query_as(
         "SELECT count(*) FILTER (WHERE due_date < current_date),
@@ -892,6 +1109,7 @@ pub struct ExportRow {
 
 /// The request's tasks with their exports, opened (an export whose data
 /// key was destroyed reads as absent).
+#[tracing::instrument(skip_all, fields(privacy_request = id))]
 pub async fn exports(keys: &Keyring, conn: &mut PgConnection, id: i64) -> Result<Vec<ExportRow>> {
     let mut rows: Vec<ExportRow> = sqlx::query_as(
         "SELECT id, data_system_id, state, categories, records_affected, content_sha256,
@@ -917,6 +1135,7 @@ pub async fn exports(keys: &Keyring, conn: &mut PgConnection, id: i64) -> Result
 }
 
 /// The subject's consent ledger, oldest first, as JSON objects.
+#[tracing::instrument(skip_all)]
 pub async fn consent_history(conn: &mut PgConnection, subject_id: &str) -> Result<Vec<Value>> {
     Ok(sqlx::query_scalar(
         "SELECT jsonb_build_object(
@@ -932,6 +1151,7 @@ pub async fn consent_history(conn: &mut PgConnection, subject_id: &str) -> Resul
 }
 
 /// The subject's requests, oldest first, as JSON objects.
+#[tracing::instrument(skip_all)]
 pub async fn request_history(conn: &mut PgConnection, subject_id: &str) -> Result<Vec<Value>> {
     Ok(sqlx::query_scalar(
         "SELECT jsonb_build_object(
