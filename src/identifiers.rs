@@ -8,7 +8,32 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::requests::model::IdentifierKind;
+use crate::names::string_enum;
+
+string_enum!(
+    /// The kind of an identifier.
+    IdentifierKind {
+        EmailAddress = "EMAIL_ADDRESS",
+        PhoneNumber = "PHONE_NUMBER",
+        DeviceId = "DEVICE_ID",
+        AccountId = "ACCOUNT_ID",
+        SubjectId = "SUBJECT_ID",
+    }
+);
+
+impl IdentifierKind {
+    /// The form compared: emails case-insensitively, phone numbers by their
+    /// digits, the rest as given (trimmed). `None` when nothing is left.
+    pub fn normalize(self, raw: &str) -> Option<String> {
+        let trimmed = raw.trim();
+        let value = match self {
+            IdentifierKind::EmailAddress => trimmed.to_lowercase(),
+            IdentifierKind::PhoneNumber => trimmed.chars().filter(char::is_ascii_digit).collect(),
+            _ => trimmed.to_owned(),
+        };
+        (!value.is_empty()).then_some(value)
+    }
+}
 
 /// The HMAC key for identifiers.
 #[derive(Clone)]

@@ -557,7 +557,7 @@ async fn an_embedded_install_generates_its_keyring_once_carrying_the_old_hash_ke
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(&path).expect("file").permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
-    let kind = privacy_records::requests::model::IdentifierKind::EmailAddress;
+    let kind = privacy_records::identifiers::IdentifierKind::EmailAddress;
     let old = privacy_records::identifiers::HashKey::new(vec![42u8; 32]);
     assert_eq!(
         first.hash_key().expect("hash key").hash(kind, EMAIL),

@@ -296,11 +296,11 @@ mod tests {
         assert_eq!(back.active_id().unwrap(), r.active_id().unwrap());
         assert_eq!(
             back.hash_key().unwrap().hash(
-                crate::requests::model::IdentifierKind::EmailAddress,
+                crate::identifiers::IdentifierKind::EmailAddress,
                 "ann@example.com"
             ),
             r.hash_key().unwrap().hash(
-                crate::requests::model::IdentifierKind::EmailAddress,
+                crate::identifiers::IdentifierKind::EmailAddress,
                 "ann@example.com"
             )
         );

@@ -2,8 +2,9 @@
 //! transitions, and the typed values a request carries.
 use chrono::{DateTime, NaiveDate, Utc};
 
-use crate::datasystems::model::FieldCorrection;
+use crate::datasystems::model::{DataAction, FieldCorrection};
 use crate::error::Error;
+use crate::identifiers::IdentifierKind;
 use crate::names::{SubjectId, string_enum};
 use crate::retention::store::LegalKeep;
 use crate::rules::{Clock, JurisdictionRules, RequestType};
@@ -232,31 +233,6 @@ string_enum!(
 );
 
 string_enum!(
-    /// The kind of an identifier.
-    IdentifierKind {
-        EmailAddress = "EMAIL_ADDRESS",
-        PhoneNumber = "PHONE_NUMBER",
-        DeviceId = "DEVICE_ID",
-        AccountId = "ACCOUNT_ID",
-        SubjectId = "SUBJECT_ID",
-    }
-);
-
-impl IdentifierKind {
-    /// The form compared: emails case-insensitively, phone numbers by their
-    /// digits, the rest as given (trimmed). `None` when nothing is left.
-    pub fn normalize(self, raw: &str) -> Option<String> {
-        let trimmed = raw.trim();
-        let value = match self {
-            IdentifierKind::EmailAddress => trimmed.to_lowercase(),
-            IdentifierKind::PhoneNumber => trimmed.chars().filter(char::is_ascii_digit).collect(),
-            _ => trimmed.to_owned(),
-        };
-        (!value.is_empty()).then_some(value)
-    }
-}
-
-string_enum!(
     /// Where an appeal stands.
     AppealState {
         Pending = "PENDING",
@@ -264,8 +240,6 @@ string_enum!(
         Upheld = "UPHELD",
     }
 );
-
-use crate::datasystems::model::DataAction;
 
 /// The task action that fulfils a request type at the data systems; `None`
 /// for a confirmation, which needs no data system.

@@ -6,11 +6,12 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use super::metrics;
-use super::model::{IdentifierKind, ListFilter, State};
+use super::model::{ListFilter, State};
 use super::service::{RequestView, get};
 use super::store;
 use crate::error::{Error, Result};
 use crate::identifiers::HashKey;
+use crate::identifiers::IdentifierKind;
 use crate::keys::Keyring;
 use crate::proto::ErrorReason;
 use crate::reads::Reads;

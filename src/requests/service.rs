@@ -6,9 +6,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde_json::json;
 use sqlx::PgConnection;
 
-use super::model::{
-    self, Action, Agent, AppealState, Channel, DenialReason, HoldReason, IdentifierKind, State,
-};
+use super::model::{self, Action, Agent, AppealState, Channel, DenialReason, HoldReason, State};
 use super::model::{HistoryEntry, PrivacyRequest, TaskCounts};
 use super::store::{self, NewRow};
 use crate::config::RequestSettings;
@@ -17,6 +15,7 @@ use crate::consent::service as consent;
 use crate::datasystems::model::FieldCorrection;
 use crate::error::{Error, Result};
 use crate::identifiers::HashKey;
+use crate::identifiers::IdentifierKind;
 use crate::journal::{self, ChangeEntry, ChangeKind};
 use crate::keys::{Keyring, column};
 use crate::names::{Jurisdiction, PurposeKey, SubjectId};

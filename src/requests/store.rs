@@ -8,10 +8,11 @@ use sqlx::{PgConnection, PgPool};
 use super::metrics::Outcome;
 use super::model::{
     Action, Agent, Appeal, AppealState, Channel, Citation, DenialReason, HistoryEntry, Hold,
-    HoldReason, IdentifierKind, ListFilter, PrivacyRequest, Sealed, State, TaskCounts,
+    HoldReason, ListFilter, PrivacyRequest, Sealed, State, TaskCounts,
 };
 use crate::datasystems::model::{DataAction, FieldCorrection};
 use crate::error::{Error, Result};
+use crate::identifiers::IdentifierKind;
 use crate::keys::{Keyring, column};
 use crate::names::SubjectId;
 use crate::retention::store::LegalKeep;

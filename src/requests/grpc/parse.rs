@@ -4,14 +4,14 @@
 use chrono::NaiveDate;
 
 use super::super::model::{
-    Agent, AppealState, Channel, DenialReason, HoldReason, IdentifierKind, ListFilter, RequestRef,
-    State,
+    Agent, AppealState, Channel, DenialReason, HoldReason, ListFilter, RequestRef, State,
 };
 use super::super::service::{Change, NewRequest};
 use crate::convert::parse_opt_timestamp;
 use crate::datasystems::model::{FieldCorrection, parse_category};
 use crate::error::{Error, Result, Violations};
 use crate::idempotency::RequestId;
+use crate::identifiers::IdentifierKind;
 use crate::names::{
     Jurisdiction, SubjectId, parse_required_text, parse_text, refuse_control_characters,
 };
