@@ -125,6 +125,9 @@ pub struct Settings {
     /// An HTTP listener serving Prometheus metrics at `/metrics` (off when
     /// unset).
     pub metrics_listen: Option<SocketAddr>,
+    /// How often the state gauges (open requests, queues, schedule, audit)
+    /// are read from the database, with one statement.
+    pub metrics_state_interval: Duration,
     // -- keys (personal data at rest; see crate::keys) --
     /// A keyring file (TOML: master keys, the active one, the lookup key).
     pub master_key_file: Option<PathBuf>,
@@ -233,6 +236,7 @@ impl Default for Settings {
             refusal_audit_interval: Duration::from_secs(10),
             security: SecuritySettings::default(),
             metrics_listen: None,
+            metrics_state_interval: Duration::from_secs(15),
             master_key_file: None,
             master_key: None,
             keys: crate::keys::Keyring::default(),
@@ -293,6 +297,7 @@ pub struct Layer {
     pub allow_insecure: Option<bool>,
     pub health_listen: Option<SocketAddr>,
     pub metrics_listen: Option<SocketAddr>,
+    pub metrics_state_interval_ms: Option<u64>,
     // -- keys --
     pub master_key_file: Option<PathBuf>,
     pub master_key: Option<Secret>,
@@ -418,6 +423,7 @@ impl Layer {
             allow_insecure: parse(&get, "ALLOW_INSECURE")?,
             health_listen: parse(&get, "HEALTH_LISTEN")?,
             metrics_listen: parse(&get, "METRICS_LISTEN")?,
+            metrics_state_interval_ms: parse(&get, "METRICS_STATE_INTERVAL_MS")?,
             // -- keys --
             master_key_file: parse(&get, "MASTER_KEY_FILE")?,
             master_key: get(&format!("{ENV_PREFIX}MASTER_KEY"))
@@ -570,6 +576,9 @@ impl Settings {
         }
         if let Some(v) = layer.metrics_listen {
             self.metrics_listen = Some(v);
+        }
+        if let Some(v) = layer.metrics_state_interval_ms {
+            self.metrics_state_interval = ms(v);
         }
         // -- keys --
         if let Some(v) = layer.master_key_file {

@@ -419,6 +419,15 @@ impl Application {
             });
         }
 
+        // The state gauges are sampled only where someone can read them.
+        let state_sampler = metrics_listener.as_ref().map(|_| {
+            tokio::spawn(metrics.state().clone().run(
+                pool.clone(),
+                ready_rx.clone(),
+                settings.metrics_state_interval,
+                stop_rx.clone(),
+            ))
+        });
         let metrics_server = metrics_listener.map(|listener| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "serving metrics at /metrics");
@@ -480,6 +489,9 @@ impl Application {
         let _ = sealer.await;
         if let Some(metrics_server) = metrics_server {
             let _ = metrics_server.await;
+        }
+        if let Some(state_sampler) = state_sampler {
+            let _ = state_sampler.await;
         }
         let _ = follower.await;
         let _ = notifier.await;

@@ -8,7 +8,10 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 
 use common::{TestDb, TestServer, test_settings, wait_until};
-use privacy_records::proto::CheckConsentRequest;
+use privacy_records::proto::privacy_request_service_client::PrivacyRequestServiceClient;
+use privacy_records::proto::{
+    CheckConsentRequest, CreatePrivacyRequestRequest, RequestType, privacy_request,
+};
 use privacy_records::server::Application;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,6 +19,7 @@ use tokio::net::TcpStream;
 async fn with_metrics() -> (TestServer, SocketAddr) {
     let mut settings = test_settings();
     settings.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    settings.metrics_state_interval = std::time::Duration::from_millis(200);
     let db = TestDb::new().await;
     let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
     let app = Application::build(settings, pool).await.expect("build");
@@ -222,6 +226,53 @@ async fn a_real_prometheus_scrapes_the_server_and_sees_calls_counted() {
         prometheus.value(query).await.unwrap_or(0.0) >= before + 5.0
     })
     .await;
+    let _ = prometheus.child.kill().await;
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn an_overdue_request_reaches_the_overdue_gauge_through_prometheus() {
+    let (server, metrics) = with_metrics().await;
+    let mut prometheus = Prometheus::start(metrics).await;
+    let overdue = "sum(privacy_records_requests_overdue{jurisdiction=\"US-CA\"})";
+    let open = "sum(privacy_records_requests_open{request_type=\"deletion\"})";
+    wait_until("the first state sample scraped", || async {
+        prometheus
+            .value("privacy_records_state_sampled_timestamp_seconds")
+            .await
+            .unwrap_or(0.0)
+            > 0.0
+    })
+    .await;
+    assert_eq!(prometheus.value(overdue).await.unwrap_or(0.0), 0.0);
+
+    // Received 60 days ago: California's 45 days have run out.
+    let received = std::time::SystemTime::now() - std::time::Duration::from_secs(60 * 86_400);
+    let mut requests = PrivacyRequestServiceClient::new(server.channel());
+    requests
+        .create_privacy_request(CreatePrivacyRequestRequest {
+            request_id: common::request_id(),
+            subject_id: "late-lou".into(),
+            request_type: RequestType::Deletion as i32,
+            jurisdiction: "US-CA".into(),
+            channel: privacy_request::Channel::WebForm as i32,
+            receive_time: Some(received.into()),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    wait_until("the overdue request counted", || async {
+        prometheus.value(overdue).await == Some(1.0)
+    })
+    .await;
+    assert_eq!(prometheus.value(open).await, Some(1.0));
+    assert!(
+        prometheus
+            .value("privacy_records_requests_soonest_due_seconds")
+            .await
+            .is_some_and(|d| d < 0.0),
+        "the oldest open request is past due"
+    );
     let _ = prometheus.child.kill().await;
     server.finish().await;
 }

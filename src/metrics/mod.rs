@@ -10,6 +10,7 @@
 //! (OpenMetrics text, typed label sets, no global registry).
 mod grpc;
 mod http;
+mod state;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use prometheus_client::registry::Registry;
 
 pub use grpc::{CallRecord, GrpcMetrics};
 pub use http::serve;
+pub use state::StateMetrics;
 
 /// Every metric the server exports. Cheap to clone.
 #[derive(Clone)]
@@ -25,6 +27,7 @@ pub struct Metrics(Arc<Inner>);
 struct Inner {
     registry: Registry,
     grpc: Arc<GrpcMetrics>,
+    state: Arc<StateMetrics>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -43,12 +46,22 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::default();
         let grpc = Arc::new(GrpcMetrics::register(&mut registry));
-        Self(Arc::new(Inner { registry, grpc }))
+        let state = Arc::new(StateMetrics::register(&mut registry));
+        Self(Arc::new(Inner {
+            registry,
+            grpc,
+            state,
+        }))
     }
 
     /// The gRPC server's metrics.
     pub fn grpc(&self) -> &Arc<GrpcMetrics> {
         &self.0.grpc
+    }
+
+    /// The service's state, sampled from the database.
+    pub fn state(&self) -> &Arc<StateMetrics> {
+        &self.0.state
     }
 
     /// The exposition: OpenMetrics text.
