@@ -67,6 +67,13 @@ impl RetentionPeriod {
     }
 }
 
+/// Whether `set_policy` may add a policy, replace one, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    Create,
+    Replace,
+}
+
 /// A policy as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PolicyRow {

@@ -9,9 +9,9 @@ use sqlx::{PgConnection, PgPool};
 
 use super::model::{
     EntryRow, HoldRow, LifecycleEvent, NewLegalHold, NewOverride, PolicyRow, RecordOfProcessing,
-    RetentionAction, RetentionPeriod, Schedule, Trigger,
+    RetentionAction, RetentionPeriod, Schedule, Trigger, Write,
 };
-use super::store::{self, NewHold, Write};
+use super::store::{self, NewHold};
 use super::sweeper::{self, SweepSettings, SweepTotals};
 use crate::datasystems::model::DataSystemId;
 use crate::error::{Error, Result};

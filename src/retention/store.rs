@@ -6,7 +6,7 @@ use sqlx::{PgConnection, PgPool};
 
 use super::model::{EventKind, RetentionAction, RetentionPeriod, Trigger};
 // The values the store decodes live with the domain; their old paths stay.
-pub use super::model::{EntryRow, HoldRow, LegalKeep, PolicyRow, ProcessingRow};
+pub use super::model::{EntryRow, HoldRow, LegalKeep, PolicyRow, ProcessingRow, Write};
 use crate::error::Result;
 
 #[tracing::instrument(skip_all)]
@@ -48,13 +48,6 @@ pub async fn policies(pool: &PgPool, category: Option<&str>) -> Result<Vec<Polic
     .bind(category)
     .fetch_all(pool)
     .await?)
-}
-
-/// Whether `set_policy` may add a policy, replace one, or both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Write {
-    Create,
-    Replace,
 }
 
 /// Adds or replaces a category's policy; `None` when the write does not

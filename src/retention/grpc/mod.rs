@@ -7,9 +7,8 @@ mod parse;
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
-use super::model::LifecycleEvent;
+use super::model::{LifecycleEvent, Write};
 use super::service;
-use super::store::Write;
 use super::sweeper::SweepSettings;
 use crate::caller::Caller;
 use crate::error::{Error, Result};
