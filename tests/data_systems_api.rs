@@ -1003,7 +1003,7 @@ async fn tasks_are_listed_by_filter_with_page_tokens_bound_to_the_filters() {
              rules_version, channel, state, receive_time, received_date, period_amount,
              period_unit, original_due_date, due_date, verification_required, agent_may_file,
              statutory, free_limit_exceeded, prior_requests_12_months, deadline_citation)
-         VALUES ('alice', 'deletion', 'US-CA', 'US-CA', 'test', 'web', 'RECEIVED', now(),
+         VALUES ('alice', 'deletion', 'US-CA', 'US-CA', 'test', 'WEB_FORM', 'RECEIVED', now(),
              current_date, 45, 'calendar_days', current_date + 45, current_date + 45,
              true, true, true, false, 0, '{}')
          RETURNING id",

@@ -17,4 +17,7 @@
 //! when asked, against an anchor ("{chain_seq}:{hash}") kept outside.
 pub mod chain;
 pub mod grpc;
+pub mod model;
 pub mod sealer;
+pub mod service;
+pub mod store;

@@ -299,6 +299,16 @@ impl Task {
     }
 }
 
+/// One page of a listing: at most `limit` items after the key `after`; the
+/// next page's token is bound to `token_filters` (the request's filters as
+/// sent), so a token cannot be replayed under other filters.
+#[derive(Debug, Clone)]
+pub struct Page<K> {
+    pub limit: i64,
+    pub after: Option<K>,
+    pub token_filters: String,
+}
+
 /// Which tasks ListTasks returns.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {

@@ -1,16 +1,19 @@
 //! The data-system use cases: the registry, the lease rules of the task
 //! queue, and the disclosure log with its 12-month report. They know neither
 //! gRPC nor SQL; writes run inside the caller's transaction and journal
-//! there.
+//! there. Tasks leave here opened (their sealed personal parts decrypted),
+//! ready to show.
 use chrono::{DateTime, Months, Utc};
 use serde_json::json;
 use sqlx::{PgConnection, PgPool};
 
 use super::model::{
-    Claim, DataAction, DataSystem, DataSystemFields, Disclosure, DisclosureBasis, DisclosureReport,
-    LeaseId, NewDisclosure, Task, TaskId, TaskResult, TaskState,
+    Claim, DataAction, DataSystem, DataSystemFields, DataSystemId, Disclosure, DisclosureBasis,
+    DisclosureReport, LeaseId, NewDisclosure, Page, Task, TaskFilter, TaskId, TaskResult,
+    TaskState,
 };
 use super::store;
+use crate::caller::Caller;
 use crate::consent::model::ConsentModel;
 use crate::consent::store as consent_store;
 use crate::error::{Error, Result};
@@ -18,9 +21,10 @@ use crate::journal::{self, ChangeEntry, ChangeKind};
 use crate::keys::{Keyring, column};
 use crate::names::PurposeKey;
 use crate::proto::ErrorReason;
+use crate::reads::Reads;
 use crate::requests::progress::task_settled;
-use crate::rpc::Context;
-use crate::tokens::ConsistencyToken;
+use crate::rpc::{Context, paginate};
+use crate::tokens::{ConsistencyToken, PageToken};
 
 /// The purposes a disclosure basis implies, when the catalogue makes them
 /// PROHIBITED (the promise never to sell or share).
@@ -30,6 +34,7 @@ const SHARING_PURPOSE: &str = "cross_context_sharing";
 /// The longest a retryable failure waits before its next attempt.
 const MAX_BACKOFF_SECONDS: i64 = 300;
 
+#[tracing::instrument(skip_all, fields(data_system = fields.id.as_str()))]
 pub async fn register(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -58,7 +63,19 @@ pub async fn register(
 
 /// Ends the system's expired leases (back to the queue, or failed for good
 /// on their last attempt), then leases the next queued tasks.
+#[tracing::instrument(skip_all, fields(data_system = claim.data_system.as_str()))]
 pub async fn claim(
+    keys: &Keyring,
+    conn: &mut PgConnection,
+    ctx: &Context,
+    claim: &Claim,
+) -> Result<(Vec<Task>, ConsistencyToken)> {
+    let (mut tasks, token) = claim_sealed(conn, ctx, claim).await?;
+    store::open_tasks(keys, conn, &mut tasks).await?;
+    Ok((tasks, token))
+}
+
+async fn claim_sealed(
     conn: &mut PgConnection,
     ctx: &Context,
     claim: &Claim,
@@ -168,7 +185,21 @@ async fn lock_own_task(
 
 /// Extends a live lease; an expired one is refused, since another worker
 /// may be about to claim the task.
+#[tracing::instrument(skip_all, fields(task_id = id.0))]
 pub async fn renew(
+    keys: &Keyring,
+    conn: &mut PgConnection,
+    ctx: &Context,
+    id: TaskId,
+    lease: LeaseId,
+    lease_seconds: i32,
+) -> Result<(Task, ConsistencyToken)> {
+    let (mut task, token) = renew_sealed(conn, ctx, id, lease, lease_seconds).await?;
+    store::open_tasks(keys, conn, std::slice::from_mut(&mut task)).await?;
+    Ok((task, token))
+}
+
+async fn renew_sealed(
     conn: &mut PgConnection,
     ctx: &Context,
     id: TaskId,
@@ -188,7 +219,22 @@ pub async fn renew(
     Ok((task, token))
 }
 
+/// Records a task's result (EXEMPTED when it names an exemption).
+#[tracing::instrument(skip_all, fields(task_id = id.0))]
 pub async fn complete(
+    keys: &Keyring,
+    conn: &mut PgConnection,
+    ctx: &Context,
+    id: TaskId,
+    lease: LeaseId,
+    result: &TaskResult,
+) -> Result<(Task, ConsistencyToken)> {
+    let (mut task, token) = complete_sealed(keys, conn, ctx, id, lease, result).await?;
+    store::open_tasks(keys, conn, std::slice::from_mut(&mut task)).await?;
+    Ok((task, token))
+}
+
+async fn complete_sealed(
     keys: &Keyring,
     conn: &mut PgConnection,
     ctx: &Context,
@@ -258,7 +304,24 @@ pub fn backoff_seconds(attempts: i32) -> i32 {
     i32::try_from(2_i64.saturating_pow(exponent).min(MAX_BACKOFF_SECONDS)).unwrap_or(i32::MAX)
 }
 
+/// Records a failed attempt: queued again after a backoff when retryable
+/// and attempts remain, else FAILED for good.
+#[tracing::instrument(skip_all, fields(task_id = id.0))]
 pub async fn fail(
+    keys: &Keyring,
+    conn: &mut PgConnection,
+    ctx: &Context,
+    id: TaskId,
+    lease: LeaseId,
+    retryable: bool,
+    error_message: &str,
+) -> Result<(Task, ConsistencyToken)> {
+    let (mut task, token) = fail_sealed(conn, ctx, id, lease, retryable, error_message).await?;
+    store::open_tasks(keys, conn, std::slice::from_mut(&mut task)).await?;
+    Ok((task, token))
+}
+
+async fn fail_sealed(
     conn: &mut PgConnection,
     ctx: &Context,
     id: TaskId,
@@ -326,6 +389,7 @@ async fn contradicted_purpose(
         .then_some(key))
 }
 
+#[tracing::instrument(skip_all, fields(basis = new.basis.as_str()))]
 pub async fn record_disclosure(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -362,6 +426,7 @@ pub async fn record_disclosure(
 
 /// The disclosures of the 12 calendar months (UTC) before `as_of` (default
 /// now): after `as_of` minus 12 months, up to and including `as_of`.
+#[tracing::instrument(skip_all)]
 pub async fn disclosure_report(
     pool: &PgPool,
     as_of: Option<DateTime<Utc>>,
@@ -379,6 +444,90 @@ pub async fn disclosure_report(
         counts,
         flagged,
     })
+}
+
+/// A registered data system. A caller limited to other systems is refused
+/// before the lookup, so it learns nothing of them, not even whether one
+/// exists.
+#[tracing::instrument(skip_all, fields(data_system = id.as_str()))]
+pub async fn get_data_system(
+    pool: &PgPool,
+    caller: &Caller,
+    id: &DataSystemId,
+) -> Result<DataSystem> {
+    caller.check_system(id.as_str(), &id.name())?;
+    store::get_data_system(pool, id)
+        .await?
+        .ok_or_else(|| Error::NotFound(id.name()))
+}
+
+/// A page of the registry, by id, and the next page's token. A caller
+/// limited to some systems sees only those: a list has no single system to
+/// refuse, and the rest of the registry is not its business.
+#[tracing::instrument(skip_all, fields(limit = page.limit))]
+pub async fn list_data_systems(
+    pool: &PgPool,
+    caller: &Caller,
+    page: &Page<String>,
+) -> Result<(Vec<DataSystem>, String)> {
+    let only = caller.data_systems().map(|s| s.as_ref());
+    let systems =
+        store::list_data_systems(pool, only, page.after.as_deref(), page.limit + 1).await?;
+    Ok(paginate(systems, page.limit, |s| {
+        PageToken::encode(&page.token_filters, &s.id)
+    }))
+}
+
+/// A task, opened. A caller limited to some systems is refused a task that
+/// is not theirs and one that does not exist alike: the answer must not
+/// tell it whether another system's task id exists.
+#[tracing::instrument(skip_all, fields(task_id = id.0))]
+pub async fn get_task(pool: &PgPool, keys: &Keyring, caller: &Caller, id: TaskId) -> Result<Task> {
+    let found = store::get_task(pool, id.0).await?;
+    let system = found.as_ref().map_or("", |t| t.data_system_id.as_str());
+    caller.check_system(system, &id.name())?;
+    let mut task = found.ok_or_else(|| Error::NotFound(id.name()))?;
+    let mut conn = pool.acquire().await?;
+    store::open_tasks(keys, &mut conn, std::slice::from_mut(&mut task)).await?;
+    Ok(task)
+}
+
+/// A page of tasks matching `filter`, opened, and the next page's token
+/// (from a replica when one is fresh enough). A caller limited to some
+/// data systems lists one of them at a time.
+#[tracing::instrument(
+    skip_all,
+    fields(data_system = filter.data_system.as_ref().map(DataSystemId::as_str))
+)]
+pub async fn list_tasks(
+    reads: &Reads,
+    keys: &Keyring,
+    caller: &Caller,
+    filter: &TaskFilter,
+    page: &Page<i64>,
+) -> Result<(Vec<Task>, String)> {
+    if caller.data_systems().is_some() {
+        match &filter.data_system {
+            Some(id) => caller.check_system(id.as_str(), &id.name())?,
+            None => {
+                return Err(Error::PermissionDenied {
+                    caller: caller.as_str().to_owned(),
+                    resource: "every data system's tasks (name a data_system)".to_owned(),
+                });
+            }
+        }
+    }
+    reads
+        .read(None, |pool| async move {
+            let tasks = store::list_tasks(pool, filter, page.after, page.limit + 1).await?;
+            let (mut tasks, next) = paginate(tasks, page.limit, |t| {
+                PageToken::encode(&page.token_filters, &t.id)
+            });
+            let mut conn = pool.acquire().await?;
+            store::open_tasks(keys, &mut conn, &mut tasks).await?;
+            Ok((tasks, next))
+        })
+        .await
 }
 
 #[cfg(test)]

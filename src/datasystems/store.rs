@@ -99,6 +99,7 @@ pub async fn upsert_data_system(
     Ok((system_from_row(&row)?, row.try_get("created")?))
 }
 
+#[tracing::instrument(skip_all, fields(data_system = id.as_str()))]
 pub async fn get_data_system(pool: &PgPool, id: &DataSystemId) -> Result<Option<DataSystem>> {
     let row = sqlx::query(concat!(
         "SELECT ",
@@ -122,6 +123,7 @@ pub async fn data_system_exists(conn: &mut PgConnection, id: &DataSystemId) -> R
 
 /// A page of the registry by id; `after` is the last id of the page before.
 /// A page of the registry by id; only the systems in `only`, when given.
+#[tracing::instrument(skip_all, fields(limit = limit))]
 pub async fn list_data_systems(
     pool: &PgPool,
     only: Option<&[String]>,
@@ -193,6 +195,7 @@ fn task_from_row(row: &PgRow) -> Result<Task> {
 /// Opens the sealed corrections and exports of tasks read from the
 /// database (one key query for all; none when nothing is sealed). Values
 /// whose data key was destroyed read as absent.
+#[tracing::instrument(skip_all, fields(tasks = tasks.len()))]
 pub async fn open_tasks(keys: &Keyring, conn: &mut PgConnection, tasks: &mut [Task]) -> Result<()> {
     let opener = keys
         .opener(
@@ -401,6 +404,7 @@ pub async fn fail(
     one_task(row, id)
 }
 
+#[tracing::instrument(skip_all, fields(task_id = id))]
 pub async fn get_task(pool: &PgPool, id: i64) -> Result<Option<Task>> {
     let row = sqlx::query(concat!(
         "SELECT ",
@@ -422,6 +426,7 @@ fn filter(present: bool, when_present: &'static str, when_absent: &'static str) 
 
 /// A page of tasks by id, without their exported documents (a page of
 /// exports could exceed the message size limit; GetTask returns one).
+#[tracing::instrument(skip_all, fields(limit = limit))]
 pub async fn list_tasks(
     pool: &PgPool,
     f: &TaskFilter,

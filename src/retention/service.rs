@@ -1,17 +1,24 @@
-//! The retention writes, each inside the caller's transaction: the rule
-//! checks (the category and system must exist, a hold is released once),
-//! the store call, and the audit and change events. The gRPC layer parses
-//! and converts; it runs these once per request id through `rpc::mutate`.
-use chrono::{DateTime, Utc};
+//! The retention use cases. Writes run inside the caller's transaction: the
+//! rule checks (the category and system must exist, a hold is released
+//! once), the store call, and the audit and change events; the gRPC layer
+//! runs them once per request id through `rpc::mutate`. Reads take a pool
+//! (or `Reads`, when a replica may answer).
+use chrono::Utc;
 use serde_json::{Value, json};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
-use super::model::{EventKind, RetentionAction, RetentionPeriod, Trigger};
-use super::store::{self, EntryRow, HoldRow, NewHold, PolicyRow, Write};
+use super::model::{
+    EntryRow, HoldRow, LifecycleEvent, NewLegalHold, NewOverride, PolicyRow, RecordOfProcessing,
+    RetentionAction, RetentionPeriod, Schedule, Trigger, Write,
+};
+use super::store::{self, NewHold};
+use super::sweeper::{self, SweepSettings, SweepTotals};
 use crate::datasystems::model::DataSystemId;
 use crate::error::{Error, Result};
 use crate::journal::{self, ChangeEntry, ChangeKind};
+use crate::names::SubjectId;
 use crate::proto::ErrorReason;
+use crate::reads::Reads;
 use crate::rpc::Context;
 use crate::tokens::ConsistencyToken;
 
@@ -52,6 +59,7 @@ async fn require_category(conn: &mut PgConnection, category: &str) -> Result<()>
 
 /// Creates (ALREADY_EXISTS if there is one) or replaces (NOT_FOUND if there
 /// is none) a category's policy.
+#[tracing::instrument(skip_all, fields(category = %p.category))]
 pub async fn write_policy(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -83,58 +91,70 @@ pub async fn write_policy(
 }
 
 /// Sets a subject's own retention period for a category.
+#[tracing::instrument(skip_all, fields(category = %o.category))]
 pub async fn set_override(
     conn: &mut PgConnection,
     ctx: &Context,
-    subject: &str,
-    category: &str,
-    period: RetentionPeriod,
-    reason: &str,
+    o: &NewOverride,
 ) -> Result<ConsistencyToken> {
-    require_category(conn, category).await?;
-    store::set_override(conn, subject, category, period, reason).await?;
-    let name = format!("subjects/{subject}/retentionOverrides/{category}");
-    journal_change(conn, ctx, &name, Some(subject), json!({ "reason": reason })).await
+    require_category(conn, &o.category).await?;
+    let subject = o.subject_id.as_str();
+    store::set_override(conn, subject, &o.category, o.period, &o.reason).await?;
+    let name = format!("subjects/{subject}/retentionOverrides/{}", o.category);
+    journal_change(
+        conn,
+        ctx,
+        &name,
+        Some(subject),
+        json!({ "reason": o.reason }),
+    )
+    .await
 }
 
 /// Records a lifecycle event and returns the schedule entries it changed.
+#[tracing::instrument(skip_all, fields(event = e.event.as_str(), data_system = e.data_system.as_ref().map(DataSystemId::as_str)))]
 pub async fn record_event(
     conn: &mut PgConnection,
     ctx: &Context,
-    subject: &str,
-    category: Option<&str>,
-    system: Option<&str>,
-    event: EventKind,
-    at: DateTime<Utc>,
+    e: &LifecycleEvent,
 ) -> Result<(Vec<EntryRow>, ConsistencyToken)> {
+    let (subject, category) = (e.subject_id.as_str(), e.category.as_deref());
+    let system = e.data_system.as_ref().map(DataSystemId::as_str);
     if let Some(c) = category {
         require_category(conn, c).await?;
     }
-    let changed = store::record_event(conn, subject, category, system, event, at, None).await?;
+    let changed = store::record_event(conn, subject, category, system, e.event, e.at, None).await?;
     let name = format!("subjects/{subject}/retentionSchedule");
-    let details = json!({ "event": event.as_str(), "category": category,
+    let details = json!({ "event": e.event.as_str(), "category": category,
         "data_system": system, "entries_changed": changed.len() });
     let token = journal_change(conn, ctx, &name, Some(subject), details).await?;
     Ok((changed, token))
 }
 
 /// Places a legal hold; its category and data system, when named, must exist.
+#[tracing::instrument(skip_all, fields(data_system = h.data_system.as_ref().map(DataSystemId::as_str)))]
 pub async fn place_hold(
     conn: &mut PgConnection,
     ctx: &Context,
-    hold: &NewHold<'_>,
-    system: Option<&DataSystemId>,
+    h: &NewLegalHold,
 ) -> Result<(HoldRow, ConsistencyToken)> {
+    let hold = NewHold {
+        subject_id: h.subject_id.as_deref(),
+        category: h.category.as_deref(),
+        data_system_id: h.data_system.as_ref().map(DataSystemId::as_str),
+        reason: &h.reason,
+        end_time: h.end_time,
+    };
     if let Some(c) = hold.category {
         require_category(conn, c).await?;
     }
     // An unknown system would break the foreign key (INTERNAL): NOT_FOUND.
-    if let Some(id) = system
+    if let Some(id) = &h.data_system
         && !crate::datasystems::store::data_system_exists(conn, id).await?
     {
         return Err(Error::NotFound(id.name()));
     }
-    let row = store::place_hold(conn, hold, &ctx.actor).await?;
+    let row = store::place_hold(conn, &hold, &ctx.actor).await?;
     let name = format!("legalHolds/{}", row.id);
     let details = json!({ "category": hold.category, "data_system": hold.data_system_id,
         "reason": hold.reason });
@@ -143,6 +163,7 @@ pub async fn place_hold(
 }
 
 /// Releases an active hold (FAILED_PRECONDITION if it already was).
+#[tracing::instrument(skip_all, fields(hold_id = id))]
 pub async fn release_hold(
     conn: &mut PgConnection,
     ctx: &Context,
@@ -171,4 +192,83 @@ pub async fn release_hold(
     )
     .await?;
     Ok((hold, token))
+}
+
+/// The data categories, with their descriptions.
+#[tracing::instrument(skip_all)]
+pub async fn categories(pool: &PgPool) -> Result<Vec<(String, String)>> {
+    store::categories(pool).await
+}
+
+/// A category's policy (NOT_FOUND if it has none).
+#[tracing::instrument(skip_all, fields(category = %category))]
+pub async fn get_policy(pool: &PgPool, category: &str) -> Result<PolicyRow> {
+    store::policies(pool, Some(category))
+        .await?
+        .pop()
+        .ok_or_else(|| Error::NotFound(format!("retentionPolicies/{category}")))
+}
+
+/// Every category's policy.
+#[tracing::instrument(skip_all)]
+pub async fn list_policies(reads: &Reads) -> Result<Vec<PolicyRow>> {
+    reads.read(None, |pool| store::policies(pool, None)).await
+}
+
+/// The legal holds, active only unless `include_inactive`, on one subject
+/// when given.
+#[tracing::instrument(skip_all, fields(include_inactive = include_inactive))]
+pub async fn list_holds(
+    reads: &Reads,
+    include_inactive: bool,
+    subject_id: Option<&str>,
+) -> Result<Vec<HoldRow>> {
+    reads
+        .read(None, |pool| {
+            store::list_holds(pool, include_inactive, subject_id)
+        })
+        .await
+}
+
+/// Sweeps everything due now, batch after batch (each batch its own
+/// transaction: a sweep may be long).
+#[tracing::instrument(skip_all, fields(request_id = %ctx.request_id))]
+pub async fn sweep(pool: &PgPool, settings: &SweepSettings, ctx: &Context) -> Result<SweepTotals> {
+    sweeper::sweep(pool, Utc::now(), settings, ctx).await
+}
+
+/// Every data system with its categories' policies, as of now.
+#[tracing::instrument(skip_all)]
+pub async fn record_of_processing(pool: &PgPool) -> Result<RecordOfProcessing> {
+    let systems = store::processing(pool).await?;
+    let policies = store::policies(pool, None).await?;
+    Ok(RecordOfProcessing {
+        generate_time: Utc::now(),
+        systems,
+        policies,
+    })
+}
+
+/// A subject's schedule, the active holds on it, what the law keeps of
+/// its data now, and the policies that name a legal reason.
+#[tracing::instrument(skip_all)]
+pub async fn schedule(pool: &PgPool, subject_id: &SubjectId) -> Result<Schedule> {
+    let subject = subject_id.as_str();
+    let entries = store::schedule(pool, subject).await?;
+    let holds = store::list_holds(pool, false, Some(subject)).await?;
+    let mut conn = pool.acquire().await?;
+    let legal_keeps = store::legal_keeps(&mut conn, subject, &[], None, Utc::now()).await?;
+    drop(conn);
+    let kept_for_legal_reasons = store::policies(pool, None)
+        .await?
+        .into_iter()
+        .filter(|p| !p.legal_reason.is_empty())
+        .collect();
+    Ok(Schedule {
+        subject_id: subject_id.clone(),
+        entries,
+        holds,
+        legal_keeps,
+        kept_for_legal_reasons,
+    })
 }

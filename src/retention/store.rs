@@ -5,20 +5,11 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use super::model::{EventKind, RetentionAction, RetentionPeriod, Trigger};
+// The values the store decodes live with the domain; their old paths stay.
+pub use super::model::{EntryRow, HoldRow, LegalKeep, PolicyRow, ProcessingRow, Write};
 use crate::error::Result;
 
-/// A policy as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct PolicyRow {
-    pub category: String,
-    pub trigger: String,
-    pub period_amount: i32,
-    pub period_unit: String,
-    pub action: String,
-    pub legal_reason: String,
-    pub update_time: DateTime<Utc>,
-}
-
+#[tracing::instrument(skip_all)]
 pub async fn categories(pool: &PgPool) -> Result<Vec<(String, String)>> {
     Ok(
         sqlx::query_as("SELECT key, description FROM data_categories ORDER BY key")
@@ -48,6 +39,7 @@ pub async fn unknown_categories(conn: &mut PgConnection, keys: &[String]) -> Res
     .await?)
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn policies(pool: &PgPool, category: Option<&str>) -> Result<Vec<PolicyRow>> {
     Ok(sqlx::query_as(
         "SELECT category, trigger, period_amount, period_unit, action, legal_reason, update_time
@@ -56,13 +48,6 @@ pub async fn policies(pool: &PgPool, category: Option<&str>) -> Result<Vec<Polic
     .bind(category)
     .fetch_all(pool)
     .await?)
-}
-
-/// Whether `set_policy` may add a policy, replace one, or both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Write {
-    Create,
-    Replace,
 }
 
 /// Adds or replaces a category's policy; `None` when the write does not
@@ -124,22 +109,6 @@ pub async fn set_override(
     .execute(conn)
     .await?;
     Ok(())
-}
-
-/// A schedule entry as stored, with the holds that cover it now.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct EntryRow {
-    pub subject_id: String,
-    pub category: String,
-    pub data_system_id: String,
-    pub trigger: String,
-    pub anchor_time: DateTime<Utc>,
-    pub due_time: DateTime<Utc>,
-    pub action: String,
-    pub overridden: bool,
-    pub state: String,
-    pub task_id: Option<i64>,
-    pub held_by: Vec<String>,
 }
 
 /// Records a lifecycle event and (re)schedules every (category, system) it
@@ -214,6 +183,7 @@ pub async fn record_event(
 }
 
 /// A subject's schedule, soonest first, with the holds covering each entry now.
+#[tracing::instrument(skip_all)]
 pub async fn schedule(pool: &PgPool, subject_id: &str) -> Result<Vec<EntryRow>> {
     Ok(sqlx::query_as(
         "SELECT s.subject_id, s.category, s.data_system_id, s.trigger, s.anchor_time, s.due_time,
@@ -227,22 +197,6 @@ pub async fn schedule(pool: &PgPool, subject_id: &str) -> Result<Vec<EntryRow>> 
     .bind(subject_id)
     .fetch_all(pool)
     .await?)
-}
-
-/// A legal hold as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct HoldRow {
-    pub id: i64,
-    pub subject_id: Option<String>,
-    pub category: Option<String>,
-    pub data_system_id: Option<String>,
-    pub reason: String,
-    pub end_time: Option<DateTime<Utc>>,
-    pub place_time: DateTime<Utc>,
-    pub placed_by: String,
-    pub release_time: Option<DateTime<Utc>>,
-    pub released_by: Option<String>,
-    pub active: bool,
 }
 
 const HOLD_COLUMNS: &str = "id, subject_id, category, data_system_id, reason, end_time, place_time, \
@@ -300,6 +254,7 @@ pub async fn release_hold(
         .await?)
 }
 
+#[tracing::instrument(skip_all)]
 pub async fn list_holds(
     pool: &PgPool,
     include_inactive: bool,
@@ -417,46 +372,6 @@ pub async fn release_held(conn: &mut PgConnection, now: DateTime<Utc>, batch: i6
     .execute(conn)
     .await?;
     Ok(released.rows_affected() as i64)
-}
-
-/// Data the law makes the organisation keep: one (system, category) whose
-/// retention policy names a legal reason while the subject's clock for it
-/// has not run out (SQL `kept_by_law`, the same rule `erasable` applies on
-/// every erasure path).
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
-pub struct LegalKeep {
-    pub category: String,
-    pub data_system_id: String,
-    /// The law, as the retention policy states it.
-    pub legal_reason: String,
-    /// When the keep ends and the data falls due under its policy; `None`
-    /// while the policy's clock has not started for this subject.
-    pub keep_until: Option<DateTime<Utc>>,
-    pub period_amount: i32,
-    pub period_unit: String,
-    /// The policy's trigger ("ACCOUNT_CLOSED").
-    pub trigger: String,
-}
-
-impl LegalKeep {
-    /// The exemption as told to the subject: "dataSystems/x (category): kept
-    /// by law until 2033-12-03: reason" (or "for 84 months after
-    /// ACCOUNT_CLOSED" while the clock has not started).
-    pub fn describe(&self) -> String {
-        let until = match self.keep_until {
-            Some(t) => format!("until {}", t.date_naive()),
-            None => format!(
-                "for {} {} after {}",
-                self.period_amount,
-                self.period_unit.replace('_', " "),
-                self.trigger
-            ),
-        };
-        format!(
-            "dataSystems/{} ({}): kept by law {until}: {}",
-            self.data_system_id, self.category, self.legal_reason
-        )
-    }
 }
 
 /// What the law keeps of the subject's data at `at`, per (system, category):
@@ -580,17 +495,7 @@ pub async fn prune_idempotency_keys(
     Ok(done.rows_affected() as i64)
 }
 
-/// One system of the record of processing, with its categories' policies.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct ProcessingRow {
-    pub id: String,
-    pub display_name: String,
-    pub kind: String,
-    pub country: String,
-    pub description: String,
-    pub categories: Vec<String>,
-}
-
+#[tracing::instrument(skip_all)]
 pub async fn processing(pool: &PgPool) -> Result<Vec<ProcessingRow>> {
     Ok(sqlx::query_as(
         "SELECT id, display_name, kind, country, description, categories
