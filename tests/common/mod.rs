@@ -4,8 +4,10 @@
 //! (`CREATE DATABASE t TEMPLATE tmpl`). Servers run in-process on port 0.
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod raw;
 pub mod replica;
+pub mod tls;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -252,9 +254,12 @@ impl TestServer {
         Self::run(db, app).await
     }
 
-    /// Runs a built application on `db` until the test stops it.
+    /// Runs a built application on `db` until the test stops it. Health is
+    /// asked on the plaintext health listener when there is one (the main
+    /// listener may speak TLS only).
     pub async fn run(db: TestDb, app: Application) -> TestServer {
         let addr = app.local_addr();
+        let health_addr = app.health_addr().unwrap_or(addr);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.run_until(async {
@@ -269,8 +274,12 @@ impl TestServer {
         let server = TestServer {
             addr,
             db,
-            consent: ConsentServiceClient::new(channel.clone()),
-            health: HealthClient::new(channel),
+            consent: ConsentServiceClient::new(channel),
+            health: HealthClient::new(
+                Channel::from_shared(format!("http://{health_addr}"))
+                    .expect("uri")
+                    .connect_lazy(),
+            ),
             stop: Some(stop),
             task: Some(task),
         };
