@@ -312,10 +312,7 @@ async fn the_cache_keeps_at_most_its_configured_subjects() {
 #[tokio::test]
 async fn subjects_with_evidence_are_left_to_postgres() {
     let server = TestServer::start_with(test_settings()).await;
-    let same_db = TestDb {
-        name: server.db.name.clone(),
-        url: server.db.url.clone(),
-    };
+    let same_db = server.db.alias();
     let f = Followed::on(same_db, 100, Duration::from_millis(50)).await;
     // A grant with evidence, recorded through the server.
     let mut consent = server.consent.clone();

@@ -717,10 +717,7 @@ async fn two_servers_sweeping_one_database_queue_each_entry_once() {
     fast.retention_sweep_interval = std::time::Duration::from_millis(20);
     fast.retention_sweep_batch = 13;
     let first = TestServer::start_with(fast.clone()).await;
-    let same_db = common::TestDb {
-        name: first.db.name.clone(),
-        url: first.db.url.clone(),
-    };
+    let same_db = first.db.alias();
     let mut second = TestServer::start_on(same_db, fast).await;
     let mut c = first.clients();
     let pool = first.db.pool().await;
