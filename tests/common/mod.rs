@@ -418,13 +418,25 @@ impl TestServer {
     }
 }
 
+/// How often the waiting helpers look again.
+const POLL: Duration = Duration::from_millis(20);
+
 /// Polls `condition` until it holds, failing the test after `PATIENCE`.
-pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+pub async fn wait_until<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    wait_within(PATIENCE, what, condition).await
+}
+
+/// Polls `condition` until it holds, failing the test after `timeout`.
+pub async fn wait_within<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if condition().await {
             return;
@@ -432,7 +444,26 @@ where
         if tokio::time::Instant::now() > deadline {
             panic!("timed out waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Retries `attempt` until it gives a value, failing the test after
+/// `timeout` (like `wait_within`, with state kept across attempts).
+pub async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut attempt: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = attempt().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 
