@@ -9,6 +9,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::clients::register_system;
 use common::raw::RawCodec;
 use common::tls::{client_identity, new_ca, server_pair, sha, tls_channel, with_token, write};
 use common::{TestDb, TestServer, error_reason, grant, request_id, test_settings};
@@ -17,8 +18,8 @@ use privacy_records::proto::audit_service_client::AuditServiceClient;
 use privacy_records::proto::consent_service_client::ConsentServiceClient;
 use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
 use privacy_records::proto::{
-    CheckConsentRequest, ClaimTasksRequest, DataAction, DataSystem, RegisterDataSystemRequest,
-    VerifyAuditLogRequest, data_system,
+    CheckConsentRequest, ClaimTasksRequest, DataAction, RegisterDataSystemRequest,
+    VerifyAuditLogRequest,
 };
 use privacy_records::server::{Application, ServeError};
 use prost::Message;
@@ -314,18 +315,7 @@ async fn the_audit_trail_names_the_authenticated_caller() {
 }
 
 fn system(id: &str) -> RegisterDataSystemRequest {
-    RegisterDataSystemRequest {
-        request_id: request_id(),
-        data_system: Some(DataSystem {
-            id: id.into(),
-            display_name: id.into(),
-            kind: data_system::Kind::Internal as i32,
-            categories: vec!["account_data".into()],
-            country: "US".into(),
-            actions: vec![DataAction::Delete as i32],
-            ..Default::default()
-        }),
-    }
+    register_system(id, &["account_data"], &[DataAction::Delete])
 }
 
 #[tokio::test]

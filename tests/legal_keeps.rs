@@ -9,25 +9,10 @@ use common::clients::{Clients, claim, file_request, register_system};
 use common::{TestServer, request_id};
 use privacy_records::proto::privacy_request::State;
 use privacy_records::proto::{
-    self, CompleteTaskRequest, DataAction, GetAccessPackageRequest, GetPrivacyRequestRequest,
-    GetRetentionScheduleRequest, PeriodUnit, PrivacyRequest, RequestType, Task, TaskResult,
+    self, DataAction, GetAccessPackageRequest, GetPrivacyRequestRequest,
+    GetRetentionScheduleRequest, PeriodUnit, PrivacyRequest, RequestType,
 };
 use prost_types::Timestamp;
-
-async fn done(c: &mut Clients, task: &Task) {
-    c.systems
-        .complete_task(CompleteTaskRequest {
-            name: task.name.clone(),
-            request_id: request_id(),
-            lease_id: task.lease_id.clone(),
-            result: Some(TaskResult {
-                records_affected: 1,
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("complete");
-}
 
 async fn get(c: &mut Clients, name: &str) -> PrivacyRequest {
     c.requests
@@ -78,7 +63,7 @@ async fn a_deletion_keeps_the_payment_records_tax_law_requires_and_completes_in_
     );
     let task = c.claim(claim("accounts-db")).await.remove(0);
     assert_eq!(task.categories, vec!["account_information"]);
-    done(&mut c, &task).await;
+    c.complete(&task).await;
 
     let finished = get(&mut c, &r.name).await;
     assert_eq!(state(&finished), State::PartiallyCompleted);
@@ -172,7 +157,7 @@ async fn an_access_package_says_what_the_law_keeps_why_and_until_when() {
         .await;
     for system in ["payments", "accounts-db"] {
         let task = c.claim(claim(system)).await.remove(0);
-        done(&mut c, &task).await;
+        c.complete(&task).await;
     }
     assert_eq!(state(&get(&mut c, &r.name).await), State::Completed);
     let package = c

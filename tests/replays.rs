@@ -8,15 +8,13 @@ use std::path::Path;
 use common::clients::{claim, file_request, register_system};
 use common::tls::{sha, with_token, write};
 use common::{TestServer, error_reason, request_id, test_settings};
-use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
 use privacy_records::proto::{
-    self, ClaimTasksRequest, CompleteTaskRequest, CreatePrivacyRequestRequest, DataAction,
-    FieldCorrection, RegisterDataSystemRequest, RequestType, Task, TaskResult,
+    self, ClaimTasksRequest, CreatePrivacyRequestRequest, DataAction,
+    FieldCorrection, RegisterDataSystemRequest, RequestType, Task,
     VerifyPrivacyRequestIdentityRequest,
 };
 use sha2::{Digest, Sha256};
 use tonic::Code;
-use tonic::transport::Channel;
 
 const ANN_OLD: &str = "1 Old Secret Street";
 const ANN_NEW: &str = "2 New Secret Avenue";
@@ -52,20 +50,6 @@ fn claim_request(rid: &str, system: &str) -> ClaimTasksRequest {
     }
 }
 
-async fn complete(c: &mut DataSystemServiceClient<Channel>, task: &Task) {
-    c.complete_task(CompleteTaskRequest {
-        name: task.name.clone(),
-        request_id: request_id(),
-        lease_id: task.lease_id.clone(),
-        result: Some(TaskResult {
-            records_affected: 1,
-            ..Default::default()
-        }),
-    })
-    .await
-    .expect("complete");
-}
-
 fn text_of(tasks: &[Task]) -> String {
     format!("{tasks:?}")
 }
@@ -80,17 +64,11 @@ async fn a_replayed_claim_after_the_subjects_erasure_returns_nothing_of_the_eras
 
     // The worker's claim, whose response is remembered under its request id.
     let rid = request_id();
-    let claimed = c
-        .systems
-        .claim_tasks(claim_request(&rid, "accounts-db"))
-        .await
-        .expect("claim")
-        .into_inner()
-        .tasks;
+    let claimed = c.claim(claim_request(&rid, "accounts-db")).await;
     assert_eq!(claimed.len(), 2, "{claimed:?}");
     assert!(text_of(&claimed).contains(ANN_NEW));
     for t in &claimed {
-        complete(&mut c.systems, t).await;
+        c.complete(t).await;
     }
 
     // Ann is erased: her deletion request runs through the system.
@@ -104,7 +82,7 @@ async fn a_replayed_claim_after_the_subjects_erasure_returns_nothing_of_the_eras
         .into_inner()
         .tasks;
     assert_eq!(deletion.len(), 1);
-    complete(&mut c.systems, &deletion[0]).await;
+    c.complete(&deletion[0]).await;
 
     // The worker replays its first claim, same id, same body.
     let replayed = c
@@ -151,27 +129,13 @@ async fn a_replayed_request_after_the_subjects_erasure_is_refused_without_its_da
         })
         .await
         .expect("verify");
-    for t in c
-        .systems
-        .claim_tasks(claim_request(&request_id(), "accounts-db"))
-        .await
-        .expect("claim")
-        .into_inner()
-        .tasks
-    {
-        complete(&mut c.systems, &t).await;
+    for t in c.claim(claim_request(&request_id(), "accounts-db")).await {
+        c.complete(&t).await;
     }
     c.file_and_verify(file_request("ann", RequestType::Deletion))
         .await;
-    for t in c
-        .systems
-        .claim_tasks(claim_request(&request_id(), "accounts-db"))
-        .await
-        .expect("claim")
-        .into_inner()
-        .tasks
-    {
-        complete(&mut c.systems, &t).await;
+    for t in c.claim(claim_request(&request_id(), "accounts-db")).await {
+        c.complete(&t).await;
     }
 
     let before: i64 = sqlx::query_scalar("SELECT count(*) FROM privacy_requests")
@@ -325,12 +289,8 @@ async fn a_workers_failure_message_about_the_person_does_not_outlive_the_erasure
     c.register(accounts_db()).await;
     c.file_and_verify(correction("ann", ANN_OLD, ANN_NEW)).await;
     let task = c
-        .systems
-        .claim_tasks(claim_request(&request_id(), "accounts-db"))
+        .claim(claim_request(&request_id(), "accounts-db"))
         .await
-        .expect("claim")
-        .into_inner()
-        .tasks
         .remove(0);
     c.systems
         .fail_task(proto::FailTaskRequest {
@@ -353,7 +313,7 @@ async fn a_workers_failure_message_about_the_person_does_not_outlive_the_erasure
         .into_inner()
         .tasks
     {
-        complete(&mut c.systems, &t).await;
+        c.complete(&t).await;
     }
 
     let after = c

@@ -8,8 +8,9 @@ use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
 use privacy_records::proto::privacy_request_service_client::PrivacyRequestServiceClient;
 use privacy_records::proto::retention_service_client::RetentionServiceClient;
 use privacy_records::proto::{
-    self, ClaimTasksRequest, CreatePrivacyRequestRequest, DataAction, DataSystem, PrivacyRequest,
-    RegisterDataSystemRequest, RequestType, Task, VerifyPrivacyRequestIdentityRequest, data_system,
+    self, ClaimTasksRequest, CompleteTaskRequest, CreatePrivacyRequestRequest, DataAction,
+    DataSystem, PrivacyRequest, RegisterDataSystemRequest, RequestType, Task, TaskResult,
+    VerifyPrivacyRequestIdentityRequest, data_system,
 };
 use tonic::transport::Channel;
 
@@ -78,6 +79,23 @@ impl Clients {
             .expect("create")
             .into_inner();
         self.verify(created.name).await
+    }
+
+    /// Completes a claimed task: one record affected, nothing more to say.
+    pub async fn complete(&mut self, task: &Task) -> Task {
+        self.systems
+            .complete_task(CompleteTaskRequest {
+                name: task.name.clone(),
+                request_id: request_id(),
+                lease_id: task.lease_id.clone(),
+                result: Some(TaskResult {
+                    records_affected: 1,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("complete")
+            .into_inner()
     }
 
     /// The tasks a claim hands out.
