@@ -33,14 +33,16 @@ async fn seal_under(
     batch: i64,
     want: usize,
 ) -> usize {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut sealed = 0;
-    while sealed < want && std::time::Instant::now() < deadline {
-        sealed += sealer::seal_all(pool, keys, batch).await.expect("seal");
-        if sealed < want {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-    }
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        &format!("{want} events to be sealed"),
+        async || {
+            sealed += sealer::seal_all(pool, keys, batch).await.expect("seal");
+            (sealed >= want).then_some(())
+        },
+    )
+    .await;
     sealed
 }
 

@@ -9,32 +9,29 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::clients::register_system;
 use common::raw::RawCodec;
+use common::tls::{client_identity, new_ca, server_pair, sha, tls_channel, with_token, write};
 use common::{TestDb, TestServer, error_reason, grant, request_id, test_settings};
 use privacy_records::config::Settings;
 use privacy_records::proto::audit_service_client::AuditServiceClient;
 use privacy_records::proto::consent_service_client::ConsentServiceClient;
 use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
 use privacy_records::proto::{
-    CheckConsentRequest, ClaimTasksRequest, DataAction, DataSystem, RegisterDataSystemRequest,
-    VerifyAuditLogRequest, data_system,
+    CheckConsentRequest, ClaimTasksRequest, DataAction, RegisterDataSystemRequest,
+    VerifyAuditLogRequest,
 };
 use privacy_records::server::{Application, ServeError};
 use prost::Message;
-use sha2::{Digest, Sha256};
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Channel, Identity};
 use tonic::{Code, Request, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
 
 const CONSOLE_TOKEN: &str = "console-token-0123456789";
 const NOBODY_TOKEN: &str = "nobody-token-0123456789";
 const MAILER_TOKEN: &str = "mailer-token-0123456789";
 const WORKER_TOKEN: &str = "crm-worker-token-0123456789";
 const SCOPED_ALL_TOKEN: &str = "billing-everything-token-0123456789";
-
-fn sha(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
 
 fn callers_toml() -> String {
     format!(
@@ -74,19 +71,6 @@ data_systems = ["billing"]
         worker = sha(WORKER_TOKEN),
         scoped_all = sha(SCOPED_ALL_TOKEN),
     )
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("write");
-    path
-}
-
-fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("metadata");
-    request.metadata_mut().insert("authorization", value);
-    request
 }
 
 /// Every RPC of the contract: (path, server-streaming).
@@ -331,18 +315,7 @@ async fn the_audit_trail_names_the_authenticated_caller() {
 }
 
 fn system(id: &str) -> RegisterDataSystemRequest {
-    RegisterDataSystemRequest {
-        request_id: request_id(),
-        data_system: Some(DataSystem {
-            id: id.into(),
-            display_name: id.into(),
-            kind: data_system::Kind::Internal as i32,
-            categories: vec!["account_data".into()],
-            country: "US".into(),
-            actions: vec![DataAction::Delete as i32],
-            ..Default::default()
-        }),
-    }
+    register_system(id, &["account_data"], &[DataAction::Delete])
 }
 
 #[tokio::test]
@@ -440,120 +413,25 @@ async fn a_worker_touches_only_its_own_systems_tasks() {
     server.finish().await;
 }
 
-struct TestPki {
-    ca: String,
-    server_cert: String,
-    server_key: String,
-}
-
-fn issue(
-    names: Vec<String>,
-    common_name: &str,
-    usage: rcgen::ExtendedKeyUsagePurpose,
-    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
-) -> (String, String) {
-    let mut params = rcgen::CertificateParams::new(names).expect("params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, common_name);
-    params.extended_key_usages = vec![usage];
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = params.signed_by(&key, issuer).expect("sign");
-    (cert.pem(), key.serialize_pem())
-}
-
-fn client_identity(common_name: &str, issuer: &rcgen::Issuer<'_, rcgen::KeyPair>) -> Identity {
-    let (cert, key) = issue(
-        Vec::new(),
-        common_name,
-        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        issuer,
-    );
-    Identity::from_pem(cert, key)
-}
-
-fn new_ca() -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "privacy-records test CA");
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = params.self_signed(&key).expect("self-sign");
-    (cert.pem(), rcgen::Issuer::new(params, key))
-}
-
 #[tokio::test]
 async fn mutual_tls_names_callers_by_certificate() {
     let dir = common::scratch_dir();
     let (ca_pem, ca) = new_ca();
-    let (server_cert, server_key) = issue(
-        vec!["localhost".into(), "127.0.0.1".into()],
-        "privacy-records",
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        &ca,
-    );
-    let pki = TestPki {
-        ca: ca_pem,
-        server_cert,
-        server_key,
-    };
+    let (server_cert, server_key) = server_pair(&["localhost", "127.0.0.1"], &ca);
     let mut settings = test_settings();
     settings.security.callers_file = Some(write(dir.path(), "callers.toml", &callers_toml()));
-    settings.security.tls_cert_file = Some(write(dir.path(), "server.pem", &pki.server_cert));
-    settings.security.tls_key_file = Some(write(dir.path(), "server.key", &pki.server_key));
-    settings.security.tls_client_ca_file = Some(write(dir.path(), "ca.pem", &pki.ca));
+    settings.security.tls_cert_file = Some(write(dir.path(), "server.pem", &server_cert));
+    settings.security.tls_key_file = Some(write(dir.path(), "server.key", &server_key));
+    settings.security.tls_client_ca_file = Some(write(dir.path(), "ca.pem", &ca_pem));
     settings.security.health_listen = Some("127.0.0.1:0".parse().expect("addr"));
 
-    let db = TestDb::new().await;
-    let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
-    let app = Application::build(settings, pool).await.expect("build");
-    let addr = app.local_addr();
-    let health_addr = app.health_addr().expect("health listener");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        app.run_until(async {
-            let _ = stopped.await;
-        })
-        .await
-        .expect("run");
-    });
+    // The plaintext health listener answers probes without TLS (the
+    // harness waits on it before handing the server over).
+    let server = TestServer::start_with(settings).await;
+    assert_eq!(server.health_of("").await, Some(ServingStatus::Serving));
+    let addr = server.addr;
 
-    // The plaintext health listener answers probes without TLS.
-    let health_channel = Channel::from_shared(format!("http://{health_addr}"))
-        .expect("uri")
-        .connect_lazy();
-    let probe = tonic_health::pb::health_client::HealthClient::new(health_channel);
-    common::wait_until("health over the probe port", || {
-        let mut probe = probe.clone();
-        async move {
-            probe
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .is_ok_and(|r| r.into_inner().status == 1)
-        }
-    })
-    .await;
-
-    let tls = |identity: Option<Identity>| {
-        let mut config = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&pki.ca))
-            .domain_name("localhost");
-        if let Some(identity) = identity {
-            config = config.identity(identity);
-        }
-        Channel::from_shared(format!("https://{addr}"))
-            .expect("uri")
-            .tls_config(config)
-            .expect("tls")
-            .connect_lazy()
-    };
+    let tls = |identity: Option<Identity>| tls_channel(addr, &ca_pem, identity);
     let check = || CheckConsentRequest {
         subject_id: "ann".into(),
         purpose: "api_io_storage".into(),
@@ -602,7 +480,7 @@ async fn mutual_tls_names_callers_by_certificate() {
         .await
         .expect_err("a certificate from an untrusted CA");
 
-    let pool = db.pool().await;
+    let pool = server.db.pool().await;
     let actors: Vec<String> = sqlx::query_scalar(
         "SELECT actor FROM audit_events WHERE method = 'privacy.v1.ConsentService/RecordConsent' ORDER BY id",
     )
@@ -610,13 +488,8 @@ async fn mutual_tls_names_callers_by_certificate() {
     .await
     .expect("audit");
     assert_eq!(actors, ["mailer", "privacy-console"]);
-
-    let _ = stop.send(());
-    tokio::time::timeout(Duration::from_secs(30), task)
-        .await
-        .expect("stops")
-        .expect("task");
-    db.drop_db().await;
+    pool.close().await;
+    server.finish().await;
 }
 
 async fn build(settings: Settings) -> Result<Application, ServeError> {

@@ -5,10 +5,9 @@
 mod common;
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{PATIENCE, TestServer, error_reason, request_id, ts};
+use common::{PATIENCE, TestServer, error_reason, eventually, request_id, ts};
 use privacy_records::proto::data_system::Kind;
 use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
 use privacy_records::proto::{
@@ -458,18 +457,13 @@ async fn an_expired_lease_returns_the_task_to_the_queue_and_the_old_lease_is_ref
     let first = &first[0];
 
     // Worker b polls until the one-second lease has run out.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let second = loop {
-        let got = claim(&mut c, "crm", "worker-b", 1, 60).await;
-        if let Some(t) = got.into_iter().next() {
-            break t;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the lease never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let second = eventually(PATIENCE, "the lease to expire", async || {
+        claim(&mut c, "crm", "worker-b", 1, 60)
+            .await
+            .into_iter()
+            .next()
+    })
+    .await;
     assert_eq!(second.name, first.name);
     assert_eq!(second.attempts, 2);
     assert_eq!(second.worker, "worker-b");

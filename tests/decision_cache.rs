@@ -84,18 +84,12 @@ impl Followed {
     /// fresh enough to give one (a transaction anywhere in the cluster holds
     /// back the feed, and the test cluster is shared).
     async fn cached_fresh(&self, subject: &str) -> (bool, Reason) {
-        let deadline = tokio::time::Instant::now() + common::PATIENCE;
-        loop {
-            if let Some(answer) = self.cached(subject, None).await {
-                return answer;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the cache never answered without a token: {:?}",
-                self.cache.stats()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        common::eventually(
+            common::PATIENCE,
+            "the cache to answer without a token",
+            async || self.cached(subject, None).await,
+        )
+        .await
     }
 
     /// PostgreSQL's answer.
@@ -191,20 +185,21 @@ async fn another_process_notification_wakes_the_follower() {
     // Notified as another process does (its own tag as payload), repeatedly:
     // a transaction elsewhere in the shared test cluster may hold the feed
     // back at the first wake-up.
-    let deadline = tokio::time::Instant::now() + common::PATIENCE;
-    while f.cache.stats().applied < xid {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "notifications from another process never woke the follower: {:?}",
-            f.cache.stats()
-        );
-        sqlx::query("SELECT pg_notify($1, 'another-process')")
-            .bind(privacy_records::consent::cache::CHANNEL)
-            .execute(&f.pool)
-            .await
-            .expect("notify");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_until(
+        "a notification from another process to wake the follower",
+        || async {
+            if f.cache.stats().applied >= xid {
+                return true;
+            }
+            sqlx::query("SELECT pg_notify($1, 'another-process')")
+                .bind(privacy_records::consent::cache::CHANNEL)
+                .execute(&f.pool)
+                .await
+                .expect("notify");
+            false
+        },
+    )
+    .await;
     f.finish().await;
 }
 
@@ -312,10 +307,7 @@ async fn the_cache_keeps_at_most_its_configured_subjects() {
 #[tokio::test]
 async fn subjects_with_evidence_are_left_to_postgres() {
     let server = TestServer::start_with(test_settings()).await;
-    let same_db = TestDb {
-        name: server.db.name.clone(),
-        url: server.db.url.clone(),
-    };
+    let same_db = server.db.alias();
     let f = Followed::on(same_db, 100, Duration::from_millis(50)).await;
     // A grant with evidence, recorded through the server.
     let mut consent = server.consent.clone();

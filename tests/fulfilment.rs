@@ -4,70 +4,40 @@
 //! lifecycle event; access requests yield a JSON package.
 mod common;
 
-use common::{TestServer, error_reason, request_id};
-use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
+use common::clients::{self, Clients, file_request, register_system};
+use common::{PATIENCE, TestServer, error_reason, eventually, request_id};
 use privacy_records::proto::privacy_request::State;
-use privacy_records::proto::privacy_request_service_client::PrivacyRequestServiceClient;
 use privacy_records::proto::{
     self, CheckSuppressionRequest, ClaimTasksRequest, CompleteTaskRequest,
-    CreatePrivacyRequestRequest, DataAction, DataSystem, GetAccessPackageRequest,
-    GetPrivacyRequestRequest, Identifier, PrivacyRequest, RegisterDataSystemRequest, RequestType,
-    Task, TaskResult, VerifyPrivacyRequestIdentityRequest, data_system, identifier,
+    CreatePrivacyRequestRequest, DataAction, GetAccessPackageRequest, GetPrivacyRequestRequest,
+    Identifier, PrivacyRequest, RequestType, Task, TaskResult, identifier,
 };
 use tonic::Code;
-use tonic::transport::Channel;
-
-struct Clients {
-    requests: PrivacyRequestServiceClient<Channel>,
-    systems: DataSystemServiceClient<Channel>,
-}
-
-fn clients(server: &TestServer) -> Clients {
-    let channel = server.channel();
-    Clients {
-        requests: PrivacyRequestServiceClient::new(channel.clone()),
-        systems: DataSystemServiceClient::new(channel),
-    }
-}
-
-async fn register(c: &mut Clients, id: &str, categories: &[&str], actions: &[DataAction]) {
-    c.systems
-        .register_data_system(RegisterDataSystemRequest {
-            request_id: request_id(),
-            data_system: Some(DataSystem {
-                id: id.into(),
-                display_name: id.into(),
-                kind: data_system::Kind::Internal as i32,
-                categories: categories.iter().map(|c| c.to_string()).collect(),
-                country: "US".into(),
-                actions: actions.iter().map(|a| *a as i32).collect(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("register");
-}
 
 /// Three systems: two hold account data and can delete and export; one holds
 /// only payments and can only delete; one more can do nothing relevant.
 async fn three_systems(c: &mut Clients) {
     use DataAction::*;
-    register(
-        c,
+    c.register(register_system(
         "accounts-db",
         &["account_information"],
         &[Export, Delete],
-    )
+    ))
     .await;
-    register(
-        c,
+    c.register(register_system(
         "email-provider",
         &["account_information", "communication_records"],
         &[Export, Delete],
-    )
+    ))
     .await;
-    register(c, "payments", &["payment_records"], &[Delete]).await;
-    register(c, "analytics", &["device_and_usage_data"], &[Suppress]).await;
+    c.register(register_system("payments", &["payment_records"], &[Delete]))
+        .await;
+    c.register(register_system(
+        "analytics",
+        &["device_and_usage_data"],
+        &[Suppress],
+    ))
+    .await;
 }
 
 async fn file_and_verify(
@@ -79,17 +49,12 @@ async fn file_and_verify(
     let created = c
         .requests
         .create_privacy_request(CreatePrivacyRequestRequest {
-            request_id: request_id(),
-            subject_id: subject.into(),
-            request_type: t as i32,
-            jurisdiction: "US-CA".into(),
-            channel: proto::privacy_request::Channel::WebForm as i32,
             identifiers: vec![Identifier {
                 kind: identifier::Kind::EmailAddress as i32,
                 value: format!("{subject}@Example.com"),
             }],
             categories: categories.iter().map(|c| c.to_string()).collect(),
-            ..Default::default()
+            ..file_request(subject, t)
         })
         .await
         .expect("create")
@@ -99,31 +64,15 @@ async fn file_and_verify(
         0,
         "no tasks before verification"
     );
-    c.requests
-        .verify_privacy_request_identity(VerifyPrivacyRequestIdentityRequest {
-            name: created.name,
-            request_id: request_id(),
-            method: "account login".into(),
-            agent_evidence_reference: String::new(),
-        })
-        .await
-        .expect("verify")
-        .into_inner()
+    c.verify(created.name).await
 }
 
 async fn claim(c: &mut Clients, system: &str, lease_seconds: i32) -> Vec<Task> {
-    c.systems
-        .claim_tasks(ClaimTasksRequest {
-            request_id: request_id(),
-            data_system: format!("dataSystems/{system}"),
-            worker: format!("{system}-worker"),
-            max_tasks: 10,
-            lease_seconds,
-        })
-        .await
-        .expect("claim")
-        .into_inner()
-        .tasks
+    c.claim(ClaimTasksRequest {
+        lease_seconds,
+        ..clients::claim(system)
+    })
+    .await
 }
 
 async fn finish(c: &mut Clients, task: &Task, result: TaskResult) -> Result<Task, tonic::Status> {
@@ -153,7 +102,7 @@ fn state(r: &PrivacyRequest) -> State {
 #[tokio::test]
 async fn a_deletion_fans_out_completes_and_suppresses_the_person() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     three_systems(&mut c).await;
     let r = file_and_verify(&mut c, "dana", RequestType::Deletion, &[]).await;
     assert_eq!(state(&r), State::InProgress);
@@ -274,7 +223,7 @@ async fn a_deletion_fans_out_completes_and_suppresses_the_person() {
 #[tokio::test]
 async fn an_exempt_system_makes_the_completion_partial_with_its_reason() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     three_systems(&mut c).await;
     let r = file_and_verify(&mut c, "erin", RequestType::Deletion, &[]).await;
     for system in ["accounts-db"] {
@@ -330,7 +279,7 @@ async fn an_exempt_system_makes_the_completion_partial_with_its_reason() {
 #[tokio::test]
 async fn categories_limit_the_fan_out_and_an_expired_lease_is_claimed_again() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     three_systems(&mut c).await;
     // Only communication records: one system.
     let r = file_and_verify(
@@ -344,8 +293,12 @@ async fn categories_limit_the_fan_out_and_an_expired_lease_is_claimed_again() {
     let first = claim(&mut c, "email-provider", 1).await.remove(0);
     assert_eq!(first.attempts, 1);
     assert_eq!(first.categories, vec!["communication_records"]);
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let second = claim(&mut c, "email-provider", 60).await.remove(0);
+    // Claims find nothing while the one-second lease holds; the first one
+    // after it runs out gets the task back.
+    let second = eventually(PATIENCE, "the one-second lease to run out", async || {
+        claim(&mut c, "email-provider", 60).await.into_iter().next()
+    })
+    .await;
     assert_eq!(
         second.name, first.name,
         "the expired lease returned the task"
@@ -365,7 +318,7 @@ async fn categories_limit_the_fan_out_and_an_expired_lease_is_claimed_again() {
 #[tokio::test]
 async fn an_access_package_holds_the_exports_and_our_own_records() {
     let mut server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     three_systems(&mut c).await;
     server
         .consent
@@ -443,7 +396,7 @@ async fn an_access_package_holds_the_exports_and_our_own_records() {
 #[tokio::test]
 async fn a_denied_request_abandons_its_open_tasks() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     three_systems(&mut c).await;
     let r = file_and_verify(&mut c, "hal", RequestType::Deletion, &[]).await;
     c.requests
@@ -466,7 +419,7 @@ async fn a_denied_request_abandons_its_open_tasks() {
 #[tokio::test]
 async fn a_task_that_fails_for_good_shows_on_its_request_until_an_operator_acts() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     three_systems(&mut c).await;
     let r = file_and_verify(
         &mut c,

@@ -5,109 +5,14 @@
 //! what is kept and why.
 mod common;
 
+use common::clients::{Clients, claim, file_request, register_system};
 use common::{TestServer, request_id};
-use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
 use privacy_records::proto::privacy_request::State;
-use privacy_records::proto::privacy_request_service_client::PrivacyRequestServiceClient;
-use privacy_records::proto::retention_service_client::RetentionServiceClient;
 use privacy_records::proto::{
-    self, ClaimTasksRequest, CompleteTaskRequest, CreatePrivacyRequestRequest, DataAction,
-    DataSystem, GetAccessPackageRequest, GetPrivacyRequestRequest, GetRetentionScheduleRequest,
-    PeriodUnit, PrivacyRequest, RegisterDataSystemRequest, RequestType, Task, TaskResult,
-    VerifyPrivacyRequestIdentityRequest, data_system,
+    self, DataAction, GetAccessPackageRequest, GetPrivacyRequestRequest,
+    GetRetentionScheduleRequest, PeriodUnit, PrivacyRequest, RequestType,
 };
 use prost_types::Timestamp;
-use tonic::transport::Channel;
-
-struct Clients {
-    requests: PrivacyRequestServiceClient<Channel>,
-    systems: DataSystemServiceClient<Channel>,
-    retention: RetentionServiceClient<Channel>,
-}
-
-fn clients(server: &TestServer) -> Clients {
-    let channel = server.channel();
-    Clients {
-        requests: PrivacyRequestServiceClient::new(channel.clone()),
-        systems: DataSystemServiceClient::new(channel.clone()),
-        retention: RetentionServiceClient::new(channel),
-    }
-}
-
-async fn register(c: &mut Clients, id: &str, categories: &[&str], actions: &[DataAction]) {
-    c.systems
-        .register_data_system(RegisterDataSystemRequest {
-            request_id: request_id(),
-            data_system: Some(DataSystem {
-                id: id.into(),
-                display_name: id.into(),
-                kind: data_system::Kind::Internal as i32,
-                categories: categories.iter().map(|c| c.to_string()).collect(),
-                country: "US".into(),
-                actions: actions.iter().map(|a| *a as i32).collect(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("register");
-}
-
-/// Files a US-CA request of type `t` and verifies it.
-async fn file_and_verify(c: &mut Clients, subject: &str, t: RequestType) -> PrivacyRequest {
-    let created = c
-        .requests
-        .create_privacy_request(CreatePrivacyRequestRequest {
-            request_id: request_id(),
-            subject_id: subject.into(),
-            request_type: t as i32,
-            jurisdiction: "US-CA".into(),
-            channel: proto::privacy_request::Channel::WebForm as i32,
-            ..Default::default()
-        })
-        .await
-        .expect("create")
-        .into_inner();
-    c.requests
-        .verify_privacy_request_identity(VerifyPrivacyRequestIdentityRequest {
-            name: created.name,
-            request_id: request_id(),
-            method: "account login".into(),
-            agent_evidence_reference: String::new(),
-        })
-        .await
-        .expect("verify")
-        .into_inner()
-}
-
-async fn claim(c: &mut Clients, system: &str) -> Vec<Task> {
-    c.systems
-        .claim_tasks(ClaimTasksRequest {
-            request_id: request_id(),
-            data_system: format!("dataSystems/{system}"),
-            worker: format!("{system}-worker"),
-            max_tasks: 10,
-            lease_seconds: 60,
-        })
-        .await
-        .expect("claim")
-        .into_inner()
-        .tasks
-}
-
-async fn done(c: &mut Clients, task: &Task) {
-    c.systems
-        .complete_task(CompleteTaskRequest {
-            name: task.name.clone(),
-            request_id: request_id(),
-            lease_id: task.lease_id.clone(),
-            result: Some(TaskResult {
-                records_affected: 1,
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("complete");
-}
 
 async fn get(c: &mut Clients, name: &str) -> PrivacyRequest {
     c.requests
@@ -133,11 +38,19 @@ const TAX_LAW: &str = "Tax and accounting records are kept 7 years";
 async fn a_deletion_keeps_the_payment_records_tax_law_requires_and_completes_in_part_saying_why_and_until_when()
  {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     use DataAction::*;
-    register(&mut c, "accounts-db", &["account_information"], &[Delete]).await;
-    register(&mut c, "payments", &["payment_records"], &[Delete]).await;
-    let r = file_and_verify(&mut c, "paula", RequestType::Deletion).await;
+    c.register(register_system(
+        "accounts-db",
+        &["account_information"],
+        &[Delete],
+    ))
+    .await;
+    c.register(register_system("payments", &["payment_records"], &[Delete]))
+        .await;
+    let r = c
+        .file_and_verify(file_request("paula", RequestType::Deletion))
+        .await;
     assert_eq!(state(&r), State::InProgress);
     assert_eq!(
         r.tasks.as_ref().expect("summary").total,
@@ -145,12 +58,12 @@ async fn a_deletion_keeps_the_payment_records_tax_law_requires_and_completes_in_
         "only the accounts database deletes"
     );
     assert!(
-        claim(&mut c, "payments").await.is_empty(),
+        c.claim(claim("payments")).await.is_empty(),
         "no DELETE task for payment records the law keeps"
     );
-    let task = claim(&mut c, "accounts-db").await.remove(0);
+    let task = c.claim(claim("accounts-db")).await.remove(0);
     assert_eq!(task.categories, vec!["account_information"]);
-    done(&mut c, &task).await;
+    c.complete(&task).await;
 
     let finished = get(&mut c, &r.name).await;
     assert_eq!(state(&finished), State::PartiallyCompleted);
@@ -204,34 +117,47 @@ async fn a_deletion_keeps_the_payment_records_tax_law_requires_and_completes_in_
 #[tokio::test]
 async fn a_deletion_of_only_what_the_law_keeps_completes_in_part_at_once() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
-    register(
-        &mut c,
+    let mut c = server.clients();
+    c.register(register_system(
         "payments",
         &["payment_records"],
         &[DataAction::Delete],
-    )
+    ))
     .await;
-    let r = file_and_verify(&mut c, "quinn", RequestType::Deletion).await;
+    let r = c
+        .file_and_verify(file_request("quinn", RequestType::Deletion))
+        .await;
     assert_eq!(state(&r), State::PartiallyCompleted);
     assert_eq!(r.tasks.expect("summary").total, 0);
     assert_eq!(r.legal_keeps.len(), 1);
-    assert!(claim(&mut c, "payments").await.is_empty());
+    assert!(c.claim(claim("payments")).await.is_empty());
     server.finish().await;
 }
 
 #[tokio::test]
 async fn an_access_package_says_what_the_law_keeps_why_and_until_when() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     use DataAction::*;
-    register(&mut c, "payments", &["payment_records"], &[Export, Delete]).await;
-    register(&mut c, "accounts-db", &["account_information"], &[Export]).await;
+    c.register(register_system(
+        "payments",
+        &["payment_records"],
+        &[Export, Delete],
+    ))
+    .await;
+    c.register(register_system(
+        "accounts-db",
+        &["account_information"],
+        &[Export],
+    ))
+    .await;
     // Before any account closure the keep is the policy's period.
-    let r = file_and_verify(&mut c, "rosa", RequestType::Access).await;
+    let r = c
+        .file_and_verify(file_request("rosa", RequestType::Access))
+        .await;
     for system in ["payments", "accounts-db"] {
-        let task = claim(&mut c, system).await.remove(0);
-        done(&mut c, &task).await;
+        let task = c.claim(claim(system)).await.remove(0);
+        c.complete(&task).await;
     }
     assert_eq!(state(&get(&mut c, &r.name).await), State::Completed);
     let package = c
@@ -267,14 +193,13 @@ async fn an_access_package_says_what_the_law_keeps_why_and_until_when() {
 #[tokio::test]
 async fn a_keep_ends_when_its_clock_runs_out_and_the_minor_erasure_follows_the_same_rule() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     let pool = server.db.pool().await;
-    register(
-        &mut c,
+    c.register(register_system(
         "billing",
         &["account_information", "payment_records"],
         &[DataAction::Delete],
-    )
+    ))
     .await;
     let minor = |subject: &str| proto::SetSubjectMinorStatusRequest {
         request_id: request_id(),

@@ -54,10 +54,8 @@ async fn health_follows_the_database_away_and_back_without_a_restart() {
     let pg = EmbeddedPostgres::start(EmbeddedOptions::new(dir.path().join("data")))
         .await
         .expect("own cluster");
-    let db = TestDb {
-        name: "postgres".into(),
-        url: pg.database_url("postgres"),
-    };
+    // The test's own cluster's database: nothing for the harness to drop.
+    let db = TestDb::unowned("postgres", &pg.database_url("postgres"));
     let server = TestServer::start_on(db, test_settings()).await;
     server
         .wait_for_health("privacy.v1.ConsentService", ServingStatus::Serving)

@@ -5,20 +5,16 @@
 //! keyring file.
 mod common;
 
+use common::clients::{Clients, claim, file_request, register_system};
 use common::{TestServer, request_id, test_keyring};
 use privacy_records::keys::{self, Keyring};
-use privacy_records::proto::consent_service_client::ConsentServiceClient;
-use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
-use privacy_records::proto::privacy_request_service_client::PrivacyRequestServiceClient;
 use privacy_records::proto::{
     self, Agent, ClaimTasksRequest, CompleteTaskRequest, CreatePrivacyRequestRequest, DataAction,
-    DataSystem, Evidence, FieldCorrection, GetAccessPackageRequest, GetPrivacyRequestRequest,
-    GetTaskRequest, Identifier, ListConsentRecordsRequest, PrivacyRequest, RecordConsentRequest,
-    RegisterDataSystemRequest, RequestType, Task, TaskResult, VerifyPrivacyRequestIdentityRequest,
-    data_system, identifier,
+    Evidence, FieldCorrection, GetAccessPackageRequest, GetPrivacyRequestRequest, GetTaskRequest,
+    Identifier, ListConsentRecordsRequest, RecordConsentRequest, RequestType, Task, TaskResult,
+    identifier,
 };
 use sqlx::PgPool;
-use tonic::transport::Channel;
 
 const EMAIL: &str = "ann.secret@example.com";
 const PHONE: &str = "+15555550123";
@@ -29,39 +25,6 @@ const AGENT_CONTACT: &str = "agent.secret@example.org";
 const AGENT_EVIDENCE: &str = "POA-secret-99";
 const CORRECTED: &str = "ann.corrected.secret@example.com";
 const EXPORT_SECRET: &str = "Ann Secret-Export";
-
-struct Clients {
-    consent: ConsentServiceClient<Channel>,
-    requests: PrivacyRequestServiceClient<Channel>,
-    systems: DataSystemServiceClient<Channel>,
-}
-
-fn clients(server: &TestServer) -> Clients {
-    let channel = server.channel();
-    Clients {
-        consent: ConsentServiceClient::new(channel.clone()),
-        requests: PrivacyRequestServiceClient::new(channel.clone()),
-        systems: DataSystemServiceClient::new(channel),
-    }
-}
-
-async fn register(c: &mut Clients, id: &str, actions: &[DataAction]) {
-    c.systems
-        .register_data_system(RegisterDataSystemRequest {
-            request_id: request_id(),
-            data_system: Some(DataSystem {
-                id: id.into(),
-                display_name: id.into(),
-                kind: data_system::Kind::Internal as i32,
-                categories: vec!["account_information".into()],
-                country: "US".into(),
-                actions: actions.iter().map(|a| *a as i32).collect(),
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("register");
-}
 
 fn grant_with_evidence(subject: &str, rid: &str) -> RecordConsentRequest {
     RecordConsentRequest {
@@ -79,32 +42,8 @@ fn grant_with_evidence(subject: &str, rid: &str) -> RecordConsentRequest {
     }
 }
 
-async fn file(c: &mut Clients, req: CreatePrivacyRequestRequest) -> PrivacyRequest {
-    let created = c
-        .requests
-        .create_privacy_request(req)
-        .await
-        .expect("create")
-        .into_inner();
-    c.requests
-        .verify_privacy_request_identity(VerifyPrivacyRequestIdentityRequest {
-            name: created.name,
-            request_id: request_id(),
-            method: "account login".into(),
-            agent_evidence_reference: String::new(),
-        })
-        .await
-        .expect("verify")
-        .into_inner()
-}
-
 fn request(subject: &str, t: RequestType) -> CreatePrivacyRequestRequest {
     CreatePrivacyRequestRequest {
-        request_id: request_id(),
-        subject_id: subject.into(),
-        request_type: t as i32,
-        jurisdiction: "US-CA".into(),
-        channel: proto::privacy_request::Channel::WebForm as i32,
         identifiers: vec![
             Identifier {
                 kind: identifier::Kind::EmailAddress as i32,
@@ -115,23 +54,8 @@ fn request(subject: &str, t: RequestType) -> CreatePrivacyRequestRequest {
                 value: PHONE.into(),
             },
         ],
-        ..Default::default()
+        ..file_request(subject, t)
     }
-}
-
-async fn claim(c: &mut Clients, system: &str) -> Vec<Task> {
-    c.systems
-        .claim_tasks(ClaimTasksRequest {
-            request_id: request_id(),
-            data_system: format!("dataSystems/{system}"),
-            worker: "w".into(),
-            max_tasks: 10,
-            lease_seconds: 60,
-        })
-        .await
-        .expect("claim")
-        .into_inner()
-        .tasks
 }
 
 async fn complete(c: &mut Clients, task: &Task, export_json: &str) -> Task {
@@ -194,12 +118,12 @@ fn assert_nowhere(dump: &[(String, String)], secrets: &[&str]) {
 #[tokio::test]
 async fn personal_data_written_through_the_api_is_nowhere_in_clear_yet_reads_back() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
-    register(
-        &mut c,
+    let mut c = server.clients();
+    c.register(register_system(
         "accounts-db",
+        &["account_information"],
         &[DataAction::Export, DataAction::Correct],
-    )
+    ))
     .await;
 
     // Consent evidence, and a retry that replays the stored response.
@@ -222,9 +146,8 @@ async fn personal_data_written_through_the_api_is_nowhere_in_clear_yet_reads_bac
     assert_eq!(evidence.description, EVIDENCE_TEXT);
 
     // An access request filed by an agent, with identifiers; its export.
-    let access = file(
-        &mut c,
-        CreatePrivacyRequestRequest {
+    let access = c
+        .file_and_verify(CreatePrivacyRequestRequest {
             agent: Some(Agent {
                 display_name: AGENT_NAME.into(),
                 contact: AGENT_CONTACT.into(),
@@ -232,23 +155,25 @@ async fn personal_data_written_through_the_api_is_nowhere_in_clear_yet_reads_bac
                 evidence_description: String::new(),
             }),
             ..request("ann", RequestType::Access)
-        },
-    )
-    .await;
+        })
+        .await;
     // A correction request: the task carries the values.
-    let correction = file(
-        &mut c,
-        CreatePrivacyRequestRequest {
+    let correction = c
+        .file_and_verify(CreatePrivacyRequestRequest {
             corrections: vec![FieldCorrection {
                 field: "email".into(),
                 current_value: EMAIL.into(),
                 corrected_value: CORRECTED.into(),
             }],
             ..request("ann", RequestType::Correction)
-        },
-    )
-    .await;
-    let tasks = claim(&mut c, "accounts-db").await;
+        })
+        .await;
+    let tasks = c
+        .claim(ClaimTasksRequest {
+            worker: "w".into(),
+            ..claim("accounts-db")
+        })
+        .await;
     assert_eq!(tasks.len(), 2);
     let export = format!("{{\"name\": \"{EXPORT_SECRET}\"}}");
     for t in &tasks {
@@ -358,8 +283,13 @@ async fn personal_data_written_through_the_api_is_nowhere_in_clear_yet_reads_bac
 #[tokio::test]
 async fn a_completed_deletion_shreds_the_subjects_data_key_and_no_one_elses() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
-    register(&mut c, "accounts-db", &[DataAction::Delete]).await;
+    let mut c = server.clients();
+    c.register(register_system(
+        "accounts-db",
+        &["account_information"],
+        &[DataAction::Delete],
+    ))
+    .await;
     for subject in ["ann", "bob"] {
         c.consent
             .record_consent(grant_with_evidence(subject, &request_id()))
@@ -385,8 +315,15 @@ async fn a_completed_deletion_shreds_the_subjects_data_key_and_no_one_elses() {
             .is_some()
     );
 
-    file(&mut c, request("ann", RequestType::Deletion)).await;
-    for t in claim(&mut c, "accounts-db").await {
+    c.file_and_verify(request("ann", RequestType::Deletion))
+        .await;
+    for t in c
+        .claim(ClaimTasksRequest {
+            worker: "w".into(),
+            ..claim("accounts-db")
+        })
+        .await
+    {
         complete(&mut c, &t, "").await;
     }
 
@@ -445,7 +382,7 @@ fn ring(masters: &[(&str, u8)]) -> Keyring {
 #[tokio::test]
 async fn rotation_rewraps_every_data_key_so_the_old_master_key_can_go() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     for n in 0..5 {
         c.consent
             .record_consent(grant_with_evidence(&format!("s{n}"), &request_id()))

@@ -5,55 +5,28 @@ mod common;
 
 use std::path::Path;
 
+use common::clients::{claim, file_request, register_system};
+use common::tls::{sha, with_token, write};
 use common::{TestServer, error_reason, request_id, test_settings};
-use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
-use privacy_records::proto::privacy_request_service_client::PrivacyRequestServiceClient;
 use privacy_records::proto::{
-    self, ClaimTasksRequest, CompleteTaskRequest, CreatePrivacyRequestRequest, DataAction,
-    DataSystem, FieldCorrection, PrivacyRequest, RegisterDataSystemRequest, RequestType, Task,
-    TaskResult, VerifyPrivacyRequestIdentityRequest, data_system,
+    self, ClaimTasksRequest, CreatePrivacyRequestRequest, DataAction,
+    FieldCorrection, RegisterDataSystemRequest, RequestType, Task,
+    VerifyPrivacyRequestIdentityRequest,
 };
 use sha2::{Digest, Sha256};
-use tonic::metadata::MetadataValue;
-use tonic::transport::Channel;
-use tonic::{Code, Request};
+use tonic::Code;
 
 const ANN_OLD: &str = "1 Old Secret Street";
 const ANN_NEW: &str = "2 New Secret Avenue";
 const BOB_NEW: &str = "3 Bob Lane";
 
-fn requests(channel: Channel) -> PrivacyRequestServiceClient<Channel> {
-    PrivacyRequestServiceClient::new(channel)
-}
-
-fn systems(channel: Channel) -> DataSystemServiceClient<Channel> {
-    DataSystemServiceClient::new(channel)
-}
-
-fn registration(id: &str) -> RegisterDataSystemRequest {
-    RegisterDataSystemRequest {
-        request_id: request_id(),
-        data_system: Some(DataSystem {
-            id: id.into(),
-            display_name: id.into(),
-            kind: data_system::Kind::Internal as i32,
-            categories: vec!["account_information".into()],
-            country: "US".into(),
-            actions: vec![DataAction::Correct as i32, DataAction::Delete as i32],
-            ..Default::default()
-        }),
-    }
-}
-
-fn new_request(subject: &str, t: RequestType) -> CreatePrivacyRequestRequest {
-    CreatePrivacyRequestRequest {
-        request_id: request_id(),
-        subject_id: subject.into(),
-        request_type: t as i32,
-        jurisdiction: "US-CA".into(),
-        channel: proto::privacy_request::Channel::WebForm as i32,
-        ..Default::default()
-    }
+/// The one system of these tests: it corrects and deletes account data.
+fn accounts_db() -> RegisterDataSystemRequest {
+    register_system(
+        "accounts-db",
+        &["account_information"],
+        &[DataAction::Correct, DataAction::Delete],
+    )
 }
 
 fn correction(subject: &str, old: &str, new: &str) -> CreatePrivacyRequestRequest {
@@ -63,49 +36,18 @@ fn correction(subject: &str, old: &str, new: &str) -> CreatePrivacyRequestReques
             current_value: old.into(),
             corrected_value: new.into(),
         }],
-        ..new_request(subject, RequestType::Correction)
+        ..file_request(subject, RequestType::Correction)
     }
 }
 
-/// Files a request and verifies the requester, so its tasks go out.
-async fn file(
-    c: &mut PrivacyRequestServiceClient<Channel>,
-    req: CreatePrivacyRequestRequest,
-) -> PrivacyRequest {
-    let created = c.create_privacy_request(req).await.expect("create");
-    c.verify_privacy_request_identity(VerifyPrivacyRequestIdentityRequest {
-        name: created.into_inner().name,
-        request_id: request_id(),
-        method: "account login".into(),
-        agent_evidence_reference: String::new(),
-    })
-    .await
-    .expect("verify")
-    .into_inner()
-}
-
+/// A claim under request id `rid` by worker `w1` with a long lease.
 fn claim_request(rid: &str, system: &str) -> ClaimTasksRequest {
     ClaimTasksRequest {
         request_id: rid.into(),
-        data_system: format!("dataSystems/{system}"),
         worker: "w1".into(),
-        max_tasks: 10,
         lease_seconds: 600,
+        ..claim(system)
     }
-}
-
-async fn complete(c: &mut DataSystemServiceClient<Channel>, task: &Task) {
-    c.complete_task(CompleteTaskRequest {
-        name: task.name.clone(),
-        request_id: request_id(),
-        lease_id: task.lease_id.clone(),
-        result: Some(TaskResult {
-            records_affected: 1,
-            ..Default::default()
-        }),
-    })
-    .await
-    .expect("complete");
 }
 
 fn text_of(tasks: &[Task]) -> String {
@@ -115,41 +57,36 @@ fn text_of(tasks: &[Task]) -> String {
 #[tokio::test]
 async fn a_replayed_claim_after_the_subjects_erasure_returns_nothing_of_the_erased_person() {
     let server = TestServer::start().await;
-    let mut r = requests(server.channel());
-    let mut s = systems(server.channel());
-    s.register_data_system(registration("accounts-db"))
-        .await
-        .expect("register");
-    file(&mut r, correction("ann", ANN_OLD, ANN_NEW)).await;
-    file(&mut r, correction("bob", "", BOB_NEW)).await;
+    let mut c = server.clients();
+    c.register(accounts_db()).await;
+    c.file_and_verify(correction("ann", ANN_OLD, ANN_NEW)).await;
+    c.file_and_verify(correction("bob", "", BOB_NEW)).await;
 
     // The worker's claim, whose response is remembered under its request id.
     let rid = request_id();
-    let claimed = s
-        .claim_tasks(claim_request(&rid, "accounts-db"))
-        .await
-        .expect("claim")
-        .into_inner()
-        .tasks;
+    let claimed = c.claim(claim_request(&rid, "accounts-db")).await;
     assert_eq!(claimed.len(), 2, "{claimed:?}");
     assert!(text_of(&claimed).contains(ANN_NEW));
     for t in &claimed {
-        complete(&mut s, t).await;
+        c.complete(t).await;
     }
 
     // Ann is erased: her deletion request runs through the system.
-    file(&mut r, new_request("ann", RequestType::Deletion)).await;
-    let deletion = s
+    c.file_and_verify(file_request("ann", RequestType::Deletion))
+        .await;
+    let deletion = c
+        .systems
         .claim_tasks(claim_request(&request_id(), "accounts-db"))
         .await
         .expect("claim the deletion")
         .into_inner()
         .tasks;
     assert_eq!(deletion.len(), 1);
-    complete(&mut s, &deletion[0]).await;
+    c.complete(&deletion[0]).await;
 
     // The worker replays its first claim, same id, same body.
-    let replayed = s
+    let replayed = c
+        .systems
         .claim_tasks(claim_request(&rid, "accounts-db"))
         .await
         .expect("a replay still answers")
@@ -173,51 +110,40 @@ async fn a_replayed_claim_after_the_subjects_erasure_returns_nothing_of_the_eras
 #[tokio::test]
 async fn a_replayed_request_after_the_subjects_erasure_is_refused_without_its_data() {
     let server = TestServer::start().await;
-    let mut r = requests(server.channel());
-    let mut s = systems(server.channel());
-    s.register_data_system(registration("accounts-db"))
-        .await
-        .expect("register");
+    let mut c = server.clients();
+    c.register(accounts_db()).await;
     let create = correction("ann", ANN_OLD, ANN_NEW);
-    let created = r
+    let created = c
+        .requests
         .create_privacy_request(create.clone())
         .await
         .expect("create")
         .into_inner();
     assert!(format!("{created:?}").contains(ANN_NEW));
-    r.verify_privacy_request_identity(VerifyPrivacyRequestIdentityRequest {
-        name: created.name.clone(),
-        request_id: request_id(),
-        method: "account login".into(),
-        agent_evidence_reference: String::new(),
-    })
-    .await
-    .expect("verify");
-    for t in s
-        .claim_tasks(claim_request(&request_id(), "accounts-db"))
+    c.requests
+        .verify_privacy_request_identity(VerifyPrivacyRequestIdentityRequest {
+            name: created.name.clone(),
+            request_id: request_id(),
+            method: "account login".into(),
+            agent_evidence_reference: String::new(),
+        })
         .await
-        .expect("claim")
-        .into_inner()
-        .tasks
-    {
-        complete(&mut s, &t).await;
+        .expect("verify");
+    for t in c.claim(claim_request(&request_id(), "accounts-db")).await {
+        c.complete(&t).await;
     }
-    file(&mut r, new_request("ann", RequestType::Deletion)).await;
-    for t in s
-        .claim_tasks(claim_request(&request_id(), "accounts-db"))
-        .await
-        .expect("claim")
-        .into_inner()
-        .tasks
-    {
-        complete(&mut s, &t).await;
+    c.file_and_verify(file_request("ann", RequestType::Deletion))
+        .await;
+    for t in c.claim(claim_request(&request_id(), "accounts-db")).await {
+        c.complete(&t).await;
     }
 
     let before: i64 = sqlx::query_scalar("SELECT count(*) FROM privacy_requests")
         .fetch_one(&server.db.pool().await)
         .await
         .expect("count");
-    let refused = r
+    let refused = c
+        .requests
         .create_privacy_request(create)
         .await
         .expect_err("the stored response went with the subject");
@@ -237,10 +163,6 @@ async fn a_replayed_request_after_the_subjects_erasure_is_refused_without_its_da
 const CONSOLE_TOKEN: &str = "console-token-0123456789";
 const WORKER_TOKEN: &str = "accounts-worker-token-0123456789";
 
-fn sha(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
 fn callers_file(dir: &Path) -> std::path::PathBuf {
     let text = format!(
         r#"
@@ -258,16 +180,7 @@ data_systems = ["accounts-db"]
         console = sha(CONSOLE_TOKEN),
         worker = sha(WORKER_TOKEN),
     );
-    let path = dir.join("callers.toml");
-    std::fs::write(&path, text).expect("write");
-    path
-}
-
-fn as_caller<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("metadata");
-    request.metadata_mut().insert("authorization", value);
-    request
+    write(dir, "callers.toml", &text)
 }
 
 #[tokio::test]
@@ -277,34 +190,37 @@ async fn another_caller_replaying_a_request_id_does_not_receive_the_first_caller
     let mut settings = test_settings();
     settings.security.callers_file = Some(callers_file(dir.path()));
     let server = TestServer::start_with(settings).await;
-    let mut r = requests(server.channel());
-    let mut s = systems(server.channel());
-    s.register_data_system(as_caller(registration("accounts-db"), CONSOLE_TOKEN))
+    let mut c = server.clients();
+    c.systems
+        .register_data_system(with_token(accounts_db(), CONSOLE_TOKEN))
         .await
         .expect("register");
-    let created = r
-        .create_privacy_request(as_caller(
+    let created = c
+        .requests
+        .create_privacy_request(with_token(
             correction("ann", ANN_OLD, ANN_NEW),
             CONSOLE_TOKEN,
         ))
         .await
         .expect("create")
         .into_inner();
-    r.verify_privacy_request_identity(as_caller(
-        VerifyPrivacyRequestIdentityRequest {
-            name: created.name,
-            request_id: request_id(),
-            method: "account login".into(),
-            agent_evidence_reference: String::new(),
-        },
-        CONSOLE_TOKEN,
-    ))
-    .await
-    .expect("verify");
+    c.requests
+        .verify_privacy_request_identity(with_token(
+            VerifyPrivacyRequestIdentityRequest {
+                name: created.name,
+                request_id: request_id(),
+                method: "account login".into(),
+                agent_evidence_reference: String::new(),
+            },
+            CONSOLE_TOKEN,
+        ))
+        .await
+        .expect("verify");
 
     let rid = request_id();
-    let mine = s
-        .claim_tasks(as_caller(claim_request(&rid, "accounts-db"), WORKER_TOKEN))
+    let mine = c
+        .systems
+        .claim_tasks(with_token(claim_request(&rid, "accounts-db"), WORKER_TOKEN))
         .await
         .expect("the worker's claim")
         .into_inner()
@@ -313,8 +229,12 @@ async fn another_caller_replaying_a_request_id_does_not_receive_the_first_caller
 
     // Another caller sends the same request id and body: its own call, not
     // a replay of the worker's (the task is leased, so it gets nothing).
-    let theirs = s
-        .claim_tasks(as_caller(claim_request(&rid, "accounts-db"), CONSOLE_TOKEN))
+    let theirs = c
+        .systems
+        .claim_tasks(with_token(
+            claim_request(&rid, "accounts-db"),
+            CONSOLE_TOKEN,
+        ))
         .await
         .expect("the console's claim")
         .into_inner()
@@ -323,8 +243,9 @@ async fn another_caller_replaying_a_request_id_does_not_receive_the_first_caller
     assert!(!text_of(&theirs).contains(&mine[0].lease_id));
 
     // The worker's own replay still answers with its first response.
-    let again = s
-        .claim_tasks(as_caller(claim_request(&rid, "accounts-db"), WORKER_TOKEN))
+    let again = c
+        .systems
+        .claim_tasks(with_token(claim_request(&rid, "accounts-db"), WORKER_TOKEN))
         .await
         .expect("the worker's replay")
         .into_inner()
@@ -336,23 +257,23 @@ async fn another_caller_replaying_a_request_id_does_not_receive_the_first_caller
 #[tokio::test]
 async fn without_authentication_a_replay_from_a_new_connection_returns_the_stored_response() {
     let server = TestServer::start().await;
-    systems(server.channel())
-        .register_data_system(registration("accounts-db"))
-        .await
-        .expect("register");
-    file(
-        &mut requests(server.channel()),
-        correction("ann", ANN_OLD, ANN_NEW),
-    )
-    .await;
+    server.clients().register(accounts_db()).await;
+    server
+        .clients()
+        .file_and_verify(correction("ann", ANN_OLD, ANN_NEW))
+        .await;
     let rid = request_id();
-    let first = systems(server.channel())
+    let first = server
+        .clients()
+        .systems
         .claim_tasks(claim_request(&rid, "accounts-db"))
         .await
         .expect("claim")
         .into_inner();
     assert_eq!(first.tasks.len(), 1);
-    let again = systems(server.channel())
+    let again = server
+        .clients()
+        .systems
         .claim_tasks(claim_request(&rid, "accounts-db"))
         .await
         .expect("replay")
@@ -364,41 +285,39 @@ async fn without_authentication_a_replay_from_a_new_connection_returns_the_store
 #[tokio::test]
 async fn a_workers_failure_message_about_the_person_does_not_outlive_the_erasure() {
     let server = TestServer::start().await;
-    let mut r = requests(server.channel());
-    let mut s = systems(server.channel());
-    s.register_data_system(registration("accounts-db"))
+    let mut c = server.clients();
+    c.register(accounts_db()).await;
+    c.file_and_verify(correction("ann", ANN_OLD, ANN_NEW)).await;
+    let task = c
+        .claim(claim_request(&request_id(), "accounts-db"))
         .await
-        .expect("register");
-    file(&mut r, correction("ann", ANN_OLD, ANN_NEW)).await;
-    let task = s
-        .claim_tasks(claim_request(&request_id(), "accounts-db"))
-        .await
-        .expect("claim")
-        .into_inner()
-        .tasks
         .remove(0);
-    s.fail_task(proto::FailTaskRequest {
-        name: task.name.clone(),
-        request_id: request_id(),
-        lease_id: task.lease_id.clone(),
-        retryable: false,
-        error_message: format!("no row to update at {ANN_NEW}"),
-    })
-    .await
-    .expect("fail");
+    c.systems
+        .fail_task(proto::FailTaskRequest {
+            name: task.name.clone(),
+            request_id: request_id(),
+            lease_id: task.lease_id.clone(),
+            retryable: false,
+            error_message: format!("no row to update at {ANN_NEW}"),
+        })
+        .await
+        .expect("fail");
 
-    file(&mut r, new_request("ann", RequestType::Deletion)).await;
-    for t in s
+    c.file_and_verify(file_request("ann", RequestType::Deletion))
+        .await;
+    for t in c
+        .systems
         .claim_tasks(claim_request(&request_id(), "accounts-db"))
         .await
         .expect("claim the deletion")
         .into_inner()
         .tasks
     {
-        complete(&mut s, &t).await;
+        c.complete(&t).await;
     }
 
-    let after = s
+    let after = c
+        .systems
         .get_task(proto::GetTaskRequest {
             name: task.name.clone(),
         })
@@ -435,7 +354,7 @@ fn plain_fingerprint(method: &str, request: &CreatePrivacyRequestRequest) -> Vec
 async fn a_stored_fingerprint_cannot_be_tested_against_guesses_of_the_request() {
     const METHOD: &str = "privacy.v1.PrivacyRequestService/CreatePrivacyRequest";
     let server = TestServer::start().await;
-    let mut c = requests(server.channel());
+    let mut c = server.clients().requests;
     let req = correction("ann", ANN_OLD, ANN_NEW);
     let first = c
         .create_privacy_request(req.clone())

@@ -4,10 +4,8 @@
 mod common;
 
 use chrono::{DateTime, Duration, Months, Utc};
+use common::clients::{Clients, register_system};
 use common::{TestServer, request_id};
-use privacy_records::proto::data_system_service_client::DataSystemServiceClient;
-use privacy_records::proto::privacy_request_service_client::PrivacyRequestServiceClient;
-use privacy_records::proto::retention_service_client::RetentionServiceClient;
 use privacy_records::proto::{
     self, ClaimTasksRequest, CompleteTaskRequest, CreatePrivacyRequestRequest, DataAction,
     DataSystem, GetRetentionScheduleRequest, LegalHold, Period, PeriodUnit, PlaceLegalHoldRequest,
@@ -19,22 +17,6 @@ use privacy_records::retention::sweeper::{self, SweepSettings, SweepTotals};
 use privacy_records::rpc::Context;
 use prost_types::Timestamp;
 use sqlx::PgPool;
-use tonic::transport::Channel;
-
-struct Clients {
-    retention: RetentionServiceClient<Channel>,
-    systems: DataSystemServiceClient<Channel>,
-    requests: PrivacyRequestServiceClient<Channel>,
-}
-
-fn clients(server: &TestServer) -> Clients {
-    let channel = server.channel();
-    Clients {
-        retention: RetentionServiceClient::new(channel.clone()),
-        systems: DataSystemServiceClient::new(channel.clone()),
-        requests: PrivacyRequestServiceClient::new(channel),
-    }
-}
 
 fn ts(t: DateTime<Utc>) -> Timestamp {
     Timestamp {
@@ -46,24 +28,6 @@ fn ts(t: DateTime<Utc>) -> Timestamp {
 fn time_of(t: &Option<Timestamp>) -> DateTime<Utc> {
     let t = t.as_ref().expect("time");
     DateTime::from_timestamp(t.seconds, 0).expect("valid")
-}
-
-async fn register(c: &mut Clients, id: &str, categories: &[&str]) {
-    c.systems
-        .register_data_system(RegisterDataSystemRequest {
-            request_id: request_id(),
-            data_system: Some(DataSystem {
-                id: id.into(),
-                display_name: id.into(),
-                kind: data_system::Kind::Internal as i32,
-                categories: categories.iter().map(|c| c.to_string()).collect(),
-                country: "US".into(),
-                actions: vec![DataAction::Delete as i32, DataAction::Anonymize as i32],
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("register");
 }
 
 async fn event(
@@ -135,13 +99,13 @@ fn state(e: &ScheduleEntry) -> schedule_entry::State {
 #[tokio::test]
 async fn an_account_closure_queues_deletion_exactly_thirty_days_later() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     let pool = server.db.pool().await;
-    register(
-        &mut c,
+    c.register(register_system(
         "accounts-db",
         &["account_information", "payment_records"],
-    )
+        &[DataAction::Delete, DataAction::Anonymize],
+    ))
     .await;
     let closed = Utc::now() - Duration::days(10);
     let changed = event(
@@ -214,12 +178,12 @@ async fn an_account_closure_queues_deletion_exactly_thirty_days_later() {
 #[tokio::test]
 async fn later_activity_moves_the_due_date_and_an_override_replaces_the_period() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
-    register(
-        &mut c,
+    let mut c = server.clients();
+    c.register(register_system(
         "crm",
         &["contact_form_inquiries", "customer_deployment_data"],
-    )
+        &[DataAction::Delete, DataAction::Anonymize],
+    ))
     .await;
     let t1 = Utc::now() - Duration::days(100);
     let created = event(
@@ -313,9 +277,14 @@ async fn later_activity_moves_the_due_date_and_an_override_replaces_the_period()
 #[tokio::test]
 async fn a_legal_hold_blocks_the_sweep_until_released() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     let pool = server.db.pool().await;
-    register(&mut c, "accounts-db", &["account_information"]).await;
+    c.register(register_system(
+        "accounts-db",
+        &["account_information"],
+        &[DataAction::Delete, DataAction::Anonymize],
+    ))
+    .await;
     let closed = Utc::now() - Duration::days(31);
     event(
         &mut c,
@@ -370,9 +339,19 @@ async fn a_legal_hold_blocks_the_sweep_until_released() {
 #[tokio::test]
 async fn a_hold_during_a_deletion_request_completes_it_in_part_naming_the_held_scope() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
-    register(&mut c, "accounts-db", &["account_information"]).await;
-    register(&mut c, "billing", &["payment_records"]).await;
+    let mut c = server.clients();
+    c.register(register_system(
+        "accounts-db",
+        &["account_information"],
+        &[DataAction::Delete, DataAction::Anonymize],
+    ))
+    .await;
+    c.register(register_system(
+        "billing",
+        &["payment_records"],
+        &[DataAction::Delete, DataAction::Anonymize],
+    ))
+    .await;
     let hold = c
         .retention
         .place_legal_hold(PlaceLegalHoldRequest {
@@ -467,10 +446,20 @@ async fn a_hold_during_a_deletion_request_completes_it_in_part_naming_the_held_s
 #[tokio::test]
 async fn concurrent_sweepers_queue_each_due_entry_exactly_once() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     let pool = server.db.pool().await;
-    register(&mut c, "accounts-db", &["account_information"]).await;
-    register(&mut c, "mailer", &["account_information"]).await;
+    c.register(register_system(
+        "accounts-db",
+        &["account_information"],
+        &[DataAction::Delete, DataAction::Anonymize],
+    ))
+    .await;
+    c.register(register_system(
+        "mailer",
+        &["account_information"],
+        &[DataAction::Delete, DataAction::Anonymize],
+    ))
+    .await;
     let closed = Utc::now() - Duration::days(40);
     for i in 0..100 {
         event(
@@ -524,15 +513,20 @@ async fn concurrent_sweepers_queue_each_due_entry_exactly_once() {
 #[tokio::test]
 async fn a_minor_without_parental_consent_is_erased_at_once_but_for_what_the_law_keeps() {
     let mut server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     let pool = server.db.pool().await;
-    register(
-        &mut c,
+    c.register(register_system(
         "accounts-db",
         &["account_information", "payment_records"],
-    )
+        &[DataAction::Delete, DataAction::Anonymize],
+    ))
     .await;
-    register(&mut c, "mailer", &["communication_records"]).await;
+    c.register(register_system(
+        "mailer",
+        &["communication_records"],
+        &[DataAction::Delete, DataAction::Anonymize],
+    ))
+    .await;
     let flag = |subject: &str, parental_consent: bool| proto::SetSubjectMinorStatusRequest {
         request_id: request_id(),
         subject_id: subject.into(),
@@ -596,7 +590,7 @@ async fn a_minor_without_parental_consent_is_erased_at_once_but_for_what_the_law
 #[tokio::test]
 async fn own_records_follow_retention_too() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     let pool = server.db.pool().await;
     let r = c
         .requests
@@ -669,12 +663,12 @@ async fn own_records_follow_retention_too() {
 #[tokio::test]
 async fn the_record_of_processing_comes_from_the_registry_and_the_policies() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
-    register(
-        &mut c,
+    let mut c = server.clients();
+    c.register(register_system(
         "accounts-db",
         &["account_information", "payment_records"],
-    )
+        &[DataAction::Delete, DataAction::Anonymize],
+    ))
     .await;
     c.systems
         .register_data_system(RegisterDataSystemRequest {
@@ -723,14 +717,16 @@ async fn two_servers_sweeping_one_database_queue_each_entry_once() {
     fast.retention_sweep_interval = std::time::Duration::from_millis(20);
     fast.retention_sweep_batch = 13;
     let first = TestServer::start_with(fast.clone()).await;
-    let same_db = common::TestDb {
-        name: first.db.name.clone(),
-        url: first.db.url.clone(),
-    };
+    let same_db = first.db.alias();
     let mut second = TestServer::start_on(same_db, fast).await;
-    let mut c = clients(&first);
+    let mut c = first.clients();
     let pool = first.db.pool().await;
-    register(&mut c, "accounts-db", &["account_information"]).await;
+    c.register(register_system(
+        "accounts-db",
+        &["account_information"],
+        &[DataAction::Delete, DataAction::Anonymize],
+    ))
+    .await;
     let closed = Utc::now() - Duration::days(31);
     for i in 0..150 {
         event(
@@ -771,7 +767,7 @@ async fn two_servers_sweeping_one_database_queue_each_entry_once() {
 #[tokio::test]
 async fn policies_are_installed_by_default_and_editable() {
     let server = TestServer::start().await;
-    let mut c = clients(&server);
+    let mut c = server.clients();
     let policies = c
         .retention
         .list_retention_policies(proto::ListRetentionPoliciesRequest {})
@@ -842,8 +838,13 @@ async fn policies_are_installed_by_default_and_editable() {
 async fn get_subject_shows_when_the_account_was_closed() {
     use privacy_records::proto::GetSubjectRequest;
     let server = TestServer::start().await;
-    let mut c = clients(&server);
-    register(&mut c, "crm", &["account_information"]).await;
+    let mut c = server.clients();
+    c.register(register_system(
+        "crm",
+        &["account_information"],
+        &[DataAction::Delete, DataAction::Anonymize],
+    ))
+    .await;
     let subject = |id: &str| GetSubjectRequest {
         name: format!("subjects/{id}"),
     };

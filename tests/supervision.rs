@@ -87,18 +87,17 @@ async fn an_embedded_postgres_killed_under_the_server_is_started_again_and_serve
         .expect("uri")
         .connect_lazy();
     // initdb on a shared machine can be slow: twice the usual patience.
-    let deadline = tokio::time::Instant::now() + PATIENCE * 2;
-    while health(&channel).await != Some(ServingStatus::Serving) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the binary never served"
-        );
+    common::eventually(PATIENCE * 2, "the binary to serve", async || {
+        if health(&channel).await == Some(ServingStatus::Serving) {
+            return Some(());
+        }
         assert!(
             child.try_wait().expect("child").is_none(),
             "the binary exited"
         );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        None
+    })
+    .await;
     let mut consent = ConsentServiceClient::new(channel.clone());
     consent
         .record_consent(common::storage_grant("ann"))

@@ -7,43 +7,29 @@
 //! refused while established callers still get answers.
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::tls::{client_identity, new_ca, server_pair, sha, tls_channel, with_token, write};
 use common::{TestDb, TestServer, test_settings, wait_until};
 use privacy_records::proto::CheckConsentRequest;
 use privacy_records::proto::consent_service_client::ConsentServiceClient;
 use privacy_records::server::{Application, ServeError};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-use tonic::{Code, Request};
+use tonic::Code;
+use tonic::transport::Channel;
 
 const CONSOLE_TOKEN: &str = "console-token-0123456789";
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("write");
-    path
-}
 
 fn callers_toml() -> String {
     format!(
         "[[caller]]\nname = \"privacy-console\"\ntoken_sha256 = [\"{}\"]\nallow = [\"*\"]\n",
-        hex::encode(Sha256::digest(CONSOLE_TOKEN.as_bytes()))
+        sha(CONSOLE_TOKEN)
     )
-}
-
-fn with_token<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let value: MetadataValue<_> = format!("Bearer {token}").parse().expect("metadata");
-    request.metadata_mut().insert("authorization", value);
-    request
 }
 
 fn check() -> CheckConsentRequest {
@@ -228,53 +214,12 @@ async fn a_failed_start_with_a_closed_log_pipe_exits_with_failure_not_a_panic() 
     db.drop_db().await;
 }
 
-fn new_ca() -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "transport test CA");
-    params.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = params.self_signed(&key).expect("self-sign");
-    (cert.pem(), rcgen::Issuer::new(params, key))
-}
-
-/// A certificate signed by `issuer` and its private key, as PEM.
-fn issue(
-    names: Vec<String>,
-    common_name: &str,
-    usage: rcgen::ExtendedKeyUsagePurpose,
-    issuer: &rcgen::Issuer<'_, rcgen::KeyPair>,
-) -> (String, String) {
-    let mut params = rcgen::CertificateParams::new(names).expect("params");
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, common_name);
-    params.extended_key_usages = vec![usage];
-    let key = rcgen::KeyPair::generate().expect("key");
-    let cert = params.signed_by(&key, issuer).expect("sign");
-    (cert.pem(), key.serialize_pem())
-}
-
-fn server_pair(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>) -> (String, String) {
-    issue(
-        vec!["localhost".into()],
-        "privacy-records",
-        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        issuer,
-    )
-}
-
 #[tokio::test]
 async fn a_server_certificate_with_another_private_key_stops_the_start_naming_the_mismatch() {
     let dir = common::scratch_dir();
     let (_, ca) = new_ca();
-    let (cert, _) = server_pair(&ca);
-    let (_, other_key) = server_pair(&ca);
+    let (cert, _) = server_pair(&["localhost"], &ca);
+    let (_, other_key) = server_pair(&["localhost"], &ca);
     let mut settings = test_settings();
     settings.security.tls_cert_file = Some(write(dir.path(), "server.pem", &cert));
     settings.security.tls_key_file = Some(write(dir.path(), "server.key", &other_key));
@@ -296,7 +241,7 @@ async fn a_server_certificate_with_another_private_key_stops_the_start_naming_th
 async fn a_caller_without_certificate_names_accepts_no_certificate() {
     let dir = common::scratch_dir();
     let (ca_pem, ca) = new_ca();
-    let (cert, key) = server_pair(&ca);
+    let (cert, key) = server_pair(&["localhost"], &ca);
     // The console names its certificate; the mailer has only a token.
     let callers = format!(
         "{}\n[[caller]]\nname = \"privacy-console\"\ncertificate_names = [\"console.internal\"]\nallow = [\"*\"]\n",
@@ -307,23 +252,13 @@ async fn a_caller_without_certificate_names_accepts_no_certificate() {
     settings.security.tls_cert_file = Some(write(dir.path(), "server.pem", &cert));
     settings.security.tls_key_file = Some(write(dir.path(), "server.key", &key));
     settings.security.tls_client_ca_file = Some(write(dir.path(), "ca.pem", &ca_pem));
-    let server = TlsServer::start(settings).await;
+    let server = tls_server(settings).await;
     let tls = |common_name: &str| {
-        let (cert, key) = issue(
-            Vec::new(),
-            common_name,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-            &ca,
-        );
-        let config = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&ca_pem))
-            .domain_name("localhost")
-            .identity(Identity::from_pem(cert, key));
-        Channel::from_shared(format!("https://{}", server.addr))
-            .expect("uri")
-            .tls_config(config)
-            .expect("tls")
-            .connect_lazy()
+        tls_channel(
+            server.addr,
+            &ca_pem,
+            Some(client_identity(common_name, &ca)),
+        )
     };
     let mut console = ConsentServiceClient::new(tls("console.internal"));
     console
@@ -342,49 +277,9 @@ async fn a_caller_without_certificate_names_accepts_no_certificate() {
 
 /// A server with TLS on its main listener, and a plaintext health listener
 /// to see it serving.
-struct TlsServer {
-    addr: std::net::SocketAddr,
-    db: TestDb,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TlsServer {
-    async fn start(mut settings: privacy_records::config::Settings) -> TlsServer {
-        settings.security.health_listen = Some("127.0.0.1:0".parse().expect("addr"));
-        let db = TestDb::new().await;
-        let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
-        let app = Application::build(settings, pool).await.expect("build");
-        let addr = app.local_addr();
-        let health = app.health_addr().expect("health listener");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            app.run_until(async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("run");
-        });
-        let probe = Channel::from_shared(format!("http://{health}"))
-            .expect("uri")
-            .connect_lazy();
-        wait_until("health over the probe port", || serving(&probe)).await;
-        TlsServer {
-            addr,
-            db,
-            stop,
-            task,
-        }
-    }
-
-    async fn finish(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(common::PATIENCE, self.task)
-            .await
-            .expect("stops")
-            .expect("task");
-        self.db.drop_db().await;
-    }
+async fn tls_server(mut settings: privacy_records::config::Settings) -> TestServer {
+    settings.security.health_listen = Some("127.0.0.1:0".parse().expect("addr"));
+    TestServer::start_with(settings).await
 }
 
 /// A raw TCP connection from `from` (a loopback address) that sends nothing.
@@ -423,24 +318,12 @@ fn tls_settings(
     dir: &Path,
     ca: &rcgen::Issuer<'_, rcgen::KeyPair>,
 ) -> privacy_records::config::Settings {
-    let (cert, key) = server_pair(ca);
+    let (cert, key) = server_pair(&["localhost"], ca);
     let mut settings = test_settings();
     settings.security.callers_file = Some(write(dir, "callers.toml", &callers_toml()));
     settings.security.tls_cert_file = Some(write(dir, "server.pem", &cert));
     settings.security.tls_key_file = Some(write(dir, "server.key", &key));
     settings
-}
-
-fn tls_channel(addr: std::net::SocketAddr, ca_pem: &str) -> Channel {
-    Channel::from_shared(format!("https://{addr}"))
-        .expect("uri")
-        .tls_config(
-            ClientTlsConfig::new()
-                .ca_certificate(Certificate::from_pem(ca_pem))
-                .domain_name("localhost"),
-        )
-        .expect("tls")
-        .connect_lazy()
 }
 
 #[tokio::test]
@@ -450,7 +333,7 @@ async fn half_open_tls_connections_are_closed_after_the_handshake_timeout() {
     let mut settings = tls_settings(dir.path(), &ca);
     settings.handshake_timeout = Duration::from_millis(300);
     settings.max_connections = 20;
-    let server = TlsServer::start(settings).await;
+    let server = tls_server(settings).await;
 
     // The cap filled with connections that never finish their handshake:
     // some send nothing, some the first bytes of a ClientHello.
@@ -471,7 +354,7 @@ async fn half_open_tls_connections_are_closed_after_the_handshake_timeout() {
             "a half-open connection was kept"
         );
     }
-    console_answers(tls_channel(server.addr, &ca_pem)).await;
+    console_answers(tls_channel(server.addr, &ca_pem, None)).await;
     server.finish().await;
 }
 

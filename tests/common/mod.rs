@@ -4,10 +4,13 @@
 //! (`CREATE DATABASE t TEMPLATE tmpl`). Servers run in-process on port 0.
 #![allow(dead_code)]
 
+pub mod clients;
 pub mod raw;
 pub mod replica;
+pub mod tls;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use privacy_records::config::Settings;
@@ -132,49 +135,63 @@ async fn build_template(admin_url: &str, template_url: &str, name: &str) {
         .expect("unlock");
 }
 
-/// A fresh, migrated database for one test.
+/// A fresh, migrated database for one test. The harness drops it when the
+/// test is done with it: by `drop_db`/`TestServer::finish`, or else when the
+/// value is dropped, so a test that fails (panics) does not leave its
+/// database behind in the shared cluster.
 pub struct TestDb {
     pub name: String,
     pub url: String,
+    /// Whether this value drops the database: false for an alias of
+    /// another test's database, or one the harness did not create.
+    owned: bool,
+    dropped: AtomicBool,
 }
 
 impl TestDb {
     pub async fn new() -> TestDb {
         let cluster = cluster().await;
         let name = format!("t_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&cluster.admin_url)
-            .await
-            .expect("connect admin");
         let sql = format!(
             "CREATE DATABASE \"{name}\" TEMPLATE \"{}\"",
             cluster.template
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut admin)
-            .await
-            .expect("create test db");
-        TestDb {
-            url: (cluster.url_of)(&name),
-            name,
-        }
+        create(cluster, sql).await;
+        TestDb::owned(cluster, name)
     }
 
     /// An empty database, not migrated.
     pub async fn empty() -> TestDb {
         let cluster = cluster().await;
         let name = format!("e_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = PgConnection::connect(&cluster.admin_url)
-            .await
-            .expect("connect admin");
-        let sql = format!("CREATE DATABASE \"{name}\"");
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut admin)
-            .await
-            .expect("create db");
+        create(cluster, format!("CREATE DATABASE \"{name}\"")).await;
+        TestDb::owned(cluster, name)
+    }
+
+    fn owned(cluster: &Cluster, name: String) -> TestDb {
         TestDb {
             url: (cluster.url_of)(&name),
             name,
+            owned: true,
+            dropped: AtomicBool::new(false),
         }
+    }
+
+    /// A database this value never drops: one the harness did not create
+    /// (e.g. in a test's own cluster).
+    pub fn unowned(name: &str, url: &str) -> TestDb {
+        TestDb {
+            name: name.into(),
+            url: url.into(),
+            owned: false,
+            dropped: AtomicBool::new(false),
+        }
+    }
+
+    /// The same database for a second server or reader; the original still
+    /// owns (and drops) it.
+    pub fn alias(&self) -> TestDb {
+        TestDb::unowned(&self.name, &self.url)
     }
 
     pub async fn pool(&self) -> PgPool {
@@ -182,12 +199,68 @@ impl TestDb {
     }
 
     pub async fn drop_db(&self) {
+        if !self.owned || self.dropped.swap(true, Ordering::SeqCst) {
+            return;
+        }
         let cluster = cluster().await;
-        if let Ok(mut admin) = PgConnection::connect(&cluster.admin_url).await {
-            let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-            let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&mut admin)
-                .await;
+        drop_database(&cluster.admin_url, &self.name).await;
+    }
+}
+
+async fn create(cluster: &Cluster, sql: String) {
+    let mut admin = PgConnection::connect(&cluster.admin_url)
+        .await
+        .expect("connect admin");
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .execute(&mut admin)
+        .await
+        .expect("create test db");
+}
+
+/// Best effort: a database left behind is garbage, not a failure.
+async fn drop_database(admin_url: &str, name: &str) {
+    if let Ok(mut admin) = PgConnection::connect(admin_url).await {
+        let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await;
+    }
+}
+
+/// How long dropping a test database may hold up the end of a test.
+const DROP_PATIENCE: Duration = Duration::from_secs(10);
+
+impl Drop for TestDb {
+    /// Drop runs inside the test's runtime, maybe while it unwinds from a
+    /// panic, so it must neither block on that runtime nor panic: the DROP
+    /// runs on a thread of its own with its own small runtime, and the wait
+    /// for it is bounded.
+    fn drop(&mut self) {
+        if !self.owned || self.dropped.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Some(cluster) = CLUSTER.get() else {
+            return;
+        };
+        let (admin_url, name) = (cluster.admin_url.clone(), self.name.clone());
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("drop-test-db".into())
+            .spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    runtime.block_on(async {
+                        let _ =
+                            tokio::time::timeout(DROP_PATIENCE, drop_database(&admin_url, &name))
+                                .await;
+                    });
+                }
+                let _ = done.send(());
+            });
+        if spawned.is_ok() {
+            let _ = finished.recv_timeout(DROP_PATIENCE + Duration::from_secs(1));
         }
     }
 }
@@ -252,9 +325,12 @@ impl TestServer {
         Self::run(db, app).await
     }
 
-    /// Runs a built application on `db` until the test stops it.
+    /// Runs a built application on `db` until the test stops it. Health is
+    /// asked on the plaintext health listener when there is one (the main
+    /// listener may speak TLS only).
     pub async fn run(db: TestDb, app: Application) -> TestServer {
         let addr = app.local_addr();
+        let health_addr = app.health_addr().unwrap_or(addr);
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             app.run_until(async {
@@ -269,8 +345,12 @@ impl TestServer {
         let server = TestServer {
             addr,
             db,
-            consent: ConsentServiceClient::new(channel.clone()),
-            health: HealthClient::new(channel),
+            consent: ConsentServiceClient::new(channel),
+            health: HealthClient::new(
+                Channel::from_shared(format!("http://{health_addr}"))
+                    .expect("uri")
+                    .connect_lazy(),
+            ),
             stop: Some(stop),
             task: Some(task),
         };
@@ -338,13 +418,25 @@ impl TestServer {
     }
 }
 
+/// How often the waiting helpers look again.
+const POLL: Duration = Duration::from_millis(20);
+
 /// Polls `condition` until it holds, failing the test after `PATIENCE`.
-pub async fn wait_until<F, Fut>(what: &str, mut condition: F)
+pub async fn wait_until<F, Fut>(what: &str, condition: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
+    wait_within(PATIENCE, what, condition).await
+}
+
+/// Polls `condition` until it holds, failing the test after `timeout`.
+pub async fn wait_within<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if condition().await {
             return;
@@ -352,7 +444,26 @@ where
         if tokio::time::Instant::now() > deadline {
             panic!("timed out waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Retries `attempt` until it gives a value, failing the test after
+/// `timeout` (like `wait_within`, with state kept across attempts).
+pub async fn eventually<T>(
+    timeout: Duration,
+    what: &str,
+    mut attempt: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = attempt().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(POLL).await;
     }
 }
 

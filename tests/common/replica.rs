@@ -10,20 +10,9 @@ use sqlx::{Connection, PgConnection};
 
 use super::{PATIENCE, cluster, wait_until};
 
-/// Retries `attempt` until it gives a value, failing the test after
-/// `PATIENCE` (like `wait_until`, with state kept across attempts).
-async fn eventually<T>(what: &str, mut attempt: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Some(v) = attempt().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+/// Retries `attempt` until it gives a value, failing after `PATIENCE`.
+async fn eventually<T>(what: &str, attempt: impl AsyncFnMut() -> Option<T>) -> T {
+    super::eventually(PATIENCE, what, attempt).await
 }
 
 pub struct Replica {
