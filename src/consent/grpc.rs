@@ -2,13 +2,11 @@
 //! use case, encode. Nothing else happens here.
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch as signal;
 use tonic::{Request, Response, Status};
 
 use super::cache::DecisionCache;
@@ -18,15 +16,15 @@ use super::model::{
     self as m, ConsentModel, ConsentRecord, Decision, Evidence, EvidenceKind, NewConsent,
     PolicyVersion, Purpose, PurposeFields, Source, Subject,
 };
+use super::queries;
 use super::service::{self, CheckQuery, PurposeMask, ReadAt, Recorded};
-use super::store;
+pub use super::watch::WatchSettings;
+use super::watch::{self, Start};
 use crate::caller::Caller;
-use crate::changefeed;
 use crate::convert::{opt_timestamp, parse_opt_timestamp, parse_timestamp, timestamp};
 use crate::datasystems::model::parse_category;
 use crate::error::{Error, Result, Violations};
 use crate::idempotency::RequestId;
-use crate::journal::ChangeKind;
 use crate::names::{Jurisdiction, PurposeKey, SubjectId};
 use crate::proto;
 use crate::proto::consent_service_server::ConsentService;
@@ -37,19 +35,12 @@ use crate::tokens::{ConsistencyToken, FeedPosition, PageToken, page_size};
 pub use crate::rpc::CONSISTENCY_HEADER;
 const MAX_BATCH: usize = 1000;
 
-/// How watch streams behave.
-#[derive(Debug, Clone)]
-pub struct WatchSettings {
-    pub poll_interval: Duration,
-    pub heartbeat: Duration,
-}
-
 pub struct ConsentApi {
     /// The primary: writes, and reads that are not routed.
     pool: PgPool,
     reads: Reads,
     watch: WatchSettings,
-    shutdown: watch::Receiver<bool>,
+    shutdown: signal::Receiver<bool>,
     keys: crate::keys::Keyring,
     cache: DecisionCache,
     /// RecordConsent's writes, grouped into shared commits.
@@ -62,7 +53,7 @@ impl ConsentApi {
     pub fn new(
         reads: Reads,
         watch: WatchSettings,
-        shutdown: watch::Receiver<bool>,
+        shutdown: signal::Receiver<bool>,
         keys: crate::keys::Keyring,
         cache: DecisionCache,
         batching: Batching,
@@ -241,6 +232,31 @@ fn policy_to_proto(v: &PolicyVersion) -> proto::PolicyVersion {
         material: v.material,
         summary: v.summary.clone(),
         publish_time: Some(timestamp(v.publish_time)),
+    }
+}
+
+fn watch_to_proto(b: &watch::Batch) -> proto::WatchConsentChangesResponse {
+    proto::WatchConsentChangesResponse {
+        changes: b.changes.iter().map(change_to_proto).collect(),
+        resume_token: b.resume.encode(),
+    }
+}
+
+fn change_to_proto(c: &watch::Change) -> proto::ConsentChange {
+    let kind = match c.kind {
+        watch::Kind::ConsentRecorded => proto::ConsentChangeKind::ConsentRecorded,
+        watch::Kind::PurposeChanged => proto::ConsentChangeKind::PurposeChanged,
+        watch::Kind::PolicyVersionPublished => proto::ConsentChangeKind::PolicyVersionPublished,
+        watch::Kind::SubjectChanged => proto::ConsentChangeKind::SubjectChanged,
+        watch::Kind::SubjectErased => proto::ConsentChangeKind::SubjectErasure,
+    };
+    proto::ConsentChange {
+        kind: kind as i32,
+        subject_id: c.subject_id.clone().unwrap_or_default(),
+        purpose: c.purpose.clone().unwrap_or_default(),
+        record: c.record.as_ref().map(record_to_proto),
+        policy_version: c.policy_version.clone().unwrap_or_default(),
+        change_time: Some(timestamp(c.change_time)),
     }
 }
 
@@ -646,10 +662,7 @@ impl ConsentService for ConsentApi {
     ) -> Result<Response<proto::Purpose>, Status> {
         let req = request.into_inner();
         let key = PurposeKey::parse_name(&req.name).map_err(|e| Error::invalid("name", e))?;
-        let mut conn = self.pool.acquire().await.map_err(Error::from)?;
-        let purpose = store::get_purpose(&mut conn, &key, false)
-            .await?
-            .ok_or_else(|| Error::NotFound(key.name()))?;
+        let purpose = queries::get_purpose(&self.pool, &key).await?;
         Ok(Response::new(purpose_to_proto(&purpose)))
     }
 
@@ -667,7 +680,7 @@ impl ConsentService for ConsentApi {
         let (Some(limit), Some(after)) = (limit, after) else {
             return Err(v.into_error().into());
         };
-        let purposes = store::list_purposes(&self.pool, after.as_deref(), limit + 1).await?;
+        let purposes = queries::list_purposes(&self.pool, after.as_deref(), limit + 1).await?;
         let (page, next) = paginate(purposes, limit, |p| {
             PageToken::encode("purposes", &p.key.as_str())
         });
@@ -756,16 +769,14 @@ impl ConsentService for ConsentApi {
         crate::rpc::note_request_id(&request_id);
         let ctx = Context::for_call(&caller, RECORD_CONSENT, &request_id);
         let fingerprint = crate::idempotency::fingerprint(&self.keys, RECORD_CONSENT, &req)?;
-        let outcome = crate::db::retry_on_conflict(|| {
-            service::record_consent(
-                &self.cache,
-                &self.writes,
-                &ctx,
-                &fingerprint,
-                &request_id,
-                &new,
-            )
-        })
+        let outcome = service::record_consent_retrying(
+            &self.cache,
+            &self.writes,
+            &ctx,
+            &fingerprint,
+            &request_id,
+            &new,
+        )
         .await;
         // RecordConsent refuses nothing for want of permission on a
         // resource, so unlike `rpc::mutate` it has no refusal to audit.
@@ -966,19 +977,16 @@ impl ConsentService for ConsentApi {
         else {
             return Err(v.into_error().into());
         };
-        let records = self
-            .reads
-            .read(token, |pool| {
-                store::list_records(
-                    &self.keys,
-                    pool,
-                    subject.as_ref(),
-                    purpose.as_ref(),
-                    after,
-                    limit + 1,
-                )
-            })
-            .await?;
+        let records = queries::list_records(
+            &self.keys,
+            &self.reads,
+            token,
+            subject.as_ref(),
+            purpose.as_ref(),
+            after,
+            limit + 1,
+        )
+        .await?;
         let (page, next) = paginate(records, limit, |r| PageToken::encode(&filters, &r.id));
         Ok(Response::new(proto::ListConsentRecordsResponse {
             records: page.iter().map(record_to_proto).collect(),
@@ -1018,19 +1026,22 @@ impl ConsentService for ConsentApi {
         };
         v.finish()?;
         let start = match resume {
-            Some(position) => position,
-            None if req.start_from_beginning => FeedPosition::BEGINNING,
-            None => changefeed::head(&self.pool).await?,
+            Some(position) => Start::At(position),
+            None if req.start_from_beginning => Start::Beginning,
+            None => Start::Head,
         };
-        let (tx, rx) = mpsc::channel(16);
-        let pool = self.pool.clone();
-        let settings = self.watch.clone();
-        let shutdown = self.shutdown.clone();
-        let keys = self.keys.clone();
-        tokio::spawn(watch_loop(
-            pool, keys, settings, shutdown, start, subject, tx,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let changes = watch::changes(
+            &self.pool,
+            &self.keys,
+            &self.watch,
+            self.shutdown.clone(),
+            start,
+            subject,
+        )
+        .await?;
+        Ok(Response::new(Box::pin(changes.map(|batch| {
+            batch.map(|b| watch_to_proto(&b)).map_err(Status::from)
+        }))))
     }
 
     async fn publish_policy_version(
@@ -1115,7 +1126,7 @@ impl ConsentService for ConsentApi {
         let (Some(limit), Some(after)) = (limit, after) else {
             return Err(v.into_error().into());
         };
-        let versions = store::list_policy_versions(&self.pool, after, limit + 1).await?;
+        let versions = queries::list_policy_versions(&self.pool, after, limit + 1).await?;
         let (page, next) = paginate(versions, limit, |p| {
             PageToken::encode("policy_versions", &(p.effective_time, &p.version_id))
         });
@@ -1148,9 +1159,14 @@ impl ConsentService for ConsentApi {
         let (Some(version_id), Some(limit), Some(after)) = (version_id, limit, after) else {
             return Err(v.into_error().into());
         };
-        let version = service::reconsent_version(&self.pool, version_id.as_deref()).await?;
-        let grants =
-            store::grants_predating(&self.keys, &self.pool, &version, after, limit + 1).await?;
+        let (version, grants) = queries::subjects_to_reconsent(
+            &self.keys,
+            &self.pool,
+            version_id.as_deref(),
+            after,
+            limit + 1,
+        )
+        .await?;
         let (page, next) = paginate(grants, limit, |r| {
             PageToken::encode(&filters, &(&r.subject_id, &r.purpose))
         });
@@ -1174,9 +1190,7 @@ impl ConsentService for ConsentApi {
     ) -> Result<Response<proto::Subject>, Status> {
         let req = request.into_inner();
         let subject = SubjectId::parse_name(&req.name).map_err(|e| Error::invalid("name", e))?;
-        let found = store::get_subject(&self.pool, &subject)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("subjects/{}", subject.as_str())))?;
+        let found = queries::get_subject(&self.pool, &subject).await?;
         Ok(Response::new(subject_to_proto(&found)))
     }
 
@@ -1231,115 +1245,5 @@ fn parse_sha256(raw: &str) -> Result<String, String> {
         Ok(raw.to_owned())
     } else {
         Err("must be 64 lowercase hex characters (the SHA-256 of the policy text)".into())
-    }
-}
-
-/// Feeds one watch stream until the client goes away, the server shuts
-/// down, or the database fails (the stream then ends with UNAVAILABLE and
-/// the client resumes from its last token).
-async fn watch_loop(
-    pool: PgPool,
-    keys: crate::keys::Keyring,
-    settings: WatchSettings,
-    mut shutdown: watch::Receiver<bool>,
-    start: FeedPosition,
-    subject: Option<SubjectId>,
-    tx: mpsc::Sender<Result<proto::WatchConsentChangesResponse, Status>>,
-) {
-    const BATCH: i64 = 500;
-    let mut position = start;
-    // The first message confirms the stream and hands out its start token.
-    let first = proto::WatchConsentChangesResponse {
-        changes: vec![],
-        resume_token: position.encode(),
-    };
-    if tx.send(Ok(first)).await.is_err() {
-        return;
-    }
-    let mut last_sent = Instant::now();
-    loop {
-        if *shutdown.borrow() {
-            let _ = tx.send(Err(Error::ShuttingDown.into())).await;
-            return;
-        }
-        let batch =
-            match changefeed::read(&pool, position, subject.as_ref().map(|s| s.as_str()), BATCH)
-                .await
-            {
-                Ok(batch) => batch,
-                Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
-            };
-        let full = batch.events.len() as i64 >= BATCH;
-        if !batch.events.is_empty() {
-            let ids: Vec<i64> = batch
-                .events
-                .iter()
-                .filter_map(|e| e.consent_record_id)
-                .collect();
-            let records = match store::records_by_id(&keys, &pool, &ids).await {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = tx.send(Err(e.into())).await;
-                    return;
-                }
-            };
-            let changes = batch
-                .events
-                .iter()
-                .filter_map(|e| {
-                    let kind = match e.kind {
-                        ChangeKind::ConsentRecorded => proto::ConsentChangeKind::ConsentRecorded,
-                        ChangeKind::PurposeChanged => proto::ConsentChangeKind::PurposeChanged,
-                        ChangeKind::PolicyVersionPublished => {
-                            proto::ConsentChangeKind::PolicyVersionPublished
-                        }
-                        ChangeKind::SubjectChanged => proto::ConsentChangeKind::SubjectChanged,
-                        ChangeKind::SubjectErased => proto::ConsentChangeKind::SubjectErasure,
-                        // Not a consent change: the stream's position moves past it.
-                        _ => return None,
-                    };
-                    Some(proto::ConsentChange {
-                        kind: kind as i32,
-                        subject_id: e.subject_id.clone().unwrap_or_default(),
-                        purpose: e.purpose_key.clone().unwrap_or_default(),
-                        record: e
-                            .consent_record_id
-                            .and_then(|id| records.get(&id))
-                            .map(record_to_proto),
-                        policy_version: e.policy_version.clone().unwrap_or_default(),
-                        change_time: Some(timestamp(e.change_time)),
-                    })
-                })
-                .collect::<Vec<_>>();
-            let response = proto::WatchConsentChangesResponse {
-                changes,
-                resume_token: batch.next.encode(),
-            };
-            if tx.send(Ok(response)).await.is_err() {
-                return;
-            }
-            last_sent = Instant::now();
-        } else if last_sent.elapsed() >= settings.heartbeat {
-            let heartbeat = proto::WatchConsentChangesResponse {
-                changes: vec![],
-                resume_token: batch.next.encode(),
-            };
-            if tx.send(Ok(heartbeat)).await.is_err() {
-                return;
-            }
-            last_sent = Instant::now();
-        }
-        position = batch.next;
-        if full {
-            continue;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(settings.poll_interval) => {}
-            _ = shutdown.changed() => {}
-            _ = tx.closed() => return,
-        }
     }
 }

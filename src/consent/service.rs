@@ -420,6 +420,25 @@ pub async fn record_consent(
     Err(Error::Conflict)
 }
 
+/// RecordConsent's use case: `record_consent`, run again (a bounded number
+/// of times) when its write hits a serialization failure or a deadlock.
+/// Unlike a mutation through `rpc::mutate` it refuses nothing for want of
+/// permission on a resource, so it has no refusal to audit.
+#[tracing::instrument(skip_all, fields(purpose = %new.purpose.as_str()))]
+pub async fn record_consent_retrying(
+    cache: &DecisionCache,
+    writes: &GroupCommit,
+    ctx: &Context,
+    fingerprint: &idempotency::Fingerprint,
+    request_id: &RequestId,
+    new: &NewConsent,
+) -> Result<Recorded> {
+    crate::db::retry_on_conflict(|| {
+        record_consent(cache, writes, ctx, fingerprint, request_id, new)
+    })
+    .await
+}
+
 /// A grant refused because its subject was erased.
 fn subject_erased(subject: &SubjectId) -> Error {
     Error::precondition(
@@ -853,26 +872,4 @@ pub async fn erase_subject(
         },
     )
     .await
-}
-
-/// The material version to list re-consent for: the named one (which must
-/// be material), or the latest material one in effect.
-pub async fn reconsent_version(pool: &PgPool, version_id: Option<&str>) -> Result<PolicyVersion> {
-    match version_id {
-        Some(id) => {
-            let version = store::get_policy_version(pool, id)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("policyVersions/{id}")))?;
-            if !version.material {
-                return Err(Error::invalid(
-                    "policy_version",
-                    "is not a material version",
-                ));
-            }
-            Ok(version)
-        }
-        None => store::latest_material_version(pool)
-            .await?
-            .ok_or_else(|| Error::NotFound("a material policy version in effect".into())),
-    }
 }
