@@ -17,7 +17,7 @@ use crate::tokens::ConsistencyToken;
 #[tracing::instrument(skip_all, fields(purpose = %key.as_str()))]
 pub async fn get_purpose(pool: &PgPool, key: &PurposeKey) -> Result<Purpose> {
     let mut conn = pool.acquire().await.map_err(Error::from)?;
-    store::get_purpose(&mut conn, key, false)
+    store::purposes::get_purpose(&mut conn, key, false)
         .await?
         .ok_or_else(|| Error::NotFound(key.name()))
 }
@@ -25,7 +25,7 @@ pub async fn get_purpose(pool: &PgPool, key: &PurposeKey) -> Result<Purpose> {
 /// Purposes by key, after `after`.
 #[tracing::instrument(skip_all, fields(limit = limit))]
 pub async fn list_purposes(pool: &PgPool, after: Option<&str>, limit: i64) -> Result<Vec<Purpose>> {
-    store::list_purposes(pool, after, limit).await
+    store::purposes::list_purposes(pool, after, limit).await
 }
 
 /// A page of the ledger, oldest first, optionally of one subject and one
@@ -42,7 +42,7 @@ pub async fn list_records(
 ) -> Result<Vec<ConsentRecord>> {
     reads
         .read(token, |pool| {
-            store::list_records(keys, pool, subject, purpose, after, limit)
+            store::ledger::list_records(keys, pool, subject, purpose, after, limit)
         })
         .await
 }
@@ -54,7 +54,7 @@ pub async fn list_policy_versions(
     after: Option<(DateTime<Utc>, String)>,
     limit: i64,
 ) -> Result<Vec<PolicyVersion>> {
-    store::list_policy_versions(pool, after, limit).await
+    store::policy_versions::list_policy_versions(pool, after, limit).await
 }
 
 /// The material version to list re-consent for: the named one (which must
@@ -63,7 +63,7 @@ pub async fn list_policy_versions(
 pub async fn reconsent_version(pool: &PgPool, version_id: Option<&str>) -> Result<PolicyVersion> {
     match version_id {
         Some(id) => {
-            let version = store::get_policy_version(pool, id)
+            let version = store::policy_versions::get_policy_version(pool, id)
                 .await?
                 .ok_or_else(|| Error::NotFound(format!("policyVersions/{id}")))?;
             if !version.material {
@@ -74,7 +74,7 @@ pub async fn reconsent_version(pool: &PgPool, version_id: Option<&str>) -> Resul
             }
             Ok(version)
         }
-        None => store::latest_material_version(pool)
+        None => store::policy_versions::latest_material_version(pool)
             .await?
             .ok_or_else(|| Error::NotFound("a material policy version in effect".into())),
     }
@@ -92,14 +92,15 @@ pub async fn subjects_to_reconsent(
     limit: i64,
 ) -> Result<(PolicyVersion, Vec<ConsentRecord>)> {
     let version = reconsent_version(pool, version_id).await?;
-    let grants = store::grants_predating(keys, pool, &version, after, limit).await?;
+    let grants =
+        store::policy_versions::grants_predating(keys, pool, &version, after, limit).await?;
     Ok((version, grants))
 }
 
 /// One subject, or NOT_FOUND.
 #[tracing::instrument(skip_all)]
 pub async fn get_subject(pool: &PgPool, subject: &SubjectId) -> Result<Subject> {
-    store::get_subject(pool, subject)
+    store::subjects::get_subject(pool, subject)
         .await?
         .ok_or_else(|| Error::NotFound(format!("subjects/{}", subject.as_str())))
 }

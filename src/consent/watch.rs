@@ -158,7 +158,7 @@ async fn feed(
                 .iter()
                 .filter_map(|e| e.consent_record_id)
                 .collect();
-            let records = match store::records_by_id(&keys, &pool, &ids).await {
+            let records = match store::ledger::records_by_id(&keys, &pool, &ids).await {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
