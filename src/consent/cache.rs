@@ -82,12 +82,12 @@ struct Catalog {
 
 impl Catalog {
     async fn load(pool: &PgPool) -> Result<Self> {
-        let purposes = store::all_purposes(pool)
+        let purposes = store::purposes::all_purposes(pool)
             .await?
             .into_iter()
             .map(|p| (p.key.as_str().to_owned(), p))
             .collect();
-        let material = store::material_versions(pool).await?;
+        let material = store::policy_versions::material_versions(pool).await?;
         Ok(Catalog { purposes, material })
     }
 
@@ -229,7 +229,7 @@ impl DecisionCache {
 
     /// The purpose as the catalogue last loaded it, which may be behind
     /// PostgreSQL: a writer checks against its revision (see
-    /// `store::record_consent`). None when the cache is off or lacks it.
+    /// `store::ledger::record_consent`). None when the cache is off or lacks it.
     pub fn purpose(&self, key: &PurposeKey) -> Option<Purpose> {
         let shared = self.shared.as_ref()?;
         shared.catalog().purposes.get(key.as_str()).cloned()
@@ -321,7 +321,7 @@ pub struct Loaded {
 
 /// Reads subjects' states in one query.
 async fn load(pool: &PgPool, subjects: &[&str]) -> Result<Loaded> {
-    let (states, snapshot) = store::subject_states(pool, subjects).await?;
+    let (states, snapshot) = store::decisions::subject_states(pool, subjects).await?;
     let with_evidence = states
         .iter()
         .any(|s| s.latest.iter().any(|r| r.evidence.is_some()));

@@ -1,6 +1,6 @@
 //! Group commit for RecordConsent: calls that arrive while earlier writes
 //! are committing are written together, in one statement and one durable
-//! commit (`store::append_many`), instead of one commit each.
+//! commit (`ledger::append_many`), instead of one commit each.
 //!
 //! What each caller still gets:
 //! - its entry, key, audit event and change event in one transaction, all
@@ -24,7 +24,7 @@ use sqlx::PgPool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::model::NewConsent;
-use super::store::{self, Appended, Pending, Writer};
+use super::store::ledger::{self, Appended, Pending, Writer};
 use crate::error::{Error, Result};
 use crate::keys::Keyring;
 
@@ -84,7 +84,7 @@ impl GroupCommit {
         &self.keys
     }
 
-    /// Writes `new` (see `store::record_consent`), grouped with other calls
+    /// Writes `new` (see `ledger::record_consent`), grouped with other calls
     /// unless it carries evidence.
     pub async fn record(
         &self,
@@ -95,7 +95,7 @@ impl GroupCommit {
         let fingerprint = match writer.fingerprint {
             Some(f) if new.evidence.is_none() && writer.method == self.method => f,
             _ => {
-                return store::record_consent(
+                return ledger::record_consent(
                     &self.keys,
                     &self.pool,
                     new,
@@ -199,7 +199,7 @@ async fn write(pool: &PgPool, keys: &Keyring, method: &str, mut batch: Vec<Call>
 async fn together(pool: &PgPool, method: &str, batch: &[Call]) -> Result<Option<Vec<Appended>>> {
     let entries: Vec<&Pending> = batch.iter().map(|c| &c.entry).collect();
     let mut tx = pool.begin().await?;
-    let outcomes = store::append_many(&mut tx, method, &entries).await?;
+    let outcomes = ledger::append_many(&mut tx, method, &entries).await?;
     if batch.iter().any(|c| c.reply.is_closed()) {
         tx.rollback().await?;
         return Ok(None);
@@ -208,7 +208,7 @@ async fn together(pool: &PgPool, method: &str, batch: &[Call]) -> Result<Option<
     Ok(Some(outcomes))
 }
 
-/// One call in a transaction of its own (`store::append`, which maps each
+/// One call in a transaction of its own (`ledger::append`, which maps each
 /// constraint to its error), committed if the caller is still waiting.
 async fn alone(
     pool: &PgPool,
@@ -225,7 +225,7 @@ async fn alone(
         fingerprint: Some(&e.fingerprint),
     };
     let mut tx = pool.begin().await?;
-    let appended = store::append(keys, &mut tx, &e.new, e.purpose_revision, &writer).await?;
+    let appended = ledger::append(keys, &mut tx, &e.new, e.purpose_revision, &writer).await?;
     if let Appended::Written(..) = appended {
         if call.reply.is_closed() {
             tx.rollback().await?;

@@ -6,5 +6,7 @@ pub mod decision;
 pub mod group_commit;
 pub mod grpc;
 pub mod model;
+pub mod queries;
 pub mod service;
 pub mod store;
+pub mod watch;

@@ -33,9 +33,9 @@ pub async fn create_purpose(
     fields: &PurposeFields,
 ) -> Result<(Purpose, ConsistencyToken)> {
     require_categories(conn, &fields.excluded_categories).await?;
-    store::create_purpose(conn, key, fields).await?;
+    store::purposes::create_purpose(conn, key, fields).await?;
     let made = make_promises(conn, ctx, key, fields, &[]).await?;
-    let purpose = store::get_purpose(conn, key, false)
+    let purpose = store::purposes::get_purpose(conn, key, false)
         .await?
         .ok_or_else(|| Error::Internal(format!("{} vanished", key.name())))?;
     let name = key.name();
@@ -77,7 +77,7 @@ async fn make_promises(
         if unlifted.contains(&scope) {
             continue;
         }
-        store::make_promise(
+        store::purposes::make_promise(
             conn,
             key,
             scope.as_deref(),
@@ -161,7 +161,7 @@ pub async fn update_purpose(
     etag: Option<&str>,
     lift_version: Option<&str>,
 ) -> Result<(Purpose, ConsistencyToken)> {
-    let current = store::get_purpose(conn, key, true)
+    let current = store::purposes::get_purpose(conn, key, true)
         .await?
         .ok_or_else(|| Error::NotFound(key.name()))?;
     if let Some(etag) = etag
@@ -219,12 +219,18 @@ pub async fn update_purpose(
         .filter(|p| !fields.keep(p.jurisdiction.as_deref(), &p.exceptions))
         .collect();
     let version = lifting_version(conn, key, &weakened, lift_version).await?;
-    let purpose = store::update_purpose(conn, key, &fields).await?;
+    let purpose = store::purposes::update_purpose(conn, key, &fields).await?;
     let mut lifted = Vec::with_capacity(weakened.len());
     if let Some(version) = &version {
         for promise in &weakened {
-            let effective =
-                store::lift_promise(conn, promise.id, version, &ctx.actor, &ctx.request_id).await?;
+            let effective = store::purposes::lift_promise(
+                conn,
+                promise.id,
+                version,
+                &ctx.actor,
+                &ctx.request_id,
+            )
+            .await?;
             lifted.push(json!({
                 "promise": promise.name(key),
                 "jurisdiction": promise.jurisdiction.as_deref().unwrap_or_default(),
@@ -242,7 +248,7 @@ pub async fn update_purpose(
     let purpose = if lifted.is_empty() && made.is_empty() {
         purpose
     } else {
-        store::get_purpose(conn, key, false)
+        store::purposes::get_purpose(conn, key, false)
             .await?
             .ok_or_else(|| Error::Internal(format!("{} vanished", key.name())))?
     };
@@ -311,7 +317,7 @@ async fn lifting_version(
         }
         (Some(_), Some(id)) => id,
     };
-    let version = store::get_policy_version(&mut *conn, version_id)
+    let version = store::policy_versions::get_policy_version(&mut *conn, version_id)
         .await?
         .ok_or_else(|| {
             Error::precondition(
@@ -374,7 +380,7 @@ pub async fn record_consent(
     request_id: &RequestId,
     new: &NewConsent,
 ) -> Result<Recorded> {
-    let writer = store::Writer {
+    let writer = store::ledger::Writer {
         actor: &ctx.actor,
         scope: &ctx.request_id_scope,
         method: ctx.method,
@@ -391,7 +397,7 @@ pub async fn record_consent(
             Some(purpose) => purpose,
             None => {
                 let mut conn = writes.pool().acquire().await?;
-                let purpose = store::get_purpose(&mut conn, &new.purpose, false)
+                let purpose = store::purposes::get_purpose(&mut conn, &new.purpose, false)
                     .await?
                     .ok_or_else(|| Error::NotFound(new.purpose.name()))?;
                 check_recordable(&purpose, new)?;
@@ -399,7 +405,7 @@ pub async fn record_consent(
             }
         };
         match writes.record(new, purpose.revision, &writer).await? {
-            store::Appended::Written(record, xid) => {
+            store::ledger::Appended::Written(record, xid) => {
                 let token = journal::recorded(
                     ChangeKind::ConsentRecorded,
                     Some(new.subject_id.as_str()),
@@ -408,16 +414,35 @@ pub async fn record_consent(
                 journal::LOCAL_WRITES.committed();
                 return Ok(Recorded::Entry(record, token));
             }
-            store::Appended::RequestIdUsed => {
+            store::ledger::Appended::RequestIdUsed => {
                 let (keys, pool) = (writes.keys(), writes.pool());
                 let key = idempotency::Key::new(&ctx.request_id_scope, request_id);
                 return earlier_call(keys, pool, key, ctx.method, fingerprint).await;
             }
-            store::Appended::PurposeRevised => continue,
-            store::Appended::SubjectErased => return Err(subject_erased(&new.subject_id)),
+            store::ledger::Appended::PurposeRevised => continue,
+            store::ledger::Appended::SubjectErased => return Err(subject_erased(&new.subject_id)),
         }
     }
     Err(Error::Conflict)
+}
+
+/// RecordConsent's use case: `record_consent`, run again (a bounded number
+/// of times) when its write hits a serialization failure or a deadlock.
+/// Unlike a mutation through `rpc::mutate` it refuses nothing for want of
+/// permission on a resource, so it has no refusal to audit.
+#[tracing::instrument(skip_all, fields(purpose = %new.purpose.as_str()))]
+pub async fn record_consent_retrying(
+    cache: &DecisionCache,
+    writes: &GroupCommit,
+    ctx: &Context,
+    fingerprint: &idempotency::Fingerprint,
+    request_id: &RequestId,
+    new: &NewConsent,
+) -> Result<Recorded> {
+    crate::db::retry_on_conflict(|| {
+        record_consent(cache, writes, ctx, fingerprint, request_id, new)
+    })
+    .await
 }
 
 /// A grant refused because its subject was erased.
@@ -442,7 +467,7 @@ pub async fn append_decision(
     ctx: &Context,
     new: &NewConsent,
 ) -> Result<(ConsentRecord, ConsistencyToken)> {
-    let writer = store::Writer {
+    let writer = store::ledger::Writer {
         actor: &ctx.actor,
         scope: &ctx.request_id_scope,
         method: ctx.method,
@@ -450,19 +475,19 @@ pub async fn append_decision(
         fingerprint: None,
     };
     for _ in 0..PURPOSE_ATTEMPTS {
-        let purpose = store::get_purpose(conn, &new.purpose, false)
+        let purpose = store::purposes::get_purpose(conn, &new.purpose, false)
             .await?
             .ok_or_else(|| Error::NotFound(new.purpose.name()))?;
         check_recordable(&purpose, new)?;
-        match store::append(keys, conn, new, purpose.revision, &writer).await? {
-            store::Appended::Written(record, xid) => {
+        match store::ledger::append(keys, conn, new, purpose.revision, &writer).await? {
+            store::ledger::Appended::Written(record, xid) => {
                 let subject = Some(new.subject_id.as_str());
                 let token = journal::recorded(ChangeKind::ConsentRecorded, subject, xid);
                 return Ok((*record, token));
             }
-            store::Appended::PurposeRevised => continue,
-            store::Appended::SubjectErased => return Err(subject_erased(&new.subject_id)),
-            store::Appended::RequestIdUsed => {
+            store::ledger::Appended::PurposeRevised => continue,
+            store::ledger::Appended::SubjectErased => return Err(subject_erased(&new.subject_id)),
+            store::ledger::Appended::RequestIdUsed => {
                 return Err(Error::Internal(
                     "an entry without an idempotency key hit one".into(),
                 ));
@@ -493,7 +518,7 @@ async fn earlier_call(
     );
     match stored {
         Stored::ConsentRecord(id, token) => {
-            let record = store::records_by_id(keys, pool, &[id])
+            let record = store::ledger::records_by_id(keys, pool, &[id])
                 .await?
                 .remove(&id)
                 .ok_or_else(|| Error::Internal(format!("consent record {id} is missing")))?;
@@ -586,7 +611,7 @@ pub async fn check(
     let (rows, snapshot) = reads
         .read_checked(
             token,
-            |pool| store::decision_inputs(keys, pool, &pairs, as_of),
+            |pool| store::decisions::decision_inputs(keys, pool, &pairs, as_of),
             |(_, snapshot)| Some(snapshot.xmin),
         )
         .await?;
@@ -596,8 +621,8 @@ pub async fn check(
 /// The decisions for the rows read, and the token of the snapshot read.
 fn decide_all(
     queries: &[CheckQuery],
-    rows: &[store::DecisionRow],
-    snapshot: &store::Snapshot,
+    rows: &[store::decisions::DecisionRow],
+    snapshot: &store::decisions::Snapshot,
 ) -> Result<CheckAnswers> {
     let mut outcomes = Vec::with_capacity(rows.len());
     for (query, row) in queries.iter().zip(rows) {
@@ -715,7 +740,7 @@ async fn consent_state_on(
     gpc_signal: bool,
     as_of: Option<DateTime<Utc>>,
 ) -> Result<(Vec<CheckQuery>, CheckAnswers, i64)> {
-    let (purposes, purposes_xmin) = store::all_purpose_keys(pool).await?;
+    let (purposes, purposes_xmin) = store::purposes::all_purpose_keys(pool).await?;
     let queries = state_queries(subject, purposes, jurisdiction, gpc_signal);
     if queries.is_empty() {
         let answers = CheckAnswers {
@@ -730,7 +755,7 @@ async fn consent_state_on(
         .iter()
         .map(|q| (q.subject.clone(), q.purpose.clone()))
         .collect();
-    let (rows, snapshot) = store::decision_inputs(keys, pool, &pairs, as_of).await?;
+    let (rows, snapshot) = store::decisions::decision_inputs(keys, pool, &pairs, as_of).await?;
     let xmin = purposes_xmin.min(snapshot.xmin);
     let answers = decide_all(&queries, &rows, &snapshot)?;
     Ok((queries, answers, xmin))
@@ -741,7 +766,7 @@ pub async fn publish_policy_version(
     ctx: &Context,
     version: &PolicyVersion,
 ) -> Result<(PolicyVersion, ConsistencyToken)> {
-    let published = store::publish_policy_version(
+    let published = store::policy_versions::publish_policy_version(
         conn,
         &version.version_id,
         version.effective_time,
@@ -779,8 +804,8 @@ pub async fn set_minor_status(
     parental_consent: bool,
     reason: &str,
 ) -> Result<(Subject, ConsistencyToken)> {
-    let was_minor = store::is_minor(conn, subject).await?;
-    let updated = store::set_minor(conn, subject, minor).await?;
+    let was_minor = store::subjects::is_minor(conn, subject).await?;
+    let updated = store::subjects::set_minor(conn, subject, minor).await?;
     let target = format!("subjects/{}", subject.as_str());
     let erasure_tasks = if minor && !was_minor && !parental_consent {
         let tasks = crate::retention::store::erase_minor(conn, subject.as_str()).await?;
@@ -853,26 +878,4 @@ pub async fn erase_subject(
         },
     )
     .await
-}
-
-/// The material version to list re-consent for: the named one (which must
-/// be material), or the latest material one in effect.
-pub async fn reconsent_version(pool: &PgPool, version_id: Option<&str>) -> Result<PolicyVersion> {
-    match version_id {
-        Some(id) => {
-            let version = store::get_policy_version(pool, id)
-                .await?
-                .ok_or_else(|| Error::NotFound(format!("policyVersions/{id}")))?;
-            if !version.material {
-                return Err(Error::invalid(
-                    "policy_version",
-                    "is not a material version",
-                ));
-            }
-            Ok(version)
-        }
-        None => store::latest_material_version(pool)
-            .await?
-            .ok_or_else(|| Error::NotFound("a material policy version in effect".into())),
-    }
 }
