@@ -9,9 +9,8 @@ use common::clients::{claim, file_request, register_system};
 use common::tls::{sha, with_token, write};
 use common::{TestServer, error_reason, request_id, test_settings};
 use privacy_records::proto::{
-    self, ClaimTasksRequest, CreatePrivacyRequestRequest, DataAction,
-    FieldCorrection, RegisterDataSystemRequest, RequestType, Task,
-    VerifyPrivacyRequestIdentityRequest,
+    self, ClaimTasksRequest, CreatePrivacyRequestRequest, DataAction, FieldCorrection,
+    RegisterDataSystemRequest, RequestType, Task, VerifyPrivacyRequestIdentityRequest,
 };
 use sha2::{Digest, Sha256};
 use tonic::Code;
