@@ -120,6 +120,16 @@ impl Reads {
         }
     }
 
+    /// With a replica: how far behind it is (`None` while unknown: down,
+    /// or not yet probed) and how far it may be. `None` without a replica.
+    pub fn replica_lag(&self) -> Option<(Option<Duration>, Duration)> {
+        let replica = self.replica.as_ref()?;
+        let current_ms = replica.current_ms.load(Ordering::Relaxed);
+        let lag = (current_ms != 0)
+            .then(|| (replica.epoch + Duration::from_millis(current_ms)).elapsed());
+        Some((lag, replica.max_lag))
+    }
+
     /// Runs `read` on the replica when it is fresh enough for `token`, else
     /// on the primary. For reads that cannot tell their own snapshot.
     pub async fn read<'a, T, F, Fut>(

@@ -23,7 +23,7 @@ use crate::consent::cache::{CacheSettings, DecisionCache};
 use crate::consent::group_commit::Batching;
 use crate::consent::grpc::{ConsentApi, WatchSettings};
 use crate::datasystems::grpc::DataSystemApi;
-use crate::metrics::Metrics;
+use crate::metrics::{CacheReading, Metrics};
 use crate::middleware::RpcLayer;
 use crate::proto::audit_service_server::AuditServiceServer;
 use crate::proto::consent_service_server::ConsentServiceServer;
@@ -269,6 +269,19 @@ impl Application {
             max_staleness: settings.cache_max_staleness,
             poll_interval: settings.cache_poll_interval,
         });
+        metrics.cache().watch({
+            let cache = cache.clone();
+            move || {
+                let stats = cache.stats();
+                CacheReading {
+                    entries: u64::try_from(stats.subjects).unwrap_or(u64::MAX),
+                    hits: stats.hits,
+                    loads: stats.loads,
+                    passes: stats.passes,
+                    staleness: cache.staleness(),
+                }
+            }
+        });
         let follower = tokio::spawn(cache.clone().follow(pool.clone(), stop_rx.clone()));
         let notifier = tokio::spawn(crate::consent::cache::notify_others(
             pool.clone(),
@@ -290,6 +303,7 @@ impl Application {
                 max: settings.write_batch_max,
                 workers: settings.write_batch_workers,
             },
+            metrics.decisions().clone(),
         ))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
@@ -314,9 +328,14 @@ impl Application {
                 .unwrap_or(i32::MAX),
             idempotency_key_ttl: settings.idempotency_key_ttl,
         };
-        let sweeper = settings
-            .retention_sweeper
-            .then(|| tokio::spawn(sweeper::run(pool.clone(), sweep, stop_rx.clone())));
+        let sweeper = settings.retention_sweeper.then(|| {
+            tokio::spawn(sweeper::run(
+                pool.clone(),
+                sweep,
+                metrics.sweeps().clone(),
+                stop_rx.clone(),
+            ))
+        });
         let retention = RetentionServiceServer::new(RetentionApi::new(
             reads.clone(),
             sweep,
@@ -340,9 +359,13 @@ impl Application {
         ));
         let (refusals_stop_tx, refusals_stop_rx) = watch::channel(false);
         let refusal_counter = tokio::spawn(refusals.clone().run(refusals_stop_rx));
-        let audit = AuditServiceServer::new(AuditApi::new(reads.clone(), settings.keys.clone()))
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit);
+        let audit = AuditServiceServer::new(AuditApi::new(
+            reads.clone(),
+            settings.keys.clone(),
+            metrics.verifications().clone(),
+        ))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
 
         // Connections beyond the caps are closed at once; admitted ones close
         // themselves when late or idle (see `connections`). Small answers of
@@ -422,7 +445,7 @@ impl Application {
         // The state gauges are sampled only where someone can read them.
         let state_sampler = metrics_listener.as_ref().map(|_| {
             tokio::spawn(metrics.state().clone().run(
-                pool.clone(),
+                reads.clone(),
                 ready_rx.clone(),
                 settings.metrics_state_interval,
                 stop_rx.clone(),

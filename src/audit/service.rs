@@ -8,6 +8,7 @@ use super::sealer::{self, Verification};
 use super::store;
 use crate::error::Result;
 use crate::keys::Keyring;
+use crate::metrics::VerificationMetrics;
 use crate::reads::Reads;
 use crate::rpc::paginate;
 use crate::tokens::PageToken;
@@ -34,7 +35,10 @@ pub async fn verify(
     pool: &PgPool,
     keys: &Keyring,
     anchor: Option<&Anchor>,
+    metrics: &VerificationMetrics,
 ) -> Result<Verification> {
     let mut conn = pool.acquire().await?;
-    sealer::verify(&mut conn, keys, anchor).await
+    let found = sealer::verify(&mut conn, keys, anchor).await?;
+    metrics.verified(found.broken.is_none());
+    Ok(found)
 }

@@ -182,6 +182,20 @@ impl DecisionCache {
         }
     }
 
+    /// How long ago the cache was last known to be exactly PostgreSQL;
+    /// `None` when it never was or the cache is off.
+    pub fn staleness(&self) -> Option<Duration> {
+        let shared = self.shared.as_ref()?;
+        let fresh = shared.fresh_as_of.load(Ordering::Acquire);
+        (fresh != 0).then(|| {
+            Duration::from_nanos(
+                shared
+                    .nanos_since_epoch(Instant::now())
+                    .saturating_sub(fresh),
+            )
+        })
+    }
+
     /// Answers every query from the cache (loading missing subjects), or
     /// `None` when the check must be answered by PostgreSQL: the cache is
     /// off, behind the token or too stale, a subject was written here and

@@ -17,6 +17,7 @@ use crate::error::{Error, FieldViolation, Result};
 use crate::idempotency::{self, RequestId, Stored};
 use crate::journal::{self, ChangeEntry, ChangeKind};
 use crate::keys::Keyring;
+use crate::metrics::DecisionMetrics;
 use crate::names::{Jurisdiction, PurposeKey, SubjectId};
 use crate::proto::ErrorReason;
 use crate::reads::Reads;
@@ -667,13 +668,19 @@ pub async fn check_cached(
     reads: &Reads,
     queries: &[CheckQuery],
     read: ReadAt,
+    decisions: &DecisionMetrics,
 ) -> Result<CheckAnswers> {
-    if read.as_of.is_none()
+    let answers = if read.as_of.is_none()
         && let Some(answers) = cache.check(reads.primary(), queries, read.token).await?
     {
-        return Ok(answers);
+        answers
+    } else {
+        check(keys, reads, queries, read.as_of, read.token).await?
+    };
+    for outcome in &answers.outcomes {
+        decisions.decided(outcome.allowed, outcome.reason.as_str());
     }
-    check(keys, reads, queries, read.as_of, read.token).await
+    Ok(answers)
 }
 
 fn state_queries(

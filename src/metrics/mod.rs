@@ -8,6 +8,8 @@
 //!
 //! Built on `prometheus-client`, the Prometheus project's own Rust client
 //! (OpenMetrics text, typed label sets, no global registry).
+mod background;
+mod consent;
 mod grpc;
 mod http;
 mod state;
@@ -16,6 +18,8 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 
+pub use background::{SweepMetrics, VerificationMetrics};
+pub use consent::{CacheCollector, CacheReading, DecisionMetrics};
 pub use grpc::{CallRecord, GrpcMetrics};
 pub use http::serve;
 pub use state::StateMetrics;
@@ -28,6 +32,10 @@ struct Inner {
     registry: Registry,
     grpc: Arc<GrpcMetrics>,
     state: Arc<StateMetrics>,
+    sweeps: Arc<SweepMetrics>,
+    verifications: Arc<VerificationMetrics>,
+    decisions: Arc<DecisionMetrics>,
+    cache: Arc<CacheCollector>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -47,10 +55,19 @@ impl Metrics {
         let mut registry = Registry::default();
         let grpc = Arc::new(GrpcMetrics::register(&mut registry));
         let state = Arc::new(StateMetrics::register(&mut registry));
+        let sweeps = Arc::new(SweepMetrics::register(&mut registry));
+        let verifications = Arc::new(VerificationMetrics::register(&mut registry));
+        let decisions = Arc::new(DecisionMetrics::register(&mut registry));
+        let cache = Arc::new(CacheCollector::default());
+        registry.register_collector(Box::new(cache.clone()));
         Self(Arc::new(Inner {
             registry,
             grpc,
             state,
+            sweeps,
+            verifications,
+            decisions,
+            cache,
         }))
     }
 
@@ -62,6 +79,26 @@ impl Metrics {
     /// The service's state, sampled from the database.
     pub fn state(&self) -> &Arc<StateMetrics> {
         &self.0.state
+    }
+
+    /// The retention sweeper's runs.
+    pub fn sweeps(&self) -> &Arc<SweepMetrics> {
+        &self.0.sweeps
+    }
+
+    /// The audit chain's last verification.
+    pub fn verifications(&self) -> &Arc<VerificationMetrics> {
+        &self.0.verifications
+    }
+
+    /// The answers of consent checks.
+    pub fn decisions(&self) -> &Arc<DecisionMetrics> {
+        &self.0.decisions
+    }
+
+    /// The decision cache, read at each scrape.
+    pub fn cache(&self) -> &CacheCollector {
+        &self.0.cache
     }
 
     /// The exposition: OpenMetrics text.

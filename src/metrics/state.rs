@@ -19,6 +19,8 @@ use serde::Deserialize;
 use sqlx::PgPool;
 use tokio::sync::{Mutex, watch};
 
+use crate::reads::{ReadStats, Reads};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     state: String,
@@ -49,6 +51,14 @@ struct PoolLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadLabels {
+    /// `replica`, `primary` (no replica fresh enough), `replica_stale` and
+    /// `replica_error` (the replica answered too old, or failed: redone on
+    /// the primary).
+    went: &'static str,
+}
+
 type F64Gauge = Gauge<f64, AtomicU64>;
 
 /// The gauges the sampler sets.
@@ -66,6 +76,9 @@ pub struct StateMetrics {
     audit_unsealed: Gauge,
     audit_oldest_unsealed_age: F64Gauge,
     pool: Family<PoolLabels, Gauge>,
+    replica_lag: F64Gauge,
+    replica_max_lag: F64Gauge,
+    reads: Family<ReadLabels, Counter>,
     database_up: Gauge,
     sampled_at: F64Gauge,
     sample_errors: Counter,
@@ -98,6 +111,9 @@ impl StateMetrics {
             audit_unsealed: Gauge::default(),
             audit_oldest_unsealed_age: F64Gauge::default(),
             pool: Family::default(),
+            replica_lag: F64Gauge::default(),
+            replica_max_lag: F64Gauge::default(),
+            reads: Family::default(),
             database_up: Gauge::default(),
             sampled_at: F64Gauge::default(),
             sample_errors: Counter::default(),
@@ -173,6 +189,23 @@ impl StateMetrics {
             m.pool.clone(),
         );
         r.register(
+            "privacy_records_replica_lag_seconds",
+            "How far the read replica is behind the primary (+Inf while it is down or not yet \
+             probed). Exported only with a replica.",
+            m.replica_lag.clone(),
+        );
+        r.register(
+            "privacy_records_replica_max_lag_seconds",
+            "How far behind the replica may be and still answer reads \
+             (read_replica_max_lag_ms).",
+            m.replica_max_lag.clone(),
+        );
+        r.register(
+            "privacy_records_reads",
+            "Reads that may use the replica, by where they went.",
+            m.reads.clone(),
+        );
+        r.register(
             "privacy_records_database_up",
             "1 while the health monitor finds the database answering and the schema at head.",
             m.database_up.clone(),
@@ -193,11 +226,13 @@ impl StateMetrics {
     /// Samples every `interval` until `stop` turns true.
     pub async fn run(
         self: Arc<Self>,
-        pool: PgPool,
+        reads: Reads,
         ready: watch::Receiver<bool>,
         interval: Duration,
         mut stop: watch::Receiver<bool>,
     ) {
+        let pool = reads.primary().clone();
+        let mut routed = ReadStats::default();
         let mut ticks = tokio::time::interval(interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -215,6 +250,7 @@ impl StateMetrics {
             self.pool
                 .get_or_create(&PoolLabels { state: "in_use" })
                 .set((size - idle).max(0));
+            self.replica(&reads, &mut routed);
             if !up {
                 continue;
             }
@@ -230,6 +266,29 @@ impl StateMetrics {
                 }
             }
         }
+    }
+
+    /// The replica's lag and where reads went since the last tick (the
+    /// counters advance by what `Reads` counted meanwhile).
+    fn replica(&self, reads: &Reads, routed: &mut ReadStats) {
+        let Some((lag, max_lag)) = reads.replica_lag() else {
+            return;
+        };
+        self.replica_lag
+            .set(lag.map_or(f64::INFINITY, |l| l.as_secs_f64()));
+        self.replica_max_lag.set(max_lag.as_secs_f64());
+        let now = reads.stats();
+        for (went, was, is) in [
+            ("replica", routed.replica, now.replica),
+            ("primary", routed.primary, now.primary),
+            ("replica_stale", routed.stale, now.stale),
+            ("replica_error", routed.errors, now.errors),
+        ] {
+            self.reads
+                .get_or_create(&ReadLabels { went })
+                .inc_by(is.saturating_sub(was));
+        }
+        *routed = now;
     }
 
     async fn apply(&self, s: Sample) {

@@ -4,6 +4,7 @@
 //! with `FOR UPDATE SKIP LOCKED` and queues their tasks in the same
 //! transaction, so no entry is taken twice and none is skipped; a sweeper
 //! that dies mid-batch rolls back and the next sweep takes the batch again.
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 use super::store;
 use crate::error::Result;
 use crate::journal::{self, ChangeEntry, ChangeKind};
+use crate::metrics::SweepMetrics;
 use crate::rpc::Context;
 
 /// How the sweeper runs.
@@ -99,7 +101,13 @@ pub async fn sweep(
 /// The background loop: a sweep every interval until shutdown. Failures
 /// (the database away, the schema not yet migrated) are logged and retried
 /// at the next interval.
-pub async fn run(pool: PgPool, settings: SweepSettings, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    pool: PgPool,
+    settings: SweepSettings,
+    metrics: Arc<SweepMetrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    metrics.started(settings.interval);
     let ctx = Context::internal(
         "privacy-records/retention-sweeper",
         "RetentionSweeper",
@@ -114,19 +122,26 @@ pub async fn run(pool: PgPool, settings: SweepSettings, mut stop: watch::Receive
             request_id: format!("sweep-{}", uuid::Uuid::new_v4()),
             ..ctx.clone()
         };
+        let began = std::time::Instant::now();
         let sweeping = sweep(&pool, Utc::now(), &settings, &ctx);
         tokio::select! {
             outcome = sweeping => match outcome {
-                Ok(t) if t == SweepTotals::default() => {}
-                Ok(t) => tracing::info!(
+                Ok(t) if t == SweepTotals::default() => metrics.swept(began.elapsed(), 0),
+                Ok(t) => {
+                    metrics.swept(began.elapsed(), t.tasks_created);
+                    tracing::info!(
                     tasks_created = t.tasks_created,
                     entries_held = t.entries_held,
                     entries_released = t.entries_released,
                     requests_minimized = t.requests_minimized,
                     idempotency_keys_pruned = t.idempotency_keys_pruned,
                     "retention sweep"
-                ),
-                Err(e) => tracing::warn!(error = %e, "retention sweep failed; retrying next interval"),
+                    )
+                }
+                Err(e) => {
+                    metrics.failed();
+                    tracing::warn!(error = %e, "retention sweep failed; retrying next interval");
+                }
             },
             // Dropping the sweep mid-batch rolls its transaction back.
             _ = stop.wait_for(|stopped| *stopped) => return,

@@ -4,11 +4,14 @@
 mod encode;
 mod parse;
 
+use std::sync::Arc;
+
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
 use super::service;
 use crate::keys::Keyring;
+use crate::metrics::VerificationMetrics;
 use crate::proto;
 use crate::proto::audit_service_server::AuditService;
 use crate::reads::Reads;
@@ -19,14 +22,16 @@ pub struct AuditApi {
     reads: Reads,
     /// Checks the checkpoints' MACs (master keys, never in the database).
     keys: Keyring,
+    verifications: Arc<VerificationMetrics>,
 }
 
 impl AuditApi {
-    pub fn new(reads: Reads, keys: Keyring) -> Self {
+    pub fn new(reads: Reads, keys: Keyring, verifications: Arc<VerificationMetrics>) -> Self {
         Self {
             pool: reads.primary().clone(),
             reads,
             keys,
+            verifications,
         }
     }
 }
@@ -47,7 +52,8 @@ impl AuditService for AuditApi {
         request: Request<proto::VerifyAuditLogRequest>,
     ) -> Result<Response<proto::VerifyAuditLogResponse>, Status> {
         let anchor = parse::verify_audit_log(request.get_ref())?;
-        let found = service::verify(&self.pool, &self.keys, anchor.as_ref()).await?;
+        let found =
+            service::verify(&self.pool, &self.keys, anchor.as_ref(), &self.verifications).await?;
         Ok(Response::new(found.into()))
     }
 }

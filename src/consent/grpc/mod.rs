@@ -5,6 +5,7 @@ mod encode;
 mod parse;
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::watch as signal;
@@ -16,6 +17,7 @@ use super::service::{self, Context};
 use super::{queries, watch};
 use crate::caller::Caller;
 use crate::keys::Keyring;
+use crate::metrics::DecisionMetrics;
 use crate::proto;
 use crate::proto::consent_service_server::ConsentService;
 use crate::proto::method::consent_service as method;
@@ -35,6 +37,7 @@ pub struct ConsentApi {
     cache: DecisionCache,
     /// RecordConsent's writes, grouped into shared commits.
     writes: GroupCommit,
+    decisions: Arc<DecisionMetrics>,
 }
 
 impl ConsentApi {
@@ -45,6 +48,7 @@ impl ConsentApi {
         keys: Keyring,
         cache: DecisionCache,
         batching: Batching,
+        decisions: Arc<DecisionMetrics>,
     ) -> Self {
         let primary = reads.primary().clone();
         Self {
@@ -54,6 +58,7 @@ impl ConsentApi {
             shutdown,
             keys,
             cache,
+            decisions,
         }
     }
 }
@@ -178,8 +183,15 @@ impl ConsentService for ConsentApi {
     ) -> Result<Response<proto::CheckConsentResponse>, Status> {
         let (query, read, mask) = parse::check_consent(request.get_ref())?;
         let queries = std::slice::from_ref(&query);
-        let answers =
-            service::check_cached(&self.cache, &self.keys, &self.reads, queries, read).await?;
+        let answers = service::check_cached(
+            &self.cache,
+            &self.keys,
+            &self.reads,
+            queries,
+            read,
+            &self.decisions,
+        )
+        .await?;
         Ok(Response::new(encode::check_consent(&answers, &mask)?))
     }
 
@@ -188,8 +200,15 @@ impl ConsentService for ConsentApi {
         request: Request<proto::BatchCheckConsentRequest>,
     ) -> Result<Response<proto::BatchCheckConsentResponse>, Status> {
         let (queries, read) = parse::batch_check_consent(request.get_ref())?;
-        let answers =
-            service::check_cached(&self.cache, &self.keys, &self.reads, &queries, read).await?;
+        let answers = service::check_cached(
+            &self.cache,
+            &self.keys,
+            &self.reads,
+            &queries,
+            read,
+            &self.decisions,
+        )
+        .await?;
         Ok(Response::new(encode::batch_check_consent(
             &queries, &answers,
         )))
