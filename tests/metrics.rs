@@ -7,17 +7,24 @@ mod common;
 use std::net::SocketAddr;
 use std::process::Stdio;
 
+use common::clients::{file_request, register_system};
 use common::{TestDb, TestServer, test_settings, wait_until};
+use privacy_records::config::Settings;
+use privacy_records::proto::audit_service_client::AuditServiceClient;
 use privacy_records::proto::privacy_request_service_client::PrivacyRequestServiceClient;
 use privacy_records::proto::{
-    CheckConsentRequest, CreatePrivacyRequestRequest, RequestType, privacy_request,
+    CheckConsentRequest, CreatePrivacyRequestRequest, DataAction, RequestType,
+    VerifyAuditLogRequest, privacy_request,
 };
 use privacy_records::server::Application;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn with_metrics() -> (TestServer, SocketAddr) {
-    let mut settings = test_settings();
+    with_metrics_and(test_settings()).await
+}
+
+async fn with_metrics_and(mut settings: Settings) -> (TestServer, SocketAddr) {
     settings.metrics_listen = Some("127.0.0.1:0".parse().expect("addr"));
     settings.metrics_state_interval = std::time::Duration::from_millis(200);
     let db = TestDb::new().await;
@@ -105,6 +112,15 @@ async fn a_scrape_counts_calls_by_method_and_code_and_promtool_accepts_it() {
     assert!(
         !body.contains("api_io_storage"),
         "a request's value became a label"
+    );
+    let decided: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("privacy_records_consent_decisions_total{verdict="))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        decided, 3.0,
+        "three decisions, by verdict and reason, in\n{body}"
     );
 
     let (code, _) = http_get(metrics, "/nothing").await;
@@ -274,5 +290,175 @@ async fn an_overdue_request_reaches_the_overdue_gauge_through_prometheus() {
         "the oldest open request is past due"
     );
     let _ = prometheus.child.kill().await;
+    server.finish().await;
+}
+
+/// A scrape once one contains `text` (a family, once it has a series,
+/// stays).
+async fn wait_for_scrape(metrics: SocketAddr, text: &str) -> String {
+    wait_until(&format!("{text} in a scrape"), || async {
+        http_get(metrics, "/metrics").await.1.contains(text)
+    })
+    .await;
+    http_get(metrics, "/metrics").await.1
+}
+
+/// The metric families of a classic-text scrape, by name, with their type.
+fn families(scrape: &str) -> std::collections::HashMap<String, String> {
+    scrape
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| (name.to_owned(), kind.to_owned()))
+        .collect()
+}
+
+/// Every metric name a PromQL expression uses (identifiers of this server's
+/// families; functions, labels and keywords are not).
+fn metric_names(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| w.starts_with("grpc_server_") || w.starts_with("privacy_records_"))
+        // A prose mention of a prefix (`privacy_records_requests_*`).
+        .filter(|w| !w.ends_with('_'))
+        .map(str::to_owned)
+        .collect()
+}
+
+fn exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr" | "query", serde_json::Value::String(e)) => out.push(e.clone()),
+                    _ => exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| exprs(v, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn every_metric_the_dashboard_and_the_alerts_name_is_in_a_scrape() {
+    let mut settings = test_settings();
+    settings.retention_sweeper = true;
+    settings.retention_sweep_interval = std::time::Duration::from_millis(100);
+    let (mut server, metrics) = with_metrics_and(settings).await;
+    // A family shows in a scrape once it has a series: a queued deletion
+    // task, an open request and a decision give every labelled one its
+    // first.
+    let mut c = server.clients();
+    c.register(register_system(
+        "crm",
+        &["account_data"],
+        &[DataAction::Delete],
+    ))
+    .await;
+    c.file_and_verify(file_request("ann", RequestType::Deletion))
+        .await;
+    server
+        .consent
+        .check_consent(check("ann"))
+        .await
+        .expect("check");
+    let scrape = wait_for_scrape(metrics, "privacy_records_tasks{").await;
+    let families = families(&scrape);
+    let exported = |name: &str| {
+        families.contains_key(name)
+            || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+                name.strip_suffix(suffix)
+                    .is_some_and(|base| families.get(base).is_some_and(|t| t == "histogram"))
+            })
+    };
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/privacy-records.json"))
+            .expect("the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    let mut queries = Vec::new();
+    exprs(&dashboard, &mut queries);
+    assert!(queries.len() > 20, "the dashboard's queries: {queries:?}");
+    let alerts = std::fs::read_to_string(root.join("deploy/prometheus/alerts.yml"))
+        .expect("the alert rules");
+    let mut missing = std::collections::BTreeSet::new();
+    let mut named = 0;
+    for name in queries
+        .iter()
+        .chain([&alerts])
+        .flat_map(|q| metric_names(q))
+    {
+        named += 1;
+        // The replica's gauges exist only with a replica (tests/replica.rs).
+        if !exported(&name) && !name.starts_with("privacy_records_replica_") {
+            missing.insert(name);
+        }
+    }
+    assert!(named > 40, "{named} metric names found");
+    assert!(
+        missing.is_empty(),
+        "named by the dashboard or the alerts but not exported: {missing:?}"
+    );
+    server.finish().await;
+}
+
+#[tokio::test]
+async fn the_sweeper_and_the_last_audit_verification_are_exported() {
+    let mut settings = test_settings();
+    settings.retention_sweeper = true;
+    settings.retention_sweep_interval = std::time::Duration::from_millis(100);
+    let (server, metrics) = with_metrics_and(settings).await;
+    let sample = |scrape: &str, name: &str| -> f64 {
+        scrape
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{scrape}"))
+    };
+    let (_, scrape) = http_get(metrics, "/metrics").await;
+    assert_eq!(
+        sample(&scrape, "privacy_records_retention_sweep_interval_seconds"),
+        0.1
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "privacy_records_audit_verification_timestamp_seconds"
+        ),
+        0.0,
+        "not verified yet"
+    );
+    let started = sample(
+        &scrape,
+        "privacy_records_retention_sweep_last_run_timestamp_seconds",
+    );
+    wait_until("a sweep finished", || async {
+        let (_, scrape) = http_get(metrics, "/metrics").await;
+        sample(
+            &scrape,
+            "privacy_records_retention_sweep_last_run_timestamp_seconds",
+        ) > started
+    })
+    .await;
+
+    let found = AuditServiceClient::new(server.channel())
+        .verify_audit_log(VerifyAuditLogRequest::default())
+        .await
+        .expect("verify")
+        .into_inner();
+    assert!(found.intact);
+    let (_, scrape) = http_get(metrics, "/metrics").await;
+    assert_eq!(
+        sample(&scrape, "privacy_records_audit_verification_intact"),
+        1.0
+    );
+    assert!(
+        sample(
+            &scrape,
+            "privacy_records_audit_verification_timestamp_seconds"
+        ) > 0.0
+    );
     server.finish().await;
 }
