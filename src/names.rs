@@ -232,3 +232,24 @@ mod tests {
         assert_eq!(eu.lookup_chain(), vec!["EU"]);
     }
 }
+
+/// A privacy request's id, parsed from `privacyRequests/{id}`: requests
+/// own it, and the data systems' tasks name the request they serve by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestRef(pub i64);
+
+impl RequestRef {
+    pub fn parse_name(name: &str) -> Result<Self, String> {
+        crate::convert::parse_numbered_name(name, "privacyRequests")
+            .map(RequestRef)
+            .ok_or_else(|| {
+                "must be \"privacyRequests/{id}\" with a positive numeric id, without a sign or \
+                 leading zeros"
+                    .into()
+            })
+    }
+
+    pub fn name(self) -> String {
+        format!("privacyRequests/{}", self.0)
+    }
+}

@@ -181,7 +181,7 @@ impl TaskId {
 
 /// A privacy request's id, parsed from `privacyRequests/{id}`.
 pub fn parse_request_name(name: &str) -> Result<i64, String> {
-    crate::requests::model::RequestRef::parse_name(name).map(|r| r.0)
+    crate::names::RequestRef::parse_name(name).map(|r| r.0)
 }
 
 /// The lease a claim hands out.

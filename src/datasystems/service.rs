@@ -22,7 +22,6 @@ use crate::keys::{Keyring, column};
 use crate::names::PurposeKey;
 use crate::proto::ErrorReason;
 use crate::reads::Reads;
-use crate::requests::progress::task_settled;
 use crate::rpc::{Context, paginate};
 use crate::tokens::{ConsistencyToken, PageToken};
 
@@ -69,34 +68,31 @@ pub async fn claim(
     conn: &mut PgConnection,
     ctx: &Context,
     claim: &Claim,
-) -> Result<(Vec<Task>, ConsistencyToken)> {
-    let (mut tasks, token) = claim_sealed(conn, ctx, claim).await?;
+) -> Result<(Vec<Task>, ConsistencyToken, Settled)> {
+    let (mut tasks, token, settled) = claim_sealed(conn, ctx, claim).await?;
     store::open_tasks(keys, conn, &mut tasks).await?;
-    Ok((tasks, token))
+    Ok((tasks, token, settled))
 }
 
 async fn claim_sealed(
     conn: &mut PgConnection,
     ctx: &Context,
     claim: &Claim,
-) -> Result<(Vec<Task>, ConsistencyToken)> {
+) -> Result<(Vec<Task>, ConsistencyToken, Settled)> {
     let name = claim.data_system.name();
     if !store::data_system_exists(conn, &claim.data_system).await? {
         return Err(Error::NotFound(name));
     }
     let failed = store::end_expired_leases(conn, &claim.data_system).await?;
-    let mut requests: Vec<i64> = failed.iter().filter_map(|(_, r)| *r).collect();
-    requests.sort_unstable();
-    requests.dedup();
-    for request in requests {
-        task_settled(conn, ctx, request).await?;
-    }
+    let mut settled: Vec<i64> = failed.iter().filter_map(|(_, r)| *r).collect();
+    settled.sort_unstable();
+    settled.dedup();
     let tasks = store::claim(conn, claim).await?;
     if tasks.is_empty() && failed.is_empty() {
         // Nothing changed: an idle worker's poll writes no audit or change
         // event (workers poll often; the trail would drown in them).
         let xid = store::current_xid(conn).await?;
-        return Ok((tasks, ConsistencyToken { xid }));
+        return Ok((tasks, ConsistencyToken { xid }, Settled(settled)));
     }
     let claimed: Vec<i64> = tasks.iter().map(|t| t.id).collect();
     let failed: Vec<i64> = failed.iter().map(|(id, _)| *id).collect();
@@ -115,8 +111,16 @@ async fn claim_sealed(
         ChangeEntry::resource(ChangeKind::TaskChanged, &name, None),
     )
     .await?;
-    Ok((tasks, token))
+    Ok((tasks, token, Settled(settled)))
 }
+
+/// The privacy requests (ids) one of whose tasks just settled (SUCCEEDED,
+/// EXEMPTED, or FAILED for good), in the same transaction: the caller
+/// tells them (`requests::fulfilment`), which may complete them. This
+/// domain does not know what a request does next.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[must_use = "the requests whose tasks settled must be told"]
+pub struct Settled(pub Vec<i64>);
 
 /// Whether an expired lease that nobody has claimed since still counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -228,10 +232,11 @@ pub async fn complete(
     id: TaskId,
     lease: LeaseId,
     result: &TaskResult,
-) -> Result<(Task, ConsistencyToken)> {
+) -> Result<(Task, ConsistencyToken, Settled)> {
     let (mut task, token) = complete_sealed(keys, conn, ctx, id, lease, result).await?;
     store::open_tasks(keys, conn, std::slice::from_mut(&mut task)).await?;
-    Ok((task, token))
+    let settled = Settled(task.privacy_request_id.into_iter().collect());
+    Ok((task, token, settled))
 }
 
 async fn complete_sealed(
@@ -290,9 +295,6 @@ async fn complete_sealed(
         }),
     )
     .await?;
-    if let Some(request) = task.privacy_request_id {
-        task_settled(conn, ctx, request).await?;
-    }
     Ok((task, token))
 }
 
@@ -315,10 +317,14 @@ pub async fn fail(
     lease: LeaseId,
     retryable: bool,
     error_message: &str,
-) -> Result<(Task, ConsistencyToken)> {
+) -> Result<(Task, ConsistencyToken, Settled)> {
     let (mut task, token) = fail_sealed(conn, ctx, id, lease, retryable, error_message).await?;
     store::open_tasks(keys, conn, std::slice::from_mut(&mut task)).await?;
-    Ok((task, token))
+    let settled = match task.state {
+        TaskState::Failed => Settled(task.privacy_request_id.into_iter().collect()),
+        _ => Settled::default(),
+    };
+    Ok((task, token, settled))
 }
 
 async fn fail_sealed(
@@ -350,11 +356,6 @@ async fn fail_sealed(
         }),
     )
     .await?;
-    if task.state == TaskState::Failed
-        && let Some(request) = task.privacy_request_id
-    {
-        task_settled(conn, ctx, request).await?;
-    }
     Ok((task, token))
 }
 

@@ -5,7 +5,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::datasystems::model::{DataAction, FieldCorrection};
 use crate::error::Error;
 use crate::identifiers::IdentifierKind;
-use crate::names::{SubjectId, string_enum};
+use crate::names::{RequestRef, SubjectId, string_enum};
 use crate::retention::store::LegalKeep;
 use crate::rules::{Clock, JurisdictionRules, RequestType};
 
@@ -275,26 +275,6 @@ pub struct Agent {
 impl Agent {
     pub fn has_evidence(&self) -> bool {
         !self.evidence_reference.is_empty()
-    }
-}
-
-/// A request's id, parsed from `privacyRequests/{id}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RequestRef(pub i64);
-
-impl RequestRef {
-    pub fn parse_name(name: &str) -> Result<Self, String> {
-        crate::convert::parse_numbered_name(name, "privacyRequests")
-            .map(RequestRef)
-            .ok_or_else(|| {
-                "must be \"privacyRequests/{id}\" with a positive numeric id, without a sign or \
-                 leading zeros"
-                    .into()
-            })
-    }
-
-    pub fn name(self) -> String {
-        format!("privacyRequests/{}", self.0)
     }
 }
 

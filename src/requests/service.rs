@@ -716,7 +716,7 @@ async fn finish(
     transition(conn, ctx, row, action, to, explanation).await?;
     if row.request_type == RequestType::Deletion {
         let subject = row.subject_id.as_str();
-        consent::erase_subject(conn, ctx, subject, Some(row.id), &row.name()).await?;
+        super::erasure::erase_subject(conn, ctx, subject, Some(row.id), &row.name()).await?;
     }
     Ok(())
 }

@@ -27,18 +27,6 @@ pub async fn category_exists(conn: &mut PgConnection, key: &str) -> Result<bool>
     )
 }
 
-/// The keys in `keys` that name no data category, in the order given.
-pub async fn unknown_categories(conn: &mut PgConnection, keys: &[String]) -> Result<Vec<String>> {
-    Ok(sqlx::query_scalar(
-        "SELECT k FROM unnest($1::text[]) WITH ORDINALITY AS t (k, n)
-         WHERE NOT EXISTS (SELECT 1 FROM data_categories d WHERE d.key = t.k)
-         ORDER BY n",
-    )
-    .bind(keys)
-    .fetch_all(conn)
-    .await?)
-}
-
 #[tracing::instrument(skip_all)]
 pub async fn policies(pool: &PgPool, category: Option<&str>) -> Result<Vec<PolicyRow>> {
     Ok(sqlx::query_as(

@@ -22,6 +22,7 @@ use crate::proto;
 use crate::proto::consent_service_server::ConsentService;
 use crate::proto::method::consent_service as method;
 use crate::reads::Reads;
+use crate::requests::erasure;
 use crate::rpc;
 
 pub use super::watch::WatchSettings;
@@ -354,7 +355,7 @@ impl ConsentService for ConsentApi {
             status,
             |conn, ctx, s| {
                 Box::pin(async move {
-                    let (subject, token) = service::set_minor_status(
+                    let (subject, token) = erasure::set_minor_status(
                         conn,
                         &ctx,
                         &s.subject,

@@ -127,6 +127,19 @@ pub async fn create_purpose(
          ON CONFLICT (key) DO NOTHING
          RETURNING {PURPOSE_COLUMNS}"
     );
+    write_purpose(conn, sql, key, fields)
+        .await?
+        .ok_or_else(|| Error::AlreadyExists(key.name()))
+}
+
+/// Runs an INSERT or UPDATE of a purpose whose parameters are `$1` the key
+/// and `$2..$9` the fields, returning the row written (None: none was).
+async fn write_purpose(
+    conn: &mut PgConnection,
+    sql: String,
+    key: &PurposeKey,
+    fields: &PurposeFields,
+) -> Result<Option<Purpose>> {
     let row = sqlx::query(sqlx::AssertSqlSafe(sql))
         .bind(key.as_str())
         .bind(&fields.display_name)
@@ -140,8 +153,10 @@ pub async fn create_purpose(
         .fetch_optional(conn)
         .await?;
     match row {
-        Some(row) => purpose_from_row(&row, "")?.ok_or_else(|| corrupt("purpose", key.as_str())),
-        None => Err(Error::AlreadyExists(key.name())),
+        Some(row) => purpose_from_row(&row, "")?
+            .map(Some)
+            .ok_or_else(|| corrupt("purpose", key.as_str())),
+        None => Ok(None),
     }
 }
 
@@ -197,22 +212,9 @@ pub async fn update_purpose(
          WHERE key = $1
          RETURNING {PURPOSE_COLUMNS}"
     );
-    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .bind(key.as_str())
-        .bind(&fields.display_name)
-        .bind(&fields.description)
-        .bind(fields.consent_model.as_str())
-        .bind(overrides_json(fields))
-        .bind(fields.required_evidence.map(|e| e.as_str()))
-        .bind(fields.honors_gpc)
-        .bind(fields.reconsent_on_material_change)
-        .bind(&fields.excluded_categories)
-        .fetch_optional(conn)
-        .await?;
-    match row {
-        Some(row) => purpose_from_row(&row, "")?.ok_or_else(|| corrupt("purpose", key.as_str())),
-        None => Err(Error::NotFound(key.name())),
-    }
+    write_purpose(conn, sql, key, fields)
+        .await?
+        .ok_or_else(|| Error::NotFound(key.name()))
 }
 
 // ---- promises -------------------------------------------------------------
@@ -293,4 +295,17 @@ pub async fn all_purpose_keys(pool: &PgPool) -> Result<(Vec<PurposeKey>, i64)> {
         .map(|k| PurposeKey::parse(k).map_err(|_| corrupt("purpose key", k)))
         .collect::<Result<_>>()?;
     Ok((keys, xmin))
+}
+
+/// The keys in `keys` that name no data category (the catalogue the
+/// retention schedule is kept by), in the order given.
+pub async fn unknown_categories(conn: &mut PgConnection, keys: &[String]) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT k FROM unnest($1::text[]) WITH ORDINALITY AS t (k, n)
+         WHERE NOT EXISTS (SELECT 1 FROM data_categories d WHERE d.key = t.k)
+         ORDER BY n",
+    )
+    .bind(keys)
+    .fetch_all(conn)
+    .await?)
 }

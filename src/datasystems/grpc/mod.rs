@@ -15,6 +15,7 @@ use crate::proto;
 use crate::proto::data_system_service_server::DataSystemService;
 use crate::proto::method::data_system_service as method;
 use crate::reads::Reads;
+use crate::requests::fulfilment;
 use crate::rpc;
 
 pub struct DataSystemApi {
@@ -109,7 +110,7 @@ impl DataSystemService for DataSystemApi {
             |conn, ctx, input| {
                 Box::pin(async move {
                     let (keys, claim) = (&input.0, &input.1);
-                    let (tasks, token) = service::claim(keys, conn, &ctx, claim).await?;
+                    let (tasks, token) = fulfilment::claim(keys, conn, &ctx, claim).await?;
                     Ok((encode::claimed(&tasks), token))
                 })
             },
@@ -165,7 +166,7 @@ impl DataSystemService for DataSystemApi {
                 Box::pin(async move {
                     let (keys, (id, lease, result)) = (&input.0, &input.1);
                     let (task, token) =
-                        service::complete(keys, conn, &ctx, *id, *lease, result).await?;
+                        fulfilment::complete(keys, conn, &ctx, *id, *lease, result).await?;
                     Ok((encode::task_to_proto(&task), token))
                 })
             },
@@ -193,7 +194,8 @@ impl DataSystemService for DataSystemApi {
                 Box::pin(async move {
                     let (keys, (id, lease, retryable, message)) = (&input.0, &input.1);
                     let (task, token) =
-                        service::fail(keys, conn, &ctx, *id, *lease, *retryable, message).await?;
+                        fulfilment::fail(keys, conn, &ctx, *id, *lease, *retryable, message)
+                            .await?;
                     Ok((encode::task_to_proto(&task), token))
                 })
             },

@@ -4,13 +4,14 @@ use chrono::{NaiveDate, Utc};
 use sha2::{Digest, Sha256};
 
 use super::super::metrics;
-use super::super::model::{DenialReason, RequestRef, State};
+use super::super::model::{DenialReason, State};
 use super::super::queries::Listed;
 use super::super::service::{self, RequestView};
 use crate::config::RequestSettings;
 use crate::convert::{opt_timestamp, timestamp};
 use crate::error::Error;
 use crate::identifiers::IdentifierKind;
+use crate::names::RequestRef;
 use crate::proto::{self, privacy_request};
 use crate::rules::{self, Cite, Cited, JurisdictionRules, Period, RequestType, Unit};
 use crate::tokens::PageToken;

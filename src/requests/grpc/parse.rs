@@ -4,7 +4,7 @@
 use chrono::NaiveDate;
 
 use super::super::model::{
-    Agent, AppealState, Channel, DenialReason, HoldReason, ListFilter, RequestRef, State,
+    Agent, AppealState, Channel, DenialReason, HoldReason, ListFilter, State,
 };
 use super::super::service::{Change, NewRequest};
 use crate::convert::parse_opt_timestamp;
@@ -13,7 +13,7 @@ use crate::error::{Error, Result, Violations};
 use crate::idempotency::RequestId;
 use crate::identifiers::IdentifierKind;
 use crate::names::{
-    Jurisdiction, SubjectId, parse_required_text, parse_text, refuse_control_characters,
+    Jurisdiction, RequestRef, SubjectId, parse_required_text, parse_text, refuse_control_characters,
 };
 use crate::proto::{self, privacy_request};
 use crate::rpc::not_in_future;
