@@ -223,13 +223,13 @@ pub async fn run(cli: Cli) -> Result<(), BoxError> {
 /// health says NOT_SERVING meanwhile); when it cannot be, the server stops
 /// and the process exits non-zero so that its supervisor steps in.
 async fn serve(
-    mut settings: Settings,
+    settings: Settings,
     url: &str,
     embedded: Option<&EmbeddedPostgres>,
 ) -> Result<(), BoxError> {
     let pool = crate::db::pool(url, &settings)?;
-    settings.keys = crate::keys::resolve(&settings, &pool).await?;
-    let app = crate::server::Application::build(settings, pool).await?;
+    let keys = crate::keys::resolve(&settings, &pool).await?;
+    let app = crate::server::Application::build(settings, pool, keys).await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (gave_up_tx, gave_up_rx) = tokio::sync::oneshot::channel::<EmbeddedPgError>();
     let supervisor = embedded.cloned().map(|pg| {
@@ -287,11 +287,7 @@ fn new_token() -> Result<(), BoxError> {
 
 /// `rotate-key`: optionally a new active master key in the keyring file,
 /// then every data key re-wrapped under the active key.
-async fn rotate_key(
-    mut settings: Settings,
-    url: &str,
-    args: &RotateKeyArgs,
-) -> Result<(), BoxError> {
+async fn rotate_key(settings: Settings, url: &str, args: &RotateKeyArgs) -> Result<(), BoxError> {
     let pool = crate::db::pool(url, &settings)?;
     crate::db::migrate(&pool).await?;
     let mut keys = crate::keys::resolve(&settings, &pool).await?;
@@ -319,16 +315,11 @@ async fn rotate_key(
         keys.write_file_keeping_lookup(&path, settings.requests.identifier_hash_key.is_some())?;
         tracing::info!(active = keys.active_id()?, path = %path.display(), "new active master key");
     }
-    settings.keys = keys;
-    let n = crate::keys::rotate(&pool, &settings.keys, args.batch).await?;
-    tracing::info!(
-        rewrapped = n,
-        active = settings.keys.active_id()?,
-        "rotation done"
-    );
+    let n = crate::keys::rotate(&pool, &keys, args.batch).await?;
+    tracing::info!(rewrapped = n, active = keys.active_id()?, "rotation done");
     crate::telemetry::write_stdout(&format!(
         "re-wrapped {n} data keys under master key {}",
-        settings.keys.active_id()?
+        keys.active_id()?
     ));
     pool.close().await;
     Ok(())

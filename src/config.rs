@@ -133,8 +133,6 @@ pub struct Settings {
     pub master_key_file: Option<PathBuf>,
     /// Master keys from the environment: `id:base64[,id:base64...]`, first active.
     pub master_key: Option<Secret>,
-    /// The resolved keyring (`keys::resolve`, before `serve`); empty until then.
-    pub keys: crate::keys::Keyring,
 }
 
 /// Transport security and caller authentication. With no `callers_file`
@@ -239,7 +237,6 @@ impl Default for Settings {
             metrics_state_interval: Duration::from_secs(15),
             master_key_file: None,
             master_key: None,
-            keys: crate::keys::Keyring::default(),
         }
     }
 }

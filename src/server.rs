@@ -23,6 +23,7 @@ use crate::consent::cache::{CacheSettings, DecisionCache};
 use crate::consent::group_commit::Batching;
 use crate::consent::grpc::{ConsentApi, WatchSettings};
 use crate::datasystems::grpc::DataSystemApi;
+use crate::keys::Keyring;
 use crate::metrics::{CacheReading, Metrics};
 use crate::middleware::RpcLayer;
 use crate::proto::audit_service_server::AuditServiceServer;
@@ -48,6 +49,9 @@ pub struct Application {
     /// Where checks and lists go (the primary, or a fresh enough replica).
     reads: Reads,
     settings: Settings,
+    /// The master keys and the identifier lookup key, resolved before the
+    /// server is built (`keys::resolve`).
+    keys: Keyring,
     auth: Option<Arc<Authenticator>>,
     tls: Option<ServerTlsConfig>,
 }
@@ -117,7 +121,11 @@ pub fn check_exposure(settings: &Settings) -> Result<(), ServeError> {
 
 impl Application {
     /// Binds the listen address; read the real port back with `local_addr`.
-    pub async fn build(settings: Settings, pool: PgPool) -> Result<Self, ServeError> {
+    pub async fn build(
+        settings: Settings,
+        pool: PgPool,
+        keys: Keyring,
+    ) -> Result<Self, ServeError> {
         // A broken rules table must stop the server before it takes traffic.
         let rules = crate::rules::table()?;
         tracing::info!(version = rules.version(), "jurisdiction rules loaded");
@@ -178,6 +186,7 @@ impl Application {
             pool,
             reads,
             settings,
+            keys,
             auth,
             tls,
         })
@@ -227,6 +236,7 @@ impl Application {
             pool,
             reads,
             settings,
+            keys,
             auth,
             tls,
         } = self;
@@ -297,7 +307,7 @@ impl Application {
                 heartbeat: settings.watch_heartbeat,
             },
             stop_rx.clone(),
-            settings.keys.clone(),
+            keys.clone(),
             cache,
             Batching {
                 max: settings.write_batch_max,
@@ -311,13 +321,13 @@ impl Application {
         let requests = PrivacyRequestServiceServer::new(PrivacyRequestApi::new(
             reads.clone(),
             settings.requests.clone(),
-            settings.keys.clone(),
+            keys.clone(),
         ))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
 
         let data_systems =
-            DataSystemServiceServer::new(DataSystemApi::new(reads.clone(), settings.keys.clone()))
+            DataSystemServiceServer::new(DataSystemApi::new(reads.clone(), keys.clone()))
                 .max_decoding_message_size(limit)
                 .max_encoding_message_size(limit);
 
@@ -336,17 +346,14 @@ impl Application {
                 stop_rx.clone(),
             ))
         });
-        let retention = RetentionServiceServer::new(RetentionApi::new(
-            reads.clone(),
-            sweep,
-            settings.keys.clone(),
-        ))
-        .max_decoding_message_size(limit)
-        .max_encoding_message_size(limit);
+        let retention =
+            RetentionServiceServer::new(RetentionApi::new(reads.clone(), sweep, keys.clone()))
+                .max_decoding_message_size(limit)
+                .max_encoding_message_size(limit);
 
         let sealer = tokio::spawn(crate::audit::sealer::run(
             pool.clone(),
-            settings.keys.clone(),
+            keys.clone(),
             settings.audit_seal_interval,
             5000,
             stop_rx.clone(),
@@ -361,7 +368,7 @@ impl Application {
         let refusal_counter = tokio::spawn(refusals.clone().run(refusals_stop_rx));
         let audit = AuditServiceServer::new(AuditApi::new(
             reads.clone(),
-            settings.keys.clone(),
+            keys.clone(),
             metrics.verifications().clone(),
         ))
         .max_decoding_message_size(limit)

@@ -495,7 +495,7 @@ async fn mutual_tls_names_callers_by_certificate() {
 async fn build(settings: Settings) -> Result<Application, ServeError> {
     let db = TestDb::empty().await;
     let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
-    let outcome = Application::build(settings, pool).await;
+    let outcome = Application::build(settings, pool, common::test_keyring()).await;
     db.drop_db().await;
     outcome
 }

@@ -29,7 +29,9 @@ async fn with_metrics_and(mut settings: Settings) -> (TestServer, SocketAddr) {
     settings.metrics_state_interval = std::time::Duration::from_millis(200);
     let db = TestDb::new().await;
     let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
-    let app = Application::build(settings, pool).await.expect("build");
+    let app = Application::build(settings, pool, common::test_keyring())
+        .await
+        .expect("build");
     let metrics = app.metrics_addr().expect("metrics listener");
     (TestServer::run(db, app).await, metrics)
 }

@@ -29,7 +29,7 @@ async fn server_with_replica(replica: &Replica, max_lag: Duration) -> (TestServe
     // The test database must exist on the replica before the server reads.
     drop(replica.connect(&db.name).await);
     let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
-    let app = privacy_records::server::Application::build(settings, pool)
+    let app = privacy_records::server::Application::build(settings, pool, common::test_keyring())
         .await
         .expect("bind");
     let reads = app.reads();

@@ -225,7 +225,7 @@ async fn a_server_certificate_with_another_private_key_stops_the_start_naming_th
     settings.security.tls_key_file = Some(write(dir.path(), "server.key", &other_key));
     let db = TestDb::empty().await;
     let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
-    let outcome = Application::build(settings, pool).await;
+    let outcome = Application::build(settings, pool, common::test_keyring()).await;
     db.drop_db().await;
     let err = outcome.err().expect("refused before serving");
     assert!(!matches!(err, ServeError::Transport(_)), "{err}");
@@ -488,7 +488,9 @@ async fn with_health_listener(
     settings.security.health_listen = Some("127.0.0.1:0".parse().expect("addr"));
     let db = TestDb::new().await;
     let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
-    let app = Application::build(settings, pool).await.expect("build");
+    let app = Application::build(settings, pool, common::test_keyring())
+        .await
+        .expect("build");
     let health = app.health_addr().expect("health listener");
     (TestServer::run(db, app).await, health)
 }

@@ -275,7 +275,6 @@ pub fn test_settings() -> Settings {
         db_max_connections: 16,
         // Tests drive the retention sweeper themselves, with their own clock.
         retention_sweeper: false,
-        keys: test_keyring(),
         ..Settings::default()
     }
 }
@@ -321,7 +320,9 @@ impl TestServer {
 
     pub async fn start_on(db: TestDb, settings: Settings) -> TestServer {
         let pool = privacy_records::db::pool(&db.url, &settings).expect("pool");
-        let app = Application::build(settings, pool).await.expect("bind");
+        let app = Application::build(settings, pool, test_keyring())
+            .await
+            .expect("bind");
         Self::run(db, app).await
     }
 
