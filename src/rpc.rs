@@ -122,36 +122,6 @@ where
     Ok(with_token(response, token))
 }
 
-/// `mutate` for handlers not yet moved to parsed inputs: the closure clones
-/// what it captured. Runs a mutation once per request id in one transaction, and
-/// returns its response with the write's consistency token in the
-/// `x-consistency-token` header.
-pub async fn mutate_cloning<Req, R, F>(
-    pool: &PgPool,
-    keys: &crate::keys::Keyring,
-    method: &'static str,
-    caller: Caller,
-    request_id: &RequestId,
-    request: &Req,
-    work: F,
-) -> Result<Response<R>, Status>
-where
-    Req: prost::Message,
-    R: idempotency::Holds,
-    F: for<'c> Fn(&'c mut PgConnection, Context) -> BoxFuture<'c, Result<(R, ConsistencyToken)>>,
-{
-    note_request_id(request_id);
-    let ctx = Context::for_call(&caller, method, request_id);
-    let fingerprint = idempotency::fingerprint(keys, method, request)?;
-    let key = idempotency::Key::new(caller.request_id_scope(), request_id);
-    let outcome = idempotency::run(pool, keys, method, &key, &fingerprint, |conn| {
-        work(conn, ctx.clone())
-    })
-    .await;
-    let (response, token) = audit_refusal(pool, method, outcome).await?;
-    Ok(with_token(response, token))
-}
-
 /// A response carrying a consistency token in its header.
 pub fn with_token<T>(message: T, token: ConsistencyToken) -> Response<T> {
     let mut response = Response::new(message);
