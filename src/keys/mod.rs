@@ -250,7 +250,9 @@ mod tests {
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD as B64;
 
-    fn ring(ids: &[&str]) -> Keyring {
+    /// A keyring of the given master ids (first active), for the tests of
+    /// `keys` and its parts.
+    pub(in crate::keys) fn ring(ids: &[&str]) -> Keyring {
         let masters: Vec<(&str, [u8; 32])> = ids
             .iter()
             .enumerate()

@@ -300,16 +300,8 @@ fn aead_open(key: &KeyBytes, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::super::column;
+    use super::super::tests::ring;
     use super::*;
-
-    fn ring(ids: &[&str]) -> Keyring {
-        let masters: Vec<(&str, [u8; 32])> = ids
-            .iter()
-            .enumerate()
-            .map(|(n, id)| (*id, [n as u8 + 1; 32]))
-            .collect();
-        Keyring::from_parts(&masters, b"lookup").unwrap()
-    }
 
     #[test]
     fn a_wrapped_key_opens_only_for_its_subject_and_master() {
