@@ -21,7 +21,8 @@ fn client(server: &TestServer) -> AuditServiceClient<Channel> {
 
 /// Seals in batches of `batch` until `want` events are sealed (or 10 s
 /// pass): only events below the oldest transaction running anywhere in the
-/// cluster can be sealed, and a parallel test may hold one open a moment.
+/// cluster can be sealed, and a parallel test may hold one open a moment,
+/// so it first waits until all `want` can be.
 async fn seal(pool: &sqlx::PgPool, batch: i64, want: usize) -> usize {
     seal_under(pool, &common::test_keyring(), batch, want).await
 }
@@ -33,6 +34,24 @@ async fn seal_under(
     batch: i64,
     want: usize,
 ) -> usize {
+    // Wait until all of them can be sealed at once: sealing a part first
+    // would put a checkpoint where the test does not expect one.
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        &format!("{want} events below every running transaction"),
+        async || {
+            let sealable: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM audit_events e
+                 WHERE e.xid < pg_snapshot_xmin(pg_current_snapshot())
+                   AND NOT EXISTS (SELECT 1 FROM audit_chain c WHERE c.event_id = e.id)",
+            )
+            .fetch_one(pool)
+            .await
+            .expect("sealable events");
+            (sealable >= want as i64).then_some(())
+        },
+    )
+    .await;
     let mut sealed = 0;
     common::eventually(
         std::time::Duration::from_secs(10),
