@@ -1,9 +1,11 @@
 //! privacy-records: a gRPC service that keeps an organisation's privacy state
-//! (consent, and later privacy requests, retention and audit) in PostgreSQL.
+//! (consent, privacy requests, the data systems' tasks, retention and audit)
+//! in PostgreSQL.
 //!
-//! A request flows: `middleware` (span, load shedding) → `<domain>::grpc`
-//! (decode, validate into domain types) → `<domain>::service` (the rules,
-//! inside one transaction with `idempotency` and `journal`) →
+//! A request flows: `middleware` (span, load shedding, metrics) →
+//! `<domain>::grpc` (parse into domain values, one call, encode) → the use
+//! case, `<domain>::service` or `::queries` (the rules; a write inside one
+//! transaction with `idempotency` and `journal`, see `rpc::mutate`) →
 //! `<domain>::store` (SQL) → `error` (the one mapping to gRPC statuses).
 pub mod audit;
 pub mod auth;
