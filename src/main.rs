@@ -13,7 +13,8 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     };
-    // The last log lines are still queued for their thread.
+    // The last spans and log lines are still queued.
+    privacy_records::telemetry::shutdown_traces();
     privacy_records::telemetry::flush();
     code
 }

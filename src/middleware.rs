@@ -208,13 +208,19 @@ where
         // The log gets what a stranger sent bounded, as the audit trail
         // does: a path that is no method as "unknown method", the request
         // id cut to its limit.
+        // A span made while the caller's trace context is current continues
+        // it (when traces are on; otherwise this costs a header lookup).
+        let parent = caller_trace(request.headers());
         let span = tracing::info_span!(
             "rpc",
             method = %refusals::method_name(&method),
             caller = tracing::field::Empty,
             peer = %peer,
             request_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
+        drop(parent);
+        name_trace(&span);
         if !header_id.is_empty() {
             span.record(
                 "request_id",
@@ -409,5 +415,41 @@ impl http_body::Body for CallBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The caller's W3C trace context (`traceparent`, `tracestate`), made
+/// current until the guard is dropped, when there is one.
+fn caller_trace(headers: &http::HeaderMap) -> Option<opentelemetry::ContextGuard> {
+    use opentelemetry::trace::TraceContextExt as _;
+
+    struct Headers<'a>(&'a http::HeaderMap);
+    impl opentelemetry::propagation::Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|v| v.to_str().ok())
+        }
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(|k| k.as_str()).collect()
+        }
+    }
+    if !headers.contains_key("traceparent") {
+        return None;
+    }
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Headers(headers)));
+    parent
+        .span()
+        .span_context()
+        .is_valid()
+        .then(|| parent.attach())
+}
+
+/// Names the span's trace in its logs (`trace_id`), when traces are on.
+fn name_trace(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+    let trace_id = span.context().span().span_context().trace_id();
+    if trace_id != opentelemetry::trace::TraceId::INVALID {
+        span.record("trace_id", trace_id.to_string());
     }
 }

@@ -662,6 +662,7 @@ pub struct ReadAt {
 /// Decides from the decision cache when it may answer (see
 /// `consent::cache`), else from PostgreSQL (a replica when fresh enough). A
 /// check as of a past time always reads PostgreSQL.
+#[tracing::instrument(level = "debug", skip_all, fields(queries = queries.len()))]
 pub async fn check_cached(
     cache: &DecisionCache,
     keys: &Keyring,
