@@ -433,6 +433,16 @@ impl Violations {
         }
     }
 
+    /// Runs a parse that records what it finds invalid: every violation,
+    /// or what it parsed when there was none.
+    pub fn collect<T>(parse: impl FnOnce(&mut Violations) -> Option<T>) -> Result<T> {
+        let mut v = Violations::new();
+        match parse(&mut v) {
+            Some(parsed) if v.is_empty() => Ok(parsed),
+            _ => Err(v.into_error()),
+        }
+    }
+
     /// `Ok(())` when nothing was invalid.
     pub fn finish(self) -> Result<()> {
         if self.0.is_empty() {

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 
 use crate::db::retry_on_conflict;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Violations};
 use crate::keys::Keyring;
 use crate::tokens::ConsistencyToken;
 
@@ -20,6 +20,19 @@ use crate::tokens::ConsistencyToken;
 pub struct RequestId(String);
 
 impl RequestId {
+    /// A mutation's request id (reported first) and the rest of its parse,
+    /// every invalid field named at once.
+    pub fn parse_with<T>(
+        request_id: &str,
+        rest: impl FnOnce(&mut Violations) -> Option<T>,
+    ) -> Result<(RequestId, T)> {
+        Violations::collect(|v| {
+            let request_id = v.check("request_id", RequestId::parse(request_id));
+            let rest = rest(v);
+            Some((request_id?, rest?))
+        })
+    }
+
     pub fn parse(raw: &str) -> Result<Self, String> {
         if raw.is_empty() {
             return Err(

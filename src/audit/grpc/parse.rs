@@ -7,15 +7,6 @@ use crate::error::{Result, Violations};
 use crate::proto;
 use crate::tokens::{PageToken, page_size};
 
-/// Every violation `parse` found, or what it parsed when there was none.
-fn collect<T>(parse: impl FnOnce(&mut Violations) -> Option<T>) -> Result<T> {
-    let mut v = Violations::new();
-    match parse(&mut v) {
-        Some(parsed) if v.is_empty() => Ok(parsed),
-        _ => Err(v.into_error()),
-    }
-}
-
 /// An optional exact-match filter: empty means any.
 fn text_filter(v: &mut Violations, field: &str, raw: &str) -> Option<Option<String>> {
     v.check(
@@ -32,7 +23,7 @@ fn text_filter(v: &mut Violations, field: &str, raw: &str) -> Option<Option<Stri
 }
 
 pub fn list_audit_events(req: &proto::ListAuditEventsRequest) -> Result<EventQuery> {
-    collect(|v| {
+    Violations::collect(|v| {
         let subject_id = text_filter(v, "subject_id", &req.subject_id);
         let target = text_filter(v, "target", &req.target);
         let actor = text_filter(v, "actor", &req.actor);
@@ -66,7 +57,7 @@ pub fn list_audit_events(req: &proto::ListAuditEventsRequest) -> Result<EventQue
 
 /// The anchor to hold the chain against, if one was given.
 pub fn verify_audit_log(req: &proto::VerifyAuditLogRequest) -> Result<Option<Anchor>> {
-    collect(|v| {
+    Violations::collect(|v| {
         v.check(
             "anchor",
             match req.anchor.as_str() {

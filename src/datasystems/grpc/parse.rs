@@ -31,27 +31,6 @@ fn from_proto<P: TryFrom<i32>, D>(
     P::try_from(value).ok().and_then(|p| from_db(name(&p)))
 }
 
-/// Every violation `parse` found, or what it parsed when there was none.
-fn collect<T>(parse: impl FnOnce(&mut Violations) -> Option<T>) -> Result<T> {
-    let mut v = Violations::new();
-    match parse(&mut v) {
-        Some(parsed) if v.is_empty() => Ok(parsed),
-        _ => Err(v.into_error()),
-    }
-}
-
-/// A mutation's request id (reported first) and the rest of its parse.
-fn mutation<T>(
-    request_id: &str,
-    rest: impl FnOnce(&mut Violations) -> Option<T>,
-) -> Result<(RequestId, T)> {
-    collect(|v| {
-        let request_id = v.check("request_id", RequestId::parse(request_id));
-        let rest = rest(v);
-        Some((request_id?, rest?))
-    })
-}
-
 /// An optional field: empty means none.
 fn optional<T>(
     v: &mut Violations,
@@ -263,7 +242,7 @@ fn parse_new_disclosure(
 pub fn register_data_system(
     req: &proto::RegisterDataSystemRequest,
 ) -> Result<(RequestId, DataSystemFields)> {
-    mutation(&req.request_id, |v| {
+    RequestId::parse_with(&req.request_id, |v| {
         parse_data_system(v, req.data_system.as_ref())
     })
 }
@@ -274,7 +253,7 @@ pub fn get_data_system(req: &proto::GetDataSystemRequest) -> Result<DataSystemId
 
 pub fn list_data_systems(req: &proto::ListDataSystemsRequest) -> Result<Page<String>> {
     const FILTERS: &str = "data_systems";
-    collect(|v| {
+    Violations::collect(|v| {
         let limit = v.check("page_size", page_size(req.page_size));
         let after = v.check(
             "page_token",
@@ -289,7 +268,7 @@ pub fn list_data_systems(req: &proto::ListDataSystemsRequest) -> Result<Page<Str
 }
 
 pub fn claim_tasks(req: &proto::ClaimTasksRequest) -> Result<(RequestId, Claim)> {
-    mutation(&req.request_id, |v| {
+    RequestId::parse_with(&req.request_id, |v| {
         let data_system = v.check("data_system", DataSystemId::parse_name(&req.data_system));
         let worker = v.check("worker", parse_required_identifier(&req.worker, 200));
         let max_tasks = v.check("max_tasks", parse_max_tasks(req.max_tasks));
@@ -307,7 +286,7 @@ pub fn claim_tasks(req: &proto::ClaimTasksRequest) -> Result<(RequestId, Claim)>
 pub fn renew_task_lease(
     req: &proto::RenewTaskLeaseRequest,
 ) -> Result<(RequestId, (TaskId, LeaseId, i32))> {
-    mutation(&req.request_id, |v| {
+    RequestId::parse_with(&req.request_id, |v| {
         let id = v.check("name", TaskId::parse_name(&req.name));
         let lease = v.check("lease_id", LeaseId::parse(&req.lease_id));
         let seconds = v.check("lease_seconds", parse_lease_seconds(req.lease_seconds));
@@ -319,7 +298,7 @@ pub fn renew_task_lease(
 pub fn complete_task(
     req: &proto::CompleteTaskRequest,
 ) -> Result<(RequestId, (TaskId, LeaseId, TaskResult))> {
-    mutation(&req.request_id, |v| {
+    RequestId::parse_with(&req.request_id, |v| {
         let id = v.check("name", TaskId::parse_name(&req.name));
         let lease = v.check("lease_id", LeaseId::parse(&req.lease_id));
         let result = parse_result(v, req.result.as_ref());
@@ -332,7 +311,7 @@ pub fn complete_task(
 pub fn fail_task(
     req: &proto::FailTaskRequest,
 ) -> Result<(RequestId, (TaskId, LeaseId, bool, String))> {
-    mutation(&req.request_id, |v| {
+    RequestId::parse_with(&req.request_id, |v| {
         let id = v.check("name", TaskId::parse_name(&req.name));
         let lease = v.check("lease_id", LeaseId::parse(&req.lease_id));
         let message = v.check(
@@ -348,7 +327,7 @@ pub fn get_task(req: &proto::GetTaskRequest) -> Result<TaskId> {
 }
 
 pub fn list_tasks(req: &proto::ListTasksRequest) -> Result<(TaskFilter, Page<i64>)> {
-    collect(|v| {
+    Violations::collect(|v| {
         let data_system = optional(v, "data_system", &req.data_system, DataSystemId::parse_name);
         let privacy_request_id = optional(
             v,
@@ -387,7 +366,7 @@ pub fn list_tasks(req: &proto::ListTasksRequest) -> Result<(TaskFilter, Page<i64
 pub fn record_disclosure(
     req: &proto::RecordDisclosureRequest,
 ) -> Result<(RequestId, NewDisclosure)> {
-    mutation(&req.request_id, |v| {
+    RequestId::parse_with(&req.request_id, |v| {
         parse_new_disclosure(v, req.disclosure.as_ref())
     })
 }

@@ -8,7 +8,7 @@ use super::super::model::{
 use super::super::service::NewPolicy;
 use crate::convert::parse_opt_timestamp;
 use crate::datasystems::model::{DataSystemId, parse_category};
-use crate::error::{Error, Result, Violations};
+use crate::error::{Error, Result};
 use crate::idempotency::RequestId;
 use crate::names::{SubjectId, parse_required_text, parse_text};
 use crate::proto;
@@ -16,27 +16,6 @@ use crate::rpc::not_in_future;
 use crate::rules::Unit;
 
 const MAX_TEXT: usize = 2000;
-
-/// Every violation `parse` found, or what it parsed when there was none.
-fn collect<T>(parse: impl FnOnce(&mut Violations) -> Option<T>) -> Result<T> {
-    let mut v = Violations::new();
-    match parse(&mut v) {
-        Some(parsed) if v.is_empty() => Ok(parsed),
-        _ => Err(v.into_error()),
-    }
-}
-
-/// A mutation's request id (reported first) and the rest of its parse.
-fn mutation<T>(
-    request_id: &str,
-    rest: impl FnOnce(&mut Violations) -> Option<T>,
-) -> Result<(RequestId, T)> {
-    collect(|v| {
-        let request_id = v.check("request_id", RequestId::parse(request_id));
-        let rest = rest(v);
-        Some((request_id?, rest?))
-    })
-}
 
 fn optional<T>(raw: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Option<T>, String> {
     if raw.is_empty() {
@@ -72,7 +51,7 @@ pub fn policy(
     request_id: &str,
     policy: Option<&proto::RetentionPolicy>,
 ) -> Result<(RequestId, NewPolicy)> {
-    mutation(request_id, |v| {
+    RequestId::parse_with(request_id, |v| {
         if policy.is_none() {
             v.add("retention_policy", "is required");
         }
@@ -119,7 +98,7 @@ pub fn get_retention_policy(req: &proto::GetRetentionPolicyRequest) -> Result<St
 pub fn set_retention_override(
     req: &proto::SetRetentionOverrideRequest,
 ) -> Result<(RequestId, NewOverride)> {
-    mutation(&req.request_id, |v| {
+    RequestId::parse_with(&req.request_id, |v| {
         if req.retention_override.is_none() {
             v.add("retention_override", "is required");
         }
@@ -147,7 +126,7 @@ pub fn set_retention_override(
 pub fn record_lifecycle_event(
     req: &proto::RecordLifecycleEventRequest,
 ) -> Result<(RequestId, LifecycleEvent)> {
-    mutation(&req.request_id, |v| {
+    RequestId::parse_with(&req.request_id, |v| {
         let subject_id = v.check("subject_id", SubjectId::parse(&req.subject_id));
         let category = v.check("category", optional(&req.category, parse_category));
         let data_system = v.check(
@@ -180,7 +159,7 @@ pub fn record_lifecycle_event(
 }
 
 pub fn place_legal_hold(req: &proto::PlaceLegalHoldRequest) -> Result<(RequestId, NewLegalHold)> {
-    mutation(&req.request_id, |v| {
+    RequestId::parse_with(&req.request_id, |v| {
         let default = proto::LegalHold::default();
         let h = req.legal_hold.as_ref().unwrap_or(&default);
         let subject_id = v.check(
@@ -223,7 +202,7 @@ pub fn place_legal_hold(req: &proto::PlaceLegalHoldRequest) -> Result<(RequestId
 pub fn release_legal_hold(
     req: &proto::ReleaseLegalHoldRequest,
 ) -> Result<(RequestId, (i64, String))> {
-    mutation(&req.request_id, |v| {
+    RequestId::parse_with(&req.request_id, |v| {
         let id = v.check("name", parse_hold_name(&req.name));
         let reason = v.check("reason", parse_required_text(&req.reason, MAX_TEXT));
         Some((id?, reason?))
