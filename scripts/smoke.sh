@@ -510,7 +510,8 @@ LAST_OUTPUT=$(python3 -c 'import sys, urllib.request; print(urllib.request.urlop
     "http://$METRICS_ADDR/metrics" 2>&1) || fail "GET /metrics failed"
 expect 'grpc_server_handled_total{grpc_type="unary",grpc_service="privacy.v1.ConsentService",grpc_method="CheckConsent",grpc_code="OK"}' \
     'grpc_code="FailedPrecondition"' "grpc_server_handling_seconds_bucket" \
-    "privacy_records_grpc_calls_in_flight"
+    "privacy_records_grpc_calls_in_flight" 'privacy_records_consent_decisions_total{verdict="' \
+    "privacy_records_decision_cache_hits_total" "privacy_records_retention_sweep_interval_seconds"
 pass
 
 step "a grant for another person, to see it survive the restart"
