@@ -187,13 +187,6 @@ async fn shutdown_lets_a_call_in_flight_finish() {
     server.db.drop_db().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// The real binary, as a separate process, against the test database.
 fn spawn_binary(db: &TestDb, port: u16) -> tokio::process::Child {
     tokio::process::Command::new(env!("CARGO_BIN_EXE_privacy-records"))
@@ -234,7 +227,7 @@ async fn connect_when_serving(port: u16) -> ConsentServiceClient<Channel> {
 #[tokio::test]
 async fn a_server_killed_right_after_acknowledging_writes_loses_none_and_retries_stay_single() {
     let db = TestDb::new().await;
-    let port = free_port();
+    let port = common::free_port();
     let mut child = spawn_binary(&db, port);
     let mut c = connect_when_serving(port).await;
     let mut acked = Vec::new();
@@ -255,7 +248,7 @@ async fn a_server_killed_right_after_acknowledging_writes_loses_none_and_retries
     assert_eq!(stored, acked, "every acknowledged write survived");
 
     // A client that did not see the last answer retries it on a new server.
-    let port = free_port();
+    let port = common::free_port();
     let mut child = spawn_binary(&db, port);
     let mut c = connect_when_serving(port).await;
     let retried = c

@@ -11,13 +11,6 @@ use privacy_records::proto::consent_service_client::ConsentServiceClient;
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn postmaster_pid(data_dir: &Path) -> Option<i32> {
     let text = std::fs::read_to_string(data_dir.join("pgdata/postmaster.pid")).ok()?;
     text.lines().next()?.trim().parse().ok()
@@ -64,7 +57,7 @@ async fn an_embedded_postgres_killed_under_the_server_is_started_again_and_serve
     let dir = common::scratch_dir();
     let data_dir = dir.path().join("data");
     let _cluster = Cluster(&data_dir);
-    let port = free_port();
+    let port = common::free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_privacy-records"))
         .args([
             "serve",

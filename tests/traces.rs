@@ -81,19 +81,11 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
         })
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 #[tokio::test]
 async fn a_call_continues_the_callers_trace_with_spans_for_the_use_case_and_the_store() {
     let (receiver, otlp) = Receiver::start().await;
     let db = TestDb::new().await;
-    let port = free_port();
+    let port = common::free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_privacy-records"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", &db.url)

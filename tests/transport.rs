@@ -97,13 +97,6 @@ async fn a_flood_of_calls_without_credentials_never_sheds_an_authenticated_calle
     server.finish().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// A pipe whose reading end is already closed: every write to the other end
 /// fails with EPIPE, like `serve 2>&1 | head -2` once `head` is done.
 fn closed_pipe() -> Stdio {
@@ -127,7 +120,7 @@ async fn a_server_whose_log_pipe_is_closed_answers_with_real_statuses_and_audits
     let dir = common::scratch_dir();
     let callers = write(dir.path(), "callers.toml", &callers_toml());
     let db = TestDb::new().await;
-    let port = free_port();
+    let port = common::free_port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_privacy-records"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .env("DATABASE_URL", &db.url)

@@ -34,6 +34,14 @@ pub fn test_pg_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/tmp/privacy-records-test-pg"))
 }
 
+/// A TCP port free on loopback a moment ago, for a server the test starts.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// A directory the `postgres` OS user can enter (tests run as root here).
 pub fn scratch_dir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
